@@ -1,0 +1,78 @@
+//! convoy's configuration: the TOML schema (`[node]`, `[[listeners]]`,
+//! `[pools.NAME]` with `[[pools.NAME.servers]]`), its defaults, and
+//! validation. Every error names the file, line, column, key and reason;
+//! unknown keys are errors. `Config::to_toml` prints the normalized config
+//! (every default filled in), which is what `convoy check` shows.
+#![forbid(unsafe_code)]
+
+mod duration;
+mod error;
+mod locate;
+mod types;
+mod validate;
+
+pub use duration::Dur;
+pub use error::{ConfigError, ConfigErrors};
+pub use types::*;
+
+impl Config {
+    /// Parses and validates `text`; `file` is used in error messages only.
+    pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
+        let mut cfg: Config = match toml::from_str(text) {
+            Ok(c) => c,
+            Err(e) => {
+                let span = e.span().unwrap_or(0..0);
+                let key = locate::path_for_span(text, &span);
+                return Err(ConfigErrors(vec![ConfigError::at(
+                    file,
+                    text,
+                    span.start,
+                    key,
+                    e.message().trim().to_string(),
+                )]));
+            }
+        };
+        cfg.normalize();
+        let problems = validate::validate(&cfg);
+        if problems.is_empty() {
+            return Ok(cfg);
+        }
+        Err(ConfigErrors(
+            problems
+                .into_iter()
+                .map(|(path, reason)| {
+                    let off = locate::span_for_path(text, &path);
+                    ConfigError::at(file, text, off, path, reason)
+                })
+                .collect(),
+        ))
+    }
+
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigErrors> {
+        let name = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&name, &text),
+            Err(e) => Err(ConfigErrors(vec![ConfigError {
+                file: name,
+                line: 0,
+                column: 0,
+                key: String::new(),
+                reason: format!("cannot read file: {e}"),
+            }])),
+        }
+    }
+
+    /// The normalized config as TOML, with every default written out.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+
+    /// The pool a listener uses (validation guarantees it exists).
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,178 @@
+//! Config tests: a table of bad files and the exact error each gets.
+
+use super::*;
+
+const GOOD: &str = r#"
+[node]
+name = "n1"
+
+[[listeners]]
+name = "redis"
+address = "127.0.0.1:6380"
+pool = "redis"
+affinity = "client"
+affinity_timeout = "10m"
+
+[[listeners]]
+protocol = "udp"
+address = "[::1]:5353-5355"
+pool = "redis"
+
+[pools.redis]
+slow_start = "5s"
+health = { interval = "1s", rise = 3 }
+
+[[pools.redis.servers]]
+address = "127.0.0.1:6379"
+weight = 3
+zone = "host-a"
+
+[[pools.redis.servers]]
+name = "standby"
+address = "127.0.0.1:6381"
+priority = 5
+"#;
+
+#[test]
+fn good_config_normalizes() {
+    let c = Config::parse("good.toml", GOOD).unwrap();
+    assert_eq!(c.listeners[1].name, "[::1]:5353-5355");
+    assert_eq!(c.listeners[1].address.sockets().count(), 3);
+    let p = &c.pools["redis"];
+    assert_eq!(p.servers[0].name, "127.0.0.1:6379");
+    assert_eq!(p.servers[0].priority, 1);
+    assert_eq!(p.servers[1].priority, 5);
+    assert_eq!(p.health.rise, 3);
+    assert_eq!(p.health.fall, 2, "unset keys keep defaults");
+    // The normalized output parses back to the same config.
+    let again = Config::parse("again.toml", &c.to_toml()).unwrap();
+    assert_eq!(again, c);
+}
+
+fn err_of(text: &str) -> String {
+    Config::parse("bad.toml", text).unwrap_err().to_string()
+}
+
+const POOL: &str = "\n[pools.p]\n[[pools.p.servers]]\naddress = \"127.0.0.1:9\"\n";
+
+#[test]
+fn bad_files_get_exact_errors() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[[listeners]]\nadress = \"127.0.0.1:1\"\npool = \"p\"\n",
+            "bad.toml:2:1: listeners[0].adress: unknown field `adress`",
+        ),
+        (
+            "[[listeners]]\naddress = \"127.0.0.1:99999\"\npool = \"p\"\n",
+            "bad.toml:2:11: listeners[0].address: invalid address \"127.0.0.1:99999\": port \"99999\" is not a number in 1-65535",
+        ),
+        (
+            "[[listeners]]\naddress = \"localhost:80\"\npool = \"p\"\n",
+            "bad.toml:2:11: listeners[0].address: invalid address \"localhost:80\": not an IP address",
+        ),
+        (
+            "[[listeners]]\naddress = \"127.0.0.1:90-80\"\npool = \"p\"\n",
+            "bad.toml:2:11: listeners[0].address: invalid address \"127.0.0.1:90-80\": port range is reversed",
+        ),
+        (
+            "[[listeners]]\naddress = \"127.0.0.1:80\"\npool = \"nope\"\n",
+            "bad.toml:3:8: listeners[0].pool: unknown pool \"nope\" (defined pools: none)",
+        ),
+        (
+            "[[listeners]]\naddress = \"127.0.0.1:80\"\npool = \"p\"\n[pools.p]\n",
+            "bad.toml:4:8: pools.p: pool has no servers",
+        ),
+        (
+            "[[listeners]]\naddress = \"127.0.0.1:80\"\npool = \"p\"\nmode = \"sometimes\"\n",
+            "bad.toml:4:8: listeners[0].mode: unknown variant `sometimes`, expected one of `multiple`, `single`, `disabled`",
+        ),
+        (
+            "[[listeners]]\naddress = \"127.0.0.1:80\"\npool = \"p\"\nconnect_timeout = \"3 seconds\"\n",
+            "bad.toml:4:19: listeners[0].connect_timeout: invalid duration \"3 seconds\"",
+        ),
+        (
+            "[[listeners]]\naddress = \"127.0.0.1:80\"\npool = \"p\"\n[pools.p]\n[[pools.p.servers]]\naddress = \"127.0.0.1:1\"\npriority = 2\n[[pools.p.servers]]\naddress = \"127.0.0.1:2\"\npriority = 2\n",
+            "bad.toml:10:12: pools.p.servers[1].priority: duplicate priority 2 (also servers[0])",
+        ),
+        (
+            "[[listeners]]\naddress = \"127.0.0.1:80\"\npool = \"p\"\n[pools.p]\n[[pools.p.servers]]\naddress = \"10.0.0.1\"\n",
+            "bad.toml:6:11: pools.p.servers[0].address: invalid address \"10.0.0.1\": expected IP:PORT",
+        ),
+        (
+            "[[listeners]]\naddress = \"127.0.0.1:80\"\npool = \"p\"\n[pools.p]\n[[pools.p.servers]]\naddress = \"127.0.0.1:1\"\nweight = 0\n",
+            "bad.toml:7:10: pools.p.servers[0].weight: weight 0 is out of range 1-10000",
+        ),
+        (
+            "[[listeners]]\naddress = \"127.0.0.1:80\"\npool = \"p\"\naffinity_timeout = \"1m\"\n",
+            "bad.toml:4:20: listeners[0].affinity_timeout: affinity_timeout needs affinity",
+        ),
+        (
+            "[[listeners]]\naddress = \"127.0.0.1:80\"\npool = \"p\"\n[[listeners]]\naddress = \"127.0.0.1:79-81\"\npool = \"p\"\n",
+            "bad.toml:5:11: listeners[1].address: 127.0.0.1:80 is also bound by listeners[0]",
+        ),
+        (
+            "[[listeners]]\nprotocol = \"udp\"\naddress = \"127.0.0.1:80\"\npool = \"p\"\nproxy_protocol = \"v2\"\n",
+            "bad.toml:5:18: listeners[0].proxy_protocol: the PROXY protocol header is only sent on TCP listeners",
+        ),
+        (
+            "[[listeners]]\naddress = \"127.0.0.1:80\"\npool = \"p\"\n[pools.p]\nhealth = { rise = 0 }\n[[pools.p.servers]]\naddress = \"127.0.0.1:1\"\n",
+            "bad.toml:5:19: pools.p.health.rise: must be at least 1",
+        ),
+        ("[node]\nname = \"x\"\n", "bad.toml:1:1: listeners: no listeners defined"),
+        (
+            "[[listeners]\naddress = 1\n",
+            "bad.toml:1:12: (top level): invalid table header",
+        ),
+        (
+            "[[listeners]]\naddress = \"127.0.0.1:80\"\n",
+            "bad.toml:1:1: listeners[0]: missing field `pool`",
+        ),
+    ];
+    for (text, want) in cases {
+        // Pools are appended where the case does not define its own.
+        let text = if text.contains("[pools.p]") || !text.contains("pool = \"p\"") {
+            text.to_string()
+        } else {
+            format!("{text}{POOL}")
+        };
+        let got = err_of(&text);
+        assert!(
+            got.starts_with(want),
+            "for config:\n{text}\nwant prefix: {want}\ngot:         {got}"
+        );
+    }
+}
+
+#[test]
+fn unreadable_file() {
+    let e = Config::load(std::path::Path::new("/nonexistent/convoy.toml")).unwrap_err();
+    assert!(e.to_string().contains("cannot read file"), "{e}");
+}
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary text never panics the loader.
+        #[test]
+        fn never_panics(s in "\\PC{0,300}") {
+            let _ = Config::parse("fuzz.toml", &s);
+        }
+
+        /// Mutating a good config never panics and errors carry a location.
+        #[test]
+        fn mutations_error_cleanly(pos in 0usize..400, ch in proptest::char::any()) {
+            let mut t: Vec<char> = GOOD.chars().collect();
+            let p = pos % t.len();
+            t[p] = ch;
+            let t: String = t.into_iter().collect();
+            if let Err(e) = Config::parse("m.toml", &t) {
+                for one in &e.0 {
+                    prop_assert!(one.line >= 1);
+                    prop_assert!(!one.reason.is_empty());
+                }
+            }
+        }
+    }
+}

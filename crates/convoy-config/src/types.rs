@@ -1,0 +1,436 @@
+//! The config schema. Field defaults live here, next to the fields, and are
+//! the single source for docs/CONFIG.md.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::Dur;
+
+/// The whole file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Node-wide settings.
+    #[serde(default)]
+    pub node: Node,
+    /// Virtual services.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    /// Server farms by name.
+    #[serde(default)]
+    pub pools: BTreeMap<String, Pool>,
+}
+
+/// Node-wide settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Node {
+    /// Node name in logs (default: "convoy").
+    pub name: String,
+    /// Data-plane worker threads; 0 = one per core.
+    pub workers: usize,
+    /// How long draining servers and a draining node wait for connections.
+    pub drain_timeout: Dur,
+    /// Log format on stderr: "json" or "text".
+    pub log_format: LogFormat,
+    /// Use splice(2) zero-copy relaying on Linux (plain copy otherwise).
+    pub splice: bool,
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Node {
+            name: "convoy".into(),
+            workers: 0,
+            drain_timeout: Dur::secs(30),
+            log_format: LogFormat::Text,
+            splice: true,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Transport of a listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP, relayed byte for byte.
+    Tcp,
+    /// UDP datagrams, per-client flows.
+    Udp,
+}
+
+/// Port-rule filtering mode (WLBS).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilterMode {
+    /// Spread over the pool.
+    Multiple,
+    /// Everything to the highest-priority available server.
+    Single,
+    /// Refuse all traffic.
+    Disabled,
+}
+
+/// Client affinity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Affinity {
+    /// Weighted round robin.
+    None,
+    /// Same client IP, same server.
+    Client,
+    /// Same /24 (IPv4) or /56 (IPv6), same server.
+    Network,
+}
+
+/// Failback policy for `single` mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Failback {
+    /// Go back to the highest-priority server when it returns.
+    Automatic,
+    /// Stay where we are until that server fails.
+    Manual,
+}
+
+/// PROXY protocol version sent to servers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    /// Text header.
+    V1,
+    /// Binary header.
+    V2,
+}
+
+/// A listening address: one IP and one port or an inclusive port range,
+/// written `127.0.0.1:80`, `[::1]:80` or `0.0.0.0:7000-7010`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ListenAddr {
+    /// Address to bind.
+    pub ip: IpAddr,
+    /// First port.
+    pub first: u16,
+    /// Last port (equal to `first` for a single port).
+    pub last: u16,
+}
+
+impl ListenAddr {
+    /// Every socket address this listener binds.
+    pub fn sockets(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        (self.first..=self.last).map(move |p| SocketAddr::new(self.ip, p))
+    }
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| format!("invalid address {s:?}: {why}");
+        let (host, ports) = s
+            .rsplit_once(':')
+            .ok_or_else(|| bad("expected IP:PORT or IP:FIRST-LAST"))?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let ip: IpAddr = host
+            .parse()
+            .map_err(|_| bad("not an IP address (write IPv6 as [::1]:PORT)"))?;
+        let port = |p: &str| -> Result<u16, String> {
+            p.parse::<u16>()
+                .map_err(|_| bad(&format!("port {p:?} is not a number in 1-65535")))
+        };
+        let (first, last) = match ports.split_once('-') {
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => {
+                let p = port(ports)?;
+                (p, p)
+            }
+        };
+        if first == 0 {
+            return Err(bad("port 0 is not allowed"));
+        }
+        if first > last {
+            return Err(bad("port range is reversed"));
+        }
+        Ok(ListenAddr { ip, first, last })
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ip {
+            IpAddr::V4(a) => write!(f, "{a}:")?,
+            IpAddr::V6(a) => write!(f, "[{a}]:")?,
+        }
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+impl Serialize for ListenAddr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A server address: `IP:PORT` (IPv6 as `[::1]:PORT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServerAddr(pub SocketAddr);
+
+impl Serialize for ServerAddr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ServerAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.parse::<SocketAddr>() {
+            Ok(a) if a.port() == 0 => Err(serde::de::Error::custom(format!(
+                "invalid address {s:?}: port 0 is not allowed"
+            ))),
+            Ok(a) => Ok(ServerAddr(a)),
+            Err(_) => Err(serde::de::Error::custom(format!(
+                "invalid address {s:?}: expected IP:PORT, e.g. \"10.0.0.5:6379\" or \"[::1]:6379\" (host names are not resolved)"
+            ))),
+        }
+    }
+}
+
+/// A virtual service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Name in logs and commands (default: the address).
+    #[serde(default)]
+    pub name: String,
+    /// "tcp" (default) or "udp".
+    #[serde(default = "default_protocol")]
+    pub protocol: Protocol,
+    /// Address and port or port range.
+    pub address: ListenAddr,
+    /// Name of the pool served.
+    pub pool: String,
+    /// Filtering mode: "multiple" (default), "single", "disabled".
+    #[serde(default = "default_mode")]
+    pub mode: FilterMode,
+    /// Affinity: "none" (default), "client", "network".
+    #[serde(default = "default_affinity")]
+    pub affinity: Affinity,
+    /// Keep a client on its server for this long after its last
+    /// connection, even across membership changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_timeout: Option<Dur>,
+    /// Failback in single mode: "automatic" (default) or "manual".
+    #[serde(default = "default_failback")]
+    pub failback: Failback,
+    /// Concurrent connections (TCP) or flows (UDP) before new ones are refused.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u64,
+    /// Send a PROXY protocol header ("v1" or "v2") to servers (TCP only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// Time allowed to connect to one server before trying the next.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// A connection (or UDP flow) with no traffic either way for this long is
+    /// closed. Default 10m for TCP, 30s for UDP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Dur>,
+}
+
+impl Listener {
+    /// The idle timeout in force, with the protocol's default.
+    pub fn idle_timeout(&self) -> Dur {
+        self.idle_timeout.unwrap_or(match self.protocol {
+            Protocol::Tcp => Dur::secs(600),
+            Protocol::Udp => Dur::secs(30),
+        })
+    }
+}
+
+fn default_protocol() -> Protocol {
+    Protocol::Tcp
+}
+fn default_mode() -> FilterMode {
+    FilterMode::Multiple
+}
+fn default_affinity() -> Affinity {
+    Affinity::None
+}
+fn default_failback() -> Failback {
+    Failback::Automatic
+}
+fn default_max_connections() -> u64 {
+    10_000
+}
+fn default_connect_timeout() -> Dur {
+    Dur::secs(3)
+}
+
+/// A farm of equivalent servers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    /// Active health checking.
+    #[serde(default)]
+    pub health: Health,
+    /// Passive failure detection from live traffic.
+    #[serde(default)]
+    pub passive: Passive,
+    /// A returning server's weight ramps from 10% to 100% over this window.
+    #[serde(default = "default_slow_start")]
+    pub slow_start: Dur,
+    /// The servers.
+    #[serde(default)]
+    pub servers: Vec<Server>,
+}
+
+fn default_slow_start() -> Dur {
+    Dur::secs(10)
+}
+
+/// Kind of active check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// A TCP connect must succeed.
+    Tcp,
+    /// No active check (passive detection only).
+    None,
+}
+
+/// Active health check settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Health {
+    /// "tcp" (default) or "none".
+    pub check: CheckKind,
+    /// Time between probes of one server.
+    pub interval: Dur,
+    /// Time a probe may take.
+    pub timeout: Dur,
+    /// Consecutive good probes to come back.
+    pub rise: u32,
+    /// Consecutive failed probes to go down.
+    pub fall: u32,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            check: CheckKind::Tcp,
+            interval: Dur::ms(500),
+            timeout: Dur::ms(500),
+            rise: 2,
+            fall: 2,
+        }
+    }
+}
+
+/// Passive detection: failures seen on live traffic.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Passive {
+    /// Consecutive connect failures (refused, timed out) or resets before
+    /// the server is taken out; 0 disables passive detection.
+    pub failures: u32,
+    /// With `check = "none"`, a passively failed server is tried again
+    /// after this long.
+    pub retry_after: Dur,
+}
+
+impl Default for Passive {
+    fn default() -> Self {
+        Passive {
+            failures: 1,
+            retry_after: Dur::secs(10),
+        }
+    }
+}
+
+/// One server of a pool.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// Stable name, unique in the pool (default: the address). Live state
+    /// (connections, health) follows the name across reloads.
+    #[serde(default)]
+    pub name: String,
+    /// IP:PORT.
+    pub address: ServerAddr,
+    /// Relative share of new connections (1-10000, default 1).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Rank for `single` mode, 1 = highest; unique in the pool
+    /// (default: position in the list, from 1).
+    #[serde(default)]
+    pub priority: u32,
+    /// Failure domain, e.g. the VM host or rack (default "default").
+    #[serde(default = "default_zone")]
+    pub zone: String,
+    /// A disabled server gets no traffic.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A draining server gets no new connections; existing ones finish.
+    #[serde(default)]
+    pub drain: bool,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+fn default_zone() -> String {
+    "default".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Config {
+    /// Fills derived defaults (names, priorities). Called by validation so a
+    /// loaded config is always normalized.
+    pub(crate) fn normalize(&mut self) {
+        for l in &mut self.listeners {
+            if l.name.is_empty() {
+                l.name = l.address.to_string();
+            }
+        }
+        for pool in self.pools.values_mut() {
+            for (i, s) in pool.servers.iter_mut().enumerate() {
+                if s.name.is_empty() {
+                    s.name = s.address.0.to_string();
+                }
+                if s.priority == 0 {
+                    s.priority = i as u32 + 1;
+                }
+            }
+        }
+    }
+}

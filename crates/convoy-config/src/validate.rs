@@ -1,0 +1,150 @@
+//! Semantic checks that serde cannot do: references between sections,
+//! uniqueness, ranges. Each problem is a (key path, reason) pair; the caller
+//! turns the path into a line and column.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::{Affinity, CheckKind, Config, Protocol};
+
+pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
+    let mut errs = Vec::new();
+    let mut err = |path: String, reason: String| errs.push((path, reason));
+
+    if cfg.listeners.is_empty() {
+        err(
+            "listeners".into(),
+            "no listeners defined: add at least one [[listeners]] table".into(),
+        );
+    }
+    if cfg.node.drain_timeout.get().is_zero() {
+        err(
+            "node.drain_timeout".into(),
+            "must be greater than 0s".into(),
+        );
+    }
+
+    let mut names = HashSet::new();
+    let mut bound: HashMap<(Protocol, std::net::SocketAddr), usize> = HashMap::new();
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let p = |k: &str| format!("listeners[{i}].{k}");
+        if !names.insert(l.name.as_str()) {
+            err(p("name"), format!("duplicate listener name {:?}", l.name));
+        }
+        if !cfg.pools.contains_key(&l.pool) {
+            let known: Vec<&str> = cfg.pools.keys().map(String::as_str).collect();
+            err(
+                p("pool"),
+                format!(
+                    "unknown pool {:?} (defined pools: {})",
+                    l.pool,
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            );
+        }
+        let count = u32::from(l.address.last) - u32::from(l.address.first) + 1;
+        if count > 1024 {
+            err(
+                p("address"),
+                format!("port range of {count} ports is too large (at most 1024)"),
+            );
+        } else {
+            for sa in l.address.sockets() {
+                if let Some(other) = bound.insert((l.protocol, sa), i) {
+                    err(
+                        p("address"),
+                        format!("{sa} is also bound by listeners[{other}]"),
+                    );
+                    break;
+                }
+            }
+        }
+        if l.affinity == Affinity::None && l.affinity_timeout.is_some() {
+            err(
+                p("affinity_timeout"),
+                "affinity_timeout needs affinity = \"client\" or \"network\"".into(),
+            );
+        }
+        if l.protocol == Protocol::Udp && l.proxy_protocol.is_some() {
+            err(
+                p("proxy_protocol"),
+                "the PROXY protocol header is only sent on TCP listeners".into(),
+            );
+        }
+        if l.max_connections == 0 {
+            err(p("max_connections"), "must be at least 1".into());
+        }
+        if l.connect_timeout.get().is_zero() {
+            err(p("connect_timeout"), "must be greater than 0s".into());
+        }
+        if l.idle_timeout.is_some_and(|d| d.get().is_zero()) {
+            err(p("idle_timeout"), "must be greater than 0s".into());
+        }
+    }
+
+    for (name, pool) in &cfg.pools {
+        let pp = |k: &str| format!("pools.{name}.{k}");
+        if pool.servers.is_empty() {
+            err(
+                format!("pools.{name}"),
+                "pool has no servers: add at least one [[pools.NAME.servers]]".into(),
+            );
+        }
+        let h = &pool.health;
+        if h.check != CheckKind::None {
+            if h.interval.get().is_zero() {
+                err(pp("health.interval"), "must be greater than 0s".into());
+            }
+            if h.timeout.get().is_zero() {
+                err(pp("health.timeout"), "must be greater than 0s".into());
+            }
+            if h.rise == 0 {
+                err(pp("health.rise"), "must be at least 1".into());
+            }
+            if h.fall == 0 {
+                err(pp("health.fall"), "must be at least 1".into());
+            }
+        }
+        let mut snames: HashMap<&str, usize> = HashMap::new();
+        let mut addrs: HashMap<std::net::SocketAddr, usize> = HashMap::new();
+        let mut prios: HashMap<u32, usize> = HashMap::new();
+        for (j, s) in pool.servers.iter().enumerate() {
+            let sp = |k: &str| format!("pools.{name}.servers[{j}].{k}");
+            if let Some(o) = snames.insert(&s.name, j) {
+                err(
+                    sp("name"),
+                    format!("duplicate server name {:?} (also servers[{o}])", s.name),
+                );
+            }
+            if let Some(o) = addrs.insert(s.address.0, j) {
+                err(
+                    sp("address"),
+                    format!("duplicate server address {} (also servers[{o}])", s.address.0),
+                );
+            }
+            if let Some(o) = prios.insert(s.priority, j) {
+                err(
+                    sp("priority"),
+                    format!(
+                        "duplicate priority {} (also servers[{o}]); priorities must be unique in a pool \
+                         and default to the server's position in the list",
+                        s.priority
+                    ),
+                );
+            }
+            if s.weight == 0 || s.weight > 10_000 {
+                err(
+                    sp("weight"),
+                    format!("weight {} is out of range 1-10000 (use enabled = false to remove a server)", s.weight),
+                );
+            }
+            if s.zone.is_empty() {
+                err(sp("zone"), "zone must not be empty".into());
+            }
+        }
+    }
+    errs
+}
