@@ -54,11 +54,11 @@ impl fmt::Display for Dur {
         let ms = self.0.as_millis();
         if ms == 0 {
             write!(f, "0s")
-        } else if ms % 3_600_000 == 0 {
+        } else if ms.is_multiple_of(3_600_000) {
             write!(f, "{}h", ms / 3_600_000)
-        } else if ms % 60_000 == 0 {
+        } else if ms.is_multiple_of(60_000) {
             write!(f, "{}m", ms / 60_000)
-        } else if ms % 1000 == 0 {
+        } else if ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")
@@ -97,7 +97,15 @@ mod tests {
             assert_eq!(d, Dur::ms(ms));
             assert_eq!(d.to_string(), back);
         }
-        for bad in ["", "s", "3", "3 sec", "1.5s", "-1s", "99999999999999999999h"] {
+        for bad in [
+            "",
+            "s",
+            "3",
+            "3 sec",
+            "1.5s",
+            "-1s",
+            "99999999999999999999h",
+        ] {
             assert!(bad.parse::<Dur>().is_err(), "{bad}");
         }
     }

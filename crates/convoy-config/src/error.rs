@@ -38,7 +38,11 @@ impl fmt::Display for ConfigError {
         if self.line == 0 {
             return write!(f, "{}: {}", self.file, self.reason);
         }
-        let key = if self.key.is_empty() { "(top level)" } else { &self.key };
+        let key = if self.key.is_empty() {
+            "(top level)"
+        } else {
+            &self.key
+        };
         write!(
             f,
             "{}:{}:{}: {}: {}",

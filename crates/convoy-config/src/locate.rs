@@ -18,7 +18,8 @@ pub(crate) fn path_for_span(text: &str, span: &Range<usize>) -> String {
 }
 
 fn contains(r: &Option<Range<usize>>, at: usize) -> bool {
-    r.as_ref().is_some_and(|r| r.start <= at && at < r.end.max(r.start + 1))
+    r.as_ref()
+        .is_some_and(|r| r.start <= at && at < r.end.max(r.start + 1))
 }
 
 fn push_key(path: &mut String, key: &str) {

@@ -122,7 +122,10 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
             if let Some(o) = addrs.insert(s.address.0, j) {
                 err(
                     sp("address"),
-                    format!("duplicate server address {} (also servers[{o}])", s.address.0),
+                    format!(
+                        "duplicate server address {} (also servers[{o}])",
+                        s.address.0
+                    ),
                 );
             }
             if let Some(o) = prios.insert(s.priority, j) {

@@ -1,1 +1,106 @@
-fn main(){}
+//! The convoy binary: command line, logging, runtime, signals. The node's
+//! control plane lives in `node`, the demo in `demo`.
+#![forbid(unsafe_code)]
+
+mod demo;
+mod node;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use convoy_config::{Config, LogFormat};
+
+/// convoy: put a farm of redundant servers behind one address.
+#[derive(Parser, Debug)]
+#[command(name = "convoy", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a node with a config file.
+    ///
+    /// Signals: SIGHUP reloads the config; SIGQUIT or SIGUSR1 drain-stops
+    /// (stop accepting, exit when the last connection ends or after
+    /// node.drain_timeout); SIGTERM or SIGINT stop at once; SIGUSR2 logs the
+    /// node's state (servers grouped by zone).
+    Run {
+        /// Config file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate a config file and print it normalized (all defaults filled in).
+    Check {
+        /// Config file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Start three demo HTTP servers on loopback behind a balancer.
+    Demo {
+        /// Address of the demo balancer.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CONVOY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Json => b.json().flatten_event(true).init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    b.enable_all().build().context("cannot start the runtime")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Check { config } => match Config::load(&config) {
+            Ok(c) => {
+                print!("{}", c.to_toml());
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        },
+        Cmd::Run { config } => match Config::load(&config) {
+            Ok(c) => {
+                init_logging(c.node.log_format);
+                runtime(c.node.workers).and_then(|rt| rt.block_on(node::run(c, Some(config))))
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        },
+        Cmd::Demo { listen } => {
+            init_logging(LogFormat::Text);
+            runtime(0).and_then(|rt| rt.block_on(demo::run(&listen)))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("convoy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

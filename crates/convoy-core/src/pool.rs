@@ -1,0 +1,246 @@
+//! A pool at run time: its servers (config + live state) and the selection
+//! tables built from the servers that may take traffic now.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use convoy_balance::{affinity_key, ramp_weight, AffinityKind, Table};
+use convoy_config::{Pool, Server};
+
+use crate::state::{AdminState, ServerState};
+
+/// A server of a pool: its config and its live state.
+#[derive(Debug)]
+pub struct ServerEntry {
+    /// Config of the server.
+    pub cfg: Server,
+    /// Live state (shared across snapshots).
+    pub state: Arc<ServerState>,
+}
+
+/// Selection tables over the pool's servers (indices into `servers`).
+#[derive(Debug)]
+pub struct Tables {
+    /// Weighted round-robin sweep, with slow-start weights.
+    pub rr: Table,
+    /// Consistent hash, with full weights.
+    pub hash: Table,
+    /// Servers that could take traffic when the tables were built.
+    pub eligible: usize,
+    /// True while some server is ramping up (tables need rebuilding).
+    pub ramping: bool,
+}
+
+/// A pool with its servers and current tables.
+#[derive(Debug)]
+pub struct PoolRuntime {
+    /// Pool name.
+    pub name: String,
+    /// Pool config.
+    pub cfg: Pool,
+    /// Servers in config order.
+    pub servers: Vec<ServerEntry>,
+    by_name: HashMap<Arc<str>, usize>,
+    tables: ArcSwap<Tables>,
+    counter: AtomicU64,
+}
+
+impl PoolRuntime {
+    /// Builds the pool, taking live state from `prev` for servers of the
+    /// same name.
+    pub fn new(name: &str, cfg: &Pool, prev: Option<&PoolRuntime>) -> Self {
+        let servers: Vec<ServerEntry> = cfg
+            .servers
+            .iter()
+            .map(|s| {
+                let admin = if !s.enabled {
+                    AdminState::Disabled
+                } else if s.drain {
+                    AdminState::Draining
+                } else {
+                    AdminState::Enabled
+                };
+                let state = match prev.and_then(|p| p.server(&s.name)) {
+                    Some(old) => {
+                        let old = Arc::clone(&old.state);
+                        old.set_admin(admin);
+                        old
+                    }
+                    None => Arc::new(ServerState::new(name, &s.name, admin)),
+                };
+                ServerEntry {
+                    cfg: s.clone(),
+                    state,
+                }
+            })
+            .collect();
+        let by_name = servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (Arc::clone(&s.state.name), i))
+            .collect();
+        let pool = PoolRuntime {
+            name: name.to_string(),
+            cfg: cfg.clone(),
+            servers,
+            by_name,
+            tables: ArcSwap::from_pointee(Tables {
+                rr: Table::build::<&str>(&[]),
+                hash: Table::build::<&str>(&[]),
+                eligible: 0,
+                ramping: false,
+            }),
+            counter: AtomicU64::new(prev.map_or(0, |p| p.counter.load(Ordering::Relaxed))),
+        };
+        pool.rebuild();
+        pool
+    }
+
+    /// The server named `name`.
+    pub fn server(&self, name: &str) -> Option<&ServerEntry> {
+        self.by_name.get(name).map(|&i| &self.servers[i])
+    }
+
+    /// Index of the server named `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Rebuilds the tables from the servers' current state. Called by the
+    /// control plane after health/admin changes and during slow start.
+    pub fn rebuild(&self) {
+        let window = self.cfg.slow_start.get();
+        let mut ramping = false;
+        let mut eligible = 0;
+        let mut full = Vec::with_capacity(self.servers.len());
+        let mut ramped = Vec::with_capacity(self.servers.len());
+        for s in &self.servers {
+            let ok = s.state.is_eligible();
+            let w = if ok { s.cfg.weight } else { 0 };
+            if ok {
+                eligible += 1;
+            }
+            let rw = match s.state.up_for_ms() {
+                Some(ms) if ok && Duration::from_millis(ms) < window => {
+                    ramping = true;
+                    ramp_weight(w, Duration::from_millis(ms), window)
+                }
+                _ => w,
+            };
+            full.push((s.cfg.name.as_bytes(), w));
+            ramped.push((s.cfg.name.as_bytes(), rw));
+        }
+        let hash = Table::build(&full);
+        let rr = if ramping {
+            Table::build(&ramped)
+        } else {
+            hash.clone()
+        };
+        self.tables.store(Arc::new(Tables {
+            rr,
+            hash,
+            eligible,
+            ramping,
+        }));
+    }
+
+    /// The current tables.
+    pub fn tables(&self) -> arc_swap::Guard<Arc<Tables>> {
+        self.tables.load()
+    }
+
+    /// Picks a server for a new connection from `client`, skipping those in
+    /// `tried` (earlier attempts of the same connection). Returns an index
+    /// into `servers`.
+    pub fn pick(&self, affinity: AffinityKind, client: IpAddr, tried: &[usize]) -> Option<usize> {
+        let t = self.tables.load();
+        if t.eligible == 0 {
+            return None;
+        }
+        if tried.is_empty() {
+            if let Some(k) = affinity_key(affinity, client) {
+                let i = t.hash.lookup(k)?;
+                if self.servers[i].state.is_eligible() {
+                    return Some(i);
+                }
+            }
+        }
+        // Weighted round robin; on retries, walk on past servers already tried
+        // or no longer eligible (tables may lag a health change by a moment).
+        for _ in 0..t.rr.len().min(4 * self.servers.len() + 16) {
+            let c = self.counter.fetch_add(1, Ordering::Relaxed);
+            let i = t.rr.at(c)?;
+            if !tried.contains(&i) && self.servers[i].state.is_eligible() {
+                return Some(i);
+            }
+        }
+        // Rare: the sweep kept hitting tried servers; scan directly.
+        self.servers
+            .iter()
+            .enumerate()
+            .find(|(i, s)| !tried.contains(i) && s.state.is_eligible())
+            .map(|(i, _)| i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use convoy_config::Config;
+
+    fn pool(weights: &[u32]) -> PoolRuntime {
+        let mut text = String::from(
+            "[[listeners]]\naddress=\"127.0.0.1:1\"\npool=\"p\"\n[pools.p]\nslow_start=\"0s\"\n",
+        );
+        for (i, w) in weights.iter().enumerate() {
+            text.push_str(&format!(
+                "[[pools.p.servers]]\naddress=\"127.0.0.1:{}\"\nweight={w}\n",
+                1000 + i
+            ));
+        }
+        let c = Config::parse("t", &text).unwrap();
+        PoolRuntime::new("p", &c.pools["p"], None)
+    }
+
+    #[test]
+    fn round_robin_follows_weights() {
+        let p = pool(&[1, 2, 3]);
+        let mut n = [0u32; 3];
+        for _ in 0..6000 {
+            n[p.pick(AffinityKind::None, "127.0.0.1".parse().unwrap(), &[])
+                .unwrap()] += 1;
+        }
+        for (i, w) in [1.0, 2.0, 3.0].iter().enumerate() {
+            let share = f64::from(n[i]) / 6000.0;
+            assert!((share - w / 6.0).abs() < 0.01, "{i} {share}");
+        }
+    }
+
+    #[test]
+    fn down_servers_are_skipped_and_retries_avoid_tried() {
+        let p = pool(&[1, 1, 1]);
+        p.servers[1].state.set_up(false);
+        p.rebuild();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        for _ in 0..100 {
+            assert_ne!(p.pick(AffinityKind::None, ip, &[]), Some(1));
+            assert_eq!(p.pick(AffinityKind::Client, ip, &[0]), Some(2));
+        }
+        assert_eq!(p.pick(AffinityKind::None, ip, &[0, 2]), None);
+    }
+
+    #[test]
+    fn live_state_carries_over_rebuilds() {
+        let a = pool(&[1, 1]);
+        let g = a.servers[0].state.open();
+        let b = PoolRuntime::new("p", &a.cfg, Some(&a));
+        assert_eq!(b.servers[0].state.active(), 1);
+        assert!(Arc::ptr_eq(&a.servers[0].state, &b.servers[0].state));
+        drop(g);
+        assert_eq!(b.servers[0].state.active(), 0);
+    }
+}

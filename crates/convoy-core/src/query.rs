@@ -1,0 +1,147 @@
+//! The `query` view of a node (WLBS `query`): listeners and pools with
+//! their servers grouped by zone. Serializable; printed by the node on
+//! request and, later, served by the admin API.
+
+use serde::Serialize;
+
+use crate::state::AdminState;
+use crate::{ListenerRuntime, Snapshot};
+
+/// Whole-node view.
+#[derive(Debug, Serialize)]
+pub struct Query {
+    /// Node name.
+    pub node: String,
+    /// Listeners.
+    pub listeners: Vec<ListenerView>,
+    /// Pools.
+    pub pools: Vec<PoolView>,
+}
+
+/// One listener.
+#[derive(Debug, Serialize)]
+pub struct ListenerView {
+    /// Name.
+    pub name: String,
+    /// Address.
+    pub address: String,
+    /// Pool.
+    pub pool: String,
+    /// Current connections or flows.
+    pub active: u64,
+    /// Accepted since start.
+    pub accepted: u64,
+    /// Refused at max_connections.
+    pub refused: u64,
+    /// Found no server.
+    pub failed: u64,
+}
+
+/// One pool.
+#[derive(Debug, Serialize)]
+pub struct PoolView {
+    /// Name.
+    pub name: String,
+    /// Servers able to take traffic.
+    pub eligible: usize,
+    /// Servers grouped by zone, zones in name order.
+    pub zones: Vec<ZoneView>,
+}
+
+/// One zone of a pool.
+#[derive(Debug, Serialize)]
+pub struct ZoneView {
+    /// Zone name.
+    pub zone: String,
+    /// True when no server of the zone is up.
+    pub down: bool,
+    /// Servers.
+    pub servers: Vec<ServerView>,
+}
+
+/// One server.
+#[derive(Debug, Serialize)]
+pub struct ServerView {
+    /// Name.
+    pub name: String,
+    /// Address.
+    pub address: String,
+    /// Weight.
+    pub weight: u32,
+    /// Priority (single mode).
+    pub priority: u32,
+    /// "up" or "down".
+    pub health: &'static str,
+    /// Operator state.
+    pub admin: AdminState,
+    /// Current connections.
+    pub active: u64,
+    /// Connections since start.
+    pub total: u64,
+    /// Connect failures and resets since start.
+    pub failures: u64,
+    /// Bytes client→server.
+    pub bytes_in: u64,
+    /// Bytes server→client.
+    pub bytes_out: u64,
+}
+
+/// Builds the view.
+pub fn query(snap: &Snapshot, listeners: &[std::sync::Arc<ListenerRuntime>]) -> Query {
+    let listeners = listeners
+        .iter()
+        .map(|l| {
+            let (active, accepted, refused, failed) = l.counters();
+            ListenerView {
+                name: l.cfg.name.clone(),
+                address: l.cfg.address.to_string(),
+                pool: l.cfg.pool.clone(),
+                active,
+                accepted,
+                refused,
+                failed,
+            }
+        })
+        .collect();
+    let mut pools: Vec<PoolView> = snap
+        .pools
+        .values()
+        .map(|p| {
+            let mut zones: std::collections::BTreeMap<&str, Vec<ServerView>> = Default::default();
+            for s in &p.servers {
+                let (bytes_in, bytes_out) = s.state.bytes();
+                zones.entry(&s.cfg.zone).or_default().push(ServerView {
+                    name: s.cfg.name.clone(),
+                    address: s.cfg.address.0.to_string(),
+                    weight: s.cfg.weight,
+                    priority: s.cfg.priority,
+                    health: if s.state.is_up() { "up" } else { "down" },
+                    admin: s.state.admin(),
+                    active: s.state.active(),
+                    total: s.state.total(),
+                    failures: s.state.connect_failures(),
+                    bytes_in,
+                    bytes_out,
+                });
+            }
+            PoolView {
+                name: p.name.clone(),
+                eligible: p.tables().eligible,
+                zones: zones
+                    .into_iter()
+                    .map(|(z, servers)| ZoneView {
+                        zone: z.to_string(),
+                        down: servers.iter().all(|s| s.health == "down"),
+                        servers,
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    pools.sort_by(|a, b| a.name.cmp(&b.name));
+    Query {
+        node: snap.config.node.name.clone(),
+        listeners,
+        pools,
+    }
+}

@@ -1,0 +1,230 @@
+//! Live state of one server. All fields are atomics: the data plane updates
+//! counters without locks; the control plane flips health and admin state.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::clock;
+
+/// Operator-set state of a server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    /// Takes traffic.
+    Enabled,
+    /// Takes no new traffic; existing connections finish (up to drain_timeout).
+    Draining,
+    /// Takes no traffic.
+    Disabled,
+}
+
+/// Live per-server state, shared by every snapshot that contains the server.
+#[derive(Debug)]
+pub struct ServerState {
+    /// Pool name.
+    pub pool: Arc<str>,
+    /// Server name (unique in the pool).
+    pub name: Arc<str>,
+    active: AtomicU64,
+    total: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    connect_failures: AtomicU64,
+    consecutive_failures: AtomicU32,
+    up: AtomicBool,
+    admin: AtomicU8,
+    up_since_ms: AtomicU64,
+    kill: watch::Sender<u64>,
+}
+
+impl ServerState {
+    /// A new server, healthy, with the given admin state.
+    pub fn new(pool: &str, name: &str, admin: AdminState) -> Self {
+        ServerState {
+            pool: pool.into(),
+            name: name.into(),
+            active: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            up: AtomicBool::new(true),
+            admin: AtomicU8::new(admin as u8),
+            // A server present from the start needs no slow start.
+            up_since_ms: AtomicU64::new(0),
+            kill: watch::Sender::new(0),
+        }
+    }
+
+    /// Healthy according to checks and passive signals.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Sets health; returns true if it changed. Coming up starts slow start.
+    pub fn set_up(&self, up: bool) -> bool {
+        let changed = self.up.swap(up, Ordering::AcqRel) != up;
+        if changed && up {
+            self.up_since_ms.store(clock::now_ms(), Ordering::Release);
+            self.consecutive_failures.store(0, Ordering::Release);
+        }
+        changed
+    }
+
+    /// Marks the start of slow start now (e.g. a server enabled by an operator).
+    pub fn restart_slow_start(&self) {
+        self.up_since_ms.store(clock::now_ms(), Ordering::Release);
+    }
+
+    /// Milliseconds since the server last came up (`None`: up from the start).
+    pub fn up_for_ms(&self) -> Option<u64> {
+        match self.up_since_ms.load(Ordering::Acquire) {
+            0 => None,
+            t => Some(clock::now_ms().saturating_sub(t)),
+        }
+    }
+
+    /// Operator state.
+    pub fn admin(&self) -> AdminState {
+        match self.admin.load(Ordering::Acquire) {
+            0 => AdminState::Enabled,
+            1 => AdminState::Draining,
+            _ => AdminState::Disabled,
+        }
+    }
+
+    /// Sets the operator state; returns the previous one.
+    pub fn set_admin(&self, a: AdminState) -> AdminState {
+        match self.admin.swap(a as u8, Ordering::AcqRel) {
+            0 => AdminState::Enabled,
+            1 => AdminState::Draining,
+            _ => AdminState::Disabled,
+        }
+    }
+
+    /// May take new traffic.
+    pub fn is_eligible(&self) -> bool {
+        self.is_up() && self.admin() == AdminState::Enabled
+    }
+
+    /// Current connections or flows.
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Connections or flows since start.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Bytes client→server and server→client.
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.bytes_in.load(Ordering::Relaxed),
+            self.bytes_out.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Adds relayed bytes.
+    pub fn add_bytes(&self, to_server: u64, to_client: u64) {
+        self.bytes_in.fetch_add(to_server, Ordering::Relaxed);
+        self.bytes_out.fetch_add(to_client, Ordering::Relaxed);
+    }
+
+    /// Connect failures since start.
+    pub fn connect_failures(&self) -> u64 {
+        self.connect_failures.load(Ordering::Relaxed)
+    }
+
+    /// Records a connect failure or reset; returns the consecutive count.
+    pub fn record_failure(&self) -> u32 {
+        self.connect_failures.fetch_add(1, Ordering::Relaxed);
+        self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Records a successful connect.
+    pub fn record_success(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Release);
+        }
+    }
+
+    /// Counts a new connection; the guard uncounts it when dropped.
+    pub fn open(self: &Arc<Self>) -> ConnGuard {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        ConnGuard {
+            state: Arc::clone(self),
+        }
+    }
+
+    /// A receiver that changes when the server's connections must close
+    /// (drain timeout expired, server removed, node stopping).
+    pub fn kill_signal(&self) -> watch::Receiver<u64> {
+        self.kill.subscribe()
+    }
+
+    /// Closes every open connection of this server.
+    pub fn kill_all(&self) {
+        self.kill.send_modify(|v| *v += 1);
+    }
+}
+
+/// Keeps a connection counted on its server while alive.
+#[derive(Debug)]
+pub struct ConnGuard {
+    state: Arc<ServerState>,
+}
+
+impl ConnGuard {
+    /// The server.
+    pub fn server(&self) -> &Arc<ServerState> {
+        &self.state
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.state.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl ServerState {
+    /// True when a draining server has no connection left (the control plane
+    /// polls this to report "drain finished").
+    pub fn drain_finished(&self) -> bool {
+        self.admin() == AdminState::Draining && self.active() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_counts_and_eligibility() {
+        let s = Arc::new(ServerState::new("p", "a", AdminState::Enabled));
+        assert!(s.is_eligible());
+        let g = s.open();
+        let g2 = s.open();
+        assert_eq!(s.active(), 2);
+        drop(g);
+        assert_eq!(s.active(), 1);
+        assert_eq!(s.set_admin(AdminState::Draining), AdminState::Enabled);
+        assert!(!s.is_eligible());
+        assert!(!s.drain_finished());
+        drop(g2);
+        assert!(s.drain_finished());
+        assert_eq!(s.total(), 2);
+        assert!(s.set_up(false));
+        assert!(!s.set_up(false));
+        assert_eq!(s.record_failure(), 1);
+        assert_eq!(s.record_failure(), 2);
+        assert!(s.set_up(true));
+        assert!(s.up_for_ms().is_some());
+    }
+}

@@ -1,0 +1,179 @@
+//! TCP listeners: the accept loop (with `max_connections` and back-off when
+//! descriptors run out) and the per-connection path: choose a server,
+//! connect with a timeout, on failure try the next server so the client sees
+//! no error while any healthy server remains, optionally send the PROXY
+//! header, then relay.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use convoy_config::{ListenAddr, ProxyProtocol};
+use convoy_core::listener::NoServer;
+use convoy_core::ListenerRuntime;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::relay::{relay, End};
+use crate::{Context, DataEvent};
+
+/// Binds every port of `addr` (with SO_REUSEADDR, and SO_REUSEPORT so a new
+/// process can bind beside an old one during an upgrade).
+pub fn bind(addr: &ListenAddr) -> io::Result<Vec<TcpListener>> {
+    addr.sockets()
+        .map(|sa| {
+            let sock = if sa.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            sock.set_reuseaddr(true)?;
+            #[cfg(unix)]
+            sock.set_reuseport(true)?;
+            sock.bind(sa)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {sa}: {e}")))?;
+            sock.listen(1024)
+        })
+        .collect()
+}
+
+/// Runs the accept loop of one bound socket until `stop` changes to true.
+pub async fn serve(
+    ctx: Context,
+    listener: Arc<ListenerRuntime>,
+    socket: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    let local = socket.local_addr().ok();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            r = socket.accept() => r,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let (client, peer) = match accepted {
+            Ok(c) => {
+                backoff = Duration::from_millis(5);
+                c
+            }
+            Err(e) => {
+                // EMFILE/ENFILE/ENOBUFS: wait for descriptors to free up
+                // instead of spinning; everything else is per-connection.
+                warn!(event = "accept_error", listener = %listener.cfg.name, error = %e, backoff_ms = backoff.as_millis() as u64);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if !listener.admit() {
+            warn!(event = "connection_refused", listener = %listener.cfg.name, client = %peer, reason = "max_connections");
+            drop(client);
+            continue;
+        }
+        let ctx = ctx.clone();
+        let l = Arc::clone(&listener);
+        tokio::spawn(async move {
+            handle(&ctx, &l, client, peer, local).await;
+            l.release();
+        });
+    }
+    debug!(listener = %listener.cfg.name, "accept loop stopped");
+}
+
+async fn handle(
+    ctx: &Context,
+    l: &ListenerRuntime,
+    client: TcpStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+) {
+    let _ = client.set_nodelay(true);
+    let snap = ctx.snapshot.load_full();
+    let Some(pool) = snap.pools.get(&l.cfg.pool) else {
+        l.count_failed();
+        return;
+    };
+    let mut tried: Vec<usize> = Vec::new();
+    let (server_stream, idx) = loop {
+        let idx = match l.choose(pool, peer.ip(), &tried) {
+            Ok(i) => i,
+            Err(why) => {
+                l.count_failed();
+                let reason = match why {
+                    NoServer::Disabled => "listener disabled",
+                    NoServer::NoneAvailable => "no server available",
+                };
+                info!(event = "no_server", listener = %l.cfg.name, client = %peer, reason, tried = tried.len());
+                return;
+            }
+        };
+        let s = &pool.servers[idx];
+        let addr = s.cfg.address.0;
+        match connect(addr, l.cfg.connect_timeout.get()).await {
+            Ok(stream) => {
+                s.state.record_success();
+                break (stream, idx);
+            }
+            Err(e) => {
+                let _ = ctx.events.send(DataEvent::Failure {
+                    server: Arc::clone(&s.state),
+                    reason: format!("connect: {e}"),
+                });
+                debug!(listener = %l.cfg.name, server = %s.cfg.name, error = %e, "connect failed, trying another server");
+                tried.push(idx);
+            }
+        }
+    };
+    let entry = &pool.servers[idx];
+    let guard = entry.state.open();
+    let mut server = server_stream;
+    if let (Some(pp), Some(local)) = (l.cfg.proxy_protocol, local) {
+        let hdr = match pp {
+            ProxyProtocol::V1 => crate::proxy_protocol::v1(peer, local),
+            ProxyProtocol::V2 => crate::proxy_protocol::v2(peer, local),
+        };
+        if let Err(e) = server.write_all(&hdr).await {
+            debug!(server = %entry.cfg.name, error = %e, "cannot send PROXY header");
+            return;
+        }
+    }
+    let mut kills = [ctx.kill.clone(), entry.state.kill_signal()];
+    for k in kills.iter_mut() {
+        k.mark_unchanged();
+    }
+    let out = relay(
+        &client,
+        &server,
+        ctx.splice,
+        l.cfg.idle_timeout().get(),
+        &mut kills,
+    )
+    .await;
+    entry.state.add_bytes(out.to_server, out.to_client);
+    if let End::ServerError(kind) = out.end {
+        if kind == io::ErrorKind::ConnectionReset {
+            let _ = ctx.events.send(DataEvent::Failure {
+                server: Arc::clone(&entry.state),
+                reason: "connection reset by server".into(),
+            });
+        }
+    }
+    debug!(listener = %l.cfg.name, server = %entry.cfg.name, client = %peer, to_server = out.to_server, to_client = out.to_client, end = ?out.end, "connection closed");
+    drop(guard);
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    sock.set_nodelay(true)?;
+    match tokio::time::timeout(timeout, sock.connect(addr)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+    }
+}

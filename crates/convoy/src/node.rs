@@ -1,0 +1,488 @@
+//! The node's control plane: builds the snapshot from the config, starts
+//! listeners and health probes, and is the one place where server health
+//! and admin state change (probe reports, passive failures, reloads,
+//! signals). After each change it rebuilds the affected pool's tables and
+//! logs a structured event. The data plane only reads.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use convoy_config::{CheckKind, Config, Listener, Protocol};
+use convoy_core::{query, AdminState, ListenerRuntime, ServerState, Snapshot};
+use convoy_l4::{Context, DataEvent};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+enum Bound {
+    Tcp(Vec<tokio::net::TcpListener>),
+    Udp(Vec<tokio::net::UdpSocket>),
+}
+
+struct RunningListener {
+    rt: Arc<ListenerRuntime>,
+    stop: watch::Sender<bool>,
+}
+
+type ServerKey = (String, String);
+
+struct Probe {
+    addr: std::net::SocketAddr,
+    cfg: convoy_config::Health,
+    task: JoinHandle<()>,
+}
+
+struct Node {
+    path: Option<PathBuf>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    listeners: Vec<RunningListener>,
+    probes: HashMap<ServerKey, Probe>,
+    kill: watch::Sender<u64>,
+    ctx: Context,
+    health_tx: mpsc::UnboundedSender<convoy_health::Report>,
+    zones_down: HashSet<(String, String)>,
+    zone_down_events: u64,
+    draining_since: HashMap<ServerKey, Instant>,
+    drain_reported: HashSet<ServerKey>,
+    passive_retry: HashMap<ServerKey, Instant>,
+}
+
+/// Runs a node until it is stopped.
+pub async fn run(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let (health_tx, mut health_rx) = mpsc::unbounded_channel();
+    let (kill, kill_rx) = watch::channel(0u64);
+    let splice = cfg.node.splice;
+    let cfg = Arc::new(cfg);
+    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
+        Arc::clone(&cfg),
+        None,
+    )));
+    let ctx = Context {
+        snapshot: Arc::clone(&snapshot),
+        events: events_tx,
+        kill: kill_rx,
+        splice,
+    };
+    let mut node = Node {
+        path,
+        snapshot,
+        listeners: Vec::new(),
+        probes: HashMap::new(),
+        kill,
+        ctx,
+        health_tx,
+        zones_down: HashSet::new(),
+        zone_down_events: 0,
+        draining_since: HashMap::new(),
+        drain_reported: HashSet::new(),
+        passive_retry: HashMap::new(),
+    };
+    for l in &cfg.listeners {
+        let bound = Node::bind_listener(l).with_context(|| format!("listener {}", l.name))?;
+        let running = node.spawn_listener(l, bound);
+        node.listeners.push(running);
+    }
+    node.sync_probes();
+    node.note_admin_changes();
+    info!(
+        event = "ready",
+        node = %cfg.node.name,
+        listeners = cfg.listeners.len(),
+        pools = cfg.pools.len(),
+        "convoy is ready"
+    );
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            Some(ev) = events_rx.recv() => node.on_data_event(ev),
+            Some(r) = health_rx.recv() => node.on_health(r),
+            _ = tick.tick() => node.on_tick(),
+            _ = hup.recv() => node.reload(),
+            _ = usr2.recv() => node.log_query(),
+            _ = quit.recv() => return node.drainstop("SIGQUIT").await,
+            _ = usr1.recv() => return node.drainstop("SIGUSR1").await,
+            _ = term.recv() => return node.stop("SIGTERM").await,
+            _ = int.recv() => return node.stop("SIGINT").await,
+        }
+    }
+}
+
+impl Node {
+    /// Binds every socket of a listener (nothing is served yet).
+    fn bind_listener(l: &Listener) -> anyhow::Result<Bound> {
+        Ok(match l.protocol {
+            Protocol::Tcp => Bound::Tcp(convoy_l4::tcp::bind(&l.address)?),
+            Protocol::Udp => Bound::Udp(convoy_l4::udp::bind(&l.address)?),
+        })
+    }
+
+    /// Starts serving bound sockets.
+    fn spawn_listener(&self, l: &Listener, bound: Bound) -> RunningListener {
+        let rt = Arc::new(ListenerRuntime::new(l.clone()));
+        let (stop, stop_rx) = watch::channel(false);
+        match bound {
+            Bound::Tcp(socks) => {
+                for s in socks {
+                    let addr = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                    info!(event = "listening", listener = %l.name, protocol = "tcp", address = %addr);
+                    let f = convoy_l4::tcp::serve(
+                        self.ctx.clone(),
+                        Arc::clone(&rt),
+                        s,
+                        stop_rx.clone(),
+                    );
+                    tokio::spawn(f);
+                }
+            }
+            Bound::Udp(socks) => {
+                for s in socks {
+                    let addr = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                    info!(event = "listening", listener = %l.name, protocol = "udp", address = %addr);
+                    let f = convoy_l4::udp::serve(
+                        self.ctx.clone(),
+                        Arc::clone(&rt),
+                        s,
+                        stop_rx.clone(),
+                    );
+                    tokio::spawn(f);
+                }
+            }
+        }
+        RunningListener { rt, stop }
+    }
+
+    fn snap(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Starts, restarts or stops probe tasks so there is one per server of
+    /// every pool with active checks.
+    fn sync_probes(&mut self) {
+        let snap = self.snap();
+        let mut wanted = HashSet::new();
+        for (pname, pool) in &snap.pools {
+            if pool.cfg.health.check == CheckKind::None {
+                continue;
+            }
+            for s in &pool.servers {
+                let key = (pname.clone(), s.cfg.name.clone());
+                wanted.insert(key.clone());
+                let same = self
+                    .probes
+                    .get(&key)
+                    .is_some_and(|p| p.addr == s.cfg.address.0 && p.cfg == pool.cfg.health);
+                if !same {
+                    if let Some(old) = self.probes.remove(&key) {
+                        old.task.abort();
+                    }
+                    let task = convoy_health::spawn(
+                        Arc::clone(&s.state),
+                        s.cfg.address.0,
+                        pool.cfg.health.clone(),
+                        self.health_tx.clone(),
+                    );
+                    self.probes.insert(
+                        key,
+                        Probe {
+                            addr: s.cfg.address.0,
+                            cfg: pool.cfg.health.clone(),
+                            task,
+                        },
+                    );
+                }
+            }
+        }
+        self.probes.retain(|k, p| {
+            let keep = wanted.contains(k);
+            if !keep {
+                p.task.abort();
+            }
+            keep
+        });
+    }
+
+    fn set_health(&mut self, server: &Arc<ServerState>, up: bool, source: &str, detail: &str) {
+        if !server.set_up(up) {
+            return;
+        }
+        let snap = self.snap();
+        let Some(pool) = snap.pools.get(&*server.pool) else {
+            return;
+        };
+        let zone = pool
+            .server(&server.name)
+            .map(|s| s.cfg.zone.clone())
+            .unwrap_or_default();
+        if up {
+            info!(event = "server_up", pool = %server.pool, server = %server.name, zone = %zone, source, detail, slow_start = %pool.cfg.slow_start);
+        } else {
+            warn!(event = "server_down", pool = %server.pool, server = %server.name, zone = %zone, source, detail);
+        }
+        pool.rebuild();
+        self.check_zone(&snap, &server.pool, &zone);
+        if pool.tables().eligible == 0 {
+            error!(event = "pool_down", pool = %server.pool, "no server of the pool can take traffic");
+        }
+    }
+
+    fn check_zone(&mut self, snap: &Snapshot, pool_name: &str, zone: &str) {
+        let Some(pool) = snap.pools.get(pool_name) else {
+            return;
+        };
+        let members: Vec<_> = pool.servers.iter().filter(|s| s.cfg.zone == zone).collect();
+        let all_down = !members.is_empty() && members.iter().all(|s| !s.state.is_up());
+        let key = (pool_name.to_string(), zone.to_string());
+        if all_down && self.zones_down.insert(key.clone()) {
+            self.zone_down_events += 1;
+            error!(event = "zone_down", pool = %pool_name, zone = %zone, servers = members.len(), zone_down_events = self.zone_down_events, "every server of the zone is down");
+        } else if !all_down && self.zones_down.remove(&key) {
+            info!(event = "zone_up", pool = %pool_name, zone = %zone);
+        }
+    }
+
+    fn on_health(&mut self, r: convoy_health::Report) {
+        self.set_health(&r.server, r.up, "active", &r.detail);
+    }
+
+    fn on_data_event(&mut self, ev: DataEvent) {
+        let DataEvent::Failure { server, reason } = ev;
+        let snap = self.snap();
+        let Some(pool) = snap.pools.get(&*server.pool) else {
+            return;
+        };
+        let threshold = pool.cfg.passive.failures;
+        let n = server.record_failure();
+        if threshold > 0 && n >= threshold && server.is_up() {
+            self.set_health(&server, false, "passive", &reason);
+            if pool.cfg.health.check == CheckKind::None {
+                let key = (server.pool.to_string(), server.name.to_string());
+                self.passive_retry
+                    .insert(key, Instant::now() + pool.cfg.passive.retry_after.get());
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let snap = self.snap();
+        // Slow start: rebuild tables while a server ramps up.
+        for pool in snap.pools.values() {
+            if pool.tables().ramping {
+                pool.rebuild();
+            }
+        }
+        // Passive-only pools: try failed servers again after retry_after.
+        let now = Instant::now();
+        let due: Vec<ServerKey> = self
+            .passive_retry
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            self.passive_retry.remove(&key);
+            if let Some(s) = snap.pools.get(&key.0).and_then(|p| p.server(&key.1)) {
+                let state = Arc::clone(&s.state);
+                self.set_health(&state, true, "passive", "retry_after elapsed");
+            }
+        }
+        // Drains: report when finished, force-close at drain_timeout.
+        let timeout = snap.config.node.drain_timeout.get();
+        for pool in snap.pools.values() {
+            for s in &pool.servers {
+                let key = (pool.name.clone(), s.cfg.name.clone());
+                if s.state.admin() != AdminState::Draining {
+                    self.draining_since.remove(&key);
+                    self.drain_reported.remove(&key);
+                    continue;
+                }
+                let since = *self.draining_since.entry(key.clone()).or_insert(now);
+                if s.state.active() == 0 {
+                    if self.drain_reported.insert(key) {
+                        info!(event = "drain_finished", pool = %pool.name, server = %s.cfg.name, "server drained: no connection left");
+                    }
+                } else if now.duration_since(since) >= timeout {
+                    warn!(event = "drain_timeout", pool = %pool.name, server = %s.cfg.name, closing = s.state.active(), "drain timeout: closing remaining connections");
+                    s.state.kill_all();
+                    self.draining_since.insert(key, now);
+                }
+            }
+        }
+        for l in &self.listeners {
+            l.rt.expire_sticky();
+        }
+    }
+
+    /// Logs admin-state changes made by a (re)load, and starts slow start for
+    /// servers that became enabled.
+    fn note_admin_changes(&mut self) {
+        let snap = self.snap();
+        for pool in snap.pools.values() {
+            for s in &pool.servers {
+                let a = s.state.admin();
+                if a != AdminState::Enabled {
+                    info!(event = "server_admin", pool = %pool.name, server = %s.cfg.name, state = ?a);
+                }
+            }
+        }
+    }
+
+    fn reload(&mut self) {
+        let Some(path) = self.path.clone() else {
+            warn!(event = "reload_refused", reason = "no config file");
+            return;
+        };
+        let new = match Config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                error!(event = "reload_refused", file = %path.display(), error = %e, "invalid config: the running config stays in force");
+                return;
+            }
+        };
+        let old = self.snap();
+        // Admin states before, to report changes and restart slow start.
+        let before: HashMap<ServerKey, AdminState> = old
+            .pools
+            .values()
+            .flat_map(|p| {
+                p.servers
+                    .iter()
+                    .map(move |s| ((p.name.clone(), s.cfg.name.clone()), s.state.admin()))
+            })
+            .collect();
+        // Listeners: bind new and changed ones first (SO_REUSEPORT lets a
+        // changed listener bind beside its old self), so a bind error
+        // refuses the whole reload before anything changes.
+        let mut bound = Vec::new();
+        for l in &new.listeners {
+            if self.listeners.iter().any(|r| r.rt.cfg == *l) {
+                continue;
+            }
+            match Node::bind_listener(l) {
+                Ok(b) => bound.push((l.clone(), b)),
+                Err(e) => {
+                    error!(event = "reload_refused", file = %path.display(), listener = %l.name, error = %format!("{e:#}"), "cannot bind: the running config stays in force");
+                    return;
+                }
+            }
+        }
+        let new = Arc::new(new);
+        let snap = Arc::new(Snapshot::build(Arc::clone(&new), Some(&old)));
+        self.snapshot.store(Arc::clone(&snap));
+        // Unchanged listeners keep running untouched; the rest stop.
+        let (kept, gone): (Vec<_>, Vec<_>) = self
+            .listeners
+            .drain(..)
+            .partition(|r| new.listeners.contains(&r.rt.cfg));
+        for r in gone {
+            info!(event = "listener_stopped", listener = %r.rt.cfg.name);
+            let _ = r.stop.send(true);
+        }
+        self.listeners = kept;
+        for (l, b) in bound {
+            let r = self.spawn_listener(&l, b);
+            self.listeners.push(r);
+        }
+        // Servers that left the config: close their connections.
+        for p in old.pools.values() {
+            for s in &p.servers {
+                let still = snap
+                    .pools
+                    .get(&p.name)
+                    .and_then(|np| np.server(&s.cfg.name))
+                    .is_some();
+                if !still {
+                    info!(event = "server_removed", pool = %p.name, server = %s.cfg.name);
+                    s.state.kill_all();
+                }
+            }
+        }
+        for p in snap.pools.values() {
+            for s in &p.servers {
+                let key = (p.name.clone(), s.cfg.name.clone());
+                let now = s.state.admin();
+                match before.get(&key) {
+                    Some(prev) if *prev != now => {
+                        info!(event = "server_admin", pool = %p.name, server = %s.cfg.name, from = ?prev, to = ?now);
+                        if now == AdminState::Enabled {
+                            s.state.restart_slow_start();
+                        }
+                    }
+                    None => info!(event = "server_added", pool = %p.name, server = %s.cfg.name),
+                    _ => {}
+                }
+            }
+            p.rebuild();
+        }
+        self.sync_probes();
+        info!(event = "reload_applied", file = %path.display(), listeners = self.listeners.len(), pools = snap.pools.len());
+    }
+
+    fn log_query(&self) {
+        let snap = self.snap();
+        let rts: Vec<Arc<ListenerRuntime>> =
+            self.listeners.iter().map(|l| Arc::clone(&l.rt)).collect();
+        let q = query::query(&snap, &rts);
+        match serde_json::to_string(&q) {
+            Ok(j) => info!(event = "query", state = %j),
+            Err(e) => warn!(error = %e, "cannot serialize query"),
+        }
+    }
+
+    fn stop_listeners(&self) {
+        for l in &self.listeners {
+            let _ = l.stop.send(true);
+        }
+    }
+
+    fn active(&self) -> u64 {
+        self.listeners.iter().map(|l| l.rt.counters().0).sum()
+    }
+
+    async fn drainstop(self, by: &str) -> anyhow::Result<()> {
+        self.stop_listeners();
+        let timeout = self.snap().config.node.drain_timeout.get();
+        info!(event = "drainstop", by, connections = self.active(), timeout = ?timeout, "node draining: no new connections");
+        let deadline = Instant::now() + timeout;
+        while self.active() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left = self.active();
+        if left > 0 {
+            warn!(
+                event = "drain_timeout",
+                connections = left,
+                "closing remaining connections"
+            );
+            self.kill.send_modify(|v| *v += 1);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        info!(event = "stopped", by, "node stopped after drain");
+        Ok(())
+    }
+
+    async fn stop(self, by: &str) -> anyhow::Result<()> {
+        self.stop_listeners();
+        let n = self.active();
+        self.kill.send_modify(|v| *v += 1);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.active() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        info!(event = "stopped", by, closed = n, "node stopped");
+        Ok(())
+    }
+}
