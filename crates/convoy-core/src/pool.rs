@@ -22,12 +22,14 @@ pub struct ServerEntry {
     pub state: Arc<ServerState>,
 }
 
-/// Selection tables over the pool's servers (indices into `servers`).
+/// Selection tables over the pool's available servers (indices into
+/// `servers`).
 #[derive(Debug)]
 pub struct Tables {
     /// Weighted round-robin sweep, with slow-start weights.
     pub rr: Table,
-    /// Consistent hash, with full weights.
+    /// Consistent hash over available servers at full weight: where the
+    /// clients of an unavailable server go.
     pub hash: Table,
     /// Servers that could take traffic when the tables were built.
     pub eligible: usize,
@@ -45,6 +47,10 @@ pub struct PoolRuntime {
     /// Servers in config order.
     pub servers: Vec<ServerEntry>,
     by_name: HashMap<Arc<str>, usize>,
+    /// Consistent hash over every configured server at its configured
+    /// weight, whatever its state: health and admin changes never move the
+    /// clients of servers that stay available.
+    primary: Table,
     tables: ArcSwap<Tables>,
     counter: AtomicU64,
 }
@@ -83,11 +89,17 @@ impl PoolRuntime {
             .enumerate()
             .map(|(i, s)| (Arc::clone(&s.state.name), i))
             .collect();
+        let all: Vec<(&[u8], u32)> = servers
+            .iter()
+            .map(|s| (s.cfg.name.as_bytes(), s.cfg.weight))
+            .collect();
+        let primary = Table::build(&all);
         let pool = PoolRuntime {
             name: name.to_string(),
             cfg: cfg.clone(),
             servers,
             by_name,
+            primary,
             tables: ArcSwap::from_pointee(Tables {
                 rr: Table::build::<&str>(&[]),
                 hash: Table::build::<&str>(&[]),
@@ -163,9 +175,15 @@ impl PoolRuntime {
         }
         if tried.is_empty() {
             if let Some(k) = affinity_key(affinity, client) {
-                let i = t.hash.lookup(k)?;
-                if self.servers[i].state.is_eligible() {
-                    return Some(i);
+                // The client's own server if it is available; otherwise the
+                // fallback table spreads that server's clients (and only
+                // them) over the others.
+                for table in [&self.primary, &t.hash] {
+                    if let Some(i) = table.lookup(k) {
+                        if self.servers[i].state.is_eligible() {
+                            return Some(i);
+                        }
+                    }
                 }
             }
         }
@@ -231,6 +249,41 @@ mod tests {
             assert_eq!(p.pick(AffinityKind::Client, ip, &[0]), Some(2));
         }
         assert_eq!(p.pick(AffinityKind::None, ip, &[0, 2]), None);
+    }
+
+    #[test]
+    fn only_clients_of_an_unavailable_server_move() {
+        let p = pool(&[1, 1, 1, 1, 1]);
+        let ips: Vec<IpAddr> = (0..2000u32)
+            .map(|i| IpAddr::from((0x7f00_0000u32 + i).to_be_bytes()))
+            .collect();
+        let before: Vec<usize> = ips
+            .iter()
+            .map(|ip| p.pick(AffinityKind::Client, *ip, &[]).unwrap())
+            .collect();
+        p.servers[2].state.set_up(false);
+        p.rebuild();
+        let mut moved = [0usize; 5];
+        for (ip, b) in ips.iter().zip(&before) {
+            let now = p.pick(AffinityKind::Client, *ip, &[]).unwrap();
+            if *b == 2 {
+                assert_ne!(now, 2);
+                moved[now] += 1;
+            } else {
+                assert_eq!(now, *b, "a client of a healthy server moved");
+            }
+        }
+        // The victim's clients spread over all the others.
+        assert!(
+            moved.iter().enumerate().all(|(i, m)| i == 2 || *m > 0),
+            "{moved:?}"
+        );
+        // Back up: everyone is home again.
+        p.servers[2].state.set_up(true);
+        p.rebuild();
+        for (ip, b) in ips.iter().zip(&before) {
+            assert_eq!(p.pick(AffinityKind::Client, *ip, &[]).unwrap(), *b);
+        }
     }
 
     #[test]

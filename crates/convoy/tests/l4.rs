@@ -1,0 +1,464 @@
+//! End-to-end tests of the L4 data plane: a real `convoy run` process,
+//! real loopback sockets, backends that name themselves.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use convoy_testkit::{ask_name, free_port, wait_until, Convoy, NamedBackend};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_convoy");
+
+fn server_block(pool: &str, b: &NamedBackend, extra: &str) -> String {
+    format!(
+        "[[pools.{pool}.servers]]\nname = \"{}\"\naddress = \"{}\"\n{extra}\n",
+        b.name, b.addr
+    )
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Asks `n` times with up to `par` concurrent connections; returns counts
+/// per backend name and the number of failures.
+async fn spread(to: SocketAddr, n: usize, par: usize) -> (HashMap<String, usize>, usize) {
+    let mut counts = HashMap::new();
+    let mut failed = 0;
+    let mut left = n;
+    while left > 0 {
+        let batch = left.min(par);
+        left -= batch;
+        let tasks: Vec<_> = (0..batch)
+            .map(|_| tokio::spawn(async move { ask_name(None, to).await.map(|(n, _)| n) }))
+            .collect();
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(name) => *counts.entry(name).or_insert(0) += 1,
+                Err(_) => failed += 1,
+            }
+        }
+    }
+    (counts, failed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_1_2_3_over_3000_connections() {
+    let bs = [
+        NamedBackend::start("a").await,
+        NamedBackend::start("b").await,
+        NamedBackend::start("c").await,
+    ];
+    let port = free_port();
+    let mut cfg =
+        format!("[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\n\n[pools.p]\n");
+    for (b, w) in bs.iter().zip([1, 2, 3]) {
+        cfg.push_str(&server_block("p", b, &format!("weight = {w}")));
+    }
+    let _c = Convoy::start(BIN, &cfg).await;
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (counts, failed) = spread(to, 3000, 32).await;
+    assert_eq!(failed, 0);
+    for (name, w) in [("a", 1.0), ("b", 2.0), ("c", 3.0)] {
+        let share = counts[name] as f64 / 3000.0;
+        let want = w / 6.0;
+        assert!(
+            (share - want).abs() / want <= 0.05,
+            "{name}: share {share:.4}, want {want:.4} ±5% ({counts:?})"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_and_network_affinity_and_minimal_disruption() {
+    let bs = [
+        NamedBackend::start("a").await,
+        NamedBackend::start("b").await,
+        NamedBackend::start("c").await,
+        NamedBackend::start("d").await,
+    ];
+    let (pc, pn) = (free_port(), free_port());
+    let servers: String = bs.iter().map(|b| server_block("p", b, "")).collect();
+    let cfg = |servers: &str| {
+        format!(
+            "[[listeners]]\nname = \"client\"\naddress = \"127.0.0.1:{pc}\"\npool = \"p\"\naffinity = \"client\"\n\n\
+             [[listeners]]\nname = \"network\"\naddress = \"127.0.0.1:{pn}\"\npool = \"p\"\naffinity = \"network\"\n\n\
+             [pools.p]\n{servers}"
+        )
+    };
+    let c = Convoy::start(BIN, &cfg(&servers)).await;
+    let client: SocketAddr = format!("127.0.0.1:{pc}").parse().unwrap();
+    let network: SocketAddr = format!("127.0.0.1:{pn}").parse().unwrap();
+
+    // client: one source address always lands on one server
+    let mut map = HashMap::new();
+    for i in 1..=60u8 {
+        let src = ip(&format!("127.0.9.{i}"));
+        let first = ask_name(Some(src), client).await.unwrap().0;
+        for _ in 0..3 {
+            assert_eq!(ask_name(Some(src), client).await.unwrap().0, first, "{src}");
+        }
+        map.insert(src, first);
+    }
+    let used: std::collections::HashSet<_> = map.values().collect();
+    assert!(
+        used.len() >= 3,
+        "60 clients should spread over the servers: {map:?}"
+    );
+
+    // network: addresses of one /24 land together; other /24s spread
+    let mut per_net = Vec::new();
+    for net in 10..30u8 {
+        let mut names = std::collections::HashSet::new();
+        for host in [1u8, 77, 200] {
+            let src = ip(&format!("127.0.{net}.{host}"));
+            names.insert(ask_name(Some(src), network).await.unwrap().0);
+        }
+        assert_eq!(names.len(), 1, "127.0.{net}.0/24 split over {names:?}");
+        per_net.push(names.into_iter().next().unwrap());
+    }
+    let nets_used: std::collections::HashSet<_> = per_net.iter().collect();
+    assert!(nets_used.len() >= 2, "{per_net:?}");
+
+    // removing one server moves only its clients
+    let victim = map[&ip("127.0.9.1")].clone();
+    let servers: String = bs
+        .iter()
+        .map(|b| {
+            server_block(
+                "p",
+                b,
+                if b.name == victim {
+                    "enabled = false"
+                } else {
+                    ""
+                },
+            )
+        })
+        .collect();
+    assert_eq!(c.reload(&cfg(&servers)).await, "reload_applied");
+    let mut moved_other = 0;
+    for (src, before) in &map {
+        let now = ask_name(Some(*src), client).await.unwrap().0;
+        if *before == victim {
+            assert_ne!(now, victim);
+        } else if now != *before {
+            moved_other += 1;
+        }
+    }
+    assert_eq!(moved_other, 0, "clients of other servers moved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_server_costs_no_failed_connection_and_returns() {
+    let a = NamedBackend::start("a").await;
+    let b = NamedBackend::start("b").await;
+    let port = free_port();
+    let cfg = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\n\n[pools.p]\nslow_start = \"0s\"\nhealth = {{ interval = \"100ms\", timeout = \"100ms\", rise = 2, fall = 2 }}\n{}{}",
+        server_block("p", &a, ""),
+        server_block("p", &b, "")
+    );
+    let c = Convoy::start(BIN, &cfg).await;
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (counts, failed) = spread(to, 100, 10).await;
+    assert_eq!(failed, 0);
+    assert!(counts.get("b").copied().unwrap_or(0) > 30, "{counts:?}");
+
+    // Kill b. Before detection, connects to b are refused and retried on
+    // a; after detection b is out of the tables. No client sees a failure.
+    // (A connection b had already accepted when it died is lost, as with
+    // any L4 balancer: its bytes were already relayed.)
+    let b_addr = b.addr;
+    b.stop();
+    drop(b);
+    let (counts, failed) = spread(to, 400, 8).await;
+    assert_eq!(
+        failed, 0,
+        "failed connections after a server died: {counts:?}"
+    );
+    assert!(c.wait_event("server_down", Duration::from_secs(5)).await);
+    let (counts, failed) = spread(to, 50, 5).await;
+    assert_eq!((failed, counts.get("b")), (0, None), "{counts:?}");
+
+    // It comes back on the same address: health checks bring it back.
+    let _b2 = NamedBackend::start_on("b", b_addr).await;
+    assert!(c.wait_event("server_up", Duration::from_secs(5)).await);
+    let (counts, failed) = spread(to, 100, 10).await;
+    assert_eq!(failed, 0);
+    assert!(counts.get("b").copied().unwrap_or(0) > 20, "{counts:?}");
+}
+
+async fn single_mode(failback: &str) -> (Vec<String>, Convoy) {
+    let s1 = NamedBackend::start("p1").await;
+    let s2 = NamedBackend::start("p2").await;
+    let s3 = NamedBackend::start("p3").await;
+    let port = free_port();
+    let cfg = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\nmode = \"single\"\nfailback = \"{failback}\"\n\n\
+         [pools.p]\nhealth = {{ interval = \"100ms\", timeout = \"100ms\", rise = 2, fall = 2 }}\n{}{}{}",
+        server_block("p", &s3, "priority = 3"),
+        server_block("p", &s1, "priority = 1"),
+        server_block("p", &s2, "priority = 2"),
+    );
+    let c = Convoy::start(BIN, &cfg).await;
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut seen = Vec::new();
+    let (counts, _) = spread(to, 20, 4).await;
+    assert_eq!(
+        counts.get("p1"),
+        Some(&20),
+        "all traffic to priority 1: {counts:?}"
+    );
+    seen.push("p1".to_string());
+    let addr1 = s1.addr;
+    s1.stop();
+    drop(s1);
+    let (counts, failed) = spread(to, 20, 4).await;
+    assert_eq!(failed, 0);
+    assert_eq!(
+        counts.get("p2"),
+        Some(&20),
+        "failover to priority 2: {counts:?}"
+    );
+    seen.push("p2".to_string());
+    let _s1 = NamedBackend::start_on("p1", addr1).await;
+    assert!(c.wait_event("server_up", Duration::from_secs(5)).await);
+    let (counts, failed) = spread(to, 20, 4).await;
+    assert_eq!(failed, 0);
+    assert_eq!(counts.len(), 1, "{counts:?}");
+    seen.push(counts.into_keys().next().unwrap());
+    drop((s2, s3));
+    (seen, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_mode_fails_over_and_back_automatically() {
+    let (seen, _c) = single_mode("automatic").await;
+    assert_eq!(seen, ["p1", "p2", "p1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_mode_manual_failback_stays() {
+    let (seen, _c) = single_mode("manual").await;
+    assert_eq!(seen, ["p1", "p2", "p2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drained_server_keeps_its_connection_and_gets_no_new_ones() {
+    let a = NamedBackend::start("a").await;
+    let b = NamedBackend::start("b").await;
+    let port = free_port();
+    let cfg = |drain_b: bool| {
+        format!(
+            "[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\naffinity = \"client\"\n\n[pools.p]\n{}{}",
+            server_block("p", &a, ""),
+            server_block("p", &b, if drain_b { "drain = true" } else { "" })
+        )
+    };
+    let c = Convoy::start(BIN, &cfg(false)).await;
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Find a client address that lands on b and keep its connection open.
+    let mut held = None;
+    for i in 1..=50u8 {
+        let src = ip(&format!("127.0.3.{i}"));
+        let (name, s) = ask_name(Some(src), to).await.unwrap();
+        if name == "b" {
+            held = Some((src, s));
+            break;
+        }
+    }
+    let (src, mut conn) = held.expect("some client maps to b");
+    assert_eq!(c.reload(&cfg(true)).await, "reload_applied");
+    // New connections, even from b's client, go elsewhere.
+    for _ in 0..10 {
+        assert_eq!(ask_name(Some(src), to).await.unwrap().0, "a");
+    }
+    // The open connection still works.
+    conn.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    conn.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+    assert!(c.events("drain_finished").is_empty());
+    drop(conn);
+    assert!(
+        c.wait_event("drain_finished", Duration::from_secs(5)).await,
+        "{}",
+        c.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drainstop_exits_after_last_connection() {
+    let a = NamedBackend::start("a").await;
+    let port = free_port();
+    let cfg = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\n\n[pools.p]\n{}",
+        server_block("p", &a, "")
+    );
+    let mut c = Convoy::start(BIN, &cfg).await;
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (_, mut conn) = ask_name(None, to).await.unwrap();
+    c.signal("QUIT");
+    assert!(c.wait_event("drainstop", Duration::from_secs(5)).await);
+    // No new connections...
+    assert!(
+        wait_until(Duration::from_secs(5), || std::net::TcpStream::connect(to)
+            .is_err())
+        .await
+    );
+    // ...the open one still works, and the node waits for it.
+    conn.write_all(b"still here").await.unwrap();
+    let mut buf = [0u8; 10];
+    conn.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"still here");
+    assert_eq!(
+        c.wait_exit(Duration::from_millis(300)).await,
+        None,
+        "exited with a connection open"
+    );
+    drop(conn);
+    assert_eq!(c.wait_exit(Duration::from_secs(5)).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_refuses_the_excess_cleanly() {
+    let a = NamedBackend::start("a").await;
+    let port = free_port();
+    let cfg = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\nmax_connections = 2\n\n[pools.p]\n{}",
+        server_block("p", &a, "")
+    );
+    let c = Convoy::start(BIN, &cfg).await;
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (_, c1) = ask_name(None, to).await.unwrap();
+    let (_, c2) = ask_name(None, to).await.unwrap();
+    assert!(
+        ask_name(None, to).await.is_err(),
+        "third connection must be refused"
+    );
+    assert!(
+        c.wait_event("connection_refused", Duration::from_secs(2))
+            .await
+    );
+    drop((c1, c2));
+    assert!(
+        wait_until(Duration::from_secs(5), || a
+            .open
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 0)
+        .await
+    );
+    assert_eq!(ask_name(None, to).await.unwrap().0, "a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_down_is_one_event() {
+    let a1 = NamedBackend::start("a1").await;
+    let a2 = NamedBackend::start("a2").await;
+    let b1 = NamedBackend::start("b1").await;
+    let port = free_port();
+    let cfg = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\n\n[pools.p]\nhealth = {{ interval = \"100ms\", timeout = \"100ms\" }}\n{}{}{}",
+        server_block("p", &a1, "zone = \"host-a\""),
+        server_block("p", &a2, "zone = \"host-a\""),
+        server_block("p", &b1, "zone = \"host-b\""),
+    );
+    let c = Convoy::start(BIN, &cfg).await;
+    a1.stop();
+    a2.stop();
+    assert!(
+        c.wait_events("server_down", 2, Duration::from_secs(5))
+            .await
+    );
+    assert!(c.wait_event("zone_down", Duration::from_secs(2)).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let z = c.events("zone_down");
+    assert_eq!(z.len(), 1, "{z:?}");
+    assert_eq!(z[0]["zone"], "host-a");
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (counts, failed) = spread(to, 20, 4).await;
+    assert_eq!((failed, counts.get("b1")), (0, Some(&20)));
+    // The query view groups servers by zone.
+    c.signal("USR2");
+    assert!(c.wait_event("query", Duration::from_secs(2)).await);
+    let q: serde_json::Value =
+        serde_json::from_str(c.events("query")[0]["state"].as_str().unwrap()).unwrap();
+    let zones = &q["pools"][0]["zones"];
+    assert_eq!(zones[0]["zone"], "host-a");
+    assert_eq!(zones[0]["down"], true);
+    assert_eq!(zones[0]["servers"].as_array().unwrap().len(), 2);
+    assert_eq!(zones[1]["zone"], "host-b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_reload_keeps_the_running_config() {
+    let a = NamedBackend::start("a").await;
+    let port = free_port();
+    let cfg = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\n\n[pools.p]\n{}",
+        server_block("p", &a, "")
+    );
+    let c = Convoy::start(BIN, &cfg).await;
+    let bad = cfg.replace("pool = \"p\"", "pool = \"missing\"");
+    assert_eq!(c.reload(&bad).await, "reload_refused");
+    let ev = &c.events("reload_refused")[0];
+    assert!(
+        ev["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown pool \"missing\""),
+        "{ev}"
+    );
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(ask_name(None, to).await.unwrap().0, "a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_headers_reach_the_server() {
+    use tokio::net::TcpListener;
+    for version in ["v1", "v2"] {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            // The health probe connects too: take the first connection
+            // that sends a header.
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut buf = Vec::new();
+                let mut b = [0u8; 256];
+                loop {
+                    let n = s.read(&mut b).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&b[..n]);
+                    if let Ok(Some(h)) = convoy_l4::proxy_protocol::parse(&buf) {
+                        return (h, buf[h.len..].to_vec());
+                    }
+                }
+            }
+        });
+        let port = free_port();
+        let cfg = format!(
+            "[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\nproxy_protocol = \"{version}\"\n\n[pools.p]\n\
+             [[pools.p.servers]]\naddress = \"{addr}\"\n"
+        );
+        let _c = Convoy::start(BIN, &cfg).await;
+        let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut s = convoy_testkit::connect_from(ip("127.0.0.42"), to)
+            .await
+            .unwrap();
+        let local = s.local_addr().unwrap();
+        s.write_all(b"hello").await.unwrap();
+        let (h, rest) = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap();
+        let (src, dst) = h.addrs.unwrap();
+        assert_eq!(src, local, "{version}");
+        assert_eq!(dst, to, "{version}");
+        assert!(b"hello".starts_with(&rest), "{version}: {rest:?}");
+    }
+}
