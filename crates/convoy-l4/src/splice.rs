@@ -44,15 +44,16 @@ impl Pipe {
     }
 
     /// Moves `n` bytes from the pipe to `dst`.
+    /// Tries at once: a socket is nearly always writable, so waiting for
+    /// readiness first would cost a poll for nothing.
     pub(crate) async fn drain(&self, dst: &TcpStream, mut n: usize) -> io::Result<()> {
         while n > 0 {
-            dst.writable().await?;
             match dst.try_io(Interest::WRITABLE, || {
                 splice(&self.r, None, dst, None, n, FLAGS).map_err(io::Error::from)
             }) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(m) => n -= m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
                 Err(e) => return Err(e),
             }
         }

@@ -145,8 +145,8 @@ async fn handle(
         k.mark_unchanged();
     }
     let out = relay(
-        &client,
-        &server,
+        client,
+        server,
         ctx.splice,
         l.cfg.idle_timeout().get(),
         &mut kills,

@@ -60,11 +60,19 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// One worker runs everything on the main thread (no work stealing, no
+/// cross-thread wake-ups: the cheapest per request); more use tokio's
+/// multi-threaded scheduler; 0 means one per core.
 fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
-        b.worker_threads(workers);
-    }
+    let mut b = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if workers > 0 {
+            b.worker_threads(workers);
+        }
+        b
+    };
     b.enable_all().build().context("cannot start the runtime")
 }
 

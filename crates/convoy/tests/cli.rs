@@ -1,0 +1,103 @@
+//! The command line: `check` prints the normalized config or the exact
+//! error; `run` refuses a bad config with the same error; `--version`.
+
+use std::process::Command;
+
+use convoy_testkit::write_temp;
+
+const BIN: &str = env!("CARGO_BIN_EXE_convoy");
+
+fn convoy(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_prints_normalized_config() {
+    let p = write_temp(
+        "ok.toml",
+        "[[listeners]]\naddress = \"127.0.0.1:7000-7002\"\npool = \"p\"\n[pools.p]\n[[pools.p.servers]]\naddress = \"127.0.0.1:9\"\n",
+    );
+    let (code, out, err) = convoy(&["check", "-c", p.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    for want in [
+        "name = \"127.0.0.1:7000-7002\"",
+        "mode = \"multiple\"",
+        "affinity = \"none\"",
+        "connect_timeout = \"3s\"",
+        "priority = 1",
+        "zone = \"default\"",
+        "interval = \"500ms\"",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn bad_config_is_refused_with_location() {
+    let p = write_temp(
+        "bad.toml",
+        "[[listeners]]\naddress = \"127.0.0.1:7000\"\npool = \"p\"\nafinity = \"client\"\n[pools.p]\n[[pools.p.servers]]\naddress = \"127.0.0.1:9\"\n",
+    );
+    let path = p.to_str().unwrap();
+    for cmd in ["check", "run"] {
+        let (code, out, err) = convoy(&[cmd, "-c", path]);
+        assert_eq!(code, 2, "{cmd}: {out}{err}");
+        assert!(
+            err.starts_with(&format!(
+                "{path}:4:1: listeners[0].afinity: unknown field `afinity`"
+            )),
+            "{cmd}: {err}"
+        );
+    }
+    let (code, _, err) = convoy(&["check", "-c", "/nonexistent/convoy.toml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot read file"), "{err}");
+}
+
+#[test]
+fn port_in_use_is_a_clear_error() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    // SO_REUSEPORT lets convoy bind beside another convoy, but not beside a
+    // socket without it.
+    let p = write_temp(
+        "busy.toml",
+        &format!("[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\n[pools.p]\n[[pools.p.servers]]\naddress = \"127.0.0.1:9\"\n"),
+    );
+    let (code, _, err) = convoy(&["run", "-c", p.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("cannot bind 127.0.0.1:{port}")),
+        "{err}"
+    );
+}
+
+#[test]
+fn version_and_help() {
+    let (code, out, _) = convoy(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("convoy "), "{out}");
+    let (code, out, _) = convoy(&["run", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("SIGHUP") && out.contains("SIGQUIT"), "{out}");
+}
+
+#[test]
+fn every_example_config_is_valid() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let (code, _, err) = convoy(&["check", "-c", p.to_str().unwrap()]);
+            assert_eq!(code, 0, "{}: {err}", p.display());
+            n += 1;
+        }
+    }
+    assert!(n >= 3, "expected example configs in {dir}");
+}

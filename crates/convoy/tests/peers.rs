@@ -1,0 +1,103 @@
+//! Real protocol peers behind convoy: redis-server (Debian package),
+//! driven with redis-cli and redis-benchmark through the balancer.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use convoy_testkit::{free_port, have, wait_until, Convoy};
+
+const BIN: &str = env!("CARGO_BIN_EXE_convoy");
+
+struct Redis(Child);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_through_convoy() {
+    assert!(
+        have("redis-server") && have("redis-cli") && have("redis-benchmark"),
+        "redis-server, redis-cli and redis-benchmark are needed (apt-get install -y redis-server redis-tools)"
+    );
+    let rport = free_port();
+    let redis = Redis(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &rport.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || redis_cli(rport, &["PING"])
+            == "PONG")
+        .await,
+        "redis-server did not start"
+    );
+    let port = free_port();
+    let cfg = format!(
+        "[[listeners]]\nname = \"redis\"\naddress = \"127.0.0.1:{port}\"\npool = \"redis\"\n\n\
+         [pools.redis]\n[[pools.redis.servers]]\naddress = \"127.0.0.1:{rport}\"\n"
+    );
+    let _c = Convoy::start(BIN, &cfg).await;
+    assert_eq!(
+        redis_cli(port, &["SET", "convoy:key", "through the balancer"]),
+        "OK"
+    );
+    assert_eq!(
+        redis_cli(port, &["GET", "convoy:key"]),
+        "through the balancer"
+    );
+    assert_eq!(
+        redis_cli(rport, &["GET", "convoy:key"]),
+        "through the balancer"
+    );
+    // A pipelined load through convoy, bounded in count.
+    let out = Command::new("redis-benchmark")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-n",
+            "5000",
+            "-c",
+            "10",
+            "-P",
+            "4",
+            "-t",
+            "set,get,incr",
+            "-q",
+        ])
+        .output()
+        .expect("redis-benchmark runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for t in ["SET", "GET", "INCR"] {
+        assert!(text.contains(&format!("{t}:")), "no {t} result in: {text}");
+    }
+    // Every INCR arrived exactly once.
+    assert_eq!(redis_cli(port, &["GET", "counter:__rand_int__"]), "5000");
+    drop(redis);
+}

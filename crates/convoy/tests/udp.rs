@@ -1,0 +1,96 @@
+//! UDP through convoy: replies reach the right client, client affinity
+//! keeps each client on one server, flows fail over when a server is
+//! taken out.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use convoy_testkit::{free_udp_port, Convoy, UdpBackend};
+use tokio::net::UdpSocket;
+
+const BIN: &str = env!("CARGO_BIN_EXE_convoy");
+
+async fn ask(sock: &UdpSocket, to: SocketAddr, msg: &str) -> String {
+    for _ in 0..5 {
+        sock.send_to(msg.as_bytes(), to).await.unwrap();
+        let mut buf = [0u8; 1500];
+        if let Ok(Ok((n, from))) =
+            tokio::time::timeout(Duration::from_millis(500), sock.recv_from(&mut buf)).await
+        {
+            assert_eq!(from, to, "reply must come from the listener address");
+            return String::from_utf8_lossy(&buf[..n]).into_owned();
+        }
+    }
+    panic!("no UDP reply for {msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_round_trip_with_client_affinity() {
+    let bs = [
+        UdpBackend::start("u1").await,
+        UdpBackend::start("u2").await,
+        UdpBackend::start("u3").await,
+    ];
+    let port = free_udp_port();
+    let servers: String = bs
+        .iter()
+        .map(|b| {
+            format!(
+                "[[pools.dns.servers]]\nname = \"{}\"\naddress = \"{}\"\n",
+                b.name, b.addr
+            )
+        })
+        .collect();
+    let cfg = |servers: &str| {
+        format!(
+            "[[listeners]]\nprotocol = \"udp\"\naddress = \"127.0.0.1:{port}\"\npool = \"dns\"\naffinity = \"client\"\nidle_timeout = \"2s\"\n\n\
+             [pools.dns]\nhealth = {{ check = \"none\" }}\n{servers}"
+        )
+    };
+    let c = Convoy::start(BIN, &cfg(&servers)).await;
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    let mut owner = HashMap::new();
+    for i in 1..=30u8 {
+        let sock = UdpSocket::bind(format!("127.0.4.{i}:0")).await.unwrap();
+        let mut names = HashSet::new();
+        for j in 0..3 {
+            let msg = format!("q{i}-{j}");
+            let reply = ask(&sock, to, &msg).await;
+            let (name, echoed) = reply.split_once(':').unwrap();
+            assert_eq!(echoed, msg, "reply reached the wrong client");
+            names.insert(name.to_string());
+        }
+        assert_eq!(names.len(), 1, "client 127.0.4.{i} moved: {names:?}");
+        owner.insert(i, names.into_iter().next().unwrap());
+    }
+    let used: HashSet<_> = owner.values().collect();
+    assert!(used.len() >= 2, "{owner:?}");
+
+    // Disable one server: its clients' next datagrams go elsewhere, the
+    // others stay.
+    let victim = owner[&1].clone();
+    let servers: String = bs
+        .iter()
+        .map(|b| {
+            format!(
+                "[[pools.dns.servers]]\nname = \"{}\"\naddress = \"{}\"\nenabled = {}\n",
+                b.name,
+                b.addr,
+                b.name != victim
+            )
+        })
+        .collect();
+    assert_eq!(c.reload(&cfg(&servers)).await, "reload_applied");
+    for i in 1..=30u8 {
+        let sock = UdpSocket::bind(format!("127.0.4.{i}:0")).await.unwrap();
+        let reply = ask(&sock, to, "again").await;
+        let name = reply.split_once(':').unwrap().0;
+        if owner[&i] == victim {
+            assert_ne!(name, victim);
+        } else {
+            assert_eq!(name, owner[&i]);
+        }
+    }
+}
