@@ -120,6 +120,14 @@ fn bad_files_get_exact_errors() {
         ),
         ("[node]\nname = \"x\"\n", "bad.toml:1:1: listeners: no listeners defined"),
         (
+            "[[listeners]]\naddress = \"::1:80\"\npool = \"p\"\n",
+            "bad.toml:2:11: listeners[0].address: invalid address \"::1:80\": write an IPv6 address in brackets",
+        ),
+        (
+            "[[listeners]]\naddress = \"127.0.0.1:80\"\npool = \"p\"\n[[listeners]]\naddress = \"0.0.0.0:80\"\npool = \"p\"\n",
+            "bad.toml:5:11: listeners[1].address: 0.0.0.0:80 overlaps 127.0.0.1:80 of listeners[0]",
+        ),
+        (
             "[[listeners]\naddress = 1\n",
             "bad.toml:1:12: (top level): invalid table header",
         ),

@@ -142,10 +142,15 @@ impl std::str::FromStr for ListenAddr {
         let (host, ports) = s
             .rsplit_once(':')
             .ok_or_else(|| bad("expected IP:PORT or IP:FIRST-LAST"))?;
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
+        let host = match host.strip_prefix('[') {
+            Some(h) => h
+                .strip_suffix(']')
+                .ok_or_else(|| bad("unclosed '[' around the IPv6 address"))?,
+            None if host.contains(':') => {
+                return Err(bad("write an IPv6 address in brackets, e.g. [::1]:80"))
+            }
+            None => host,
+        };
         let ip: IpAddr = host
             .parse()
             .map_err(|_| bad("not an IP address (write IPv6 as [::1]:PORT)"))?;
@@ -256,6 +261,11 @@ pub struct Listener {
     /// Send a PROXY protocol header ("v1" or "v2") to servers (TCP only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// Connect to each server on the port the client connected to (for a
+    /// port range served by servers listening on the same range), instead
+    /// of the server's configured port.
+    #[serde(default)]
+    pub same_port: bool,
     /// Time allowed to connect to one server before trying the next.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
@@ -358,8 +368,10 @@ impl Default for Health {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Passive {
-    /// Consecutive connect failures (refused, timed out) or resets before
-    /// the server is taken out; 0 disables passive detection.
+    /// Consecutive failed connections before the server is taken out: a
+    /// connect that fails (refused, timed out) or a connection the server
+    /// resets before sending any byte. A connection that got a response
+    /// resets the count. 0 disables passive detection.
     pub failures: u32,
     /// With `check = "none"`, a passively failed server is tried again
     /// after this long.
@@ -369,7 +381,7 @@ pub struct Passive {
 impl Default for Passive {
     fn default() -> Self {
         Passive {
-            failures: 1,
+            failures: 3,
             retry_after: Dur::secs(10),
         }
     }

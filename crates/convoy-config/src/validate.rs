@@ -60,12 +60,34 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
                     );
                     break;
                 }
+                // A wildcard address and a specific one of the same family
+                // on the same port cannot both be bound.
+                let clash = bound.iter().find(|((proto, other), j)| {
+                    **j != i
+                        && *proto == l.protocol
+                        && other.port() == sa.port()
+                        && other.is_ipv4() == sa.is_ipv4()
+                        && (other.ip().is_unspecified() != sa.ip().is_unspecified())
+                });
+                if let Some(((_, other), j)) = clash {
+                    err(
+                        p("address"),
+                        format!("{sa} overlaps {other} of listeners[{j}] (a wildcard address covers every address on its port)"),
+                    );
+                    break;
+                }
             }
         }
         if l.affinity == Affinity::None && l.affinity_timeout.is_some() {
             err(
                 p("affinity_timeout"),
                 "affinity_timeout needs affinity = \"client\" or \"network\"".into(),
+            );
+        }
+        if l.same_port && l.mode == crate::FilterMode::Disabled {
+            err(
+                p("same_port"),
+                "has no effect on a disabled listener".into(),
             );
         }
         if l.protocol == Protocol::Udp && l.proxy_protocol.is_some() {

@@ -14,11 +14,36 @@ use crate::clock;
 use crate::pool::PoolRuntime;
 use crate::state::ServerState;
 
+/// Lets a log line through at most once per second, so a flood of refused
+/// connections costs a counter, not a log line each.
+#[derive(Debug, Default)]
+pub struct LogLimiter {
+    last_ms: AtomicU64,
+}
+
+impl LogLimiter {
+    /// True if a line may be logged now.
+    pub fn allow(&self) -> bool {
+        let now = clock::now_ms();
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < 1000 {
+            return false;
+        }
+        self.last_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
 /// Live state of one listener.
 #[derive(Debug)]
 pub struct ListenerRuntime {
     /// Listener config.
     pub cfg: Listener,
+    /// Rate limit for "connection refused" log lines.
+    pub refused_log: LogLimiter,
+    /// Rate limit for "no server" log lines.
+    pub failed_log: LogLimiter,
     active: AtomicU64,
     accepted: AtomicU64,
     refused: AtomicU64,
@@ -41,6 +66,8 @@ impl ListenerRuntime {
     pub fn new(cfg: Listener) -> Self {
         ListenerRuntime {
             cfg,
+            refused_log: LogLimiter::default(),
+            failed_log: LogLimiter::default(),
             active: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),

@@ -130,9 +130,11 @@ impl PoolRuntime {
         let mut eligible = 0;
         let mut full = Vec::with_capacity(self.servers.len());
         let mut ramped = Vec::with_capacity(self.servers.len());
+        // Weights are scaled ×100 so that a ramp from 10% to 100% has steps
+        // even for weight 1; shares depend only on ratios.
         for s in &self.servers {
             let ok = s.state.is_eligible();
-            let w = if ok { s.cfg.weight } else { 0 };
+            let w = if ok { s.cfg.weight * 100 } else { 0 };
             if ok {
                 eligible += 1;
             }
@@ -284,6 +286,27 @@ mod tests {
         for (ip, b) in ips.iter().zip(&before) {
             assert_eq!(p.pick(AffinityKind::Client, *ip, &[]).unwrap(), *b);
         }
+    }
+
+    #[test]
+    fn slow_start_ramps_even_weight_one() {
+        let text = "[[listeners]]\naddress=\"127.0.0.1:1\"\npool=\"p\"\n[pools.p]\nslow_start=\"1h\"\n\
+                    [[pools.p.servers]]\naddress=\"127.0.0.1:2\"\n[[pools.p.servers]]\naddress=\"127.0.0.1:3\"\n";
+        let c = Config::parse("t", text).unwrap();
+        let p = PoolRuntime::new("p", &c.pools["p"], None);
+        p.servers[1].state.set_up(false);
+        p.servers[1].state.set_up(true); // just came back: ramp starts at 10%
+        p.rebuild();
+        assert!(p.tables().ramping);
+        let counts = p.tables().rr.counts(2);
+        let share = counts[1] as f64 / (counts[0] + counts[1]) as f64;
+        assert!(
+            share > 0.05 && share < 0.15,
+            "returning server share {share}"
+        );
+        // The consistent hash is not ramped: affinity stays stable.
+        let h = p.tables().hash.counts(2);
+        assert!((h[0] as f64 / h[1] as f64 - 1.0).abs() < 0.05, "{h:?}");
     }
 
     #[test]

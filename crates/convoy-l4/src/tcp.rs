@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use convoy_config::{ListenAddr, ProxyProtocol};
+use convoy_config::ProxyProtocol;
 use convoy_core::listener::NoServer;
 use convoy_core::ListenerRuntime;
 use tokio::io::AsyncWriteExt;
@@ -20,34 +20,27 @@ use tracing::{debug, info, warn};
 use crate::relay::{relay, End};
 use crate::{Context, DataEvent};
 
-/// Binds every port of `addr` (with SO_REUSEADDR, and SO_REUSEPORT so a new
-/// process can bind beside an old one during an upgrade).
-pub fn bind(addr: &ListenAddr) -> io::Result<Vec<TcpListener>> {
-    addr.sockets()
-        .map(|sa| {
-            let sock = if sa.is_ipv4() {
-                TcpSocket::new_v4()?
-            } else {
-                TcpSocket::new_v6()?
-            };
-            sock.set_reuseaddr(true)?;
-            #[cfg(unix)]
-            sock.set_reuseport(true)?;
-            sock.bind(sa)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {sa}: {e}")))?;
-            sock.listen(1024)
-        })
-        .collect()
+/// Binds one listening socket (SO_REUSEADDR, no SO_REUSEPORT: a second
+/// process on the same address is an error, not a silent traffic split).
+pub fn bind(sa: SocketAddr) -> io::Result<Arc<TcpListener>> {
+    let sock = if sa.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(sa)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {sa}: {e}")))?;
+    Ok(Arc::new(sock.listen(1024)?))
 }
 
 /// Runs the accept loop of one bound socket until `stop` changes to true.
 pub async fn serve(
     ctx: Context,
     listener: Arc<ListenerRuntime>,
-    socket: TcpListener,
+    socket: Arc<TcpListener>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let local = socket.local_addr().ok();
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -69,28 +62,28 @@ pub async fn serve(
             }
         };
         if !listener.admit() {
-            warn!(event = "connection_refused", listener = %listener.cfg.name, client = %peer, reason = "max_connections");
+            if listener.refused_log.allow() {
+                warn!(event = "connection_refused", listener = %listener.cfg.name, client = %peer, reason = "max_connections", refused_total = listener.counters().2);
+            }
             drop(client);
             continue;
         }
         let ctx = ctx.clone();
         let l = Arc::clone(&listener);
         tokio::spawn(async move {
-            handle(&ctx, &l, client, peer, local).await;
+            handle(&ctx, &l, client, peer).await;
             l.release();
         });
     }
     debug!(listener = %listener.cfg.name, "accept loop stopped");
 }
 
-async fn handle(
-    ctx: &Context,
-    l: &ListenerRuntime,
-    client: TcpStream,
-    peer: SocketAddr,
-    local: Option<SocketAddr>,
-) {
+async fn handle(ctx: &Context, l: &ListenerRuntime, client: TcpStream, peer: SocketAddr) {
     let _ = client.set_nodelay(true);
+    // The address the client reached (not the listening one, which may be
+    // a wildcard): the PROXY header's destination and, with `same_port`,
+    // the port to use on the server.
+    let local = client.local_addr().ok();
     let snap = ctx.snapshot.load_full();
     let Some(pool) = snap.pools.get(&l.cfg.pool) else {
         l.count_failed();
@@ -102,21 +95,23 @@ async fn handle(
             Ok(i) => i,
             Err(why) => {
                 l.count_failed();
-                let reason = match why {
-                    NoServer::Disabled => "listener disabled",
-                    NoServer::NoneAvailable => "no server available",
-                };
-                info!(event = "no_server", listener = %l.cfg.name, client = %peer, reason, tried = tried.len());
+                if l.failed_log.allow() {
+                    let reason = match why {
+                        NoServer::Disabled => "listener disabled",
+                        NoServer::NoneAvailable => "no server available",
+                    };
+                    info!(event = "no_server", listener = %l.cfg.name, client = %peer, reason, tried = tried.len(), failed_total = l.counters().3);
+                }
                 return;
             }
         };
         let s = &pool.servers[idx];
-        let addr = s.cfg.address.0;
+        let mut addr = s.cfg.address.0;
+        if let (true, Some(local)) = (l.cfg.same_port, local) {
+            addr.set_port(local.port());
+        }
         match connect(addr, l.cfg.connect_timeout.get()).await {
-            Ok(stream) => {
-                s.state.record_success();
-                break (stream, idx);
-            }
+            Ok(stream) => break (stream, idx),
             Err(e) => {
                 let _ = ctx.events.send(DataEvent::Failure {
                     server: Arc::clone(&s.state),
@@ -153,13 +148,17 @@ async fn handle(
     )
     .await;
     entry.state.add_bytes(out.to_server, out.to_client);
-    if let End::ServerError(kind) = out.end {
-        if kind == io::ErrorKind::ConnectionReset {
+    // Passive signals: a reset before any response byte counts as a failed
+    // connection; any response proves the server alive.
+    match out.end {
+        End::ServerError(io::ErrorKind::ConnectionReset) if out.to_client == 0 => {
             let _ = ctx.events.send(DataEvent::Failure {
                 server: Arc::clone(&entry.state),
-                reason: "connection reset by server".into(),
+                reason: "connection reset by server before any response".into(),
             });
         }
+        _ if out.to_client > 0 => entry.state.record_success(),
+        _ => {}
     }
     debug!(listener = %l.cfg.name, server = %entry.cfg.name, client = %peer, to_server = out.to_server, to_client = out.to_client, end = ?out.end, "connection closed");
     drop(guard);

@@ -29,33 +29,27 @@ struct Flow {
 
 type Flows = Arc<Mutex<HashMap<SocketAddr, Arc<Flow>>>>;
 
-/// Binds every port of the listener's address.
-pub fn bind(addr: &convoy_config::ListenAddr) -> std::io::Result<Vec<UdpSocket>> {
-    addr.sockets()
-        .map(|sa| {
-            let domain = if sa.is_ipv4() {
-                socket2::Domain::IPV4
-            } else {
-                socket2::Domain::IPV6
-            };
-            let s = socket2::Socket::new(domain, socket2::Type::DGRAM, None)?;
-            s.set_reuse_address(true)?;
-            s.set_nonblocking(true)?;
-            s.bind(&sa.into())
-                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind {sa}: {e}")))?;
-            UdpSocket::from_std(s.into())
-        })
-        .collect()
+/// Binds one UDP socket.
+pub fn bind(sa: SocketAddr) -> std::io::Result<Arc<UdpSocket>> {
+    let domain = if sa.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, None)?;
+    s.set_nonblocking(true)?;
+    s.bind(&sa.into())
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind {sa}: {e}")))?;
+    Ok(Arc::new(UdpSocket::from_std(s.into())?))
 }
 
 /// Serves one bound UDP socket until `stop` changes to true.
 pub async fn serve(
     ctx: Context,
     listener: Arc<ListenerRuntime>,
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let socket = Arc::new(socket);
     let flows: Flows = Arc::new(Mutex::new(HashMap::new()));
     let mut buf = vec![0u8; 65_536];
     loop {
@@ -113,19 +107,23 @@ async fn new_flow(
     stop: &watch::Receiver<bool>,
 ) -> Option<Arc<Flow>> {
     if !l.admit() {
-        warn!(event = "flow_refused", listener = %l.cfg.name, client = %peer, reason = "max_connections");
+        if l.refused_log.allow() {
+            warn!(event = "flow_refused", listener = %l.cfg.name, client = %peer, reason = "max_connections", refused_total = l.counters().2);
+        }
         return None;
     }
     let snap = ctx.snapshot.load();
-    let pool = snap.pools.get(&l.cfg.pool)?;
-    let idx = match l.choose(pool, peer.ip(), &[]) {
-        Ok(i) => i,
-        Err(_) => {
-            l.count_failed();
-            l.release();
-            info!(event = "no_server", listener = %l.cfg.name, client = %peer);
-            return None;
+    let chosen = snap
+        .pools
+        .get(&l.cfg.pool)
+        .and_then(|pool| l.choose(pool, peer.ip(), &[]).ok().map(|i| (pool, i)));
+    let Some((pool, idx)) = chosen else {
+        l.count_failed();
+        l.release();
+        if l.failed_log.allow() {
+            info!(event = "no_server", listener = %l.cfg.name, client = %peer, failed_total = l.counters().3);
         }
+        return None;
     };
     let entry = &pool.servers[idx];
     let addr = entry.cfg.address.0;
@@ -168,6 +166,7 @@ async fn new_flow(
         Arc::clone(&flow),
     );
     let mut stop = stop.clone();
+    let events = ctx.events.clone();
     let mut kill = ctx.kill.clone();
     let mut server_kill = entry.state.kill_signal();
     kill.mark_unchanged();
@@ -185,6 +184,7 @@ async fn new_flow(
             };
             match r {
                 Ok(Ok(n)) => {
+                    f2.server.record_success();
                     f2.server.add_bytes(0, n as u64);
                     f2.last.store(clock::now_ms(), Ordering::Relaxed);
                     if socket.send_to(&buf[..n], peer).await.is_err() {
@@ -192,9 +192,13 @@ async fn new_flow(
                     }
                 }
                 // ECONNREFUSED from an ICMP port unreachable: the server
-                // is not listening.
+                // is not listening. A passive failure signal.
                 Ok(Err(e)) => {
                     debug!(server = %f2.server.name, error = %e, "udp flow error");
+                    let _ = events.send(DataEvent::Failure {
+                        server: Arc::clone(&f2.server),
+                        reason: format!("udp receive: {e}"),
+                    });
                     break;
                 }
                 Err(_) => {

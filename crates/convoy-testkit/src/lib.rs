@@ -25,6 +25,22 @@ pub fn free_port() -> u16 {
         .expect("no free port")
 }
 
+/// Two consecutive free loopback TCP ports `(p, p + 1)`.
+pub fn free_port_pair() -> (u16, u16) {
+    for _ in 0..100 {
+        let p = free_port();
+        if p == u16::MAX {
+            continue;
+        }
+        let a = std::net::TcpListener::bind(("127.0.0.1", p));
+        let b = std::net::TcpListener::bind(("127.0.0.1", p + 1));
+        if a.is_ok() && b.is_ok() {
+            return (p, p + 1);
+        }
+    }
+    panic!("no two consecutive free ports")
+}
+
 /// A free UDP loopback port.
 pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
@@ -104,9 +120,11 @@ impl NamedBackend {
         }
     }
 
-    /// Stops accepting (the port is released; open connections stay).
-    pub fn stop(&self) {
+    /// Stops accepting and waits until the listening socket is closed (the
+    /// port is released; open connections stay).
+    pub async fn stop(&mut self) {
         self.task.abort();
+        let _ = (&mut self.task).await;
     }
 }
 

@@ -20,14 +20,19 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+/// A listener's bound sockets, shared (`Arc`) so that a reload that changes
+/// a listener's settings hands the same sockets to the new accept loops:
+/// no moment without a listening socket, and no SO_REUSEPORT.
+#[derive(Clone)]
 enum Bound {
-    Tcp(Vec<tokio::net::TcpListener>),
-    Udp(Vec<tokio::net::UdpSocket>),
+    Tcp(Vec<Arc<tokio::net::TcpListener>>),
+    Udp(Vec<Arc<tokio::net::UdpSocket>>),
 }
 
 struct RunningListener {
     rt: Arc<ListenerRuntime>,
     stop: watch::Sender<bool>,
+    sockets: Bound,
 }
 
 type ServerKey = (String, String);
@@ -85,7 +90,9 @@ pub async fn run(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         passive_retry: HashMap::new(),
     };
     for l in &cfg.listeners {
-        let bound = Node::bind_listener(l).with_context(|| format!("listener {}", l.name))?;
+        let bound = node
+            .bind_listener(l)
+            .with_context(|| format!("listener {}", l.name))?;
         let running = node.spawn_listener(l, bound);
         node.listeners.push(running);
     }
@@ -106,15 +113,29 @@ pub async fn run(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let mut usr1 = signal(SignalKind::user_defined1())?;
     let mut usr2 = signal(SignalKind::user_defined2())?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut drain_poll = tokio::time::interval(Duration::from_millis(20));
+    // While drain-stopping, everything else goes on: health, passive
+    // signals, per-server drains, and a SIGTERM/SIGINT still stops at once.
+    let mut drain_deadline: Option<Instant> = None;
     loop {
         tokio::select! {
             Some(ev) = events_rx.recv() => node.on_data_event(ev),
             Some(r) = health_rx.recv() => node.on_health(r),
             _ = tick.tick() => node.on_tick(),
+            _ = drain_poll.tick(), if drain_deadline.is_some() => {
+                if node.active() == 0 {
+                    info!(event = "stopped", by = "drainstop", "node stopped after drain");
+                    return Ok(());
+                }
+                if drain_deadline.is_some_and(|d| Instant::now() >= d) {
+                    warn!(event = "drain_timeout", connections = node.active(), "closing remaining connections");
+                    return node.stop("drain_timeout").await;
+                }
+            }
             _ = hup.recv() => node.reload(),
             _ = usr2.recv() => node.log_query(),
-            _ = quit.recv() => return node.drainstop("SIGQUIT").await,
-            _ = usr1.recv() => return node.drainstop("SIGUSR1").await,
+            _ = quit.recv() => node.begin_drainstop("SIGQUIT", &mut drain_deadline),
+            _ = usr1.recv() => node.begin_drainstop("SIGUSR1", &mut drain_deadline),
             _ = term.recv() => return node.stop("SIGTERM").await,
             _ = int.recv() => return node.stop("SIGINT").await,
         }
@@ -122,11 +143,36 @@ pub async fn run(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 impl Node {
-    /// Binds every socket of a listener (nothing is served yet).
-    fn bind_listener(l: &Listener) -> anyhow::Result<Bound> {
+    /// Binds every socket of a listener (nothing is served yet), reusing
+    /// sockets of running listeners bound to the same address.
+    fn bind_listener(&self, l: &Listener) -> anyhow::Result<Bound> {
+        let mut tcp = Vec::new();
+        let mut udp = Vec::new();
+        for sa in l.address.sockets() {
+            let existing = self
+                .listeners
+                .iter()
+                .find_map(|r| match (&r.sockets, l.protocol) {
+                    (Bound::Tcp(v), Protocol::Tcp) => v
+                        .iter()
+                        .find(|s| s.local_addr().ok() == Some(sa))
+                        .map(|s| Bound::Tcp(vec![Arc::clone(s)])),
+                    (Bound::Udp(v), Protocol::Udp) => v
+                        .iter()
+                        .find(|s| s.local_addr().ok() == Some(sa))
+                        .map(|s| Bound::Udp(vec![Arc::clone(s)])),
+                    _ => None,
+                });
+            match (existing, l.protocol) {
+                (Some(Bound::Tcp(mut v)), _) => tcp.append(&mut v),
+                (Some(Bound::Udp(mut v)), _) => udp.append(&mut v),
+                (None, Protocol::Tcp) => tcp.push(convoy_l4::tcp::bind(sa)?),
+                (None, Protocol::Udp) => udp.push(convoy_l4::udp::bind(sa)?),
+            }
+        }
         Ok(match l.protocol {
-            Protocol::Tcp => Bound::Tcp(convoy_l4::tcp::bind(&l.address)?),
-            Protocol::Udp => Bound::Udp(convoy_l4::udp::bind(&l.address)?),
+            Protocol::Tcp => Bound::Tcp(tcp),
+            Protocol::Udp => Bound::Udp(udp),
         })
     }
 
@@ -134,7 +180,7 @@ impl Node {
     fn spawn_listener(&self, l: &Listener, bound: Bound) -> RunningListener {
         let rt = Arc::new(ListenerRuntime::new(l.clone()));
         let (stop, stop_rx) = watch::channel(false);
-        match bound {
+        match bound.clone() {
             Bound::Tcp(socks) => {
                 for s in socks {
                     let addr = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -162,7 +208,11 @@ impl Node {
                 }
             }
         }
-        RunningListener { rt, stop }
+        RunningListener {
+            rt,
+            stop,
+            sockets: bound,
+        }
     }
 
     fn snap(&self) -> Arc<Snapshot> {
@@ -341,6 +391,10 @@ impl Node {
     }
 
     fn reload(&mut self) {
+        if self.listeners.iter().any(|l| *l.stop.borrow()) {
+            warn!(event = "reload_refused", reason = "node is drain-stopping");
+            return;
+        }
         let Some(path) = self.path.clone() else {
             warn!(event = "reload_refused", reason = "no config file");
             return;
@@ -363,15 +417,15 @@ impl Node {
                     .map(move |s| ((p.name.clone(), s.cfg.name.clone()), s.state.admin()))
             })
             .collect();
-        // Listeners: bind new and changed ones first (SO_REUSEPORT lets a
-        // changed listener bind beside its old self), so a bind error
-        // refuses the whole reload before anything changes.
+        // Listeners: bind new and changed ones first (a changed listener
+        // takes over its old sockets), so a bind error refuses the whole
+        // reload before anything changes.
         let mut bound = Vec::new();
         for l in &new.listeners {
             if self.listeners.iter().any(|r| r.rt.cfg == *l) {
                 continue;
             }
-            match Node::bind_listener(l) {
+            match self.bind_listener(l) {
                 Ok(b) => bound.push((l.clone(), b)),
                 Err(e) => {
                     error!(event = "reload_refused", file = %path.display(), listener = %l.name, error = %format!("{e:#}"), "cannot bind: the running config stays in force");
@@ -417,12 +471,25 @@ impl Node {
                 match before.get(&key) {
                     Some(prev) if *prev != now => {
                         info!(event = "server_admin", pool = %p.name, server = %s.cfg.name, from = ?prev, to = ?now);
-                        if now == AdminState::Enabled {
+                        match now {
+                            AdminState::Enabled => s.state.restart_slow_start(),
+                            // Disabled means no traffic at all: open
+                            // connections close now (drain lets them finish).
+                            AdminState::Disabled => s.state.kill_all(),
+                            AdminState::Draining => {}
+                        }
+                    }
+                    None => {
+                        info!(event = "server_added", pool = %p.name, server = %s.cfg.name);
+                        if old.pools.contains_key(&p.name) {
                             s.state.restart_slow_start();
                         }
                     }
-                    None => info!(event = "server_added", pool = %p.name, server = %s.cfg.name),
                     _ => {}
+                }
+                if p.cfg.health.check == CheckKind::None && !s.state.is_up() {
+                    let at = Instant::now() + p.cfg.passive.retry_after.get();
+                    self.passive_retry.entry(key).or_insert(at);
                 }
             }
             p.rebuild();
@@ -442,9 +509,15 @@ impl Node {
         }
     }
 
-    fn stop_listeners(&self) {
-        for l in &self.listeners {
+    /// Stops every accept loop and closes the listening sockets (the
+    /// loops hold the last other references).
+    fn stop_listeners(&mut self) {
+        for l in &mut self.listeners {
             let _ = l.stop.send(true);
+            l.sockets = match l.sockets {
+                Bound::Tcp(_) => Bound::Tcp(Vec::new()),
+                Bound::Udp(_) => Bound::Udp(Vec::new()),
+            };
         }
     }
 
@@ -452,29 +525,19 @@ impl Node {
         self.listeners.iter().map(|l| l.rt.counters().0).sum()
     }
 
-    async fn drainstop(self, by: &str) -> anyhow::Result<()> {
+    /// Stops accepting; the main loop exits when the last connection ends
+    /// or at `node.drain_timeout`.
+    fn begin_drainstop(&mut self, by: &str, deadline: &mut Option<Instant>) {
+        if deadline.is_some() {
+            return;
+        }
         self.stop_listeners();
         let timeout = self.snap().config.node.drain_timeout.get();
-        info!(event = "drainstop", by, connections = self.active(), timeout = ?timeout, "node draining: no new connections");
-        let deadline = Instant::now() + timeout;
-        while self.active() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let left = self.active();
-        if left > 0 {
-            warn!(
-                event = "drain_timeout",
-                connections = left,
-                "closing remaining connections"
-            );
-            self.kill.send_modify(|v| *v += 1);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        info!(event = "stopped", by, "node stopped after drain");
-        Ok(())
+        *deadline = Some(Instant::now() + timeout);
+        info!(event = "drainstop", by, connections = self.active(), timeout = %self.snap().config.node.drain_timeout, "node draining: no new connections");
     }
 
-    async fn stop(self, by: &str) -> anyhow::Result<()> {
+    async fn stop(mut self, by: &str) -> anyhow::Result<()> {
         self.stop_listeners();
         let n = self.active();
         self.kill.send_modify(|v| *v += 1);

@@ -153,7 +153,7 @@ async fn client_and_network_affinity_and_minimal_disruption() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_server_costs_no_failed_connection_and_returns() {
     let a = NamedBackend::start("a").await;
-    let b = NamedBackend::start("b").await;
+    let mut b = NamedBackend::start("b").await;
     let port = free_port();
     let cfg = format!(
         "[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\n\n[pools.p]\nslow_start = \"0s\"\nhealth = {{ interval = \"100ms\", timeout = \"100ms\", rise = 2, fall = 2 }}\n{}{}",
@@ -171,7 +171,7 @@ async fn killed_server_costs_no_failed_connection_and_returns() {
     // (A connection b had already accepted when it died is lost, as with
     // any L4 balancer: its bytes were already relayed.)
     let b_addr = b.addr;
-    b.stop();
+    b.stop().await;
     drop(b);
     let (counts, failed) = spread(to, 400, 8).await;
     assert_eq!(
@@ -191,7 +191,7 @@ async fn killed_server_costs_no_failed_connection_and_returns() {
 }
 
 async fn single_mode(failback: &str) -> (Vec<String>, Convoy) {
-    let s1 = NamedBackend::start("p1").await;
+    let mut s1 = NamedBackend::start("p1").await;
     let s2 = NamedBackend::start("p2").await;
     let s3 = NamedBackend::start("p3").await;
     let port = free_port();
@@ -213,7 +213,7 @@ async fn single_mode(failback: &str) -> (Vec<String>, Convoy) {
     );
     seen.push("p1".to_string());
     let addr1 = s1.addr;
-    s1.stop();
+    s1.stop().await;
     drop(s1);
     let (counts, failed) = spread(to, 20, 4).await;
     assert_eq!(failed, 0);
@@ -355,8 +355,8 @@ async fn max_connections_refuses_the_excess_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zone_down_is_one_event() {
-    let a1 = NamedBackend::start("a1").await;
-    let a2 = NamedBackend::start("a2").await;
+    let mut a1 = NamedBackend::start("a1").await;
+    let mut a2 = NamedBackend::start("a2").await;
     let b1 = NamedBackend::start("b1").await;
     let port = free_port();
     let cfg = format!(
@@ -366,8 +366,8 @@ async fn zone_down_is_one_event() {
         server_block("p", &b1, "zone = \"host-b\""),
     );
     let c = Convoy::start(BIN, &cfg).await;
-    a1.stop();
-    a2.stop();
+    a1.stop().await;
+    a2.stop().await;
     assert!(
         c.wait_events("server_down", 2, Duration::from_secs(5))
             .await
@@ -461,4 +461,108 @@ async fn proxy_protocol_headers_reach_the_server() {
         assert_eq!(dst, to, "{version}");
         assert!(b"hello".starts_with(&rest), "{version}: {rest:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returning_server_ramps_up_with_slow_start() {
+    let a = NamedBackend::start("a").await;
+    let mut b = NamedBackend::start("b").await;
+    let port = free_port();
+    let cfg = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\n\n[pools.p]\nslow_start = \"60s\"\n\
+         health = {{ interval = \"100ms\", timeout = \"100ms\", rise = 1, fall = 1 }}\n{}{}",
+        server_block("p", &a, ""),
+        server_block("p", &b, "")
+    );
+    let c = Convoy::start(BIN, &cfg).await;
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (counts, _) = spread(to, 200, 10).await;
+    assert!(counts["b"] > 80, "equal weights at start: {counts:?}");
+    let addr = b.addr;
+    b.stop().await;
+    drop(b);
+    assert!(c.wait_event("server_down", Duration::from_secs(5)).await);
+    let _b = NamedBackend::start_on("b", addr).await;
+    assert!(c.wait_event("server_up", Duration::from_secs(5)).await);
+    // In the first seconds of a 60 s ramp b gets about 10% (weight ramps
+    // from a tenth), far from its steady 50%.
+    let (counts, failed) = spread(to, 400, 10).await;
+    assert_eq!(failed, 0);
+    let share = counts.get("b").copied().unwrap_or(0) as f64 / 400.0;
+    assert!(
+        share > 0.02 && share < 0.25,
+        "share during slow start {share} ({counts:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_a_server_closes_its_connections() {
+    let a = NamedBackend::start("a").await;
+    let b = NamedBackend::start("b").await;
+    let port = free_port();
+    let cfg = |b_on: bool| {
+        format!(
+            "[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\n\n[pools.p]\n{}{}",
+            server_block("p", &a, ""),
+            server_block("p", &b, &format!("enabled = {b_on}"))
+        )
+    };
+    let c = Convoy::start(BIN, &cfg(true)).await;
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut held = None;
+    for _ in 0..10 {
+        let (name, s) = ask_name(None, to).await.unwrap();
+        if name == "b" {
+            held = Some(s);
+            break;
+        }
+    }
+    let mut conn = held.expect("a connection to b");
+    assert_eq!(c.reload(&cfg(false)).await, "reload_applied");
+    let mut buf = [0u8; 8];
+    let r = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "connection to a disabled server stayed open: {r:?}"
+    );
+    assert_eq!(ask_name(None, to).await.unwrap().0, "a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_drainstop_stops_at_once() {
+    let a = NamedBackend::start("a").await;
+    let port = free_port();
+    let cfg = format!(
+        "[node]\ndrain_timeout = \"1h\"\n\n[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\n\n[pools.p]\n{}",
+        server_block("p", &a, "")
+    );
+    let mut c = Convoy::start(BIN, &cfg).await;
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (_, mut conn) = ask_name(None, to).await.unwrap();
+    c.signal("QUIT");
+    assert!(c.wait_event("drainstop", Duration::from_secs(5)).await);
+    c.signal("TERM");
+    assert_eq!(c.wait_exit(Duration::from_secs(5)).await, Some(0));
+    let mut buf = [0u8; 8];
+    let r = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await;
+    assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_range_with_same_port_reaches_the_matching_server_port() {
+    let (p1, p2) = convoy_testkit::free_port_pair();
+    // Servers listen on the same ports on another loopback address.
+    let b1 = NamedBackend::start_on("port1", format!("127.0.0.2:{p1}").parse().unwrap()).await;
+    let b2 = NamedBackend::start_on("port2", format!("127.0.0.2:{p2}").parse().unwrap()).await;
+    let cfg = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:{p1}-{p2}\"\npool = \"p\"\nsame_port = true\n\n\
+         [pools.p]\n[[pools.p.servers]]\naddress = \"{}\"\n",
+        b1.addr
+    );
+    let _c = Convoy::start(BIN, &cfg).await;
+    for (port, want) in [(p1, "port1"), (p2, "port2")] {
+        let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        assert_eq!(ask_name(None, to).await.unwrap().0, want);
+    }
+    drop(b2);
 }
