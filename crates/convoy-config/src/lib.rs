@@ -23,12 +23,16 @@ impl Config {
             Err(e) => {
                 let span = e.span().unwrap_or(0..0);
                 let key = locate::path_for_span(text, &span);
+                let mut reason = e.message().trim().to_string();
+                if reason.is_empty() {
+                    // Some syntax errors come without a message.
+                    reason = match text.get(span.start..).and_then(|t| t.chars().next()) {
+                        Some(c) => format!("invalid TOML: unexpected character {c:?}"),
+                        None => "invalid TOML: unexpected end of file".to_string(),
+                    };
+                }
                 return Err(ConfigErrors(vec![ConfigError::at(
-                    file,
-                    text,
-                    span.start,
-                    key,
-                    e.message().trim().to_string(),
+                    file, text, span.start, key, reason,
                 )]));
             }
         };

@@ -128,6 +128,10 @@ fn bad_files_get_exact_errors() {
             "bad.toml:5:11: listeners[1].address: 0.0.0.0:80 overlaps 127.0.0.1:80 of listeners[0]",
         ),
         (
+            "[[listeners]]\naddress = \"127.0.0.1:1\"\n\rpool = \"p\"\n",
+            "bad.toml:3:1: (top level): invalid TOML: unexpected character '\\r'",
+        ),
+        (
             "[[listeners]\naddress = 1\n",
             "bad.toml:1:12: (top level): invalid table header",
         ),

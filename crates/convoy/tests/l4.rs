@@ -216,13 +216,14 @@ async fn single_mode(failback: &str) -> (Vec<String>, Convoy) {
     s1.stop().await;
     drop(s1);
     let (counts, failed) = spread(to, 20, 4).await;
-    assert_eq!(failed, 0);
+    assert_eq!(failed, 0, "{counts:?} {}", c.stderr());
     assert_eq!(
         counts.get("p2"),
         Some(&20),
         "failover to priority 2: {counts:?}"
     );
     seen.push("p2".to_string());
+    assert!(c.wait_event("server_down", Duration::from_secs(5)).await);
     let _s1 = NamedBackend::start_on("p1", addr1).await;
     assert!(c.wait_event("server_up", Duration::from_secs(5)).await);
     let (counts, failed) = spread(to, 20, 4).await;
