@@ -23,15 +23,22 @@ use crate::{Context, DataEvent};
 /// Binds one listening socket (SO_REUSEADDR, no SO_REUSEPORT: a second
 /// process on the same address is an error, not a silent traffic split).
 pub fn bind(sa: SocketAddr) -> io::Result<Arc<TcpListener>> {
-    let sock = if sa.is_ipv4() {
-        TcpSocket::new_v4()?
+    let domain = if sa.is_ipv4() {
+        socket2::Domain::IPV4
     } else {
-        TcpSocket::new_v6()?
+        socket2::Domain::IPV6
     };
-    sock.set_reuseaddr(true)?;
-    sock.bind(sa)
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+    sock.set_reuse_address(true)?;
+    if sa.is_ipv6() {
+        // `[::]` means IPv6 only (as nginx does); IPv4 needs its own listener.
+        sock.set_only_v6(true)?;
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&sa.into())
         .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {sa}: {e}")))?;
-    Ok(Arc::new(sock.listen(1024)?))
+    sock.listen(1024)?;
+    Ok(Arc::new(TcpListener::from_std(sock.into())?))
 }
 
 /// Runs the accept loop of one bound socket until `stop` changes to true.
@@ -157,7 +164,9 @@ async fn handle(ctx: &Context, l: &ListenerRuntime, client: TcpStream, peer: Soc
                 reason: "connection reset by server before any response".into(),
             });
         }
-        _ if out.to_client > 0 => entry.state.record_success(),
+        // Any response, or a clean close both ways (protocols where the
+        // server never answers, e.g. syslog), proves the server alive.
+        _ if out.to_client > 0 || out.end == End::Done => entry.state.record_success(),
         _ => {}
     }
     debug!(listener = %l.cfg.name, server = %entry.cfg.name, client = %peer, to_server = out.to_server, to_client = out.to_client, end = ?out.end, "connection closed");

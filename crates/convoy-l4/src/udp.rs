@@ -37,6 +37,9 @@ pub fn bind(sa: SocketAddr) -> std::io::Result<Arc<UdpSocket>> {
         socket2::Domain::IPV6
     };
     let s = socket2::Socket::new(domain, socket2::Type::DGRAM, None)?;
+    if sa.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
     s.set_nonblocking(true)?;
     s.bind(&sa.into())
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind {sa}: {e}")))?;
@@ -126,7 +129,12 @@ async fn new_flow(
         return None;
     };
     let entry = &pool.servers[idx];
-    let addr = entry.cfg.address.0;
+    let mut addr = entry.cfg.address.0;
+    if l.cfg.same_port {
+        if let Ok(local) = socket.local_addr() {
+            addr.set_port(local.port());
+        }
+    }
     let bind: SocketAddr = if addr.is_ipv4() {
         "0.0.0.0:0".parse().ok()?
     } else {

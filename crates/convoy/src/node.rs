@@ -56,6 +56,9 @@ struct Node {
     draining_since: HashMap<ServerKey, Instant>,
     drain_reported: HashSet<ServerKey>,
     passive_retry: HashMap<ServerKey, Instant>,
+    /// Listeners removed or replaced by a reload, kept until their last
+    /// connection ends.
+    retired: Vec<Arc<ListenerRuntime>>,
 }
 
 /// Runs a node until it is stopped.
@@ -88,6 +91,7 @@ pub async fn run(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         draining_since: HashMap::new(),
         drain_reported: HashSet::new(),
         passive_retry: HashMap::new(),
+        retired: Vec::new(),
     };
     for l in &cfg.listeners {
         let bound = node
@@ -374,6 +378,7 @@ impl Node {
         for l in &self.listeners {
             l.rt.expire_sticky();
         }
+        self.retired.retain(|l| l.counters().0 > 0);
     }
 
     /// Logs admin-state changes made by a (re)load, and starts slow start for
@@ -444,6 +449,8 @@ impl Node {
         for r in gone {
             info!(event = "listener_stopped", listener = %r.rt.cfg.name);
             let _ = r.stop.send(true);
+            // Its open connections still count for drain-stop and stop.
+            self.retired.push(r.rt);
         }
         self.listeners = kept;
         for (l, b) in bound {
@@ -521,8 +528,12 @@ impl Node {
         }
     }
 
+    /// Open connections and flows, including those of listeners a reload
+    /// stopped.
     fn active(&self) -> u64 {
-        self.listeners.iter().map(|l| l.rt.counters().0).sum()
+        let live: u64 = self.listeners.iter().map(|l| l.rt.counters().0).sum();
+        let retired: u64 = self.retired.iter().map(|l| l.counters().0).sum();
+        live + retired
     }
 
     /// Stops accepting; the main loop exits when the last connection ends

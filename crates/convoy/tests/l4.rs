@@ -567,3 +567,33 @@ async fn port_range_with_same_port_reaches_the_matching_server_port() {
     }
     drop(b2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drainstop_waits_for_connections_of_a_reloaded_listener() {
+    let a = NamedBackend::start("a").await;
+    let port = free_port();
+    let cfg = |idle: &str| {
+        format!(
+            "[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\nidle_timeout = \"{idle}\"\n\n[pools.p]\n{}",
+            server_block("p", &a, "")
+        )
+    };
+    let mut c = Convoy::start(BIN, &cfg("10m")).await;
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (_, mut old_conn) = ask_name(None, to).await.unwrap();
+    // The listener changes: new accept loop, same socket, old connection kept.
+    assert_eq!(c.reload(&cfg("9m")).await, "reload_applied");
+    assert_eq!(ask_name(None, to).await.unwrap().0, "a");
+    c.signal("QUIT");
+    assert!(c.wait_event("drainstop", Duration::from_secs(5)).await);
+    assert_eq!(
+        c.wait_exit(Duration::from_millis(300)).await,
+        None,
+        "exited with a connection open"
+    );
+    old_conn.write_all(b"x").await.unwrap();
+    let mut b = [0u8; 1];
+    old_conn.read_exact(&mut b).await.unwrap();
+    drop(old_conn);
+    assert_eq!(c.wait_exit(Duration::from_secs(5)).await, Some(0));
+}

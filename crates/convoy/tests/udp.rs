@@ -94,3 +94,47 @@ async fn udp_round_trip_with_client_affinity() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_port_range_with_same_port() {
+    // Two consecutive UDP ports free on 127.0.0.1 and 127.0.0.2.
+    let (p1, p2) = loop {
+        let p = free_udp_port();
+        let ok = [
+            ("127.0.0.1", p),
+            ("127.0.0.1", p + 1),
+            ("127.0.0.2", p),
+            ("127.0.0.2", p + 1),
+        ]
+        .iter()
+        .all(|a| std::net::UdpSocket::bind(a).is_ok());
+        if ok && p < u16::MAX {
+            break (p, p + 1);
+        }
+    };
+    let mut servers = Vec::new();
+    for (port, name) in [(p1, "first"), (p2, "second")] {
+        let s = UdpSocket::bind(("127.0.0.2", port)).await.unwrap();
+        servers.push(tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, peer)) = s.recv_from(&mut buf).await {
+                let mut out = format!("{name}:").into_bytes();
+                out.extend_from_slice(&buf[..n]);
+                let _ = s.send_to(&out, peer).await;
+            }
+        }));
+    }
+    let cfg = format!(
+        "[[listeners]]\nprotocol = \"udp\"\naddress = \"127.0.0.1:{p1}-{p2}\"\npool = \"u\"\nsame_port = true\n\n\
+         [pools.u]\nhealth = {{ check = \"none\" }}\n[[pools.u.servers]]\naddress = \"127.0.0.2:{p1}\"\n"
+    );
+    let _c = Convoy::start(BIN, &cfg).await;
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for (port, want) in [(p1, "first"), (p2, "second")] {
+        let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        assert_eq!(ask(&sock, to, "hi").await, format!("{want}:hi"));
+    }
+    for s in servers {
+        s.abort();
+    }
+}
