@@ -73,39 +73,31 @@ struct Dir<'a> {
 /// An error and the side it came from.
 type SideError = (Side, io::Error);
 
+/// Copy-buffer size; a read that fills it marks a bulk stream.
+const COPY_BUF: usize = 16 * 1024;
+
+/// Moves one direction until EOF. Starts by copying through a small
+/// buffer, which costs the fewest syscalls for request/response traffic;
+/// with `splice`, a read that fills the buffer (a bulk stream) switches the
+/// direction to splice(2) for good, so large transfers stay zero-copy.
+/// Nothing is allocated before the first byte arrives, so idle connections
+/// cost no buffer and no pipe.
 async fn pump(d: Dir<'_>, splice: bool, transfers: &AtomicU64) -> Result<(), SideError> {
     let (src_side, dst_side) = (d.src_side, d.dst_side);
     let at_src = |e| (src_side, e);
     let at_dst = |e| (dst_side, e);
-    #[cfg(target_os = "linux")]
-    if splice {
-        // Wait for data before creating the pipe: idle connections hold no
-        // pipe descriptors.
-        d.src.readable().await.map_err(at_src)?;
-        let p = crate::splice::Pipe::new().map_err(at_dst)?;
-        loop {
-            let n = p.fill(d.src).await.map_err(at_src)?;
-            if n == 0 {
-                break;
-            }
-            p.drain(d.dst, n).await.map_err(at_dst)?;
-            d.bytes.fetch_add(n as u64, Ordering::Relaxed);
-            transfers.fetch_add(1, Ordering::Relaxed);
-        }
-        return shutdown_write(d.dst).map_err(at_dst);
-    }
-    let _ = splice;
-    let mut buf = vec![0u8; 16 * 1024];
+    d.src.readable().await.map_err(at_src)?;
+    let mut buf = vec![0u8; COPY_BUF];
     loop {
-        d.src.readable().await.map_err(at_src)?;
         let n = match d.src.try_read(&mut buf) {
+            Ok(0) => return shutdown_write(d.dst).map_err(at_dst),
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                d.src.readable().await.map_err(at_src)?;
+                continue;
+            }
             Err(e) => return Err(at_src(e)),
         };
-        if n == 0 {
-            break;
-        }
         let mut off = 0;
         while off < n {
             // Try first: a socket is nearly always writable, so waiting for
@@ -120,6 +112,23 @@ async fn pump(d: Dir<'_>, splice: bool, transfers: &AtomicU64) -> Result<(), Sid
         }
         d.bytes.fetch_add(n as u64, Ordering::Relaxed);
         transfers.fetch_add(1, Ordering::Relaxed);
+        if splice && n == buf.len() && cfg!(target_os = "linux") {
+            break;
+        }
+    }
+    drop(buf);
+    #[cfg(target_os = "linux")]
+    {
+        let p = crate::splice::Pipe::new().map_err(at_dst)?;
+        loop {
+            let n = p.fill(d.src).await.map_err(at_src)?;
+            if n == 0 {
+                break;
+            }
+            p.drain(d.dst, n).await.map_err(at_dst)?;
+            d.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            transfers.fetch_add(1, Ordering::Relaxed);
+        }
     }
     shutdown_write(d.dst).map_err(at_dst)
 }
