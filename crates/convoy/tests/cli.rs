@@ -101,3 +101,70 @@ fn every_example_config_is_valid() {
     }
     assert!(n >= 3, "expected example configs in {dir}");
 }
+
+#[test]
+fn demo_serves_weighted_and_stops_on_ctrl_c() {
+    use std::io::{BufRead, BufReader};
+    let port = convoy_testkit::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", &listen])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The banner tells the user what to try.
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut banner = String::new();
+    for _ in 0..12 {
+        out.read_line(&mut banner).unwrap();
+    }
+    assert!(
+        banner.contains(&format!("curl http://{listen}/")),
+        "{banner}"
+    );
+    let mut ok = false;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(&listen).is_ok() {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(ok, "demo balancer did not listen on {listen}");
+    // A real HTTP client: 60 requests, each a new connection.
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..60 {
+        let o = Command::new("curl")
+            .args(["-s", "--max-time", "5", &format!("http://{listen}/")])
+            .output()
+            .expect("curl runs");
+        let body = String::from_utf8_lossy(&o.stdout).into_owned();
+        let name = body.split_whitespace().nth(2).unwrap_or("?").to_string();
+        *counts.entry(name).or_insert(0) += 1;
+    }
+    // Weights 1:2:3 → about 10/20/30 (the sweep is exact only over a whole
+    // table, so allow a few either way; equal weights would fail).
+    for (name, want) in [("demo-a", 10), ("demo-b", 20), ("demo-c", 30)] {
+        let got = counts.get(name).copied().unwrap_or(0);
+        assert!(
+            (want - 4..=want + 4).contains(&got),
+            "{name}: {got} ({counts:?})"
+        );
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut code = None;
+    for _ in 0..100 {
+        if let Some(st) = child.try_wait().unwrap() {
+            code = st.code();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    assert_eq!(code, Some(0), "demo must exit cleanly on Ctrl-C");
+}
