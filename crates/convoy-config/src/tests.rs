@@ -112,7 +112,7 @@ fn bad_files_get_exact_errors() {
         ),
         (
             "[[listeners]]\nprotocol = \"udp\"\naddress = \"127.0.0.1:80\"\npool = \"p\"\nproxy_protocol = \"v2\"\n",
-            "bad.toml:5:18: listeners[0].proxy_protocol: the PROXY protocol header is only sent on TCP listeners",
+            "bad.toml:5:18: listeners[0].proxy_protocol: the PROXY protocol header is only sent on TCP (L4) listeners",
         ),
         (
             "[[listeners]]\naddress = \"127.0.0.1:80\"\npool = \"p\"\n[pools.p]\nhealth = { rise = 0 }\n[[pools.p.servers]]\naddress = \"127.0.0.1:1\"\n",

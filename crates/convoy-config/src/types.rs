@@ -70,6 +70,8 @@ pub enum Protocol {
     Tcp,
     /// UDP datagrams, per-client flows.
     Udp,
+    /// HTTP/1.1 and HTTP/2 (h2c), balanced per request.
+    Http,
 }
 
 /// Port-rule filtering mode (WLBS).
@@ -269,8 +271,13 @@ pub struct Listener {
     /// Time allowed to connect to one server before trying the next.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
+    /// HTTP routes, tried in order; a request no route matches goes to
+    /// `pool` with the default class.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
     /// A connection (or UDP flow) with no traffic either way for this long is
-    /// closed. Default 10m for TCP, 30s for UDP.
+    /// closed. Default 10m for TCP, 30s for UDP, 60s for HTTP (idle
+    /// keep-alive connections).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Dur>,
 }
@@ -281,6 +288,7 @@ impl Listener {
         self.idle_timeout.unwrap_or(match self.protocol {
             Protocol::Tcp => Dur::secs(600),
             Protocol::Udp => Dur::secs(30),
+            Protocol::Http => Dur::secs(60),
         })
     }
 }
@@ -304,6 +312,62 @@ fn default_connect_timeout() -> Dur {
     Dur::secs(3)
 }
 
+/// An HTTP route: which requests go to which pool, with which priority
+/// class and cost. Every condition given must match.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Name in logs (default: "route-N").
+    #[serde(default)]
+    pub name: String,
+    /// Host header (without port), exact, case-insensitive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Exact path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Path prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// Method, e.g. "GET".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// A header that must be present, written "Name: value" (exact value)
+    /// or "Name" (any value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Pool served (default: the listener's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Priority class in the queue: 0 (highest) to 7 (default 4).
+    #[serde(default = "default_class")]
+    pub priority: u8,
+    /// Cost of one request, counted in the servers' load (default 1).
+    #[serde(default = "default_cost")]
+    pub cost: u32,
+}
+
+fn default_class() -> u8 {
+    4
+}
+fn default_cost() -> u32 {
+    1
+}
+
+/// How a pool picks a server per HTTP request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// Smooth weighted round robin.
+    RoundRobin,
+    /// Least outstanding cost per unit of weight.
+    LeastOutstanding,
+    /// Power of two choices over peak-EWMA latency × load, errors penalized.
+    Qos,
+    /// Consistent hash of the client address.
+    Hash,
+}
+
 /// A farm of equivalent servers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -317,9 +381,39 @@ pub struct Pool {
     /// A returning server's weight ramps from 10% to 100% over this window.
     #[serde(default = "default_slow_start")]
     pub slow_start: Dur,
+    /// Per-request algorithm for HTTP listeners (default "round_robin").
+    #[serde(default = "default_algorithm")]
+    pub algorithm: Algorithm,
+    /// High-water mark: requests in flight per server (0 = no limit);
+    /// a server's own `max_in_flight` overrides it.
+    #[serde(default)]
+    pub max_in_flight: u32,
+    /// Requests that may wait when every server is at its high-water mark.
+    #[serde(default = "default_queue_max")]
+    pub queue_max: usize,
+    /// How long a request may wait before a 503 with Retry-After.
+    #[serde(default = "default_queue_timeout")]
+    pub queue_timeout: Dur,
+    /// A queued request's class improves by one per this much waiting, so
+    /// low classes never starve ("0s" = strict priority).
+    #[serde(default = "default_queue_aging")]
+    pub queue_aging: Dur,
     /// The servers.
     #[serde(default)]
     pub servers: Vec<Server>,
+}
+
+fn default_algorithm() -> Algorithm {
+    Algorithm::RoundRobin
+}
+fn default_queue_max() -> usize {
+    1000
+}
+fn default_queue_timeout() -> Dur {
+    Dur::secs(5)
+}
+fn default_queue_aging() -> Dur {
+    Dur::secs(1)
 }
 
 fn default_slow_start() -> Dur {
@@ -413,6 +507,16 @@ pub struct Server {
     /// A draining server gets no new connections; existing ones finish.
     #[serde(default)]
     pub drain: bool,
+    /// High-water mark for this server (overrides the pool's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+}
+
+impl Server {
+    /// The high-water mark in force (0 = none).
+    pub fn limit(&self, pool: &Pool) -> u32 {
+        self.max_in_flight.unwrap_or(pool.max_in_flight)
+    }
 }
 
 fn default_weight() -> u32 {
@@ -432,6 +536,11 @@ impl Config {
         for l in &mut self.listeners {
             if l.name.is_empty() {
                 l.name = l.address.to_string();
+            }
+            for (i, r) in l.routes.iter_mut().enumerate() {
+                if r.name.is_empty() {
+                    r.name = format!("route-{i}");
+                }
             }
         }
         for pool in self.pools.values_mut() {

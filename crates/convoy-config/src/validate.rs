@@ -90,10 +90,49 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
                 "has no effect on a disabled listener".into(),
             );
         }
-        if l.protocol == Protocol::Udp && l.proxy_protocol.is_some() {
+        for (j, r) in l.routes.iter().enumerate() {
+            let rp = |k: &str| format!("listeners[{i}].routes[{j}].{k}");
+            if l.protocol != Protocol::Http {
+                err(rp("name"), "routes need protocol = \"http\"".into());
+            }
+            if let Some(pool) = &r.pool {
+                if !cfg.pools.contains_key(pool) {
+                    err(rp("pool"), format!("unknown pool {pool:?}"));
+                }
+            }
+            if r.priority > 7 {
+                err(
+                    rp("priority"),
+                    format!("priority {} is out of range 0-7", r.priority),
+                );
+            }
+            if r.cost == 0 {
+                err(rp("cost"), "must be at least 1".into());
+            }
+            if let Some(m) = &r.method {
+                if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+                    err(
+                        rp("method"),
+                        format!("{m:?} is not an HTTP method (e.g. \"GET\")"),
+                    );
+                }
+            }
+            for (k, v) in [("path", &r.path), ("path_prefix", &r.path_prefix)] {
+                if v.as_ref().is_some_and(|p| !p.starts_with('/')) {
+                    err(rp(k), "must start with '/'".into());
+                }
+            }
+        }
+        if l.protocol == Protocol::Http && l.affinity != Affinity::None {
+            err(
+                p("affinity"),
+                "HTTP listeners balance per request: use the pool's algorithm = \"hash\"".into(),
+            );
+        }
+        if l.protocol != Protocol::Tcp && l.proxy_protocol.is_some() {
             err(
                 p("proxy_protocol"),
-                "the PROXY protocol header is only sent on TCP listeners".into(),
+                "the PROXY protocol header is only sent on TCP (L4) listeners".into(),
             );
         }
         if l.max_connections == 0 {
@@ -116,6 +155,9 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
             );
         }
         let h = &pool.health;
+        if pool.queue_timeout.get().is_zero() {
+            err(pp("queue_timeout"), "must be greater than 0s".into());
+        }
         if h.check != CheckKind::None {
             if h.interval.get().is_zero() {
                 err(pp("health.interval"), "must be greater than 0s".into());

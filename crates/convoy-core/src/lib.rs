@@ -9,7 +9,9 @@
 //!   through `ArcSwap::load()`, with no lock on the hot path.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod clock;
+pub mod context;
 pub mod listener;
 pub mod pool;
 pub mod query;

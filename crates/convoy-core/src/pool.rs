@@ -50,8 +50,9 @@ pub struct PoolRuntime {
     /// Consistent hash over every configured server at its configured
     /// weight, whatever its state: health and admin changes never move the
     /// clients of servers that stay available.
-    primary: Table,
+    pub(crate) primary: Table,
     tables: ArcSwap<Tables>,
+    pub(crate) admission: crate::admission::Admission,
     counter: AtomicU64,
 }
 
@@ -100,6 +101,11 @@ impl PoolRuntime {
             servers,
             by_name,
             primary,
+            admission: crate::admission::Admission::new(
+                cfg.servers.len(),
+                cfg.queue_max,
+                cfg.queue_aging.get().as_millis() as u64,
+            ),
             tables: ArcSwap::from_pointee(Tables {
                 rr: Table::build::<&str>(&[]),
                 hash: Table::build::<&str>(&[]),

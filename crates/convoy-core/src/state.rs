@@ -38,6 +38,20 @@ pub struct ServerState {
     admin: AtomicU8,
     up_since_ms: AtomicU64,
     kill: watch::Sender<u64>,
+    in_flight: AtomicU64,
+    cost: AtomicU64,
+    requests: AtomicU64,
+    qos: std::sync::Mutex<Qos>,
+}
+
+/// Request-level quality of a server: peak-EWMA latency and an EWMA of the
+/// error indicator (5xx, connect errors, timeouts).
+#[derive(Debug)]
+pub struct Qos {
+    /// Latency to response headers.
+    pub latency: convoy_balance::ewma::PeakEwma,
+    /// Recent error rate, 0..1.
+    pub error_rate: f64,
 }
 
 impl ServerState {
@@ -57,6 +71,13 @@ impl ServerState {
             // A server present from the start needs no slow start.
             up_since_ms: AtomicU64::new(0),
             kill: watch::Sender::new(0),
+            in_flight: AtomicU64::new(0),
+            cost: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            qos: std::sync::Mutex::new(Qos {
+                latency: convoy_balance::ewma::PeakEwma::new(1000.0, 10_000, clock::now_ms()),
+                error_rate: 0.0,
+            }),
         }
     }
 
@@ -171,6 +192,54 @@ impl ServerState {
     /// Closes every open connection of this server.
     pub fn kill_all(&self) {
         self.kill.send_modify(|v| *v += 1);
+    }
+}
+
+impl ServerState {
+    /// Requests in flight (HTTP).
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Sum of the costs of the requests in flight.
+    pub fn outstanding_cost(&self) -> u64 {
+        self.cost.load(Ordering::Acquire)
+    }
+
+    /// HTTP requests since start.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request of `cost` as in flight.
+    pub fn begin_request(&self, cost: u32) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.cost.fetch_add(u64::from(cost), Ordering::AcqRel);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Uncounts a request begun earlier.
+    pub fn end_request(&self, cost: u32) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.cost.fetch_sub(u64::from(cost), Ordering::AcqRel);
+    }
+
+    /// Records a request's outcome: latency to response headers and
+    /// whether it failed.
+    pub fn observe(&self, latency_us: f64, error: bool) {
+        let now = clock::now_ms();
+        let mut q = self.qos.lock().unwrap_or_else(|e| e.into_inner());
+        if !error {
+            q.latency.observe(latency_us, now);
+        }
+        let x = if error { 1.0 } else { 0.0 };
+        q.error_rate = q.error_rate * 0.9 + x * 0.1;
+    }
+
+    /// (latency EWMA µs, error rate).
+    pub fn qos(&self) -> (f64, f64) {
+        let q = self.qos.lock().unwrap_or_else(|e| e.into_inner());
+        (q.latency.get(), q.error_rate)
     }
 }
 

@@ -14,41 +14,4 @@ mod splice;
 pub mod tcp;
 pub mod udp;
 
-use std::sync::Arc;
-
-use arc_swap::ArcSwap;
-use convoy_core::{ServerState, Snapshot};
-use tokio::sync::{mpsc, watch};
-
-/// Signals from the data plane to the control plane.
-#[derive(Debug)]
-pub enum DataEvent {
-    /// A connect to this server failed, or it reset a connection.
-    Failure {
-        /// The server.
-        server: Arc<ServerState>,
-        /// What happened.
-        reason: String,
-    },
-}
-
-/// What every listener task shares.
-#[derive(Clone)]
-pub struct Context {
-    /// The snapshot in force.
-    pub snapshot: Arc<ArcSwap<Snapshot>>,
-    /// Passive failure signals.
-    pub events: mpsc::UnboundedSender<DataEvent>,
-    /// Changes when every connection of the node must close (node `stop`).
-    pub kill: watch::Receiver<u64>,
-    /// Use splice(2) when available.
-    pub splice: bool,
-}
-
-impl std::fmt::Debug for Context {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context")
-            .field("splice", &self.splice)
-            .finish()
-    }
-}
+pub use convoy_core::context::{Context, DataEvent};

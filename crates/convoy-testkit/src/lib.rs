@@ -4,6 +4,8 @@
 //! signals), and bounded waiting. Everything binds loopback only.
 #![forbid(unsafe_code)]
 
+pub mod http;
+
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

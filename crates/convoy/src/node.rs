@@ -157,7 +157,7 @@ impl Node {
                 .listeners
                 .iter()
                 .find_map(|r| match (&r.sockets, l.protocol) {
-                    (Bound::Tcp(v), Protocol::Tcp) => v
+                    (Bound::Tcp(v), Protocol::Tcp | Protocol::Http) => v
                         .iter()
                         .find(|s| s.local_addr().ok() == Some(sa))
                         .map(|s| Bound::Tcp(vec![Arc::clone(s)])),
@@ -170,12 +170,12 @@ impl Node {
             match (existing, l.protocol) {
                 (Some(Bound::Tcp(mut v)), _) => tcp.append(&mut v),
                 (Some(Bound::Udp(mut v)), _) => udp.append(&mut v),
-                (None, Protocol::Tcp) => tcp.push(convoy_l4::tcp::bind(sa)?),
+                (None, Protocol::Tcp | Protocol::Http) => tcp.push(convoy_l4::tcp::bind(sa)?),
                 (None, Protocol::Udp) => udp.push(convoy_l4::udp::bind(sa)?),
             }
         }
         Ok(match l.protocol {
-            Protocol::Tcp => Bound::Tcp(tcp),
+            Protocol::Tcp | Protocol::Http => Bound::Tcp(tcp),
             Protocol::Udp => Bound::Udp(udp),
         })
     }
@@ -188,14 +188,25 @@ impl Node {
             Bound::Tcp(socks) => {
                 for s in socks {
                     let addr = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
-                    info!(event = "listening", listener = %l.name, protocol = "tcp", address = %addr);
-                    let f = convoy_l4::tcp::serve(
-                        self.ctx.clone(),
-                        Arc::clone(&rt),
-                        s,
-                        stop_rx.clone(),
-                    );
-                    tokio::spawn(f);
+                    if l.protocol == Protocol::Http {
+                        info!(event = "listening", listener = %l.name, protocol = "http", address = %addr);
+                        let f = convoy_http::serve(
+                            self.ctx.clone(),
+                            Arc::clone(&rt),
+                            s,
+                            stop_rx.clone(),
+                        );
+                        tokio::spawn(f);
+                    } else {
+                        info!(event = "listening", listener = %l.name, protocol = "tcp", address = %addr);
+                        let f = convoy_l4::tcp::serve(
+                            self.ctx.clone(),
+                            Arc::clone(&rt),
+                            s,
+                            stop_rx.clone(),
+                        );
+                        tokio::spawn(f);
+                    }
                 }
             }
             Bound::Udp(socks) => {

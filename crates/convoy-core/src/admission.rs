@@ -1,0 +1,239 @@
+//! Admission of HTTP requests to a pool (the patent's high-water mark and
+//! queue, claim 19): a request takes a slot on a server below its
+//! `max_in_flight`, chosen by the pool's algorithm; when every available
+//! server is full it waits in the pool's bounded priority queue, and each
+//! slot freed by a finishing request is handed straight to the next waiter
+//! (so a server keeps a steady number of requests pending). Admission and
+//! release run under the queue lock, so a slot can never be freed while a
+//! request is being queued and missed by both.
+
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use convoy_balance::queue::{PriorityQueue, Ticket};
+use convoy_balance::select::{least_outstanding, p2c, Load};
+use convoy_balance::swrr::Swrr;
+use convoy_balance::{affinity_key, AffinityKind};
+use convoy_config::Algorithm;
+use tokio::sync::oneshot;
+
+use crate::clock;
+use crate::pool::PoolRuntime;
+
+/// A queued request: its cost and where to send the server index.
+#[derive(Debug)]
+pub struct Waiter {
+    cost: u32,
+    tx: oneshot::Sender<usize>,
+}
+
+/// Per-pool admission state.
+#[derive(Debug)]
+pub struct Admission {
+    queue: Mutex<PriorityQueue<Waiter>>,
+    swrr: Mutex<Swrr>,
+}
+
+/// The outcome of asking for a slot.
+#[derive(Debug)]
+pub enum Admit {
+    /// A slot on this server (already counted).
+    Slot(usize),
+    /// Queued: wait on the receiver; cancel with the ticket.
+    Queued(Ticket, oneshot::Receiver<usize>),
+    /// Every server is full and so is the queue.
+    Full,
+    /// No server can take requests at all.
+    NoServer,
+}
+
+impl Admission {
+    /// Admission state for a pool of `n` servers.
+    pub fn new(n: usize, queue_max: usize, aging_ms: u64) -> Self {
+        Admission {
+            queue: Mutex::new(PriorityQueue::new(8, queue_max, aging_ms)),
+            swrr: Mutex::new(Swrr::new(n)),
+        }
+    }
+
+    /// Requests waiting.
+    pub fn queued(&self) -> usize {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+fn xorshift() -> u64 {
+    use std::cell::Cell;
+    thread_local!(static S: Cell<u64> = const { Cell::new(0x9e37_79b9_7f4a_7c15) });
+    S.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x
+    })
+}
+
+impl PoolRuntime {
+    fn room(&self, i: usize) -> bool {
+        let s = &self.servers[i];
+        let limit = s.cfg.limit(&self.cfg);
+        limit == 0 || s.state.in_flight() < u64::from(limit)
+    }
+
+    /// Chooses among servers that are available, below their high-water
+    /// mark and not in `tried`.
+    fn choose_with_room(&self, client: IpAddr, tried: &[usize]) -> Option<usize> {
+        let ok =
+            |i: usize| self.servers[i].state.is_eligible() && !tried.contains(&i) && self.room(i);
+        match self.cfg.algorithm {
+            Algorithm::RoundRobin => {
+                let mut w = self
+                    .admission
+                    .swrr
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                w.pick(|i| if ok(i) { self.servers[i].cfg.weight } else { 0 })
+            }
+            Algorithm::LeastOutstanding | Algorithm::Qos => {
+                let loads: Vec<Load> = self
+                    .servers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        let (lat, err) = if self.cfg.algorithm == Algorithm::Qos {
+                            s.state.qos()
+                        } else {
+                            (0.0, 0.0)
+                        };
+                        let out = s.state.outstanding_cost();
+                        Load {
+                            available: ok(i),
+                            weight: s.cfg.weight,
+                            outstanding: out,
+                            score: convoy_balance::ewma::qos_score(
+                                lat,
+                                out,
+                                err,
+                                10.0,
+                                s.cfg.weight,
+                            ),
+                        }
+                    })
+                    .collect();
+                if self.cfg.algorithm == Algorithm::Qos {
+                    p2c(&loads, xorshift(), xorshift())
+                } else {
+                    least_outstanding(&loads, (xorshift() % loads.len().max(1) as u64) as usize)
+                }
+            }
+            Algorithm::Hash => {
+                let k = affinity_key(AffinityKind::Client, client)?;
+                let i = self.primary.lookup(k)?;
+                if ok(i) {
+                    return Some(i);
+                }
+                let t = self.tables();
+                match t.hash.lookup(k) {
+                    Some(j) if ok(j) => Some(j),
+                    _ => (0..self.servers.len()).find(|&j| ok(j)),
+                }
+            }
+        }
+    }
+
+    /// Asks for a slot for a request of `cost` and priority `class`.
+    pub fn admit(&self, client: IpAddr, cost: u32, class: usize, tried: &[usize]) -> Admit {
+        let mut q = self
+            .admission
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Waiters go first: a new request only takes a free slot directly
+        // when nobody is queued (otherwise it would jump the queue).
+        if q.is_empty() || !tried.is_empty() {
+            if let Some(i) = self.choose_with_room(client, tried) {
+                self.servers[i].state.begin_request(cost);
+                return Admit::Slot(i);
+            }
+        }
+        let any = self
+            .servers
+            .iter()
+            .enumerate()
+            .any(|(i, s)| s.state.is_eligible() && !tried.contains(&i));
+        if !any {
+            return Admit::NoServer;
+        }
+        let (tx, rx) = oneshot::channel();
+        match q.push(Waiter { cost, tx }, class, clock::now_ms()) {
+            Ok(t) => Admit::Queued(t, rx),
+            Err(_) => Admit::Full,
+        }
+    }
+
+    /// Gives up a queued request (timeout or client gone). If a slot was
+    /// handed to it meanwhile, the caller must release that slot.
+    pub fn cancel(&self, ticket: Ticket) -> bool {
+        self.admission
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(ticket)
+            .is_some()
+    }
+
+    /// Frees the slot of a finished request of `cost` on server `i`: hands
+    /// it to the next waiter if the server may still take requests,
+    /// otherwise uncounts it. Returns how long the released waiter waited.
+    pub fn release(&self, i: usize, cost: u32) -> Option<u64> {
+        let s = &self.servers[i].state;
+        let mut q = self
+            .admission
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        s.end_request(cost);
+        if !s.is_eligible() {
+            drop(q);
+            self.wake_any();
+            return None;
+        }
+        while let Some((w, waited)) = q.pop(clock::now_ms()) {
+            s.begin_request(w.cost);
+            if w.tx.send(i).is_ok() {
+                return Some(waited);
+            }
+            s.end_request(w.cost);
+        }
+        None
+    }
+
+    /// Hands free slots on any server to waiters (after a server came
+    /// back, was added, or its limit rose).
+    pub fn wake_any(&self) {
+        let mut q = self
+            .admission
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        while !q.is_empty() {
+            let Some(i) = self.choose_with_room(IpAddr::from([0, 0, 0, 0]), &[]) else {
+                return;
+            };
+            let Some((w, _)) = q.pop(clock::now_ms()) else {
+                return;
+            };
+            self.servers[i].state.begin_request(w.cost);
+            if w.tx.send(i).is_err() {
+                self.servers[i].state.end_request(w.cost);
+            }
+        }
+    }
+
+    /// Requests waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.admission.queued()
+    }
+}

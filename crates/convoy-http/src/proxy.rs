@@ -1,0 +1,327 @@
+//! The HTTP listener: accept loop, hyper connection (HTTP/1.1 with
+//! keep-alive, or HTTP/2 when the client starts with the h2 preface), and
+//! the per-request path: route → admission (slot or queue) → forward over
+//! the keep-alive pool → stream the response back, holding the slot until
+//! the response body ends.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskCx, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use convoy_core::admission::Admit;
+use convoy_core::context::{Context, DataEvent};
+use convoy_core::{ListenerRuntime, PoolRuntime};
+use http::{HeaderValue, Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Either, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::headers::{add_forwarding, strip_hop_by_hop};
+use crate::route::{decide, host_of};
+
+/// Response body type: a streamed upstream body or a local one.
+pub type RespBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// Request body to servers: the client's streamed body, or nothing (a
+/// bodiless request sent again to another server).
+type ReqBody = Either<Incoming, Empty<Bytes>>;
+
+type Upstream = Client<HttpConnector, ReqBody>;
+
+struct Shared {
+    ctx: Context,
+    listener: Arc<ListenerRuntime>,
+    client: Upstream,
+}
+
+/// Holds a request's slot on a server; dropping it releases the slot to
+/// the next queued request.
+struct Slot {
+    pool: Arc<PoolRuntime>,
+    idx: usize,
+    cost: u32,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.pool.release(self.idx, self.cost);
+    }
+}
+
+/// The upstream response body, keeping the slot until it ends.
+struct Guarded {
+    inner: Incoming,
+    _slot: Slot,
+}
+
+impl Body for Guarded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskCx<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn local(status: StatusCode, msg: &str) -> Response<RespBody> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(format!("{msg}\n")))
+            .map_err(|never: Infallible| match never {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("text/plain"));
+    r
+}
+
+fn unavailable(msg: &str, retry_after: u64) -> Response<RespBody> {
+    let mut r = local(StatusCode::SERVICE_UNAVAILABLE, msg);
+    if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
+        r.headers_mut().insert("retry-after", v);
+    }
+    r
+}
+
+/// Serves HTTP on one bound socket until `stop` changes to true; open
+/// connections then finish their current request and close.
+pub async fn serve(
+    ctx: Context,
+    listener: Arc<ListenerRuntime>,
+    socket: Arc<TcpListener>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(listener.cfg.connect_timeout.get()));
+    let client: Upstream = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_timer(TokioTimer::new())
+        .build(http);
+    let shared = Arc::new(Shared {
+        ctx,
+        listener,
+        client,
+    });
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = socket.accept() => match r {
+                Ok(c) => { backoff = Duration::from_millis(5); c }
+                Err(e) => {
+                    warn!(event = "accept_error", listener = %shared.listener.cfg.name, error = %e);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+        };
+        if !shared.listener.admit() {
+            if shared.listener.refused_log.allow() {
+                warn!(event = "connection_refused", listener = %shared.listener.cfg.name, client = %peer, reason = "max_connections");
+            }
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let sh = Arc::clone(&shared);
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let svc = {
+                let sh = Arc::clone(&sh);
+                hyper::service::service_fn(move |req| {
+                    let sh = Arc::clone(&sh);
+                    async move { Ok::<_, Infallible>(handle(&sh, req, peer).await) }
+                })
+            };
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(sh.listener.cfg.idle_timeout().get());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            let mut kill = sh.ctx.kill.clone();
+            kill.mark_unchanged();
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        debug!(client = %peer, error = %e, "http connection ended with an error");
+                    }
+                }
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                    conn.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = kill.changed() => {}
+                    }
+                }
+                _ = kill.changed() => {}
+            }
+            sh.listener.release();
+        });
+    }
+}
+
+/// Waits for a queued request's slot; on timeout or drop, cancels it (and
+/// releases a slot handed over meanwhile).
+struct Queued<'a> {
+    pool: &'a Arc<PoolRuntime>,
+    ticket: convoy_balance::queue::Ticket,
+    rx: Option<tokio::sync::oneshot::Receiver<usize>>,
+    cost: u32,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            if !self.pool.cancel(self.ticket) {
+                if let Ok(i) = rx.try_recv() {
+                    self.pool.release(i, self.cost);
+                }
+            }
+        }
+    }
+}
+
+async fn handle(sh: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Response<RespBody> {
+    let l = &sh.listener;
+    let snap = sh.ctx.snapshot.load_full();
+    let d = decide(&l.cfg, &req);
+    let Some(pool) = snap.pools.get(d.pool).cloned() else {
+        return local(StatusCode::BAD_GATEWAY, "no such pool");
+    };
+    let (class, cost) = (d.class, d.cost);
+    let host = host_of(&req);
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    add_forwarding(&mut parts.headers, peer, host.as_deref(), "http");
+    // A request without a body can be sent again if its first server could
+    // not be reached; one with a body only if it never left (connect error
+    // before the body was polled) — hyper gives the body no way back, so
+    // only bodiless requests are retried.
+    let replayable = body.is_end_stream();
+    let mut body = Some(body);
+    // After a first attempt `body` is None and retries send an empty body.
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let mut tried: Vec<usize> = Vec::new();
+    loop {
+        let idx = match pool.admit(peer.ip(), cost, class, &tried) {
+            Admit::Slot(i) => i,
+            Admit::NoServer => {
+                l.count_failed();
+                return if tried.is_empty() {
+                    unavailable("no server available", 1)
+                } else {
+                    local(StatusCode::BAD_GATEWAY, "no server could be reached")
+                };
+            }
+            Admit::Full => return unavailable("queue full", 1),
+            Admit::Queued(ticket, rx) => {
+                let mut q = Queued {
+                    pool: &pool,
+                    ticket,
+                    rx: Some(rx),
+                    cost,
+                };
+                let timeout = pool.cfg.queue_timeout.get();
+                let r = match q.rx.as_mut() {
+                    Some(rx) => tokio::time::timeout(timeout, rx).await,
+                    None => return local(StatusCode::INTERNAL_SERVER_ERROR, "queue state lost"),
+                };
+                match r {
+                    Ok(Ok(i)) => {
+                        q.rx = None;
+                        i
+                    }
+                    _ => return unavailable("queue timeout", timeout.as_secs().max(1)),
+                }
+            }
+        };
+        let slot = Slot {
+            pool: Arc::clone(&pool),
+            idx,
+            cost,
+        };
+        let server = &pool.servers[idx];
+        let uri: Uri = match format!("http://{}{}", server.cfg.address.0, path).parse() {
+            Ok(u) => u,
+            Err(_) => return local(StatusCode::BAD_REQUEST, "bad request target"),
+        };
+        let mut out = Request::from_parts(parts.clone(), ());
+        *out.uri_mut() = uri;
+        // HTTP/2 clients send no Host header; HTTP/1 servers need one.
+        if !out.headers().contains_key(http::header::HOST) {
+            if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+                out.headers_mut().insert(http::header::HOST, h);
+            }
+        }
+        *out.version_mut() = http::Version::HTTP_11;
+        let b = match body.take() {
+            Some(b) => Either::Left(b),
+            None => Either::Right(Empty::new()),
+        };
+        let out = out.map(|_| b);
+        let started = Instant::now();
+        match sh.client.request(out).await {
+            Ok(resp) => {
+                let status = resp.status();
+                server.state.observe(
+                    started.elapsed().as_micros() as f64,
+                    status.is_server_error(),
+                );
+                let (rparts, rbody) = resp.into_parts();
+                let mut rparts = rparts;
+                strip_hop_by_hop(&mut rparts.headers);
+                let guarded = Guarded {
+                    inner: rbody,
+                    _slot: slot,
+                };
+                return Response::from_parts(rparts, guarded.boxed_unsync());
+            }
+            Err(e) => {
+                server
+                    .state
+                    .observe(started.elapsed().as_micros() as f64, true);
+                let connect = e.is_connect();
+                if connect {
+                    let _ = sh.ctx.events.send(DataEvent::Failure {
+                        server: Arc::clone(&server.state),
+                        reason: format!("connect: {e}"),
+                    });
+                }
+                drop(slot);
+                debug!(server = %server.cfg.name, error = %e, connect, "upstream request failed");
+                if connect && replayable {
+                    tried.push(idx);
+                    continue;
+                }
+                return local(StatusCode::BAD_GATEWAY, "upstream request failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! An HTTP origin for tests that counts its own concurrency: each request
+//! waits `delay` (or `?sleep_ms=N`), then answers with the origin's name.
+//! It records the peak number of requests in flight, every request's path
+//! in arrival order, and echoes the forwarding headers it received as
+//! `x-seen-*` response headers.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// What an origin saw.
+#[derive(Default)]
+pub struct Seen {
+    /// Requests in flight now.
+    pub now: AtomicUsize,
+    /// Peak requests in flight.
+    pub peak: AtomicUsize,
+    /// Requests served.
+    pub count: AtomicUsize,
+    /// Paths in arrival order.
+    pub paths: Mutex<Vec<String>>,
+}
+
+/// A running origin.
+pub struct HttpOrigin {
+    /// Its name (the response body).
+    pub name: String,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// What it saw.
+    pub seen: Arc<Seen>,
+    task: JoinHandle<()>,
+}
+
+impl HttpOrigin {
+    /// Starts on a free loopback port; each request takes `delay`.
+    pub async fn start(name: &str, delay: Duration) -> HttpOrigin {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = Arc::new(Seen::default());
+        let (s2, n2) = (Arc::clone(&seen), name.to_string());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = l.accept().await else {
+                    continue;
+                };
+                let (s3, n3) = (Arc::clone(&s2), n2.clone());
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let (s, n) = (Arc::clone(&s3), n3.clone());
+                            async move {
+                                let cur = s.now.fetch_add(1, Ordering::SeqCst) + 1;
+                                s.peak.fetch_max(cur, Ordering::SeqCst);
+                                s.paths.lock().unwrap().push(req.uri().path().to_string());
+                                let sleep = req
+                                    .uri()
+                                    .query()
+                                    .and_then(|q| q.strip_prefix("sleep_ms="))
+                                    .and_then(|v| v.parse().ok())
+                                    .map(Duration::from_millis)
+                                    .unwrap_or(delay);
+                                tokio::time::sleep(sleep).await;
+                                let mut r = Response::new(Full::new(Bytes::from(n)));
+                                for h in [
+                                    "x-forwarded-for",
+                                    "x-forwarded-proto",
+                                    "x-forwarded-host",
+                                    "forwarded",
+                                    "via",
+                                    "connection",
+                                    "x-hop",
+                                    "host",
+                                ] {
+                                    if let Some(v) = req.headers().get(h) {
+                                        r.headers_mut().insert(
+                                            http::HeaderName::from_bytes(
+                                                format!("x-seen-{h}").as_bytes(),
+                                            )
+                                            .unwrap(),
+                                            v.clone(),
+                                        );
+                                    }
+                                }
+                                s.count.fetch_add(1, Ordering::SeqCst);
+                                s.now.fetch_sub(1, Ordering::SeqCst);
+                                Ok::<_, Infallible>(r)
+                            }
+                        });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        HttpOrigin {
+            name: name.to_string(),
+            addr,
+            seen,
+            task,
+        }
+    }
+
+    /// Stops accepting and waits until the socket is closed.
+    pub async fn stop(&mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for HttpOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
