@@ -34,9 +34,47 @@ use crate::route::{decide, host_of};
 /// Response body type: a streamed upstream body or a local one.
 pub type RespBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
-/// Request body to servers: the client's streamed body, or nothing (a
-/// bodiless request sent again to another server).
-type ReqBody = Either<Incoming, Empty<Bytes>>;
+/// Request body to servers: the client's streamed body (its first frame
+/// already read and checked), or nothing (a bodiless request sent again to
+/// another server).
+type ReqBody = Either<Prefixed, Empty<Bytes>>;
+
+/// The client's body with its first frame read ahead: a body that is
+/// malformed from its first byte (bad chunk size) is refused with 400
+/// before anything reaches a server.
+struct Prefixed {
+    first: Option<Frame<Bytes>>,
+    rest: Incoming,
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskCx<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(f) = self.first.take() {
+            return Poll::Ready(Some(Ok(f)));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        let mut h = self.rest.size_hint();
+        if let Some(n) = self
+            .first
+            .as_ref()
+            .and_then(|f| f.data_ref())
+            .map(|d| d.len() as u64)
+        {
+            h = SizeHint::with_exact(h.exact().map_or(n, |e| e + n));
+        }
+        h
+    }
+}
 
 type Upstream = Client<HttpConnector, ReqBody>;
 
@@ -92,6 +130,15 @@ fn local(status: StatusCode, msg: &str) -> Response<RespBody> {
     *r.status_mut() = status;
     r.headers_mut()
         .insert("content-type", HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// 400 and close: after a malformed request the rest of the connection's
+/// bytes cannot be trusted to frame the next request.
+fn bad_request(msg: &str) -> Response<RespBody> {
+    let mut r = local(StatusCode::BAD_REQUEST, msg);
+    r.headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     r
 }
 
@@ -213,7 +260,28 @@ async fn handle(sh: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Respon
     };
     let (class, cost) = (d.class, d.cost);
     let host = host_of(&req);
-    let (mut parts, body) = req.into_parts();
+    // Ambiguous framing is refused (RFC 9112 §6.3: a request smuggling
+    // vector); hyper itself refuses several differing Content-Lengths.
+    if req.headers().contains_key(http::header::TRANSFER_ENCODING)
+        && req.headers().contains_key(http::header::CONTENT_LENGTH)
+    {
+        return bad_request("conflicting Content-Length and Transfer-Encoding");
+    }
+    let (mut parts, mut body) = req.into_parts();
+    // Read the first body frame before choosing a server.
+    let first = if body.is_end_stream() {
+        None
+    } else {
+        match body.frame().await {
+            Some(Ok(f)) => Some(f),
+            Some(Err(e)) => {
+                debug!(client = %peer, error = %e, "malformed request body");
+                return bad_request("malformed request body");
+            }
+            None => None,
+        }
+    };
+    let body = Prefixed { first, rest: body };
     strip_hop_by_hop(&mut parts.headers);
     add_forwarding(&mut parts.headers, peer, host.as_deref(), "http");
     // A request without a body can be sent again if its first server could
