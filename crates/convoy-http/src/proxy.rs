@@ -260,13 +260,10 @@ async fn handle(sh: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Respon
     };
     let (class, cost) = (d.class, d.cost);
     let host = host_of(&req);
-    // Ambiguous framing is refused (RFC 9112 §6.3: a request smuggling
-    // vector); hyper itself refuses several differing Content-Lengths.
-    if req.headers().contains_key(http::header::TRANSFER_ENCODING)
-        && req.headers().contains_key(http::header::CONTENT_LENGTH)
-    {
-        return bad_request("conflicting Content-Length and Transfer-Encoding");
-    }
+    // Framing: hyper refuses differing Content-Lengths (400) and, given
+    // both Transfer-Encoding and Content-Length, frames by the former and
+    // drops the latter (RFC 9112 §6.3); the request is re-framed towards the
+    // server, so nothing can be smuggled past convoy.
     let (mut parts, mut body) = req.into_parts();
     // Read the first body frame before choosing a server.
     let first = if body.is_end_stream() {
