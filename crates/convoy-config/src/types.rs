@@ -388,6 +388,9 @@ pub struct Pool {
     /// a server's own `max_in_flight` overrides it.
     #[serde(default)]
     pub max_in_flight: u32,
+    /// Passive outlier ejection from request outcomes (HTTP).
+    #[serde(default)]
+    pub outlier: Outlier,
     /// Requests that may wait when every server is at its high-water mark.
     #[serde(default = "default_queue_max")]
     pub queue_max: usize,
@@ -481,6 +484,34 @@ impl Default for Passive {
     }
 }
 
+/// Outlier ejection: a server answering `consecutive` errors in a row (5xx,
+/// connect failures) is ejected for `base_ejection` × the times it was
+/// ejected, at most `max_ejection`; at most `max_percent` % of a pool is
+/// ejected at once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Outlier {
+    /// Errors in a row that eject (0 = never eject).
+    pub consecutive: u32,
+    /// First ejection time.
+    pub base_ejection: Dur,
+    /// Longest ejection time.
+    pub max_ejection: Dur,
+    /// Largest share of the pool ejected at once, in percent.
+    pub max_percent: u32,
+}
+
+impl Default for Outlier {
+    fn default() -> Self {
+        Outlier {
+            consecutive: 5,
+            base_ejection: Dur::secs(5),
+            max_ejection: Dur::secs(60),
+            max_percent: 50,
+        }
+    }
+}
+
 /// One server of a pool.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -507,6 +538,11 @@ pub struct Server {
     /// A draining server gets no new connections; existing ones finish.
     #[serde(default)]
     pub drain: bool,
+    /// Tier: tier 0 takes requests until its servers are at their
+    /// high-water marks or unavailable, then tier 1, and so on (mirrors,
+    /// backups). HTTP only.
+    #[serde(default)]
+    pub tier: u32,
     /// High-water mark for this server (overrides the pool's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<u32>,

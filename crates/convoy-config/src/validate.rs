@@ -155,6 +155,15 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
             );
         }
         let h = &pool.health;
+        if pool.outlier.max_percent > 100 {
+            err(pp("outlier.max_percent"), "must be 0-100".into());
+        }
+        if pool.outlier.consecutive > 0 && pool.outlier.base_ejection.get().is_zero() {
+            err(
+                pp("outlier.base_ejection"),
+                "must be greater than 0s".into(),
+            );
+        }
         if pool.queue_timeout.get().is_zero() {
             err(pp("queue_timeout"), "must be greater than 0s".into());
         }

@@ -82,11 +82,31 @@ impl PoolRuntime {
         limit == 0 || s.state.in_flight() < u64::from(limit)
     }
 
-    /// Chooses among servers that are available, below their high-water
-    /// mark and not in `tried`.
+    /// May take a request: up, enabled, not ejected.
+    fn usable(&self, i: usize) -> bool {
+        let s = &self.servers[i].state;
+        s.is_eligible() && !s.is_ejected()
+    }
+
+    /// Chooses among servers that are usable, below their high-water mark
+    /// and not in `tried`, in the lowest tier that has one (a tier spills
+    /// into the next when all its servers are full or unusable).
     fn choose_with_room(&self, client: IpAddr, tried: &[usize]) -> Option<usize> {
-        let ok =
-            |i: usize| self.servers[i].state.is_eligible() && !tried.contains(&i) && self.room(i);
+        for &tier in &self.tiers {
+            let ok = |i: usize| {
+                self.servers[i].cfg.tier == tier
+                    && self.usable(i)
+                    && !tried.contains(&i)
+                    && self.room(i)
+            };
+            if let Some(i) = self.choose_in(client, &ok) {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    fn choose_in(&self, client: IpAddr, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
         match self.cfg.algorithm {
             Algorithm::RoundRobin => {
                 let mut w = self
@@ -158,11 +178,7 @@ impl PoolRuntime {
                 return Admit::Slot(i);
             }
         }
-        let any = self
-            .servers
-            .iter()
-            .enumerate()
-            .any(|(i, s)| s.state.is_eligible() && !tried.contains(&i));
+        let any = (0..self.servers.len()).any(|i| self.usable(i) && !tried.contains(&i));
         if !any {
             return Admit::NoServer;
         }
@@ -235,5 +251,23 @@ impl PoolRuntime {
     /// Requests waiting in the queue.
     pub fn queued(&self) -> usize {
         self.admission.queued()
+    }
+
+    /// Feeds a request outcome on server `i` to outlier ejection; returns
+    /// the ejection time in ms when the server is ejected now.
+    pub fn record_outcome(&self, i: usize, ok: bool) -> Option<u64> {
+        let o = &self.cfg.outlier;
+        if o.consecutive == 0 {
+            return None;
+        }
+        let cfg = convoy_balance::outlier::OutlierConfig {
+            consecutive: o.consecutive,
+            base_ms: o.base_ejection.get().as_millis() as u64,
+            max_ms: o.max_ejection.get().as_millis() as u64,
+        };
+        let ejected = self.servers.iter().filter(|s| s.state.is_ejected()).count();
+        let allowed =
+            convoy_balance::outlier::may_eject(ejected, self.servers.len(), o.max_percent);
+        self.servers[i].state.record_outcome(ok, &cfg, allowed)
     }
 }

@@ -53,6 +53,8 @@ pub struct PoolRuntime {
     pub(crate) primary: Table,
     tables: ArcSwap<Tables>,
     pub(crate) admission: crate::admission::Admission,
+    /// The tiers present, ascending.
+    pub(crate) tiers: Vec<u32>,
     counter: AtomicU64,
 }
 
@@ -95,12 +97,16 @@ impl PoolRuntime {
             .map(|s| (s.cfg.name.as_bytes(), s.cfg.weight))
             .collect();
         let primary = Table::build(&all);
+        let mut tiers: Vec<u32> = servers.iter().map(|s| s.cfg.tier).collect();
+        tiers.sort_unstable();
+        tiers.dedup();
         let pool = PoolRuntime {
             name: name.to_string(),
             cfg: cfg.clone(),
             servers,
             by_name,
             primary,
+            tiers,
             admission: crate::admission::Admission::new(
                 cfg.servers.len(),
                 cfg.queue_max,

@@ -42,6 +42,8 @@ pub struct ServerState {
     cost: AtomicU64,
     requests: AtomicU64,
     qos: std::sync::Mutex<Qos>,
+    outlier: std::sync::Mutex<convoy_balance::outlier::OutlierState>,
+    ejected_until_ms: AtomicU64,
 }
 
 /// Request-level quality of a server: peak-EWMA latency and an EWMA of the
@@ -74,6 +76,8 @@ impl ServerState {
             in_flight: AtomicU64::new(0),
             cost: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            outlier: std::sync::Mutex::new(Default::default()),
+            ejected_until_ms: AtomicU64::new(0),
             qos: std::sync::Mutex::new(Qos {
                 latency: convoy_balance::ewma::PeakEwma::new(1000.0, 10_000, clock::now_ms()),
                 error_rate: 0.0,
@@ -234,6 +238,28 @@ impl ServerState {
         }
         let x = if error { 1.0 } else { 0.0 };
         q.error_rate = q.error_rate * 0.9 + x * 0.1;
+    }
+
+    /// Ejected as an outlier now.
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until_ms.load(Ordering::Acquire);
+        until != 0 && clock::now_ms() < until
+    }
+
+    /// Feeds a request outcome to outlier detection; returns the ejection
+    /// time in ms when this outcome ejects the server. `allowed` says
+    /// whether the pool may lose one more server.
+    pub fn record_outcome(
+        &self,
+        ok: bool,
+        cfg: &convoy_balance::outlier::OutlierConfig,
+        allowed: bool,
+    ) -> Option<u64> {
+        let now = clock::now_ms();
+        let mut o = self.outlier.lock().unwrap_or_else(|e| e.into_inner());
+        let until = o.record(ok, now, cfg, allowed)?;
+        self.ejected_until_ms.store(until, Ordering::Release);
+        Some(until - now)
     }
 
     /// (latency EWMA µs, error rate).

@@ -359,6 +359,9 @@ async fn handle(sh: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Respon
                     started.elapsed().as_micros() as f64,
                     status.is_server_error(),
                 );
+                if let Some(ms) = pool.record_outcome(idx, !status.is_server_error()) {
+                    warn!(event = "server_ejected", pool = %pool.name, server = %server.cfg.name, ejection_ms = ms, reason = "consecutive 5xx");
+                }
                 let (rparts, rbody) = resp.into_parts();
                 let mut rparts = rparts;
                 strip_hop_by_hop(&mut rparts.headers);
@@ -372,6 +375,9 @@ async fn handle(sh: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Respon
                 server
                     .state
                     .observe(started.elapsed().as_micros() as f64, true);
+                if let Some(ms) = pool.record_outcome(idx, false) {
+                    warn!(event = "server_ejected", pool = %pool.name, server = %server.cfg.name, ejection_ms = ms, reason = "consecutive errors");
+                }
                 let connect = e.is_connect();
                 if connect {
                     let _ = sh.ctx.events.send(DataEvent::Failure {

@@ -28,6 +28,8 @@ pub struct Seen {
     pub count: AtomicUsize,
     /// Paths in arrival order.
     pub paths: Mutex<Vec<String>>,
+    /// Status to answer with (0 = 200).
+    pub status: std::sync::atomic::AtomicU16,
 }
 
 /// A running origin.
@@ -71,6 +73,10 @@ impl HttpOrigin {
                                     .unwrap_or(delay);
                                 tokio::time::sleep(sleep).await;
                                 let mut r = Response::new(Full::new(Bytes::from(n)));
+                                let st = s.status.load(Ordering::SeqCst);
+                                if st != 0 {
+                                    *r.status_mut() = hyper::StatusCode::from_u16(st).unwrap();
+                                }
                                 for h in [
                                     "x-forwarded-for",
                                     "x-forwarded-proto",

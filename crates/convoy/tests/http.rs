@@ -403,3 +403,81 @@ async fn malformed_requests_are_rejected_and_never_reach_the_server() {
     let paths = o.seen.paths.lock().unwrap().clone();
     assert_eq!(paths, ["/a"], "nothing smuggled");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_server_is_ejected_and_returns() {
+    let a = HttpOrigin::start("a", Duration::ZERO).await;
+    let b = HttpOrigin::start("b", Duration::ZERO).await;
+    let bad = HttpOrigin::start("bad", Duration::ZERO).await;
+    bad.seen.status.store(500, Ordering::SeqCst);
+    let port = free_port();
+    let cfg = format!(
+        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n\
+         [pools.web]\noutlier = {{ consecutive = 3, base_ejection = \"1s\" }}\n{}",
+        servers("web", &[&a, &b, &bad], "")
+    );
+    let c_node = Convoy::start(BIN, &cfg).await;
+    let c = client();
+    let url = format!("http://127.0.0.1:{port}/");
+    let mut errors = 0;
+    for _ in 0..12 {
+        if get(&c, &url, &[]).await.status == 500 {
+            errors += 1;
+        }
+    }
+    assert_eq!(
+        errors,
+        3,
+        "three 5xx in a row eject the server: {}",
+        c_node.stderr()
+    );
+    assert!(
+        c_node
+            .wait_event("server_ejected", Duration::from_secs(2))
+            .await
+    );
+    for _ in 0..60 {
+        assert_eq!(get(&c, &url, &[]).await.status, 200);
+    }
+    // Healed: after the ejection time it takes requests again.
+    bad.seen.status.store(0, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = bad.seen.count.load(Ordering::SeqCst);
+    for _ in 0..30 {
+        assert_eq!(get(&c, &url, &[]).await.status, 200);
+    }
+    assert!(bad.seen.count.load(Ordering::SeqCst) >= before + 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier_one_gets_traffic_only_when_tier_zero_is_saturated() {
+    let p1 = HttpOrigin::start("primary-1", Duration::ZERO).await;
+    let p2 = HttpOrigin::start("primary-2", Duration::ZERO).await;
+    let m = HttpOrigin::start("mirror", Duration::ZERO).await;
+    let port = free_port();
+    let cfg = format!(
+        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n\
+         [pools.web]\nmax_in_flight = 2\n{}{}",
+        servers("web", &[&p1, &p2], "tier = 0"),
+        servers("web", &[&m], "tier = 1")
+    );
+    let _c = Convoy::start(BIN, &cfg).await;
+    let c = client();
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..40 {
+        assert_ne!(get(&c, &format!("{base}/"), &[]).await.body, "mirror");
+    }
+    assert_eq!(m.seen.count.load(Ordering::SeqCst), 0);
+    // Fill tier 0 (2 servers × 2 slots), then one more request.
+    let hold: Vec<_> = (0..4)
+        .map(|_| {
+            let (c, u) = (c.clone(), format!("{base}/hold?sleep_ms=500"));
+            tokio::spawn(async move { get(&c, &u, &[]).await.body })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(get(&c, &format!("{base}/spill"), &[]).await.body, "mirror");
+    for h in hold {
+        assert_ne!(h.await.unwrap(), "mirror");
+    }
+}
