@@ -2,81 +2,133 @@
 //! are removed (RFC 9110 §7.6.1, including those named in `Connection`),
 //! and `X-Forwarded-For`/`-Proto`/`-Host`, `Forwarded` (RFC 7239) and `Via`
 //! are added. Values are built from parsed addresses and validated header
-//! values only, so CR/LF can never be injected.
+//! values only, so CR/LF can never be injected. The per-client parts are
+//! built once per connection ([`ClientInfo`]); a request costs a few map
+//! operations and at most two small allocations.
 
 use std::net::{IpAddr, SocketAddr};
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, FORWARDED, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VIA,
+};
 
-const HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Removes hop-by-hop headers.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
-    }
-    for n in HOP {
-        h.remove(*n);
-    }
-}
-
-fn forwarded_node(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(a) => a.to_string(),
-        IpAddr::V6(a) => format!("\"[{a}]\""),
-    }
-}
-
-/// Adds the forwarding headers for a request from `client`, with the
-/// original `host` (if any), received over `proto` ("http"/"https").
-pub fn add_forwarding(h: &mut HeaderMap, client: SocketAddr, host: Option<&str>, proto: &str) {
-    let ip = match client.ip() {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    };
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert("x-forwarded-for", v);
-    }
-    h.insert(
-        "x-forwarded-proto",
-        HeaderValue::from_static(if proto == "https" { "https" } else { "http" }),
-    );
-    let mut fwd = format!("for={};proto={proto}", forwarded_node(ip));
-    if let Some(host) = host.and_then(|x| HeaderValue::from_str(x).ok()) {
-        if let Ok(s) = host.to_str() {
-            if s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
-            {
-                fwd.push_str(&format!(";host={s}"));
-                h.insert("x-forwarded-host", host.clone());
+    if let Some(conn) = h.remove(CONNECTION) {
+        // Headers named in Connection are hop-by-hop too (only the first
+        // Connection value is kept by `remove`; read all before removing).
+        if let Ok(v) = conn.to_str() {
+            for n in v.split(',') {
+                if let Ok(name) = HeaderName::from_bytes(n.trim().as_bytes()) {
+                    h.remove(name);
+                }
+            }
+        }
+        while let Some(more) = h.remove(CONNECTION) {
+            if let Ok(v) = more.to_str() {
+                for n in v.split(',') {
+                    if let Ok(name) = HeaderName::from_bytes(n.trim().as_bytes()) {
+                        h.remove(name);
+                    }
+                }
             }
         }
     }
-    if let Ok(v) = HeaderValue::from_str(&fwd) {
-        h.append("forwarded", v);
+    for n in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &PROXY_AUTHENTICATE,
+        &PROXY_AUTHORIZATION,
+        &TE,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+    ] {
+        if h.contains_key(n) {
+            h.remove(n);
+        }
     }
-    h.append("via", HeaderValue::from_static("1.1 convoy"));
+}
+
+/// What the forwarding headers say about one client connection, built
+/// once per connection.
+#[derive(Clone, Debug)]
+pub struct ClientInfo {
+    ip: String,
+    xff: HeaderValue,
+    forwarded: String,
+    proto: HeaderValue,
+}
+
+impl ClientInfo {
+    /// For a connection from `client` over `proto` ("http" or "https").
+    pub fn new(client: SocketAddr, proto: &'static str) -> Self {
+        let ip = match client.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        let ip_s = ip.to_string();
+        let node = match ip {
+            IpAddr::V4(_) => ip_s.clone(),
+            IpAddr::V6(_) => format!("\"[{ip_s}]\""),
+        };
+        ClientInfo {
+            xff: HeaderValue::from_str(&ip_s).unwrap_or(HeaderValue::from_static("unknown")),
+            ip: ip_s,
+            forwarded: format!("for={node};proto={proto}"),
+            proto: HeaderValue::from_static(if proto == "https" { "https" } else { "http" }),
+        }
+    }
+}
+
+fn host_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
+}
+
+/// Adds the forwarding headers for a request of the client `c`; `host` is
+/// the request's Host (header or HTTP/2 authority).
+pub fn add_forwarding(h: &mut HeaderMap, c: &ClientInfo, host: Option<&HeaderValue>) {
+    let xff = match h.get(&XFF).and_then(|v| v.to_str().ok()) {
+        Some(prev) => {
+            let mut s = String::with_capacity(prev.len() + 2 + c.ip.len());
+            s.push_str(prev);
+            s.push_str(", ");
+            s.push_str(&c.ip);
+            HeaderValue::from_str(&s).ok()
+        }
+        None => Some(c.xff.clone()),
+    };
+    if let Some(v) = xff {
+        h.insert(&XFF, v);
+    }
+    h.insert(&XFP, c.proto.clone());
+    let host = host.filter(|v| v.to_str().is_ok_and(host_ok));
+    let fwd = match host.and_then(|v| v.to_str().ok()) {
+        Some(hs) => {
+            let mut s = String::with_capacity(c.forwarded.len() + 6 + hs.len());
+            s.push_str(&c.forwarded);
+            s.push_str(";host=");
+            s.push_str(hs);
+            HeaderValue::from_str(&s).ok()
+        }
+        None => HeaderValue::from_str(&c.forwarded).ok(),
+    };
+    if let Some(host) = host {
+        h.insert(&XFH, host.clone());
+    }
+    if let Some(v) = fwd {
+        h.append(FORWARDED, v);
+    }
+    h.append(VIA, HeaderValue::from_static("1.1 convoy"));
 }
 
 #[cfg(test)]
@@ -103,24 +155,16 @@ mod tests {
     fn forwarding_headers() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
-        add_forwarding(
-            &mut h,
-            "127.0.0.7:5000".parse().unwrap(),
-            Some("example.com"),
-            "http",
-        );
+        let c = ClientInfo::new("127.0.0.7:5000".parse().unwrap(), "http");
+        add_forwarding(&mut h, &c, Some(&HeaderValue::from_static("example.com")));
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.com");
         assert_eq!(h["forwarded"], "for=127.0.0.7;proto=http;host=example.com");
         assert_eq!(h["via"], "1.1 convoy");
         let mut h = HeaderMap::new();
-        add_forwarding(
-            &mut h,
-            "[::1]:5000".parse().unwrap(),
-            Some("bad host\""),
-            "http",
-        );
+        let c = ClientInfo::new("[::1]:5000".parse().unwrap(), "http");
+        add_forwarding(&mut h, &c, Some(&HeaderValue::from_static("bad host\"")));
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http");
         assert!(!h.contains_key("x-forwarded-host"));
     }

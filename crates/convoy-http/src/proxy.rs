@@ -28,8 +28,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::headers::{add_forwarding, strip_hop_by_hop};
-use crate::route::{decide, host_of};
+use crate::headers::{add_forwarding, strip_hop_by_hop, ClientInfo};
+use crate::route::decide;
 
 /// Response body type: a streamed upstream body or a local one.
 pub type RespBody = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -196,9 +196,10 @@ pub async fn serve(
         tokio::spawn(async move {
             let svc = {
                 let sh = Arc::clone(&sh);
+                let info = Arc::new(ClientInfo::new(peer, "http"));
                 hyper::service::service_fn(move |req| {
-                    let sh = Arc::clone(&sh);
-                    async move { Ok::<_, Infallible>(handle(&sh, req, peer).await) }
+                    let (sh, info) = (Arc::clone(&sh), Arc::clone(&info));
+                    async move { Ok::<_, Infallible>(handle(&sh, req, peer, &info).await) }
                 })
             };
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -251,7 +252,12 @@ impl Drop for Queued<'_> {
     }
 }
 
-async fn handle(sh: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Response<RespBody> {
+async fn handle(
+    sh: &Shared,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    info: &ClientInfo,
+) -> Response<RespBody> {
     let l = &sh.listener;
     let snap = sh.ctx.snapshot.load_full();
     let d = decide(&l.cfg, &req);
@@ -259,7 +265,12 @@ async fn handle(sh: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Respon
         return local(StatusCode::BAD_GATEWAY, "no such pool");
     };
     let (class, cost) = (d.class, d.cost);
-    let host = host_of(&req);
+    // The Host header, or the HTTP/2 :authority.
+    let host: Option<HeaderValue> = req.headers().get(http::header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     // Framing: hyper refuses differing Content-Lengths (400) and, given
     // both Transfer-Encoding and Content-Length, frames by the former and
     // drops the latter (RFC 9112 §6.3); the request is re-framed towards the
@@ -280,7 +291,7 @@ async fn handle(sh: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Respon
     };
     let body = Prefixed { first, rest: body };
     strip_hop_by_hop(&mut parts.headers);
-    add_forwarding(&mut parts.headers, peer, host.as_deref(), "http");
+    add_forwarding(&mut parts.headers, info, host.as_ref());
     // A request without a body can be sent again if its first server could
     // not be reached; one with a body only if it never left (connect error
     // before the body was polled) — hyper gives the body no way back, so
@@ -341,7 +352,7 @@ async fn handle(sh: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Respon
         *out.uri_mut() = uri;
         // HTTP/2 clients send no Host header; HTTP/1 servers need one.
         if !out.headers().contains_key(http::header::HOST) {
-            if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+            if let Some(h) = host.clone() {
                 out.headers_mut().insert(http::header::HOST, h);
             }
         }

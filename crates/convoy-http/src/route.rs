@@ -77,7 +77,14 @@ fn matches<B>(r: &Route, req: &Request<B>, host: Option<&str>) -> bool {
 
 /// Decides pool, class and cost for `req` on listener `l`.
 pub fn decide<'a, B>(l: &'a Listener, req: &Request<B>) -> Decision<'a> {
-    let host = host_of(req);
+    if l.routes.is_empty() {
+        return default_decision(l);
+    }
+    let host = if l.routes.iter().any(|r| r.host.is_some()) {
+        host_of(req)
+    } else {
+        None
+    };
     for r in &l.routes {
         if matches(r, req, host.as_deref()) {
             return Decision {
@@ -88,6 +95,10 @@ pub fn decide<'a, B>(l: &'a Listener, req: &Request<B>) -> Decision<'a> {
             };
         }
     }
+    default_decision(l)
+}
+
+fn default_decision(l: &Listener) -> Decision<'_> {
     Decision {
         pool: &l.pool,
         class: 4,
