@@ -63,16 +63,25 @@ impl Body for Prefixed {
         self.first.is_none() && self.rest.is_end_stream()
     }
     fn size_hint(&self) -> SizeHint {
-        let mut h = self.rest.size_hint();
-        if let Some(n) = self
+        let rest = self.rest.size_hint();
+        let n = self
             .first
             .as_ref()
             .and_then(|f| f.data_ref())
-            .map(|d| d.len() as u64)
-        {
-            h = SizeHint::with_exact(h.exact().map_or(n, |e| e + n));
+            .map_or(0, |d| d.len() as u64);
+        // Unknown length stays unknown (chunked); only an exact length may
+        // become a Content-Length.
+        match rest.exact() {
+            Some(e) => SizeHint::with_exact(e + n),
+            None => {
+                let mut h = SizeHint::new();
+                h.set_lower(rest.lower() + n);
+                if let Some(u) = rest.upper() {
+                    h.set_upper(u + n);
+                }
+                h
+            }
         }
-        h
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
@@ -72,7 +72,15 @@ impl HttpOrigin {
                                     .map(Duration::from_millis)
                                     .unwrap_or(delay);
                                 tokio::time::sleep(sleep).await;
-                                let mut r = Response::new(Full::new(Bytes::from(n)));
+                                if req.uri().path() == "/echo" {
+                                    // Streams the request body straight back.
+                                    s.count.fetch_add(1, Ordering::SeqCst);
+                                    s.now.fetch_sub(1, Ordering::SeqCst);
+                                    return Ok::<_, Infallible>(Response::new(Either::Right(
+                                        req.into_body(),
+                                    )));
+                                }
+                                let mut r = Response::new(Either::Left(Full::new(Bytes::from(n))));
                                 let st = s.status.load(Ordering::SeqCst);
                                 if st != 0 {
                                     *r.status_mut() = hyper::StatusCode::from_u16(st).unwrap();

@@ -256,7 +256,10 @@ impl Convoy {
             .arg("run")
             .arg("-c")
             .arg(&path)
-            .env("CONVOY_LOG", "info")
+            .env(
+                "CONVOY_LOG",
+                std::env::var("CONVOY_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
