@@ -429,6 +429,9 @@ fn default_slow_start() -> Dur {
 pub enum CheckKind {
     /// A TCP connect must succeed.
     Tcp,
+    /// An HTTP GET of `path` must answer `expect_status` (and contain
+    /// `expect_body`, if set).
+    Http,
     /// No active check (passive detection only).
     None,
 }
@@ -437,7 +440,7 @@ pub enum CheckKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Health {
-    /// "tcp" (default) or "none".
+    /// "tcp" (default), "http" or "none".
     pub check: CheckKind,
     /// Time between probes of one server.
     pub interval: Dur,
@@ -447,6 +450,12 @@ pub struct Health {
     pub rise: u32,
     /// Consecutive failed probes to go down.
     pub fall: u32,
+    /// HTTP checks: path requested.
+    pub path: String,
+    /// HTTP checks: status expected.
+    pub expect_status: u16,
+    /// HTTP checks: text the body must contain (empty = anything).
+    pub expect_body: String,
 }
 
 impl Default for Health {
@@ -457,6 +466,9 @@ impl Default for Health {
             timeout: Dur::ms(500),
             rise: 2,
             fall: 2,
+            path: "/".into(),
+            expect_status: 200,
+            expect_body: String::new(),
         }
     }
 }

@@ -180,6 +180,20 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
             if h.fall == 0 {
                 err(pp("health.fall"), "must be at least 1".into());
             }
+            if h.check == CheckKind::Http {
+                if !h.path.starts_with('/') || h.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                    err(
+                        pp("health.path"),
+                        "must start with '/' and hold no spaces or control characters".into(),
+                    );
+                }
+                if !(100..=599).contains(&h.expect_status) {
+                    err(
+                        pp("health.expect_status"),
+                        "must be an HTTP status 100-599".into(),
+                    );
+                }
+            }
         }
         let mut snames: HashMap<&str, usize> = HashMap::new();
         let mut addrs: HashMap<std::net::SocketAddr, usize> = HashMap::new();

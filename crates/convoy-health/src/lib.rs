@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use convoy_balance::{HealthMachine, Transition};
-use convoy_config::Health;
+use convoy_config::{CheckKind, Health};
 use convoy_core::ServerState;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -37,6 +37,56 @@ pub async fn probe_tcp(addr: SocketAddr, cfg: &Health) -> Result<(), String> {
     }
 }
 
+/// Probes `addr` with `GET path` (HTTP/1.1, `Connection: close`): the
+/// status must be `expect_status` and the body must contain `expect_body`.
+/// At most 64 KiB of the answer is read.
+pub async fn probe_http(addr: SocketAddr, cfg: &Health) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let run = async {
+        let mut s = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let req = format!(
+            "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: convoy-health\r\nConnection: close\r\n\r\n",
+            cfg.path
+        );
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        let mut buf = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 4096];
+        while buf.len() < 64 * 1024 {
+            match s.read(&mut chunk).await {
+                Ok(0) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if buf.is_empty() => return Err(format!("read: {e}")),
+                Err(_) => break,
+            }
+        }
+        let text = String::from_utf8_lossy(&buf);
+        let status: u16 = text
+            .split_whitespace()
+            .nth(1)
+            .filter(|_| text.starts_with("HTTP/1."))
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| "not an HTTP response".to_string())?;
+        if status != cfg.expect_status {
+            return Err(format!("status {status}, expected {}", cfg.expect_status));
+        }
+        if !cfg.expect_body.is_empty() {
+            let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            if !body.contains(&cfg.expect_body) {
+                return Err(format!("body lacks {:?}", cfg.expect_body));
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(cfg.timeout.get(), run).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("http check timed out after {}", cfg.timeout)),
+    }
+}
+
 /// Starts the probe task for one server.
 pub fn spawn(
     server: Arc<ServerState>,
@@ -54,9 +104,12 @@ pub fn spawn(
             if m.is_up() != server.is_up() {
                 m.force(server.is_up());
             }
-            let r = probe_tcp(addr, &cfg).await;
+            let r = match cfg.check {
+                CheckKind::Http => probe_http(addr, &cfg).await,
+                _ => probe_tcp(addr, &cfg).await,
+            };
             let detail = match &r {
-                Ok(()) => "tcp connect ok".to_string(),
+                Ok(()) => "check ok".to_string(),
                 Err(e) => e.clone(),
             };
             if let Some(t) = m.observe(r.is_ok()) {
@@ -78,6 +131,46 @@ pub fn spawn(
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn http_probe_checks_status_and_body() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut b = [0u8; 1024];
+                let n = s.read(&mut b).await.unwrap();
+                let req = String::from_utf8_lossy(&b[..n]).to_string();
+                let resp = if req.starts_with("GET /health ") {
+                    "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstatus"
+                } else {
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+                };
+                let _ = s.write_all(resp.as_bytes()).await;
+            }
+        });
+        let mut cfg = Health {
+            check: CheckKind::Http,
+            path: "/health".into(),
+            ..Health::default()
+        };
+        assert_eq!(probe_http(addr, &cfg).await, Ok(()));
+        cfg.expect_body = "status".into();
+        assert_eq!(probe_http(addr, &cfg).await, Ok(()));
+        cfg.expect_body = "ready".into();
+        assert!(probe_http(addr, &cfg)
+            .await
+            .unwrap_err()
+            .contains("body lacks"));
+        cfg.path = "/nope".into();
+        cfg.expect_body.clear();
+        assert_eq!(
+            probe_http(addr, &cfg).await,
+            Err("status 404, expected 200".into())
+        );
+    }
+
     use super::*;
     use convoy_config::Dur;
     use convoy_core::AdminState;

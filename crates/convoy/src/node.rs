@@ -298,6 +298,10 @@ impl Node {
             warn!(event = "server_down", pool = %server.pool, server = %server.name, zone = %zone, source, detail);
         }
         pool.rebuild();
+        if up {
+            // Requests queued while the pool was full may go to it now.
+            pool.wake_any();
+        }
         self.check_zone(&snap, &server.pool, &zone);
         if pool.tables().eligible == 0 {
             error!(event = "pool_down", pool = %server.pool, "no server of the pool can take traffic");

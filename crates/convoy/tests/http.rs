@@ -585,3 +585,37 @@ async fn streams_100_mb_up_and_down() {
         "convoy peak RSS {rss_kb} KB: bodies must stream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_http_check_takes_a_server_out_and_back() {
+    let a = HttpOrigin::start("a", Duration::ZERO).await;
+    let b = HttpOrigin::start("b", Duration::ZERO).await;
+    let port = free_port();
+    let cfg = format!(
+        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n\
+         [pools.web]\noutlier = {{ consecutive = 0 }}\nslow_start = \"0s\"\n\
+         health = {{ check = \"http\", path = \"/health\", expect_status = 200, interval = \"100ms\", rise = 2, fall = 2 }}\n{}",
+        servers("web", &[&a, &b], "")
+    );
+    let node = Convoy::start(BIN, &cfg).await;
+    let c = client();
+    let url = format!("http://127.0.0.1:{port}/");
+    b.seen.status.store(503, Ordering::SeqCst);
+    assert!(node.wait_event("server_down", Duration::from_secs(5)).await);
+    let ev = &node.events("server_down")[0];
+    assert_eq!(ev["server"], "b");
+    assert!(
+        ev["detail"].as_str().unwrap().contains("status 503"),
+        "{ev}"
+    );
+    for _ in 0..20 {
+        assert_eq!(get(&c, &url, &[]).await.body, "a");
+    }
+    b.seen.status.store(0, Ordering::SeqCst);
+    assert!(node.wait_event("server_up", Duration::from_secs(5)).await);
+    let mut saw_b = false;
+    for _ in 0..20 {
+        saw_b |= get(&c, &url, &[]).await.body == "b";
+    }
+    assert!(saw_b, "b takes requests again");
+}
