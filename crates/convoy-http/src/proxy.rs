@@ -240,6 +240,48 @@ pub async fn serve(
     }
 }
 
+/// The Upgrade header of an HTTP/1.1 request that asks for an upgrade
+/// (`Connection: upgrade`).
+fn upgrade_of<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != http::Version::HTTP_11 {
+        return None;
+    }
+    let asks = req
+        .headers()
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !asks {
+        return None;
+    }
+    req.headers().get(http::header::UPGRADE).cloned()
+}
+
+fn empty() -> RespBody {
+    Empty::new()
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
+}
+
+/// Joins an upgraded client connection and server connection until either
+/// side closes; the request's slot is held for the tunnel's life.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, server: hyper::upgrade::OnUpgrade, slot: Slot) {
+    let (c, s) = match tokio::try_join!(client, server) {
+        Ok(x) => x,
+        Err(e) => {
+            debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let (mut c, mut s) = (TokioIo::new(c), TokioIo::new(s));
+    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut s).await {
+        debug!(error = %e, "upgraded connection ended with an error");
+    }
+    drop(slot);
+}
+
 /// Waits for a queued request's slot; on timeout or drop, cancels it (and
 /// releases a slot handed over meanwhile).
 struct Queued<'a> {
@@ -263,7 +305,7 @@ impl Drop for Queued<'_> {
 
 async fn handle(
     sh: &Shared,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: SocketAddr,
     info: &ClientInfo,
 ) -> Response<RespBody> {
@@ -284,6 +326,11 @@ async fn handle(
     // both Transfer-Encoding and Content-Length, frames by the former and
     // drops the latter (RFC 9112 §6.3); the request is re-framed towards the
     // server, so nothing can be smuggled past convoy.
+    // Protocol upgrade (WebSocket and others, HTTP/1.1): the Upgrade and
+    // Connection headers go to the server, and on its 101 the two
+    // connections are joined into a byte tunnel.
+    let upgrade = upgrade_of(&req);
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, mut body) = req.into_parts();
     // Read the first body frame before choosing a server.
     let first = if body.is_end_stream() {
@@ -300,6 +347,13 @@ async fn handle(
     };
     let body = Prefixed { first, rest: body };
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(u) = &upgrade {
+        parts.headers.insert(http::header::UPGRADE, u.clone());
+        parts.headers.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
+    }
     add_forwarding(&mut parts.headers, info, host.as_ref());
     // A request without a body can be sent again if its first server could
     // not be reached; one with a body only if it never left (connect error
@@ -381,6 +435,15 @@ async fn handle(
                 );
                 if let Some(ms) = pool.record_outcome(idx, !status.is_server_error()) {
                     warn!(event = "server_ejected", pool = %pool.name, server = %server.cfg.name, ejection_ms = ms, reason = "consecutive 5xx");
+                }
+                let mut resp = resp;
+                if status == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client_up) = client_upgrade {
+                        let server_up = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(tunnel(client_up, server_up, slot));
+                        let (rparts, _) = resp.into_parts();
+                        return Response::from_parts(rparts, empty());
+                    }
                 }
                 let (rparts, rbody) = resp.into_parts();
                 let mut rparts = rparts;

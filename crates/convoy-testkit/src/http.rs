@@ -57,10 +57,37 @@ impl HttpOrigin {
                 };
                 let (s3, n3) = (Arc::clone(&s2), n2.clone());
                 tokio::spawn(async move {
-                    let svc =
-                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let svc = hyper::service::service_fn(
+                        move |mut req: Request<hyper::body::Incoming>| {
                             let (s, n) = (Arc::clone(&s3), n3.clone());
                             async move {
+                                if req.headers().contains_key("upgrade") {
+                                    // Upgrade: answer 101 and echo raw bytes.
+                                    let up = hyper::upgrade::on(&mut req);
+                                    tokio::spawn(async move {
+                                        if let Ok(io) = up.await {
+                                            let mut io = TokioIo::new(io);
+                                            let mut buf = [0u8; 4096];
+                                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                                            while let Ok(k) = io.read(&mut buf).await {
+                                                if k == 0 || io.write_all(&buf[..k]).await.is_err()
+                                                {
+                                                    break;
+                                                }
+                                            }
+                                        }
+                                    });
+                                    let mut r =
+                                        Response::new(Either::Left(Full::new(Bytes::new())));
+                                    *r.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+                                    r.headers_mut().insert(
+                                        "connection",
+                                        http::HeaderValue::from_static("upgrade"),
+                                    );
+                                    r.headers_mut()
+                                        .insert("upgrade", req.headers()["upgrade"].clone());
+                                    return Ok::<_, Infallible>(r);
+                                }
                                 let cur = s.now.fetch_add(1, Ordering::SeqCst) + 1;
                                 s.peak.fetch_max(cur, Ordering::SeqCst);
                                 s.paths.lock().unwrap().push(req.uri().path().to_string());
@@ -109,9 +136,10 @@ impl HttpOrigin {
                                 s.now.fetch_sub(1, Ordering::SeqCst);
                                 Ok::<_, Infallible>(r)
                             }
-                        });
+                        },
+                    );
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .await;
                 });
             }

@@ -619,3 +619,43 @@ async fn active_http_check_takes_a_server_out_and_back() {
     }
     assert!(saw_b, "b takes requests again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_is_relayed_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let o = HttpOrigin::start("o", Duration::ZERO).await;
+    let port = free_port();
+    let cfg = format!(
+        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n[pools.web]\nmax_in_flight = 5\n{}",
+        servers("web", &[&o], "")
+    );
+    let _c = Convoy::start(BIN, &cfg).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).await.unwrap(), 1, "closed before the 101");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for msg in [
+        &b"hello"[..],
+        &[0u8, 255, 13, 10, 7][..],
+        &vec![42u8; 100_000][..],
+    ] {
+        s.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, msg);
+    }
+}
