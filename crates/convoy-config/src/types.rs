@@ -391,6 +391,11 @@ pub struct Pool {
     /// Passive outlier ejection from request outcomes (HTTP).
     #[serde(default)]
     pub outlier: Outlier,
+    /// Retries (to another server, after a connect failure) allowed as a
+    /// percentage of requests, plus a burst of 10, so a failing pool does
+    /// not multiply its load (retry storms).
+    #[serde(default = "default_retry_budget")]
+    pub retry_budget: u32,
     /// Requests that may wait when every server is at its high-water mark.
     #[serde(default = "default_queue_max")]
     pub queue_max: usize,
@@ -408,6 +413,9 @@ pub struct Pool {
 
 fn default_algorithm() -> Algorithm {
     Algorithm::RoundRobin
+}
+fn default_retry_budget() -> u32 {
+    20
 }
 fn default_queue_max() -> usize {
     1000

@@ -32,7 +32,12 @@ pub struct Waiter {
 pub struct Admission {
     queue: Mutex<PriorityQueue<Waiter>>,
     swrr: Mutex<Swrr>,
+    /// Retry tokens ×100: each request adds `retry_budget`, a retry
+    /// costs 100; capped at a burst of 10 retries.
+    retry_tokens: std::sync::atomic::AtomicI64,
 }
+
+const RETRY_BURST: i64 = 10 * 100;
 
 /// The outcome of asking for a slot.
 #[derive(Debug)]
@@ -53,6 +58,7 @@ impl Admission {
         Admission {
             queue: Mutex::new(PriorityQueue::new(8, queue_max, aging_ms)),
             swrr: Mutex::new(Swrr::new(n)),
+            retry_tokens: std::sync::atomic::AtomicI64::new(RETRY_BURST),
         }
     }
 
@@ -164,6 +170,7 @@ impl PoolRuntime {
     }
 
     /// Asks for a slot for a request of `cost` and priority `class`.
+    /// `tried` lists servers this request already failed on.
     pub fn admit(&self, client: IpAddr, cost: u32, class: usize, tried: &[usize]) -> Admit {
         let mut q = self
             .admission
@@ -253,6 +260,30 @@ impl PoolRuntime {
         self.admission.queued()
     }
 
+    /// Counts a new request towards the retry budget.
+    pub fn note_request(&self) {
+        use std::sync::atomic::Ordering;
+        let add = i64::from(self.cfg.retry_budget);
+        let t = &self.admission.retry_tokens;
+        if t.load(Ordering::Relaxed) < RETRY_BURST {
+            let v = t.fetch_add(add, Ordering::Relaxed) + add;
+            if v > RETRY_BURST {
+                t.fetch_min(RETRY_BURST, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Takes one retry from the budget, if any is left.
+    pub fn take_retry(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.admission
+            .retry_tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                (v >= 100).then(|| v - 100)
+            })
+            .is_ok()
+    }
+
     /// Feeds a request outcome on server `i` to outlier ejection; returns
     /// the ejection time in ms when the server is ejected now.
     pub fn record_outcome(&self, i: usize, ok: bool) -> Option<u64> {
@@ -269,5 +300,30 @@ impl PoolRuntime {
         let allowed =
             convoy_balance::outlier::may_eject(ejected, self.servers.len(), o.max_percent);
         self.servers[i].state.record_outcome(ok, &cfg, allowed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use convoy_config::Config;
+
+    #[test]
+    fn retry_budget_is_a_share_of_requests_plus_a_burst() {
+        let text =
+            "[[listeners]]\naddress=\"127.0.0.1:1\"\npool=\"p\"\n[pools.p]\nretry_budget = 20\n\
+                    [[pools.p.servers]]\naddress=\"127.0.0.1:2\"\n";
+        let c = Config::parse("t", text).unwrap();
+        let p = PoolRuntime::new("p", &c.pools["p"], None);
+        let mut granted = 0;
+        for _ in 0..1000 {
+            p.note_request();
+            if p.take_retry() {
+                granted += 1;
+            }
+        }
+        // 20% of 1000 plus the initial burst of 10.
+        assert!((200..=210).contains(&granted), "{granted}");
+        assert!(!p.take_retry());
     }
 }

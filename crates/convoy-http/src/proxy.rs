@@ -368,6 +368,7 @@ async fn handle(
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
     let mut tried: Vec<usize> = Vec::new();
+    pool.note_request();
     loop {
         let idx = match pool.admit(peer.ip(), cost, class, &tried) {
             Admit::Slot(i) => i,
@@ -471,8 +472,13 @@ async fn handle(
                 drop(slot);
                 debug!(server = %server.cfg.name, error = %e, connect, "upstream request failed");
                 if connect && replayable {
-                    tried.push(idx);
-                    continue;
+                    if pool.take_retry() {
+                        tried.push(idx);
+                        continue;
+                    }
+                    if sh.listener.failed_log.allow() {
+                        warn!(event = "retry_budget_exhausted", pool = %pool.name, budget_percent = pool.cfg.retry_budget);
+                    }
                 }
                 return local(StatusCode::BAD_GATEWAY, "upstream request failed");
             }

@@ -659,3 +659,54 @@ async fn upgrade_is_relayed_both_ways() {
         assert_eq!(back, msg);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_budget_stops_a_retry_storm() {
+    let live = HttpOrigin::start("live", Duration::ZERO).await;
+    let mut dead: Vec<HttpOrigin> = Vec::new();
+    for i in 0..3 {
+        dead.push(HttpOrigin::start(&format!("dead{i}"), Duration::ZERO).await);
+    }
+    for d in dead.iter_mut() {
+        d.stop().await;
+    }
+    let port = free_port();
+    let mut refs: Vec<&HttpOrigin> = dead.iter().collect();
+    refs.push(&live);
+    // No health checks, no passive detection, no ejection: the dead
+    // servers stay in rotation, so only the budget limits retries.
+    let cfg = format!(
+        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n\
+         [pools.web]\nretry_budget = 20\nhealth = {{ check = \"none\" }}\npassive = {{ failures = 0 }}\noutlier = {{ consecutive = 0 }}\n{}",
+        servers("web", &refs, "")
+    );
+    let node = Convoy::start(BIN, &cfg).await;
+    let c = client();
+    let url = format!("http://127.0.0.1:{port}/");
+    let mut ok = 0;
+    let mut failed = 0;
+    for _ in 0..200 {
+        match get(&c, &url, &[]).await.status {
+            200 => ok += 1,
+            502 => failed += 1,
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    // Round robin over 4 servers, 3 dead: without a budget every request
+    // would be retried until it reached the live one (up to 3 retries
+    // each, 450 in all); with 20% + 10 about 50 retries are allowed.
+    assert!(
+        failed > 50,
+        "the budget must refuse most retries: ok {ok}, failed {failed}"
+    );
+    // First attempts reach the live server for a quarter (50); budgeted
+    // retries (≈ 50, each landing on a random untried server) add some.
+    assert!(
+        (55..=105).contains(&ok),
+        "requests that drew the live server, plus some budgeted retries: ok {ok}"
+    );
+    assert!(
+        node.wait_event("retry_budget_exhausted", Duration::from_secs(2))
+            .await
+    );
+}
