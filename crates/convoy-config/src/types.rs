@@ -396,6 +396,10 @@ pub struct Pool {
     /// not multiply its load (retry storms).
     #[serde(default = "default_retry_budget")]
     pub retry_budget: u32,
+    /// Standby servers: enabled when the pool is overloaded, disabled
+    /// again when it has recovered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<Standby>,
     /// Requests that may wait when every server is at its high-water mark.
     #[serde(default = "default_queue_max")]
     pub queue_max: usize,
@@ -532,6 +536,42 @@ impl Default for Outlier {
     }
 }
 
+/// When the pool's standby servers (`standby = true`) are switched on:
+/// the queue length or the pool's latency (highest peak-EWMA among its
+/// active servers) stays above the `on` threshold for `hold`; off again
+/// when both stay below the `off` thresholds for `hold`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Standby {
+    /// Queue length that switches standby servers on.
+    #[serde(default = "default_queue_on")]
+    pub queue_above: usize,
+    /// Queue length under which they may switch off.
+    #[serde(default)]
+    pub queue_below: usize,
+    /// Latency that switches them on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_above: Option<Dur>,
+    /// Latency under which they may switch off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_below: Option<Dur>,
+    /// How long a condition must last.
+    #[serde(default = "default_hold")]
+    pub hold: Dur,
+    /// Command run on each change (program and arguments, no shell), with
+    /// CONVOY_POOL, CONVOY_STANDBY (on/off), CONVOY_SERVERS,
+    /// CONVOY_QUEUE and CONVOY_LATENCY_MS in its environment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hook: Vec<String>,
+}
+
+fn default_queue_on() -> usize {
+    10
+}
+fn default_hold() -> Dur {
+    Dur::secs(10)
+}
+
 /// One server of a pool.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -563,6 +603,10 @@ pub struct Server {
     /// backups). HTTP only.
     #[serde(default)]
     pub tier: u32,
+    /// A standby server takes traffic only while the pool's standby
+    /// switch is on (see `[pools.NAME.standby]`).
+    #[serde(default)]
+    pub standby: bool,
     /// High-water mark for this server (overrides the pool's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<u32>,

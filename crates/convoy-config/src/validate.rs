@@ -164,6 +164,39 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
                 "must be greater than 0s".into(),
             );
         }
+        let has_standby = pool.servers.iter().any(|s| s.standby);
+        match &pool.standby {
+            None if has_standby => err(
+                format!("pools.{name}"),
+                "servers marked standby = true need a [pools.NAME.standby] section".into(),
+            ),
+            Some(sb) => {
+                if sb.queue_below > sb.queue_above {
+                    err(
+                        pp("standby.queue_below"),
+                        "must not exceed queue_above".into(),
+                    );
+                }
+                if let (Some(b), Some(a)) = (sb.latency_below, sb.latency_above) {
+                    if b > a {
+                        err(
+                            pp("standby.latency_below"),
+                            "must not exceed latency_above".into(),
+                        );
+                    }
+                }
+                if sb.hook.first().is_some_and(|p| p.is_empty()) {
+                    err(pp("standby.hook"), "the program must not be empty".into());
+                }
+                if pool.servers.iter().all(|s| s.standby) && !pool.servers.is_empty() {
+                    err(
+                        pp("standby"),
+                        "at least one server must not be a standby".into(),
+                    );
+                }
+            }
+            None => {}
+        }
         if pool.queue_timeout.get().is_zero() {
             err(pp("queue_timeout"), "must be greater than 0s".into());
         }

@@ -91,7 +91,7 @@ impl PoolRuntime {
     /// May take a request: up, enabled, not ejected.
     fn usable(&self, i: usize) -> bool {
         let s = &self.servers[i].state;
-        s.is_eligible() && !s.is_ejected()
+        s.is_eligible() && !s.is_ejected() && self.standby_allows(i)
     }
 
     /// Chooses among servers that are usable, below their high-water mark

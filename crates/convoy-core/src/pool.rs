@@ -55,6 +55,8 @@ pub struct PoolRuntime {
     pub(crate) admission: crate::admission::Admission,
     /// The tiers present, ascending.
     pub(crate) tiers: Vec<u32>,
+    /// Standby servers take traffic while this is on.
+    standby_on: std::sync::atomic::AtomicBool,
     counter: AtomicU64,
 }
 
@@ -107,6 +109,9 @@ impl PoolRuntime {
             by_name,
             primary,
             tiers,
+            standby_on: std::sync::atomic::AtomicBool::new(
+                prev.is_some_and(|p| p.standby_on.load(Ordering::Relaxed)),
+            ),
             admission: crate::admission::Admission::new(
                 cfg.servers.len(),
                 cfg.queue_max,
@@ -122,6 +127,21 @@ impl PoolRuntime {
         };
         pool.rebuild();
         pool
+    }
+
+    /// Whether server `i` may take traffic as far as standby goes.
+    pub fn standby_allows(&self, i: usize) -> bool {
+        !self.servers[i].cfg.standby || self.standby_on.load(Ordering::Relaxed)
+    }
+
+    /// Switches the standby servers on or off; rebuild and wake after.
+    pub fn set_standby(&self, on: bool) {
+        self.standby_on.store(on, Ordering::Relaxed);
+    }
+
+    /// Standby servers are on.
+    pub fn standby_is_on(&self) -> bool {
+        self.standby_on.load(Ordering::Relaxed)
     }
 
     /// The server named `name`.
@@ -144,8 +164,8 @@ impl PoolRuntime {
         let mut ramped = Vec::with_capacity(self.servers.len());
         // Weights are scaled ×100 so that a ramp from 10% to 100% has steps
         // even for weight 1; shares depend only on ratios.
-        for s in &self.servers {
-            let ok = s.state.is_eligible();
+        for (i, s) in self.servers.iter().enumerate() {
+            let ok = s.state.is_eligible() && self.standby_allows(i);
             let w = if ok { s.cfg.weight * 100 } else { 0 };
             if ok {
                 eligible += 1;
@@ -194,7 +214,7 @@ impl PoolRuntime {
                 // them) over the others.
                 for table in [&self.primary, &t.hash] {
                     if let Some(i) = table.lookup(k) {
-                        if self.servers[i].state.is_eligible() {
+                        if self.servers[i].state.is_eligible() && self.standby_allows(i) {
                             return Some(i);
                         }
                     }
@@ -206,7 +226,9 @@ impl PoolRuntime {
         for _ in 0..t.rr.len().min(4 * self.servers.len() + 16) {
             let c = self.counter.fetch_add(1, Ordering::Relaxed);
             let i = t.rr.at(c)?;
-            if !tried.contains(&i) && self.servers[i].state.is_eligible() {
+            if !tried.contains(&i)
+                && (self.servers[i].state.is_eligible() && self.standby_allows(i))
+            {
                 return Some(i);
             }
         }
@@ -214,7 +236,7 @@ impl PoolRuntime {
         self.servers
             .iter()
             .enumerate()
-            .find(|(i, s)| !tried.contains(i) && s.state.is_eligible())
+            .find(|(i, s)| !tried.contains(i) && s.state.is_eligible() && self.standby_allows(*i))
             .map(|(i, _)| i)
     }
 }

@@ -59,6 +59,8 @@ struct Node {
     /// Listeners removed or replaced by a reload, kept until their last
     /// connection ends.
     retired: Vec<Arc<ListenerRuntime>>,
+    /// Standby switch per pool.
+    standby: HashMap<String, convoy_balance::hysteresis::Hysteresis>,
 }
 
 /// Runs a node until it is stopped.
@@ -92,6 +94,7 @@ pub async fn run(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         drain_reported: HashSet::new(),
         passive_retry: HashMap::new(),
         retired: Vec::new(),
+        standby: HashMap::new(),
     };
     for l in &cfg.listeners {
         let bound = node
@@ -393,7 +396,83 @@ impl Node {
         for l in &self.listeners {
             l.rt.expire_sticky();
         }
+        for pool in snap.pools.values() {
+            self.standby_tick(pool);
+        }
         self.retired.retain(|l| l.counters().0 > 0);
+    }
+
+    /// Feeds a pool's load to its standby switch; on a change, switches
+    /// the standby servers, logs and runs the hook.
+    fn standby_tick(&mut self, pool: &convoy_core::PoolRuntime) {
+        let Some(sb) = &pool.cfg.standby else {
+            return;
+        };
+        let queue = pool.queued();
+        let latency_ms = pool
+            .servers
+            .iter()
+            .filter(|s| !s.cfg.standby && s.state.is_eligible())
+            .map(|s| s.state.qos().0 / 1000.0)
+            .fold(0.0, f64::max);
+        let over = queue > sb.queue_above
+            || sb
+                .latency_above
+                .is_some_and(|l| latency_ms > l.get().as_secs_f64() * 1000.0);
+        let lat_below = sb.latency_below.or(sb.latency_above);
+        let under = queue <= sb.queue_below
+            && lat_below.is_none_or(|l| latency_ms < l.get().as_secs_f64() * 1000.0);
+        let value = if over {
+            2.0
+        } else if under {
+            0.0
+        } else {
+            1.0
+        };
+        let hold = sb.hold.get().as_millis() as u64;
+        let h = self
+            .standby
+            .entry(pool.name.clone())
+            .or_insert_with(|| convoy_balance::hysteresis::Hysteresis::new(1.5, 0.5, hold));
+        let Some(on) = h.observe(value, convoy_core::clock::now_ms()) else {
+            return;
+        };
+        pool.set_standby(on);
+        pool.rebuild();
+        if on {
+            pool.wake_any();
+        }
+        let names: Vec<&str> = pool
+            .servers
+            .iter()
+            .filter(|s| s.cfg.standby)
+            .map(|s| s.cfg.name.as_str())
+            .collect();
+        let names = names.join(",");
+        let state = if on { "on" } else { "off" };
+        warn!(event = if on { "standby_on" } else { "standby_off" }, pool = %pool.name, servers = %names, queue, latency_ms, "standby servers switched {state}");
+        if let Some((prog, args)) = sb.hook.split_first() {
+            let mut cmd = tokio::process::Command::new(prog);
+            cmd.args(args)
+                .env("CONVOY_POOL", &pool.name)
+                .env("CONVOY_STANDBY", state)
+                .env("CONVOY_SERVERS", &names)
+                .env("CONVOY_QUEUE", queue.to_string())
+                .env("CONVOY_LATENCY_MS", format!("{latency_ms:.1}"))
+                .stdin(std::process::Stdio::null());
+            let (pool_name, prog) = (pool.name.clone(), prog.clone());
+            match cmd.spawn() {
+                Ok(mut child) => {
+                    tokio::spawn(async move {
+                        let st = child.wait().await;
+                        info!(event = "standby_hook", pool = %pool_name, program = %prog, status = ?st.map(|s| s.code()));
+                    });
+                }
+                Err(e) => {
+                    error!(event = "standby_hook", pool = %pool_name, program = %prog, error = %e, "cannot run the standby hook");
+                }
+            }
+        }
     }
 
     /// Logs admin-state changes made by a (re)load, and starts slow start for

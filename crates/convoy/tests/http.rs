@@ -710,3 +710,82 @@ async fn retry_budget_stops_a_retry_storm() {
             .await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_servers_switch_on_under_overload_and_off_after() {
+    let main = HttpOrigin::start("main", Duration::from_millis(100)).await;
+    let spare = HttpOrigin::start("spare", Duration::from_millis(100)).await;
+    let dir = convoy_testkit::temp_dir("hook");
+    let log = dir.join("hook.log");
+    let hook = dir.join("hook.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$CONVOY_POOL $CONVOY_STANDBY $CONVOY_SERVERS queue=$CONVOY_QUEUE\" >> {}\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&hook)
+        .status()
+        .unwrap();
+    let port = free_port();
+    let cfg = format!(
+        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n\
+         [pools.web]\nmax_in_flight = 1\nqueue_timeout = \"20s\"\n\
+         standby = {{ queue_above = 2, queue_below = 0, hold = \"300ms\", hook = [\"{}\"] }}\n{}{}",
+        hook.display(),
+        servers("web", &[&main], ""),
+        servers("web", &[&spare], "standby = true")
+    );
+    let node = Convoy::start(BIN, &cfg).await;
+    let c = client();
+    let url = format!("http://127.0.0.1:{port}/");
+    // Light load: the spare stays off.
+    for _ in 0..5 {
+        assert_eq!(get(&c, &url, &[]).await.body, "main");
+    }
+    // Overload: 30 concurrent requests on a server taking one at a time.
+    let tasks: Vec<_> = (0..30)
+        .map(|_| {
+            let (c, u) = (c.clone(), url.clone());
+            tokio::spawn(async move { get(&c, &u, &[]).await })
+        })
+        .collect();
+    let mut by = HashMap::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200);
+        *by.entry(r.body).or_insert(0) += 1;
+    }
+    assert!(node.wait_event("standby_on", Duration::from_secs(1)).await);
+    assert!(
+        by.get("spare").copied().unwrap_or(0) > 0,
+        "the spare helped: {by:?}"
+    );
+    // Recovered: off again after the hold time.
+    assert!(
+        node.wait_event("standby_off", Duration::from_secs(5)).await,
+        "{}",
+        node.stderr()
+    );
+    let spare_before = spare.seen.count.load(Ordering::SeqCst);
+    for _ in 0..5 {
+        assert_eq!(get(&c, &url, &[]).await.body, "main");
+    }
+    assert_eq!(spare.seen.count.load(Ordering::SeqCst), spare_before);
+    // The hook ran for both changes, with its variables.
+    assert!(
+        convoy_testkit::wait_until(Duration::from_secs(5), || {
+            std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= 2)
+        })
+        .await
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("web on spare queue="), "{text}");
+    assert!(lines[1].starts_with("web off spare queue=0"), "{text}");
+    convoy_testkit::remove(&dir);
+}
