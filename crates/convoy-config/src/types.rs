@@ -384,6 +384,16 @@ pub struct Pool {
     /// Per-request algorithm for HTTP listeners (default "round_robin").
     #[serde(default = "default_algorithm")]
     pub algorithm: Algorithm,
+    /// What `algorithm = "hash"` hashes: "client" (address, default),
+    /// "header:NAME" or "cookie:NAME" (falling back to the client address
+    /// when absent).
+    #[serde(default = "default_hash_on")]
+    pub hash_on: String,
+    /// Cookie affinity: convoy sets this cookie to an opaque id of the
+    /// server that answered, and sends later requests carrying it to that
+    /// server while it can take them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky_cookie: Option<String>,
     /// High-water mark: requests in flight per server (0 = no limit);
     /// a server's own `max_in_flight` overrides it.
     #[serde(default)]
@@ -417,6 +427,9 @@ pub struct Pool {
 
 fn default_algorithm() -> Algorithm {
     Algorithm::RoundRobin
+}
+fn default_hash_on() -> String {
+    "client".into()
 }
 fn default_retry_budget() -> u32 {
     20

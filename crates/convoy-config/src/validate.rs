@@ -164,6 +164,37 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
                 "must be greater than 0s".into(),
             );
         }
+        let hash_ok = pool.hash_on == "client"
+            || pool
+                .hash_on
+                .strip_prefix("header:")
+                .or_else(|| pool.hash_on.strip_prefix("cookie:"))
+                .is_some_and(|n| {
+                    !n.is_empty()
+                        && n.bytes()
+                            .all(|b| b.is_ascii_graphic() && b != b';' && b != b'=')
+                });
+        if !hash_ok {
+            err(
+                pp("hash_on"),
+                format!(
+                    "{:?} is not \"client\", \"header:NAME\" or \"cookie:NAME\"",
+                    pool.hash_on
+                ),
+            );
+        }
+        if let Some(c) = &pool.sticky_cookie {
+            if c.is_empty()
+                || !c
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                err(
+                    pp("sticky_cookie"),
+                    "a cookie name of letters, digits, '-', '_' or '.'".into(),
+                );
+            }
+        }
         let has_standby = pool.servers.iter().any(|s| s.standby);
         match &pool.standby {
             None if has_standby => err(

@@ -7,13 +7,11 @@
 //! release run under the queue lock, so a slot can never be freed while a
 //! request is being queued and missed by both.
 
-use std::net::IpAddr;
 use std::sync::Mutex;
 
 use convoy_balance::queue::{PriorityQueue, Ticket};
 use convoy_balance::select::{least_outstanding, p2c, Load};
 use convoy_balance::swrr::Swrr;
-use convoy_balance::{affinity_key, AffinityKind};
 use convoy_config::Algorithm;
 use tokio::sync::oneshot;
 
@@ -38,6 +36,16 @@ pub struct Admission {
 }
 
 const RETRY_BURST: i64 = 10 * 100;
+
+/// What ties a request to a server: a hash key (for `algorithm = "hash"`)
+/// and a server it should go to if it can (a sticky cookie).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Affinity {
+    /// Key for consistent hashing (client address, header or cookie).
+    pub hash: Option<u64>,
+    /// Server named by the request's sticky cookie.
+    pub prefer: Option<usize>,
+}
 
 /// The outcome of asking for a slot.
 #[derive(Debug)]
@@ -97,7 +105,12 @@ impl PoolRuntime {
     /// Chooses among servers that are usable, below their high-water mark
     /// and not in `tried`, in the lowest tier that has one (a tier spills
     /// into the next when all its servers are full or unusable).
-    fn choose_with_room(&self, client: IpAddr, tried: &[usize]) -> Option<usize> {
+    fn choose_with_room(&self, aff: Affinity, tried: &[usize]) -> Option<usize> {
+        if let Some(i) = aff.prefer {
+            if i < self.servers.len() && self.usable(i) && !tried.contains(&i) && self.room(i) {
+                return Some(i);
+            }
+        }
         for &tier in &self.tiers {
             let ok = |i: usize| {
                 self.servers[i].cfg.tier == tier
@@ -105,14 +118,14 @@ impl PoolRuntime {
                     && !tried.contains(&i)
                     && self.room(i)
             };
-            if let Some(i) = self.choose_in(client, &ok) {
+            if let Some(i) = self.choose_in(aff.hash, &ok) {
                 return Some(i);
             }
         }
         None
     }
 
-    fn choose_in(&self, client: IpAddr, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn choose_in(&self, hash: Option<u64>, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
         match self.cfg.algorithm {
             Algorithm::RoundRobin => {
                 let mut w = self
@@ -155,7 +168,9 @@ impl PoolRuntime {
                 }
             }
             Algorithm::Hash => {
-                let k = affinity_key(AffinityKind::Client, client)?;
+                let Some(k) = hash else {
+                    return (0..self.servers.len()).find(|&j| ok(j));
+                };
                 let i = self.primary.lookup(k)?;
                 if ok(i) {
                     return Some(i);
@@ -171,7 +186,7 @@ impl PoolRuntime {
 
     /// Asks for a slot for a request of `cost` and priority `class`.
     /// `tried` lists servers this request already failed on.
-    pub fn admit(&self, client: IpAddr, cost: u32, class: usize, tried: &[usize]) -> Admit {
+    pub fn admit(&self, aff: Affinity, cost: u32, class: usize, tried: &[usize]) -> Admit {
         let mut q = self
             .admission
             .queue
@@ -180,7 +195,7 @@ impl PoolRuntime {
         // Waiters go first: a new request only takes a free slot directly
         // when nobody is queued (otherwise it would jump the queue).
         if q.is_empty() || !tried.is_empty() {
-            if let Some(i) = self.choose_with_room(client, tried) {
+            if let Some(i) = self.choose_with_room(aff, tried) {
                 self.servers[i].state.begin_request(cost);
                 return Admit::Slot(i);
             }
@@ -242,7 +257,7 @@ impl PoolRuntime {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         while !q.is_empty() {
-            let Some(i) = self.choose_with_room(IpAddr::from([0, 0, 0, 0]), &[]) else {
+            let Some(i) = self.choose_with_room(Affinity::default(), &[]) else {
                 return;
             };
             let Some((w, _)) = q.pop(clock::now_ms()) else {

@@ -13,6 +13,12 @@ use convoy_config::{Pool, Server};
 
 use crate::state::{AdminState, ServerState};
 
+/// An opaque, stable id of a server for sticky cookies (the name is not
+/// revealed to clients).
+fn sticky_id(name: &str) -> u64 {
+    convoy_balance::hash::hash64(name.as_bytes(), 0x7374_6963_6b79_0001)
+}
+
 /// A server of a pool: its config and its live state.
 #[derive(Debug)]
 pub struct ServerEntry {
@@ -55,6 +61,8 @@ pub struct PoolRuntime {
     pub(crate) admission: crate::admission::Admission,
     /// The tiers present, ascending.
     pub(crate) tiers: Vec<u32>,
+    /// Sticky-cookie ids (a hash of the server name) → server index.
+    sticky_ids: HashMap<u64, usize>,
     /// Standby servers take traffic while this is on.
     standby_on: std::sync::atomic::AtomicBool,
     counter: AtomicU64,
@@ -99,6 +107,11 @@ impl PoolRuntime {
             .map(|s| (s.cfg.name.as_bytes(), s.cfg.weight))
             .collect();
         let primary = Table::build(&all);
+        let sticky_ids = servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (sticky_id(&s.cfg.name), i))
+            .collect();
         let mut tiers: Vec<u32> = servers.iter().map(|s| s.cfg.tier).collect();
         tiers.sort_unstable();
         tiers.dedup();
@@ -109,6 +122,7 @@ impl PoolRuntime {
             by_name,
             primary,
             tiers,
+            sticky_ids,
             standby_on: std::sync::atomic::AtomicBool::new(
                 prev.is_some_and(|p| p.standby_on.load(Ordering::Relaxed)),
             ),
@@ -127,6 +141,17 @@ impl PoolRuntime {
         };
         pool.rebuild();
         pool
+    }
+
+    /// The sticky-cookie value naming server `i`.
+    pub fn sticky_value(&self, i: usize) -> String {
+        format!("{:016x}", sticky_id(&self.servers[i].cfg.name))
+    }
+
+    /// The server a sticky-cookie value names.
+    pub fn by_sticky_value(&self, v: &str) -> Option<usize> {
+        let id = u64::from_str_radix(v, 16).ok()?;
+        self.sticky_ids.get(&id).copied()
     }
 
     /// Whether server `i` may take traffic as far as standby goes.

@@ -12,7 +12,7 @@ use std::task::{Context as TaskCx, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use convoy_core::admission::Admit;
+use convoy_core::admission::{Admit, Affinity};
 use convoy_core::context::{Context, DataEvent};
 use convoy_core::{ListenerRuntime, PoolRuntime};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
@@ -240,6 +240,46 @@ pub async fn serve(
     }
 }
 
+/// The value of cookie `name` in the request's Cookie headers.
+fn cookie<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    h.get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// The request's affinity: its hash key (for `algorithm = "hash"`) and the
+/// server its sticky cookie names.
+fn affinity(pool: &PoolRuntime, h: &http::HeaderMap, peer: SocketAddr) -> Affinity {
+    use convoy_balance::{affinity_key, hash::hash64, AffinityKind};
+    let prefer = pool
+        .cfg
+        .sticky_cookie
+        .as_deref()
+        .and_then(|name| cookie(h, name))
+        .and_then(|v| pool.by_sticky_value(v));
+    let hash = if pool.cfg.algorithm == convoy_config::Algorithm::Hash {
+        let on = pool.cfg.hash_on.as_str();
+        let value = if let Some(name) = on.strip_prefix("header:") {
+            h.get(name).map(|v| v.as_bytes())
+        } else if let Some(name) = on.strip_prefix("cookie:") {
+            cookie(h, name).map(str::as_bytes)
+        } else {
+            None
+        };
+        match value {
+            Some(v) => Some(hash64(v, 0x6b65_7968_6173_6801)),
+            None => affinity_key(AffinityKind::Client, peer.ip()),
+        }
+    } else {
+        None
+    };
+    Affinity { hash, prefer }
+}
+
 /// The Upgrade header of an HTTP/1.1 request that asks for an upgrade
 /// (`Connection: upgrade`).
 fn upgrade_of<B>(req: &Request<B>) -> Option<HeaderValue> {
@@ -369,8 +409,9 @@ async fn handle(
         .unwrap_or_else(|| "/".into());
     let mut tried: Vec<usize> = Vec::new();
     pool.note_request();
+    let aff = affinity(&pool, &parts.headers, peer);
     loop {
-        let idx = match pool.admit(peer.ip(), cost, class, &tried) {
+        let idx = match pool.admit(aff, cost, class, &tried) {
             Admit::Slot(i) => i,
             Admit::NoServer => {
                 l.count_failed();
@@ -449,6 +490,14 @@ async fn handle(
                 let (rparts, rbody) = resp.into_parts();
                 let mut rparts = rparts;
                 strip_hop_by_hop(&mut rparts.headers);
+                if let Some(name) = &pool.cfg.sticky_cookie {
+                    if aff.prefer != Some(idx) {
+                        let c = format!("{name}={}; Path=/; HttpOnly", pool.sticky_value(idx));
+                        if let Ok(v) = HeaderValue::from_str(&c) {
+                            rparts.headers.append(http::header::SET_COOKIE, v);
+                        }
+                    }
+                }
                 let guarded = Guarded {
                     inner: rbody,
                     _slot: slot,

@@ -789,3 +789,63 @@ async fn standby_servers_switch_on_under_overload_and_off_after() {
     assert!(lines[1].starts_with("web off spare queue=0"), "{text}");
     convoy_testkit::remove(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_cookie_and_header_hash_keep_users_on_their_server() {
+    let os = [
+        HttpOrigin::start("a", Duration::ZERO).await,
+        HttpOrigin::start("b", Duration::ZERO).await,
+        HttpOrigin::start("c", Duration::ZERO).await,
+    ];
+    let refs: Vec<&HttpOrigin> = os.iter().collect();
+    let (p_cookie, p_hash) = (free_port(), free_port());
+    let cfg = format!(
+        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{p_cookie}\"\npool = \"sticky\"\n\n\
+         [[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{p_hash}\"\npool = \"hashed\"\n\n\
+         [pools.sticky]\nsticky_cookie = \"SRV\"\n{}\n\
+         [pools.hashed]\nalgorithm = \"hash\"\nhash_on = \"header:X-User\"\n{}",
+        servers("sticky", &refs, ""),
+        servers("hashed", &refs, "")
+    );
+    let _c = Convoy::start(BIN, &cfg).await;
+    let c = client();
+    // Cookie: the first answer sets it; requests carrying it stay put while
+    // round robin would rotate.
+    let url = format!("http://127.0.0.1:{p_cookie}/");
+    let first = get(&c, &url, &[]).await;
+    let set = first.headers["set-cookie"].to_str().unwrap().to_string();
+    assert!(set.starts_with("SRV=") && set.contains("HttpOnly"), "{set}");
+    let value = set.split(';').next().unwrap().trim_start_matches("SRV=");
+    assert!(
+        value.len() == 16 && value.bytes().all(|b| b.is_ascii_hexdigit()),
+        "an opaque id, not the server's name or address: {value}"
+    );
+    let cookie = set.split(';').next().unwrap().to_string();
+    for _ in 0..12 {
+        let r = get(&c, &url, &[("cookie", &format!("theme=dark; {cookie}"))]).await;
+        assert_eq!(r.body, first.body);
+        assert!(
+            !r.headers.contains_key("set-cookie"),
+            "no new cookie while it holds"
+        );
+    }
+    // A bogus cookie is ignored (and replaced).
+    let r = get(&c, &url, &[("cookie", "SRV=zzz")]).await;
+    assert!(r.headers.contains_key("set-cookie"));
+    // Header hash: each user always lands on one server; users spread.
+    let url = format!("http://127.0.0.1:{p_hash}/");
+    let mut owners = std::collections::HashSet::new();
+    for u in 0..30 {
+        let user = format!("user-{u}");
+        let first = get(&c, &url, &[("x-user", &user)]).await.body;
+        for _ in 0..3 {
+            assert_eq!(
+                get(&c, &url, &[("x-user", &user)]).await.body,
+                first,
+                "{user}"
+            );
+        }
+        owners.insert(first);
+    }
+    assert!(owners.len() >= 2, "{owners:?}");
+}
