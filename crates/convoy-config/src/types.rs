@@ -271,6 +271,10 @@ pub struct Listener {
     /// Time allowed to connect to one server before trying the next.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
+    /// HTTP: largest request body in bytes, 0 = no limit (default 0);
+    /// larger requests get 413.
+    #[serde(default)]
+    pub max_body: u64,
     /// HTTP routes, tried in order; a request no route matches goes to
     /// `pool` with the default class.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -345,6 +349,9 @@ pub struct Route {
     /// Cost of one request, counted in the servers' load (default 1).
     #[serde(default = "default_cost")]
     pub cost: u32,
+    /// Largest request body in bytes (default: the listener's `max_body`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<u64>,
 }
 
 fn default_class() -> u8 {

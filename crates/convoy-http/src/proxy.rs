@@ -42,22 +42,43 @@ type ReqBody = Either<Prefixed, Empty<Bytes>>;
 /// The client's body with its first frame read ahead: a body that is
 /// malformed from its first byte (bad chunk size) is refused with 400
 /// before anything reaches a server.
+/// It also enforces the route's body limit: a body growing past it ends
+/// the upstream request with an error and marks `over`, and the client
+/// gets 413.
 struct Prefixed {
     first: Option<Frame<Bytes>>,
     rest: Incoming,
+    limit: u64,
+    seen: u64,
+    over: Arc<std::sync::atomic::AtomicBool>,
 }
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Body for Prefixed {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut TaskCx<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        if let Some(f) = self.first.take() {
-            return Poll::Ready(Some(Ok(f)));
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = match self.first.take() {
+            Some(f) => f,
+            None => match Pin::new(&mut self.rest).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => f,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        if let Some(d) = frame.data_ref() {
+            self.seen += d.len() as u64;
+            if self.limit > 0 && self.seen > self.limit {
+                self.over.store(true, std::sync::atomic::Ordering::Relaxed);
+                return Poll::Ready(Some(Err("request body over the route's limit".into())));
+            }
         }
-        Pin::new(&mut self.rest).poll_frame(cx)
+        Poll::Ready(Some(Ok(frame)))
     }
     fn is_end_stream(&self) -> bool {
         self.first.is_none() && self.rest.is_end_stream()
@@ -146,6 +167,22 @@ fn local(status: StatusCode, msg: &str) -> Response<RespBody> {
 /// bytes cannot be trusted to frame the next request.
 fn bad_request(msg: &str) -> Response<RespBody> {
     let mut r = local(StatusCode::BAD_REQUEST, msg);
+    r.headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// The declared length of a request body.
+fn body_len<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// 413 and close (the unread body would otherwise be parsed as requests).
+fn too_large() -> Response<RespBody> {
+    let mut r = local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
     r.headers_mut()
         .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     r
@@ -371,6 +408,10 @@ async fn handle(
     // connections are joined into a byte tunnel.
     let upgrade = upgrade_of(&req);
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let max_body = d.max_body;
+    if max_body > 0 && body_len(&req).is_some_and(|n| n > max_body) {
+        return too_large();
+    }
     let (mut parts, mut body) = req.into_parts();
     // Read the first body frame before choosing a server.
     let first = if body.is_end_stream() {
@@ -385,7 +426,14 @@ async fn handle(
             None => None,
         }
     };
-    let body = Prefixed { first, rest: body };
+    let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let body = Prefixed {
+        first,
+        rest: body,
+        limit: max_body,
+        seen: 0,
+        over: Arc::clone(&over),
+    };
     strip_hop_by_hop(&mut parts.headers);
     if let Some(u) = &upgrade {
         parts.headers.insert(http::header::UPGRADE, u.clone());
@@ -510,6 +558,9 @@ async fn handle(
                     .observe(started.elapsed().as_micros() as f64, true);
                 if let Some(ms) = pool.record_outcome(idx, false) {
                     warn!(event = "server_ejected", pool = %pool.name, server = %server.cfg.name, ejection_ms = ms, reason = "consecutive errors");
+                }
+                if over.load(std::sync::atomic::Ordering::Relaxed) {
+                    return too_large();
                 }
                 let connect = e.is_connect();
                 if connect {

@@ -16,6 +16,8 @@ pub struct Decision<'a> {
     pub cost: u32,
     /// Route name ("default" when none matched).
     pub route: &'a str,
+    /// Largest request body in bytes (0 = no limit).
+    pub max_body: u64,
 }
 
 /// The host of a request, without port, lower-cased: from the URI
@@ -92,6 +94,7 @@ pub fn decide<'a, B>(l: &'a Listener, req: &Request<B>) -> Decision<'a> {
                 class: usize::from(r.priority),
                 cost: r.cost,
                 route: &r.name,
+                max_body: r.max_body.unwrap_or(l.max_body),
             };
         }
     }
@@ -104,6 +107,7 @@ fn default_decision(l: &Listener) -> Decision<'_> {
         class: 4,
         cost: 1,
         route: "default",
+        max_body: l.max_body,
     }
 }
 

@@ -849,3 +849,31 @@ async fn sticky_cookie_and_header_hash_keep_users_on_their_server() {
     }
     assert!(owners.len() >= 2, "{owners:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_route_limit_get_413() {
+    let o = HttpOrigin::start("o", Duration::ZERO).await;
+    let port = free_port();
+    let cfg = format!(
+        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\nmax_body = 1000000\n\
+         [[listeners.routes]]\npath_prefix = \"/upload\"\nmax_body = 1000\n\n[pools.web]\n{}",
+        servers("web", &[&o], "")
+    );
+    let _c = Convoy::start(BIN, &cfg).await;
+    let big = "x".repeat(5000);
+    // Declared length over the limit: refused before any server sees it.
+    let req = format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{big}");
+    assert_eq!(raw(port, req.as_bytes()).await, 413);
+    assert_eq!(o.seen.count.load(Ordering::SeqCst), 0);
+    // Chunked, growing past the limit: 413 as soon as it does.
+    let req = format!("POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1388\r\n{big}\r\n0\r\n\r\n");
+    assert_eq!(raw(port, req.as_bytes()).await, 413);
+    // Within the limits: forwarded (the listener default applies elsewhere).
+    let req =
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+    assert_eq!(raw(port, req.as_bytes()).await, 200);
+    let req = format!(
+        "POST /other HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n{big}"
+    );
+    assert_eq!(raw(port, req.as_bytes()).await, 200);
+}
