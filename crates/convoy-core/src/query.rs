@@ -44,6 +44,8 @@ pub struct PoolView {
     pub name: String,
     /// Servers able to take traffic.
     pub eligible: usize,
+    /// HTTP requests waiting in the queue.
+    pub queued: usize,
     /// Servers grouped by zone, zones in name order.
     pub zones: Vec<ZoneView>,
 }
@@ -80,6 +82,18 @@ pub struct ServerView {
     pub total: u64,
     /// Connect failures and resets since start.
     pub failures: u64,
+    /// HTTP requests in flight.
+    pub in_flight: u64,
+    /// Cost of the HTTP requests in flight.
+    pub outstanding_cost: u64,
+    /// HTTP requests since start.
+    pub requests: u64,
+    /// Latency EWMA (µs) to response headers.
+    pub latency_us: f64,
+    /// Recent error rate (0..1).
+    pub error_rate: f64,
+    /// Ejected as an outlier now.
+    pub ejected: bool,
     /// Bytes client→server.
     pub bytes_in: u64,
     /// Bytes server→client.
@@ -120,6 +134,12 @@ pub fn query(snap: &Snapshot, listeners: &[std::sync::Arc<ListenerRuntime>]) -> 
                     active: s.state.active(),
                     total: s.state.total(),
                     failures: s.state.connect_failures(),
+                    in_flight: s.state.in_flight(),
+                    outstanding_cost: s.state.outstanding_cost(),
+                    requests: s.state.requests(),
+                    latency_us: s.state.qos().0,
+                    error_rate: s.state.qos().1,
+                    ejected: s.state.is_ejected(),
                     bytes_in,
                     bytes_out,
                 });
@@ -127,6 +147,7 @@ pub fn query(snap: &Snapshot, listeners: &[std::sync::Arc<ListenerRuntime>]) -> 
             PoolView {
                 name: p.name.clone(),
                 eligible: p.tables().eligible,
+                queued: p.queued(),
                 zones: zones
                     .into_iter()
                     .map(|(z, servers)| ZoneView {

@@ -79,7 +79,7 @@ impl ServerState {
             outlier: std::sync::Mutex::new(Default::default()),
             ejected_until_ms: AtomicU64::new(0),
             qos: std::sync::Mutex::new(Qos {
-                latency: convoy_balance::ewma::PeakEwma::new(1000.0, 10_000, clock::now_ms()),
+                latency: convoy_balance::ewma::PeakEwma::new(1000.0, 1_000, clock::now_ms()),
                 error_rate: 0.0,
             }),
         }
