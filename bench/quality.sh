@@ -45,6 +45,7 @@ convoy_cfg() { # algorithm
 }
 
 run() { # label -> "p50 p99 failed"
+  rm -f "$W/lat.log"   # h2load appends to an existing log
   h2load --h1 -c 20 -t 1 --rps 50 -D 10 --log-file "$W/lat.log" "http://127.0.0.1:$FRONT/" > "$W/h2.out" 2>&1 || true
   local failed; failed=$(awk '/requests:/ {print $10+$12}' "$W/h2.out")
   awk '{print $3}' "$W/lat.log" | sort -n | awk -v f="$failed" '{a[NR]=$1} END {printf "%.2f %.2f %s\n", a[int(NR*0.5)]/1000, a[int(NR*0.99)]/1000, f}'
