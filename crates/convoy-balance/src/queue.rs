@@ -41,6 +41,13 @@ impl<T> PriorityQueue<T> {
         }
     }
 
+    /// Changes the bound and the aging step (a reload); requests already
+    /// waiting stay, even above a lowered bound.
+    pub fn set_limits(&mut self, cap: usize, aging_ms: u64) {
+        self.cap = cap;
+        self.aging_ms = aging_ms;
+    }
+
     /// Requests waiting.
     pub fn len(&self) -> usize {
         self.len

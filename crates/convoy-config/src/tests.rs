@@ -139,6 +139,26 @@ fn bad_files_get_exact_errors() {
             "[[listeners]]\naddress = \"127.0.0.1:80\"\n",
             "bad.toml:1:1: listeners[0]: missing field `pool`",
         ),
+        (
+            "[[listeners]]\naddress = \"127.0.0.1:80\"\npool = \"p\"\n[[listeners]]\nname = \"w\"\nprotocol = \"http\"\naddress = \"127.0.0.1:80\"\npool = \"p\"\n",
+            "bad.toml:7:11: listeners[1].address: 127.0.0.1:80 is also bound by listeners[0]",
+        ),
+        (
+            "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:80\"\npool = \"p\"\nmode = \"single\"\n",
+            "bad.toml:5:8: listeners[0].mode: HTTP listeners balance per request",
+        ),
+        (
+            "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:80\"\npool = \"p\"\nsame_port = true\n",
+            "bad.toml:5:13: listeners[0].same_port: only applies to TCP and UDP listeners",
+        ),
+        (
+            "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:80\"\npool = \"p\"\n[[listeners.routes]]\nhost = \"a b\"\n",
+            "bad.toml:6:8: listeners[0].routes[0].host: \"a b\" is not a host name",
+        ),
+        (
+            "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:80\"\npool = \"p\"\n[[listeners.routes]]\nheader = \"X Y: 1\"\n",
+            "bad.toml:6:10: listeners[0].routes[0].header: \"X Y: 1\" must be",
+        ),
     ];
     for (text, want) in cases {
         // Pools are appended where the case does not define its own.

@@ -284,6 +284,24 @@ pub struct Listener {
     /// keep-alive connections).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Dur>,
+    /// HTTP: time a client has to send a whole request head, counted from
+    /// its first byte (or from the connection's start); then 408 and
+    /// close. Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_timeout: Option<Dur>,
+    /// HTTP: longest pause between two pieces of a request body; then the
+    /// request fails with 408. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_timeout: Option<Dur>,
+    /// HTTP: time a server has, from the moment the request is sent, to
+    /// start its answer (the response head); then 504. Default 60s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_timeout: Option<Dur>,
+    /// HTTP: time from a request's head until its response head, queue
+    /// wait included; then 504 (408 while the client is still sending).
+    /// Default: no limit beyond the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<Dur>,
 }
 
 impl Listener {
@@ -294,6 +312,21 @@ impl Listener {
             Protocol::Udp => Dur::secs(30),
             Protocol::Http => Dur::secs(60),
         })
+    }
+
+    /// HTTP header timeout in force.
+    pub fn header_timeout(&self) -> Dur {
+        self.header_timeout.unwrap_or(Dur::secs(10))
+    }
+
+    /// HTTP body timeout in force.
+    pub fn body_timeout(&self) -> Dur {
+        self.body_timeout.unwrap_or(Dur::secs(30))
+    }
+
+    /// HTTP response timeout in force.
+    pub fn response_timeout(&self) -> Dur {
+        self.response_timeout.unwrap_or(Dur::secs(60))
     }
 }
 

@@ -24,7 +24,10 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
     }
 
     let mut names = HashSet::new();
-    let mut bound: HashMap<(Protocol, std::net::SocketAddr), usize> = HashMap::new();
+    // TCP and HTTP listeners both bind TCP sockets: they share one
+    // address space, UDP has its own.
+    let transport = |p: Protocol| p == Protocol::Udp;
+    let mut bound: HashMap<(bool, std::net::SocketAddr), usize> = HashMap::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
         let p = |k: &str| format!("listeners[{i}].{k}");
         if !names.insert(l.name.as_str()) {
@@ -53,7 +56,7 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
             );
         } else {
             for sa in l.address.sockets() {
-                if let Some(other) = bound.insert((l.protocol, sa), i) {
+                if let Some(other) = bound.insert((transport(l.protocol), sa), i) {
                     err(
                         p("address"),
                         format!("{sa} is also bound by listeners[{other}]"),
@@ -64,7 +67,7 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
                 // on the same port cannot both be bound.
                 let clash = bound.iter().find(|((proto, other), j)| {
                     **j != i
-                        && *proto == l.protocol
+                        && *proto == transport(l.protocol)
                         && other.port() == sa.port()
                         && other.is_ipv4() == sa.is_ipv4()
                         && (other.ip().is_unspecified() != sa.ip().is_unspecified())
@@ -117,10 +120,73 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
                     );
                 }
             }
+            if let Some(h) = &r.host {
+                let ok = !h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.:*[]".contains(&b));
+                if !ok {
+                    err(
+                        rp("host"),
+                        format!("{h:?} is not a host name (e.g. \"www.example.com\")"),
+                    );
+                }
+            }
+            if let Some(h) = &r.header {
+                let (name, value) = match h.split_once(':') {
+                    Some((n, v)) => (n.trim(), v.trim()),
+                    None => (h.trim(), ""),
+                };
+                let valid = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
+                    && http_value(value);
+                if !valid {
+                    err(
+                        rp("header"),
+                        format!(
+                            "{h:?} must be \"Name\" or \"Name: value\" with a valid header name"
+                        ),
+                    );
+                }
+            }
             for (k, v) in [("path", &r.path), ("path_prefix", &r.path_prefix)] {
                 if v.as_ref().is_some_and(|p| !p.starts_with('/')) {
                     err(rp(k), "must start with '/'".into());
                 }
+            }
+        }
+        if l.protocol == Protocol::Http {
+            if l.mode == crate::FilterMode::Single {
+                err(
+                    p("mode"),
+                    "HTTP listeners balance per request: use server tiers (tier = 1 for backups) instead of mode = \"single\"".into(),
+                );
+            }
+            if l.failback != crate::Failback::Automatic {
+                err(
+                    p("failback"),
+                    "only applies to mode = \"single\" (TCP and UDP)".into(),
+                );
+            }
+            if l.same_port {
+                err(
+                    p("same_port"),
+                    "only applies to TCP and UDP listeners".into(),
+                );
+            }
+        }
+        for (k, v) in [
+            ("header_timeout", l.header_timeout),
+            ("body_timeout", l.body_timeout),
+            ("response_timeout", l.response_timeout),
+            ("request_timeout", l.request_timeout),
+        ] {
+            let Some(v) = v else { continue };
+            if l.protocol != Protocol::Http {
+                err(p(k), "only applies to protocol = \"http\" listeners".into());
+            } else if v.get().is_zero() {
+                err(p(k), "must be greater than 0s".into());
             }
         }
         if l.protocol == Protocol::Http && l.affinity != Affinity::None {
@@ -301,4 +367,10 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
         }
     }
     errs
+}
+
+/// A header value a route may match on: visible ASCII and spaces.
+fn http_value(v: &str) -> bool {
+    v.bytes()
+        .all(|b| b == b' ' || b == b'\t' || (0x21..0x7f).contains(&b))
 }

@@ -58,7 +58,9 @@ pub struct PoolRuntime {
     /// clients of servers that stay available.
     pub(crate) primary: Table,
     tables: ArcSwap<Tables>,
-    pub(crate) admission: crate::admission::Admission,
+    pub(crate) admission: Arc<crate::admission::Admission>,
+    /// Smooth weighted round-robin scores (HTTP).
+    pub(crate) swrr: std::sync::Mutex<convoy_balance::swrr::Swrr>,
     /// The tiers present, ascending.
     pub(crate) tiers: Vec<u32>,
     /// Sticky-cookie ids (a hash of the server name) → server index.
@@ -115,6 +117,7 @@ impl PoolRuntime {
         let mut tiers: Vec<u32> = servers.iter().map(|s| s.cfg.tier).collect();
         tiers.sort_unstable();
         tiers.dedup();
+        let aging_ms = cfg.queue_aging.get().as_millis() as u64;
         let pool = PoolRuntime {
             name: name.to_string(),
             cfg: cfg.clone(),
@@ -126,11 +129,19 @@ impl PoolRuntime {
             standby_on: std::sync::atomic::AtomicBool::new(
                 prev.is_some_and(|p| p.standby_on.load(Ordering::Relaxed)),
             ),
-            admission: crate::admission::Admission::new(
-                cfg.servers.len(),
-                cfg.queue_max,
-                cfg.queue_aging.get().as_millis() as u64,
-            ),
+            admission: match prev {
+                Some(p) => {
+                    p.admission
+                        .update(cfg.queue_max, aging_ms, cfg.retry_budget);
+                    Arc::clone(&p.admission)
+                }
+                None => Arc::new(crate::admission::Admission::new(
+                    cfg.queue_max,
+                    aging_ms,
+                    cfg.retry_budget,
+                )),
+            },
+            swrr: std::sync::Mutex::new(convoy_balance::swrr::Swrr::new(cfg.servers.len())),
             tables: ArcSwap::from_pointee(Tables {
                 rr: Table::build::<&str>(&[]),
                 hash: Table::build::<&str>(&[]),

@@ -94,13 +94,26 @@ fn host_ok(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
 }
 
-/// Adds the forwarding headers for a request of the client `c`; `host` is
-/// the request's Host (header or HTTP/2 authority).
-pub fn add_forwarding(h: &mut HeaderMap, c: &ClientInfo, host: Option<&HeaderValue>) {
-    let xff = match h.get(&XFF).and_then(|v| v.to_str().ok()) {
-        Some(prev) => {
-            let mut s = String::with_capacity(prev.len() + 2 + c.ip.len());
-            s.push_str(prev);
+/// Adds the forwarding headers for a request of the client `c` that
+/// arrived over `version`; `host` is the request's Host (header or HTTP/2
+/// authority). Every `X-Forwarded-For` line the client sent is kept, in
+/// order, with the client's address appended; a client's own
+/// `X-Forwarded-Host` never passes (it is replaced by the Host, or removed).
+pub fn add_forwarding(
+    h: &mut HeaderMap,
+    c: &ClientInfo,
+    host: Option<&HeaderValue>,
+    version: http::Version,
+) {
+    let mut prev = h.get_all(&XFF).iter().filter_map(|v| v.to_str().ok());
+    let xff = match prev.next() {
+        Some(first) => {
+            let mut s = String::with_capacity(first.len() + 2 + c.ip.len());
+            s.push_str(first);
+            for more in prev {
+                s.push_str(", ");
+                s.push_str(more);
+            }
             s.push_str(", ");
             s.push_str(&c.ip);
             HeaderValue::from_str(&s).ok()
@@ -114,21 +127,39 @@ pub fn add_forwarding(h: &mut HeaderMap, c: &ClientInfo, host: Option<&HeaderVal
     let host = host.filter(|v| v.to_str().is_ok_and(host_ok));
     let fwd = match host.and_then(|v| v.to_str().ok()) {
         Some(hs) => {
-            let mut s = String::with_capacity(c.forwarded.len() + 6 + hs.len());
+            let mut s = String::with_capacity(c.forwarded.len() + 8 + hs.len());
             s.push_str(&c.forwarded);
-            s.push_str(";host=");
-            s.push_str(hs);
+            // A host with a port (or an IPv6 literal) is not an RFC 7239
+            // token: quote it.
+            if hs.contains(':') {
+                s.push_str(";host=\"");
+                s.push_str(hs);
+                s.push('"');
+            } else {
+                s.push_str(";host=");
+                s.push_str(hs);
+            }
             HeaderValue::from_str(&s).ok()
         }
         None => HeaderValue::from_str(&c.forwarded).ok(),
     };
-    if let Some(host) = host {
-        h.insert(&XFH, host.clone());
+    match host {
+        Some(host) => {
+            h.insert(&XFH, host.clone());
+        }
+        None => {
+            h.remove(&XFH);
+        }
     }
     if let Some(v) = fwd {
         h.append(FORWARDED, v);
     }
-    h.append(VIA, HeaderValue::from_static("1.1 convoy"));
+    let via = match version {
+        http::Version::HTTP_2 => "2.0 convoy",
+        http::Version::HTTP_10 => "1.0 convoy",
+        _ => "1.1 convoy",
+    };
+    h.append(VIA, HeaderValue::from_static(via));
 }
 
 #[cfg(test)]
@@ -156,16 +187,41 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
         let c = ClientInfo::new("127.0.0.7:5000".parse().unwrap(), "http");
-        add_forwarding(&mut h, &c, Some(&HeaderValue::from_static("example.com")));
-        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.7");
+        h.append("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
+        add_forwarding(
+            &mut h,
+            &c,
+            Some(&HeaderValue::from_static("example.com")),
+            http::Version::HTTP_11,
+        );
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 198.51.100.1, 127.0.0.7");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.com");
         assert_eq!(h["forwarded"], "for=127.0.0.7;proto=http;host=example.com");
         assert_eq!(h["via"], "1.1 convoy");
         let mut h = HeaderMap::new();
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
         let c = ClientInfo::new("[::1]:5000".parse().unwrap(), "http");
-        add_forwarding(&mut h, &c, Some(&HeaderValue::from_static("bad host\"")));
+        add_forwarding(
+            &mut h,
+            &c,
+            Some(&HeaderValue::from_static("bad host\"")),
+            http::Version::HTTP_2,
+        );
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http");
         assert!(!h.contains_key("x-forwarded-host"));
+        assert_eq!(h["via"], "2.0 convoy");
+        let mut h = HeaderMap::new();
+        add_forwarding(
+            &mut h,
+            &c,
+            Some(&HeaderValue::from_static("example.com:8080")),
+            http::Version::HTTP_11,
+        );
+        assert_eq!(
+            h["forwarded"],
+            "for=\"[::1]\";proto=http;host=\"example.com:8080\""
+        );
     }
 }

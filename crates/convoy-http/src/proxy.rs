@@ -5,6 +5,7 @@
 //! the response body ends.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::task::{Context as TaskCx, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use convoy_core::admission::{Admit, Affinity};
+use convoy_core::admission::{Admit, Affinity, Grant};
 use convoy_core::context::{Context, DataEvent};
 use convoy_core::{ListenerRuntime, PoolRuntime};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
@@ -26,8 +27,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use crate::conn::{ConnIo, ConnState, InProgress};
 use crate::headers::{add_forwarding, strip_hop_by_hop, ClientInfo};
 use crate::route::decide;
 
@@ -42,16 +44,27 @@ type ReqBody = Either<Prefixed, Empty<Bytes>>;
 /// The client's body with its first frame read ahead: a body that is
 /// malformed from its first byte (bad chunk size) is refused with 400
 /// before anything reaches a server.
-/// It also enforces the route's body limit: a body growing past it ends
-/// the upstream request with an error and marks `over`, and the client
-/// gets 413.
+/// It also enforces the route's body limit and the body timeout: a body
+/// growing past the limit, failing on the client's side (bad chunk,
+/// aborted upload) or pausing longer than `body_timeout` ends the upstream
+/// request with an error and records the client's fault in `fault`, so the
+/// client gets 413 or 408 (or nothing, when it is gone) and the server is
+/// not blamed.
 struct Prefixed {
     first: Option<Frame<Bytes>>,
     rest: Incoming,
     limit: u64,
     seen: u64,
-    over: Arc<std::sync::atomic::AtomicBool>,
+    fault: Arc<std::sync::atomic::AtomicU8>,
+    pause: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// Client faults recorded by [`Prefixed`].
+const FAULT_NONE: u8 = 0;
+const FAULT_TOO_LARGE: u8 = 1;
+const FAULT_CLIENT: u8 = 2;
+const FAULT_SLOW: u8 = 3;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -62,19 +75,35 @@ impl Body for Prefixed {
         mut self: Pin<&mut Self>,
         cx: &mut TaskCx<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        use std::sync::atomic::Ordering::Relaxed;
         let frame = match self.first.take() {
             Some(f) => f,
             None => match Pin::new(&mut self.rest).poll_frame(cx) {
                 Poll::Ready(Some(Ok(f))) => f,
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(Some(Err(e))) => {
+                    self.fault.store(FAULT_CLIENT, Relaxed);
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
                 Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    let pause = self.pause;
+                    let t = self
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(pause)));
+                    if t.as_mut().poll(cx).is_ready() {
+                        self.fault.store(FAULT_SLOW, Relaxed);
+                        return Poll::Ready(Some(Err("request body timed out".into())));
+                    }
+                    return Poll::Pending;
+                }
             },
         };
+        // A frame arrived: the pause clock starts again.
+        self.timer = None;
         if let Some(d) = frame.data_ref() {
             self.seen += d.len() as u64;
             if self.limit > 0 && self.seen > self.limit {
-                self.over.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.fault.store(FAULT_TOO_LARGE, Relaxed);
                 return Poll::Ready(Some(Err("request body over the route's limit".into())));
             }
         }
@@ -112,6 +141,11 @@ struct Shared {
     ctx: Context,
     listener: Arc<ListenerRuntime>,
     client: Upstream,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    body_timeout: Duration,
+    response_timeout: Duration,
+    request_timeout: Option<Duration>,
 }
 
 /// Holds a request's slot on a server; dropping it releases the slot to
@@ -128,13 +162,45 @@ impl Drop for Slot {
     }
 }
 
-/// The upstream response body, keeping the slot until it ends.
+/// The upstream response body, keeping the slot until it ends. A server
+/// whose connections are closed by the control plane (drain timeout,
+/// disabled, removed) has its responses cut at their next frame.
 struct Guarded {
     inner: Incoming,
-    _slot: Slot,
+    slot: Slot,
+    kill: watch::Receiver<u64>,
 }
 
 impl Body for Guarded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskCx<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if r.is_ready() && self.kill.has_changed().unwrap_or(true) {
+            debug!(server = %self.slot.pool.servers[self.slot.idx].cfg.name, "response cut: server connections closed");
+            return Poll::Ready(None);
+        }
+        r
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that counts its request as in progress on the client
+/// connection until it ends (for the connection's idle timeout).
+struct Tracked {
+    inner: RespBody,
+    _req: InProgress,
+}
+
+impl Body for Tracked {
     type Data = Bytes;
     type Error = hyper::Error;
     fn poll_frame(
@@ -188,6 +254,14 @@ fn too_large() -> Response<RespBody> {
     r
 }
 
+/// 408 and close: the client was too slow sending its body.
+fn client_timeout() -> Response<RespBody> {
+    let mut r = local(StatusCode::REQUEST_TIMEOUT, "request body timed out");
+    r.headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 fn unavailable(msg: &str, retry_after: u64) -> Response<RespBody> {
     let mut r = local(StatusCode::SERVICE_UNAVAILABLE, msg);
     if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
@@ -211,7 +285,13 @@ pub async fn serve(
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_timer(TokioTimer::new())
         .build(http);
+    let cfg = &listener.cfg;
     let shared = Arc::new(Shared {
+        header_timeout: cfg.header_timeout().get(),
+        idle_timeout: cfg.idle_timeout().get(),
+        body_timeout: cfg.body_timeout().get(),
+        response_timeout: cfg.response_timeout().get(),
+        request_timeout: cfg.request_timeout.map(|d| d.get()),
         ctx,
         listener,
         client,
@@ -230,6 +310,15 @@ pub async fn serve(
             },
             _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
         };
+        if shared.listener.cfg.mode == convoy_config::FilterMode::Disabled {
+            // A disabled listener takes no traffic: the connection is
+            // closed at once, as on TCP listeners.
+            shared.listener.count_failed();
+            if shared.listener.failed_log.allow() {
+                info!(event = "no_server", listener = %shared.listener.cfg.name, client = %peer, reason = "listener disabled");
+            }
+            continue;
+        }
         if !shared.listener.admit() {
             if shared.listener.refused_log.allow() {
                 warn!(event = "connection_refused", listener = %shared.listener.cfg.name, client = %peer, reason = "max_connections");
@@ -240,20 +329,47 @@ pub async fn serve(
         let sh = Arc::clone(&shared);
         let mut stop = stop.clone();
         tokio::spawn(async move {
+            let st = Arc::new(ConnState::default());
             let svc = {
                 let sh = Arc::clone(&sh);
+                let st = Arc::clone(&st);
                 let info = Arc::new(ClientInfo::new(peer, "http"));
                 hyper::service::service_fn(move |req| {
                     let (sh, info) = (Arc::clone(&sh), Arc::clone(&info));
-                    async move { Ok::<_, Infallible>(handle(&sh, req, peer, &info).await) }
+                    let req_guard = InProgress::new(&st);
+                    let st = Arc::clone(&st);
+                    async move {
+                        let resp = match sh.request_timeout {
+                            Some(t) => {
+                                match tokio::time::timeout(t, handle(&sh, req, peer, &info, &st))
+                                    .await
+                                {
+                                    Ok(r) => r,
+                                    Err(_) => {
+                                        local(StatusCode::GATEWAY_TIMEOUT, "request timed out")
+                                    }
+                                }
+                            }
+                            None => handle(&sh, req, peer, &info, &st).await,
+                        };
+                        let (parts, body) = resp.into_parts();
+                        let body = Tracked {
+                            inner: body,
+                            _req: req_guard,
+                        };
+                        Ok::<_, Infallible>(Response::from_parts(parts, body.boxed_unsync()))
+                    }
                 })
             };
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // Header and idle timeouts are convoy's own (conn.rs), for
+            // HTTP/1 and HTTP/2 alike.
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(sh.listener.cfg.idle_timeout().get());
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                .header_read_timeout(None);
+            let io = ConnIo::new(stream, Arc::clone(&st), sh.header_timeout, sh.idle_timeout);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
             tokio::pin!(conn);
             let mut kill = sh.ctx.kill.clone();
             kill.mark_unchanged();
@@ -344,7 +460,13 @@ fn empty() -> RespBody {
 
 /// Joins an upgraded client connection and server connection until either
 /// side closes; the request's slot is held for the tunnel's life.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, server: hyper::upgrade::OnUpgrade, slot: Slot) {
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    server: hyper::upgrade::OnUpgrade,
+    slot: Slot,
+    st: Arc<ConnState>,
+) {
+    st.upgraded();
     let (c, s) = match tokio::try_join!(client, server) {
         Ok(x) => x,
         Err(e) => {
@@ -364,7 +486,7 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, server: hyper::upgrade::OnUpg
 struct Queued<'a> {
     pool: &'a Arc<PoolRuntime>,
     ticket: convoy_balance::queue::Ticket,
-    rx: Option<tokio::sync::oneshot::Receiver<usize>>,
+    rx: Option<tokio::sync::oneshot::Receiver<Grant>>,
     cost: u32,
 }
 
@@ -372,8 +494,8 @@ impl Drop for Queued<'_> {
     fn drop(&mut self) {
         if let Some(mut rx) = self.rx.take() {
             if !self.pool.cancel(self.ticket) {
-                if let Ok(i) = rx.try_recv() {
-                    self.pool.release(i, self.cost);
+                if let Ok((pool, i)) = rx.try_recv() {
+                    pool.release(i, self.cost);
                 }
             }
         }
@@ -385,11 +507,13 @@ async fn handle(
     mut req: Request<Incoming>,
     peer: SocketAddr,
     info: &ClientInfo,
+    st: &Arc<ConnState>,
 ) -> Response<RespBody> {
+    use std::sync::atomic::Ordering::Relaxed;
     let l = &sh.listener;
     let snap = sh.ctx.snapshot.load_full();
     let d = decide(&l.cfg, &req);
-    let Some(pool) = snap.pools.get(d.pool).cloned() else {
+    let Some(first_pool) = snap.pools.get(d.pool).cloned() else {
         return local(StatusCode::BAD_GATEWAY, "no such pool");
     };
     let (class, cost) = (d.class, d.cost);
@@ -412,27 +536,31 @@ async fn handle(
     if max_body > 0 && body_len(&req).is_some_and(|n| n > max_body) {
         return too_large();
     }
+    let version = req.version();
     let (mut parts, mut body) = req.into_parts();
     // Read the first body frame before choosing a server.
     let first = if body.is_end_stream() {
         None
     } else {
-        match body.frame().await {
-            Some(Ok(f)) => Some(f),
-            Some(Err(e)) => {
+        match tokio::time::timeout(sh.body_timeout, body.frame()).await {
+            Ok(Some(Ok(f))) => Some(f),
+            Ok(Some(Err(e))) => {
                 debug!(client = %peer, error = %e, "malformed request body");
                 return bad_request("malformed request body");
             }
-            None => None,
+            Ok(None) => None,
+            Err(_) => return client_timeout(),
         }
     };
-    let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fault = Arc::new(std::sync::atomic::AtomicU8::new(FAULT_NONE));
     let body = Prefixed {
         first,
         rest: body,
         limit: max_body,
         seen: 0,
-        over: Arc::clone(&over),
+        fault: Arc::clone(&fault),
+        pause: sh.body_timeout,
+        timer: None,
     };
     strip_hop_by_hop(&mut parts.headers);
     if let Some(u) = &upgrade {
@@ -442,7 +570,7 @@ async fn handle(
             HeaderValue::from_static("upgrade"),
         );
     }
-    add_forwarding(&mut parts.headers, info, host.as_ref());
+    add_forwarding(&mut parts.headers, info, host.as_ref(), version);
     // A request without a body can be sent again if its first server could
     // not be reached; one with a body only if it never left (connect error
     // before the body was polled) — hyper gives the body no way back, so
@@ -456,11 +584,13 @@ async fn handle(
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
     let mut tried: Vec<usize> = Vec::new();
-    pool.note_request();
-    let aff = affinity(&pool, &parts.headers, peer);
+    first_pool.note_request();
+    let aff = affinity(&first_pool, &parts.headers, peer);
     loop {
-        let idx = match pool.admit(aff, cost, class, &tried) {
-            Admit::Slot(i) => i,
+        // A queued request may be granted a slot by a newer pool (after a
+        // reload): it then goes on with that pool.
+        let (pool, idx) = match first_pool.admit(aff, cost, class, &tried) {
+            Admit::Slot(i) => (Arc::clone(&first_pool), i),
             Admit::NoServer => {
                 l.count_failed();
                 return if tried.is_empty() {
@@ -472,20 +602,20 @@ async fn handle(
             Admit::Full => return unavailable("queue full", 1),
             Admit::Queued(ticket, rx) => {
                 let mut q = Queued {
-                    pool: &pool,
+                    pool: &first_pool,
                     ticket,
                     rx: Some(rx),
                     cost,
                 };
-                let timeout = pool.cfg.queue_timeout.get();
+                let timeout = first_pool.cfg.queue_timeout.get();
                 let r = match q.rx.as_mut() {
                     Some(rx) => tokio::time::timeout(timeout, rx).await,
                     None => return local(StatusCode::INTERNAL_SERVER_ERROR, "queue state lost"),
                 };
                 match r {
-                    Ok(Ok(i)) => {
+                    Ok(Ok(grant)) => {
                         q.rx = None;
-                        i
+                        grant
                     }
                     _ => return unavailable("queue timeout", timeout.as_secs().max(1)),
                 }
@@ -497,6 +627,15 @@ async fn handle(
             cost,
         };
         let server = &pool.servers[idx];
+        if tried.iter().any(|&t| {
+            first_pool
+                .servers
+                .get(t)
+                .is_some_and(|e| Arc::ptr_eq(&e.state, &server.state))
+        }) {
+            // A queued retry was handed the server it already failed on.
+            return local(StatusCode::BAD_GATEWAY, "no server could be reached");
+        }
         let uri: Uri = match format!("http://{}{}", server.cfg.address.0, path).parse() {
             Ok(u) => u,
             Err(_) => return local(StatusCode::BAD_REQUEST, "bad request target"),
@@ -515,22 +654,43 @@ async fn handle(
             None => Either::Right(Empty::new()),
         };
         let out = out.map(|_| b);
+        let kill = server.state.kill_signal();
         let started = Instant::now();
-        match sh.client.request(out).await {
+        let result = match tokio::time::timeout(sh.response_timeout, sh.client.request(out)).await {
+            Ok(r) => r,
+            Err(_) => {
+                match fault.load(Relaxed) {
+                    FAULT_NONE => {}
+                    f => return client_fault(f),
+                }
+                // The server took too long to answer: its fault.
+                server
+                    .state
+                    .observe(started.elapsed().as_micros() as f64, true);
+                if let Some(ms) = pool.record_outcome(idx, false) {
+                    warn!(event = "server_ejected", pool = %pool.name, server = %server.cfg.name, ejection_ms = ms, reason = "response timeouts");
+                }
+                debug!(server = %server.cfg.name, "response timeout");
+                return local(StatusCode::GATEWAY_TIMEOUT, "server response timed out");
+            }
+        };
+        match result {
             Ok(resp) => {
                 let status = resp.status();
-                server.state.observe(
-                    started.elapsed().as_micros() as f64,
-                    status.is_server_error(),
-                );
-                if let Some(ms) = pool.record_outcome(idx, !status.is_server_error()) {
+                let failed = status.is_server_error();
+                server
+                    .state
+                    .observe(started.elapsed().as_micros() as f64, failed);
+                if let Some(ms) = pool.record_outcome(idx, !failed) {
                     warn!(event = "server_ejected", pool = %pool.name, server = %server.cfg.name, ejection_ms = ms, reason = "consecutive 5xx");
                 }
+                // The server answered: its passive failure count restarts.
+                server.state.record_success();
                 let mut resp = resp;
                 if status == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_up) = client_upgrade {
                         let server_up = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(tunnel(client_up, server_up, slot));
+                        tokio::spawn(tunnel(client_up, server_up, slot, Arc::clone(st)));
                         let (rparts, _) = resp.into_parts();
                         return Response::from_parts(rparts, empty());
                     }
@@ -548,19 +708,23 @@ async fn handle(
                 }
                 let guarded = Guarded {
                     inner: rbody,
-                    _slot: slot,
+                    slot,
+                    kill,
                 };
                 return Response::from_parts(rparts, guarded.boxed_unsync());
             }
             Err(e) => {
+                // The client's fault (body too large, malformed, aborted or
+                // too slow): the server is not blamed.
+                match fault.load(Relaxed) {
+                    FAULT_NONE => {}
+                    f => return client_fault(f),
+                }
                 server
                     .state
                     .observe(started.elapsed().as_micros() as f64, true);
                 if let Some(ms) = pool.record_outcome(idx, false) {
                     warn!(event = "server_ejected", pool = %pool.name, server = %server.cfg.name, ejection_ms = ms, reason = "consecutive errors");
-                }
-                if over.load(std::sync::atomic::Ordering::Relaxed) {
-                    return too_large();
                 }
                 let connect = e.is_connect();
                 if connect {
@@ -572,16 +736,27 @@ async fn handle(
                 drop(slot);
                 debug!(server = %server.cfg.name, error = %e, connect, "upstream request failed");
                 if connect && replayable {
-                    if pool.take_retry() {
-                        tried.push(idx);
+                    if first_pool.take_retry() {
+                        if let Some(t) = first_pool.index_of(&server.cfg.name) {
+                            tried.push(t);
+                        }
                         continue;
                     }
                     if sh.listener.failed_log.allow() {
-                        warn!(event = "retry_budget_exhausted", pool = %pool.name, budget_percent = pool.cfg.retry_budget);
+                        warn!(event = "retry_budget_exhausted", pool = %first_pool.name, budget_percent = first_pool.cfg.retry_budget);
                     }
                 }
                 return local(StatusCode::BAD_GATEWAY, "upstream request failed");
             }
         }
+    }
+}
+
+/// The answer to a request that failed by the client's fault.
+fn client_fault(f: u8) -> Response<RespBody> {
+    match f {
+        FAULT_TOO_LARGE => too_large(),
+        FAULT_SLOW => client_timeout(),
+        _ => bad_request("malformed or aborted request body"),
     }
 }

@@ -382,12 +382,12 @@ impl Node {
                     continue;
                 }
                 let since = *self.draining_since.entry(key.clone()).or_insert(now);
-                if s.state.active() == 0 {
+                if s.state.active() == 0 && s.state.in_flight() == 0 {
                     if self.drain_reported.insert(key) {
-                        info!(event = "drain_finished", pool = %pool.name, server = %s.cfg.name, "server drained: no connection left");
+                        info!(event = "drain_finished", pool = %pool.name, server = %s.cfg.name, "server drained: no connection or request left");
                     }
                 } else if now.duration_since(since) >= timeout {
-                    warn!(event = "drain_timeout", pool = %pool.name, server = %s.cfg.name, closing = s.state.active(), "drain timeout: closing remaining connections");
+                    warn!(event = "drain_timeout", pool = %pool.name, server = %s.cfg.name, closing = s.state.active(), requests = s.state.in_flight(), "drain timeout: closing remaining connections and requests");
                     s.state.kill_all();
                     self.draining_since.insert(key, now);
                 }
@@ -398,13 +398,17 @@ impl Node {
         }
         for pool in snap.pools.values() {
             self.standby_tick(pool);
+            // Queued requests may use a server whose ejection ended.
+            if pool.queued() > 0 {
+                pool.wake_any();
+            }
         }
         self.retired.retain(|l| l.counters().0 > 0);
     }
 
     /// Feeds a pool's load to its standby switch; on a change, switches
     /// the standby servers, logs and runs the hook.
-    fn standby_tick(&mut self, pool: &convoy_core::PoolRuntime) {
+    fn standby_tick(&mut self, pool: &Arc<convoy_core::PoolRuntime>) {
         let Some(sb) = &pool.cfg.standby else {
             return;
         };

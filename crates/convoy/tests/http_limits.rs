@@ -1,0 +1,249 @@
+//! HTTP gateway timeouts and fault attribution, end to end: slow clients
+//! get 408 and never reach a server, idle connections close, slow servers
+//! get 504, client faults never count against a server, a disabled
+//! listener serves nothing, and queued requests survive a reload.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use bytes::Bytes;
+use convoy_testkit::http::HttpOrigin;
+use convoy_testkit::{free_port, Convoy};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_convoy");
+
+fn cfg(port: u16, listener_extra: &str, pool_extra: &str, o: &[&HttpOrigin]) -> String {
+    let servers: String = o
+        .iter()
+        .map(|o| {
+            format!(
+                "[[pools.web.servers]]\nname = \"{}\"\naddress = \"{}\"\n",
+                o.name, o.addr
+            )
+        })
+        .collect();
+    format!(
+        "[[listeners]]\nname = \"web\"\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n{listener_extra}\n\n\
+         [pools.web]\n{pool_extra}\n{servers}"
+    )
+}
+
+/// Reads until the peer closes (or 10 s); returns what was read and how
+/// long the close took.
+async fn read_to_close(s: &mut TcpStream) -> (String, Duration) {
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    (String::from_utf8_lossy(&buf).into_owned(), t.elapsed())
+}
+
+async fn get_status(port: u16, path: &str) -> u16 {
+    let c: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let r = c
+        .get(format!("http://127.0.0.1:{port}{path}").parse().unwrap())
+        .await
+        .expect("request");
+    let st = r.status().as_u16();
+    let _ = r.into_body().collect().await;
+    st
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_get_408_and_idle_connections_close() {
+    let o = HttpOrigin::start("o", Duration::ZERO).await;
+    let port = free_port();
+    let _c = Convoy::start(
+        BIN,
+        &cfg(
+            port,
+            "header_timeout = \"600ms\"\nidle_timeout = \"1200ms\"",
+            "",
+            &[&o],
+        ),
+    )
+    .await;
+
+    // Slowloris: part of a head, then nothing.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let (text, took) = read_to_close(&mut s).await;
+    assert!(text.starts_with("HTTP/1.1 408"), "got {text:?}");
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+
+    // Bytes trickling in do not extend the header timeout.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let t = Instant::now();
+    let trickle = async {
+        for b in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+            if s.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(4), trickle).await;
+    let (text, _) = read_to_close(&mut s).await;
+    assert!(text.starts_with("HTTP/1.1 408"), "got {text:?}");
+    assert!(t.elapsed() < Duration::from_secs(4));
+
+    // A connection that sends nothing is closed quietly.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (text, took) = read_to_close(&mut s).await;
+    assert_eq!(text, "");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    // A keep-alive connection: one request, then idle until idle_timeout
+    // (longer than the header timeout: being idle is not a slow head).
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let (text, took) = read_to_close(&mut s).await;
+    assert_eq!(text, "", "an idle close sends nothing");
+    assert!(
+        took >= Duration::from_millis(1000) && took < Duration::from_secs(5),
+        "idle close after {took:?}"
+    );
+
+    // An HTTP/2 connection that goes idle is closed too.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let mut sink = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut sink)).await;
+    assert!(r.is_ok(), "an idle h2c connection must be closed");
+    assert!(
+        t.elapsed() >= Duration::from_millis(1000),
+        "{:?}",
+        t.elapsed()
+    );
+
+    assert_eq!(
+        o.seen.count.load(Ordering::SeqCst),
+        1,
+        "only the one whole request reached the origin"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_body_is_the_clients_fault_and_slow_server_gets_504() {
+    let o = HttpOrigin::start("o", Duration::ZERO).await;
+    let o2 = HttpOrigin::start("o2", Duration::ZERO).await;
+    let port = free_port();
+    // Servers are ejected after a single failure blamed on them (half of
+    // the pool may be ejected).
+    let c = Convoy::start(
+        BIN,
+        &cfg(
+            port,
+            "body_timeout = \"500ms\"\nresponse_timeout = \"700ms\"",
+            "outlier = { consecutive = 1, base_ejection = \"30s\" }\npassive = { failures = 1 }",
+            &[&o, &o2],
+        ),
+    )
+    .await;
+
+    // A body that never starts: 408 before any server is chosen.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    let (text, _) = read_to_close(&mut s).await;
+    assert!(text.starts_with("HTTP/1.1 408"), "got {text:?}");
+    // A body that stops half way, on its way to a server that waits for
+    // it: 408 again, and the server is not blamed.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"POST /x?sleep_ms=1500 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhalf")
+        .await
+        .unwrap();
+    let (text, _) = read_to_close(&mut s).await;
+    assert!(text.starts_with("HTTP/1.1 408"), "got {text:?}");
+    // An upload aborted mid-body.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"POST /x?sleep_ms=1500 HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nsome")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The server was not blamed: it still takes requests.
+    assert_eq!(get_status(port, "/fine").await, 200);
+    assert!(
+        c.events("server_ejected").is_empty(),
+        "client faults must not eject: {}",
+        c.stderr()
+    );
+
+    // A server slower than response_timeout: 504, and now it is its fault.
+    assert_eq!(get_status(port, "/slow?sleep_ms=2000").await, 504);
+    assert!(
+        convoy_testkit::wait_until(Duration::from_secs(3), || !c
+            .events("server_ejected")
+            .is_empty())
+        .await,
+        "a response timeout counts against the server"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_http_listener_serves_nothing() {
+    let o = HttpOrigin::start("o", Duration::ZERO).await;
+    let port = free_port();
+    let _c = Convoy::start(BIN, &cfg(port, "mode = \"disabled\"", "", &[&o])).await;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let (text, _) = read_to_close(&mut s).await;
+    assert_eq!(text, "");
+    assert_eq!(o.seen.count.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_requests_survive_a_reload_and_keep_their_order() {
+    let o = HttpOrigin::start("o", Duration::from_millis(300)).await;
+    let port = free_port();
+    let pool = "max_in_flight = 1\nqueue_timeout = \"10s\"";
+    let c = Convoy::start(BIN, &cfg(port, "", pool, &[&o])).await;
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        tasks.push(tokio::spawn(get_status(
+            port,
+            if i == 0 {
+                "/a"
+            } else if i == 1 {
+                "/b"
+            } else {
+                "/c"
+            },
+        )));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Reload while /b and /c wait: the queue carries over.
+    let next = cfg(port, "", &format!("{pool}\nretry_budget = 10"), &[&o]);
+    assert_eq!(c.reload(&next).await, "reload_applied");
+    // A request of the new pool queues behind them, not around them.
+    tasks.push(tokio::spawn(get_status(port, "/d")));
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let paths = o.seen.paths.lock().unwrap().clone();
+    assert_eq!(paths, ["/a", "/b", "/c", "/d"]);
+    assert_eq!(o.seen.peak.load(Ordering::SeqCst), 1);
+}
