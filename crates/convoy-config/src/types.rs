@@ -460,6 +460,16 @@ pub struct Pool {
     /// low classes never starve ("0s" = strict priority).
     #[serde(default = "default_queue_aging")]
     pub queue_aging: Dur,
+    /// HTTP: speak HTTP/2 to the servers (h2c, prior knowledge) instead
+    /// of HTTP/1.1: one multiplexed connection per server. Upgrades
+    /// (WebSocket) still use HTTP/1.1.
+    #[serde(default)]
+    pub http2: bool,
+    /// HTTP tiers: a tier whose best server's latency (peak EWMA) is above
+    /// this counts as saturated, so requests spill into the next tier (a
+    /// twentieth of them still go to it, to notice its recovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier_latency_above: Option<Dur>,
     /// The servers.
     #[serde(default)]
     pub servers: Vec<Server>,

@@ -146,7 +146,18 @@ impl PoolRuntime {
                 return Some(i);
             }
         }
-        for &tier in &self.tiers {
+        for (n, &tier) in self.tiers.iter().enumerate() {
+            let last = n + 1 == self.tiers.len();
+            if !last && self.tier_slow(tier) {
+                // Saturated by latency: spill over, but keep a trickle
+                // going so that its latency estimate can recover.
+                let k = self
+                    .tier_probe
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if k % 20 != 0 {
+                    continue;
+                }
+            }
             let ok = |i: usize| {
                 self.servers[i].cfg.tier == tier
                     && self.usable(i)
@@ -158,6 +169,22 @@ impl PoolRuntime {
             }
         }
         None
+    }
+
+    /// The tier's best usable server is slower than `tier_latency_above`.
+    fn tier_slow(&self, tier: u32) -> bool {
+        let Some(limit) = self.cfg.tier_latency_above else {
+            return false;
+        };
+        let limit_us = limit.get().as_micros() as f64;
+        let best = self
+            .servers
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| s.cfg.tier == tier && self.usable(*i))
+            .map(|(_, s)| s.state.qos().0)
+            .fold(f64::INFINITY, f64::min);
+        best.is_finite() && best > limit_us
     }
 
     fn choose_in(&self, hash: Option<u64>, ok: &dyn Fn(usize) -> bool) -> Option<usize> {

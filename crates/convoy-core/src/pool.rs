@@ -68,6 +68,9 @@ pub struct PoolRuntime {
     /// Standby servers take traffic while this is on.
     standby_on: std::sync::atomic::AtomicBool,
     counter: AtomicU64,
+    /// Requests that met a tier saturated by latency (every 20th goes to
+    /// it anyway).
+    pub(crate) tier_probe: AtomicU64,
 }
 
 impl PoolRuntime {
@@ -149,6 +152,7 @@ impl PoolRuntime {
                 ramping: false,
             }),
             counter: AtomicU64::new(prev.map_or(0, |p| p.counter.load(Ordering::Relaxed))),
+            tier_probe: AtomicU64::new(0),
         };
         pool.rebuild();
         pool

@@ -141,6 +141,8 @@ struct Shared {
     ctx: Context,
     listener: Arc<ListenerRuntime>,
     client: Upstream,
+    /// HTTP/2 (h2c) to the servers of pools with `http2 = true`.
+    client_h2: Upstream,
     header_timeout: Duration,
     idle_timeout: Duration,
     body_timeout: Duration,
@@ -284,6 +286,13 @@ pub async fn serve(
     let client: Upstream = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_timer(TokioTimer::new())
+        .build(http.clone());
+    let client_h2: Upstream = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .http2_only(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
         .build(http);
     let cfg = &listener.cfg;
     let shared = Arc::new(Shared {
@@ -295,6 +304,7 @@ pub async fn serve(
         ctx,
         listener,
         client,
+        client_h2,
     });
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -648,7 +658,12 @@ async fn handle(
                 out.headers_mut().insert(http::header::HOST, h);
             }
         }
-        *out.version_mut() = http::Version::HTTP_11;
+        let h2 = pool.cfg.http2 && upgrade.is_none();
+        *out.version_mut() = if h2 {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
         let b = match body.take() {
             Some(b) => Either::Left(b),
             None => Either::Right(Empty::new()),
@@ -656,7 +671,8 @@ async fn handle(
         let out = out.map(|_| b);
         let kill = server.state.kill_signal();
         let started = Instant::now();
-        let result = match tokio::time::timeout(sh.response_timeout, sh.client.request(out)).await {
+        let client = if h2 { &sh.client_h2 } else { &sh.client };
+        let result = match tokio::time::timeout(sh.response_timeout, client.request(out)).await {
             Ok(r) => r,
             Err(_) => {
                 match fault.load(Relaxed) {

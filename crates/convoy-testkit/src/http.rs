@@ -132,6 +132,14 @@ impl HttpOrigin {
                                         );
                                     }
                                 }
+                                r.headers_mut().insert(
+                                    "x-seen-version",
+                                    http::HeaderValue::from_static(match req.version() {
+                                        http::Version::HTTP_2 => "2",
+                                        http::Version::HTTP_10 => "1.0",
+                                        _ => "1.1",
+                                    }),
+                                );
                                 s.count.fetch_add(1, Ordering::SeqCst);
                                 s.now.fetch_sub(1, Ordering::SeqCst);
                                 Ok::<_, Infallible>(r)

@@ -247,3 +247,65 @@ async fn queued_requests_survive_a_reload_and_keep_their_order() {
     assert_eq!(paths, ["/a", "/b", "/c", "/d"]);
     assert_eq!(o.seen.peak.load(Ordering::SeqCst), 1);
 }
+
+async fn get_headers(port: u16, path: &str) -> (u16, http::HeaderMap, String) {
+    let c: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let r = c
+        .get(format!("http://127.0.0.1:{port}{path}").parse().unwrap())
+        .await
+        .expect("request");
+    let st = r.status().as_u16();
+    let h = r.headers().clone();
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    (st, h, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_may_speak_http2_to_their_servers() {
+    let o = HttpOrigin::start("o", Duration::ZERO).await;
+    let port = free_port();
+    let c = Convoy::start(BIN, &cfg(port, "", "http2 = true", &[&o])).await;
+    // Concurrent requests share the multiplexed connection.
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        tasks.push(tokio::spawn(get_headers(port, "/?sleep_ms=50")));
+    }
+    for t in tasks {
+        let (st, h, _) = t.await.unwrap();
+        assert_eq!(st, 200);
+        assert_eq!(h["x-seen-version"], "2", "the origin got HTTP/2");
+    }
+    // And back to HTTP/1.1 by reload.
+    assert_eq!(c.reload(&cfg(port, "", "", &[&o])).await, "reload_applied");
+    let (_, h, _) = get_headers(port, "/").await;
+    assert_eq!(h["x-seen-version"], "1.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_tier_spills_into_the_next() {
+    let slow = HttpOrigin::start("slow", Duration::from_millis(60)).await;
+    let backup = HttpOrigin::start("backup", Duration::ZERO).await;
+    let port = free_port();
+    let text = format!(
+        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n\
+         [pools.web]\ntier_latency_above = \"20ms\"\n\
+         [[pools.web.servers]]\nname = \"slow\"\naddress = \"{}\"\n\
+         [[pools.web.servers]]\nname = \"backup\"\naddress = \"{}\"\ntier = 1\n",
+        slow.addr, backup.addr
+    );
+    let _c = Convoy::start(BIN, &text).await;
+    // Tier 0 takes the first request (no latency known yet).
+    let (_, _, first) = get_headers(port, "/").await;
+    assert_eq!(first, "slow");
+    let mut backup_n = 0;
+    for _ in 0..100 {
+        let (st, _, who) = get_headers(port, "/").await;
+        assert_eq!(st, 200);
+        if who == "backup" {
+            backup_n += 1;
+        }
+    }
+    // Every request but the one-in-twenty probes goes to tier 1.
+    assert!(backup_n >= 90, "backup got {backup_n} of 100");
+    assert!(backup_n < 100, "tier 0 still gets probes");
+}
