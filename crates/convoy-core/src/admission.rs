@@ -154,7 +154,7 @@ impl PoolRuntime {
                 let k = self
                     .tier_probe
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if k % 20 != 0 {
+                if !k.is_multiple_of(20) {
                     continue;
                 }
             }
