@@ -743,6 +743,11 @@ async fn handle(
                     warn!(event = "server_ejected", pool = %pool.name, server = %server.cfg.name, ejection_ms = ms, reason = "consecutive errors");
                 }
                 let connect = e.is_connect();
+                // The request failed before any response byte. One that
+                // never reached the server (connect error) may go to
+                // another; so may a bodiless idempotent one whose
+                // connection was reset (it can be repeated safely).
+                let retry_safe = connect || idempotent(&parts.method);
                 if connect {
                     let _ = sh.ctx.events.send(DataEvent::Failure {
                         server: Arc::clone(&server.state),
@@ -751,7 +756,7 @@ async fn handle(
                 }
                 drop(slot);
                 debug!(server = %server.cfg.name, error = %e, connect, "upstream request failed");
-                if connect && replayable {
+                if retry_safe && replayable {
                     if first_pool.take_retry() {
                         if let Some(t) = first_pool.index_of(&server.cfg.name) {
                             tried.push(t);
@@ -766,6 +771,20 @@ async fn handle(
             }
         }
     }
+}
+
+/// Methods that may be sent twice (RFC 9110 §9.2.2).
+fn idempotent(m: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(m)
 }
 
 /// The answer to a request that failed by the client's fault.

@@ -309,3 +309,64 @@ async fn a_slow_tier_spills_into_the_next() {
     assert!(backup_n >= 90, "backup got {backup_n} of 100");
     assert!(backup_n < 100, "tier 0 still gets probes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_requests_are_retried_after_a_reset_others_are_not() {
+    // A server that accepts, reads the request and closes without an
+    // answer, next to a good one.
+    let bad = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bad_addr = bad.local_addr().unwrap();
+    let resets = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let r2 = std::sync::Arc::clone(&resets);
+    let bad_task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = bad.accept().await else {
+                continue;
+            };
+            let r3 = std::sync::Arc::clone(&r2);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                r3.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let good = HttpOrigin::start("good", Duration::ZERO).await;
+    let port = free_port();
+    let text = format!(
+        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n\
+         [pools.web]\nretry_budget = 100\noutlier = {{ consecutive = 0 }}\npassive = {{ failures = 0 }}\n\
+         [[pools.web.servers]]\nname = \"bad\"\naddress = \"{bad_addr}\"\n\
+         [[pools.web.servers]]\nname = \"good\"\naddress = \"{}\"\n",
+        good.addr
+    );
+    let _c = Convoy::start(BIN, &text).await;
+    for _ in 0..10 {
+        assert_eq!(get_status(port, "/").await, 200, "GET is retried");
+    }
+    assert!(
+        resets.load(Ordering::SeqCst) >= 4,
+        "the bad server was tried"
+    );
+    // A DELETE is idempotent too; a POST (even bodiless) is not repeated.
+    let mut post_502 = 0;
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(
+            b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let (text, _) = read_to_close(&mut s).await;
+        if text.starts_with("HTTP/1.1 502") {
+            post_502 += 1;
+        } else {
+            assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
+        }
+    }
+    assert!(
+        post_502 >= 3,
+        "POSTs reaching the bad server fail: {post_502}"
+    );
+    bad_task.abort();
+}
