@@ -22,6 +22,71 @@ pub struct Config {
     /// Server farms by name.
     #[serde(default)]
     pub pools: BTreeMap<String, Pool>,
+    /// The admin API, metrics and dashboard.
+    #[serde(default)]
+    pub admin: Admin,
+}
+
+/// The admin API of the node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Serve the admin API (default true).
+    pub enabled: bool,
+    /// Address of the admin API, metrics and dashboard (default
+    /// 127.0.0.1:9900). A non-loopback address needs a token.
+    pub address: std::net::SocketAddr,
+    /// The bearer token, written in the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Name of an environment variable holding the token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// A file holding the token (surrounding whitespace ignored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            enabled: true,
+            address: std::net::SocketAddr::from(([127, 0, 0, 1], 9900)),
+            token: None,
+            token_env: None,
+            token_file: None,
+        }
+    }
+}
+
+impl Admin {
+    /// The token in force: from `token`, `token_env` or `token_file`
+    /// (at most one may be set; `validate` checks). An error names the
+    /// source that could not be read; the token itself is never included.
+    pub fn resolve_token(&self) -> Result<Option<String>, String> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.clone()));
+        }
+        if let Some(var) = &self.token_env {
+            return match std::env::var(var) {
+                Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_string())),
+                _ => Err(format!(
+                    "admin.token_env: environment variable {var} is not set or empty"
+                )),
+            };
+        }
+        if let Some(path) = &self.token_file {
+            return match std::fs::read_to_string(path) {
+                Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_string())),
+                Ok(_) => Err(format!("admin.token_file: {} is empty", path.display())),
+                Err(e) => Err(format!(
+                    "admin.token_file: cannot read {}: {e}",
+                    path.display()
+                )),
+            };
+        }
+        Ok(None)
+    }
 }
 
 /// Node-wide settings.

@@ -23,6 +23,31 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
         );
     }
 
+    let a = &cfg.admin;
+    let sources = [
+        a.token.is_some(),
+        a.token_env.is_some(),
+        a.token_file.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    if sources > 1 {
+        err(
+            "admin".into(),
+            "set only one of token, token_env, token_file".into(),
+        );
+    }
+    if a.token.as_deref().is_some_and(|t| t.trim().len() < 8) {
+        err("admin.token".into(), "must be at least 8 characters".into());
+    }
+    if a.enabled && sources == 0 && !a.address.ip().is_loopback() {
+        err(
+            "admin.address".into(),
+            format!("{} is not a loopback address: set admin.token (or token_env, token_file) so that the admin API is not open to the network", a.address),
+        );
+    }
+
     let mut names = HashSet::new();
     // TCP and HTTP listeners both bind TCP sockets: they share one
     // address space, UDP has its own.

@@ -38,6 +38,14 @@ pub struct Admission {
     /// costs 100; capped at a burst of 10 retries (none with a budget
     /// of 0).
     retry_tokens: std::sync::atomic::AtomicI64,
+    /// Time spent waiting by requests that got a slot from the queue.
+    pub wait: crate::hist::Histogram,
+    /// Requests refused because the queue was full.
+    pub full: std::sync::atomic::AtomicU64,
+    /// Requests that waited `queue_timeout` in vain.
+    pub timeouts: std::sync::atomic::AtomicU64,
+    /// Retries taken from the budget.
+    pub retries: std::sync::atomic::AtomicU64,
 }
 
 const RETRY_BURST: i64 = 10 * 100;
@@ -76,6 +84,10 @@ impl Admission {
             } else {
                 RETRY_BURST
             }),
+            wait: Default::default(),
+            full: Default::default(),
+            timeouts: Default::default(),
+            retries: Default::default(),
         }
     }
 
@@ -257,8 +269,154 @@ impl PoolRuntime {
     }
 
     /// Asks for a slot for a request of `cost` and priority `class`.
-    /// `tried` lists servers this request already failed on.
+    /// `tried` lists servers this request already failed on. Every
+    /// sixteenth choice, and every request that could not get a slot at
+    /// once, is kept for `explain`.
     pub fn admit(&self, aff: Affinity, cost: u32, class: usize, tried: &[usize]) -> Admit {
+        let a = self.admit_inner(aff, cost, class, tried);
+        let (outcome, server) = match &a {
+            Admit::Slot(i) => ("slot", Some(*i)),
+            Admit::Queued(..) => ("queued", None),
+            Admit::Full => ("queue_full", None),
+            Admit::NoServer => ("no_server", None),
+        };
+        let n = self
+            .explain_sample
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if server.is_none() || n.is_multiple_of(16) || !tried.is_empty() {
+            self.note_decision(outcome, server, class, cost, tried, aff);
+        }
+        a
+    }
+
+    fn note_decision(
+        &self,
+        outcome: &str,
+        server: Option<usize>,
+        class: usize,
+        cost: u32,
+        tried: &[usize],
+        aff: Affinity,
+    ) {
+        let s = server.map(|i| {
+            let e = &self.servers[i];
+            let (lat, err) = e.state.qos();
+            serde_json::json!({
+                "name": e.cfg.name,
+                "tier": e.cfg.tier,
+                "in_flight": e.state.in_flight(),
+                "latency_us": lat.round(),
+                "error_rate": err,
+            })
+        });
+        let d = serde_json::json!({
+            "at_ms": clock::now_ms(),
+            "outcome": outcome,
+            "server": s,
+            "class": class,
+            "cost": cost,
+            "retry_of": tried.iter().map(|&i| self.servers[i].cfg.name.clone()).collect::<Vec<_>>(),
+            "sticky": aff.prefer.map(|i| self.servers[i].cfg.name.clone()),
+            "queue_length": self.queued(),
+        });
+        let mut r = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if r.len() >= 32 {
+            r.pop_front();
+        }
+        r.push_back(d);
+    }
+
+    /// Why requests go where they go: each server's candidacy (usable?
+    /// room? score), the tiers, the queue, and the recent decisions.
+    pub fn explain(&self) -> serde_json::Value {
+        let servers: Vec<serde_json::Value> = self
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let st = &e.state;
+                let mut why_not = Vec::new();
+                if !st.is_up() {
+                    why_not.push("down".to_string());
+                }
+                match st.admin() {
+                    crate::AdminState::Enabled => {}
+                    crate::AdminState::Draining => why_not.push("draining".into()),
+                    crate::AdminState::Disabled => why_not.push("disabled".into()),
+                }
+                if st.is_ejected() {
+                    why_not.push("ejected as an outlier".into());
+                }
+                if !self.standby_allows(i) {
+                    why_not.push("standby server, switched off".into());
+                }
+                if !self.room(i) {
+                    why_not.push("at its max_in_flight".into());
+                }
+                let (lat, err) = st.qos();
+                let out = st.outstanding_cost();
+                serde_json::json!({
+                    "name": e.cfg.name,
+                    "tier": e.cfg.tier,
+                    "weight": e.cfg.weight,
+                    "effective_weight": self.http_weight(i) as f64 / 100.0,
+                    "candidate": why_not.is_empty(),
+                    "why_not": why_not,
+                    "in_flight": st.in_flight(),
+                    "max_in_flight": e.cfg.limit(&self.cfg),
+                    "outstanding_cost": out,
+                    "latency_us": lat.round(),
+                    "error_rate": err,
+                    "qos_score": convoy_balance::ewma::qos_score(lat, out, err, 10.0, self.http_weight(i)),
+                    "ejections": st.ejections(),
+                })
+            })
+            .collect();
+        let tiers: Vec<serde_json::Value> = self
+            .tiers
+            .iter()
+            .map(|&t| {
+                let open = (0..self.servers.len())
+                    .filter(|&i| self.servers[i].cfg.tier == t && self.usable(i) && self.room(i))
+                    .count();
+                serde_json::json!({
+                    "tier": t,
+                    "servers_with_room": open,
+                    "saturated": open == 0,
+                    "slow": self.tier_slow(t),
+                })
+            })
+            .collect();
+        let recent: Vec<serde_json::Value> = self
+            .recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .rev()
+            .cloned()
+            .collect();
+        serde_json::json!({
+            "pool": self.name,
+            "algorithm": self.cfg.algorithm,
+            "rule": match self.cfg.algorithm {
+                Algorithm::RoundRobin => "smooth weighted round robin over candidates of the lowest tier with room",
+                Algorithm::LeastOutstanding => "least outstanding cost per unit of weight, lowest tier with room",
+                Algorithm::Qos => "power of two choices: of two random candidates, the lower qos_score (latency x load, errors penalized)",
+                Algorithm::Hash => "consistent hash of the request's key; the least loaded other candidate when its server is full",
+            },
+            "queue": {
+                "length": self.queued(),
+                "max": self.cfg.queue_max,
+                "timeout_ms": self.cfg.queue_timeout.get().as_millis() as u64,
+            },
+            "standby_on": self.standby_is_on(),
+            "tiers": tiers,
+            "servers": servers,
+            "recent": recent,
+        })
+    }
+
+    fn admit_inner(&self, aff: Affinity, cost: u32, class: usize, tried: &[usize]) -> Admit {
         let mut q = self
             .admission
             .queue
@@ -279,7 +437,12 @@ impl PoolRuntime {
         let (tx, rx) = oneshot::channel();
         match q.push(Waiter { cost, tx }, class, clock::now_ms()) {
             Ok(t) => Admit::Queued(t, rx),
-            Err(_) => Admit::Full,
+            Err(_) => {
+                self.admission
+                    .full
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Admit::Full
+            }
         }
     }
 
@@ -318,6 +481,7 @@ impl PoolRuntime {
         while let Some((w, waited)) = q.pop(clock::now_ms()) {
             s.begin_request(w.cost);
             if w.tx.send((Arc::clone(self), i)).is_ok() {
+                self.admission.wait.observe(waited * 1000);
                 return Some(waited);
             }
             s.end_request(w.cost);
@@ -337,12 +501,14 @@ impl PoolRuntime {
             let Some(i) = self.choose_with_room(Affinity::default(), &[]) else {
                 return;
             };
-            let Some((w, _)) = q.pop(clock::now_ms()) else {
+            let Some((w, waited)) = q.pop(clock::now_ms()) else {
                 return;
             };
             self.servers[i].state.begin_request(w.cost);
             if w.tx.send((Arc::clone(self), i)).is_err() {
                 self.servers[i].state.end_request(w.cost);
+            } else {
+                self.admission.wait.observe(waited * 1000);
             }
         }
     }
@@ -373,7 +539,16 @@ impl PoolRuntime {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
                 (v >= 100).then(|| v - 100)
             })
+            .inspect(|_| {
+                self.admission.retries.fetch_add(1, Ordering::Relaxed);
+            })
             .is_ok()
+    }
+
+    /// Admission counters shared across reloads (queue wait histogram,
+    /// refusals, timeouts, retries).
+    pub fn admission(&self) -> &Admission {
+        &self.admission
     }
 
     /// Feeds a request outcome on server `i` to outlier ejection; returns

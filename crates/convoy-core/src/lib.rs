@@ -12,6 +12,9 @@
 pub mod admission;
 pub mod clock;
 pub mod context;
+pub mod control;
+pub mod events;
+pub mod hist;
 pub mod listener;
 pub mod pool;
 pub mod query;

@@ -50,6 +50,11 @@ pub struct ListenerRuntime {
     failed: AtomicU64,
     current: Mutex<Option<Arc<ServerState>>>,
     sticky: Mutex<HashMap<u64, (Arc<ServerState>, u64)>>,
+    requests: AtomicU64,
+    /// Operator state: 0 enabled, 1 draining (no new connections),
+    /// 2 disabled (no new connections, open ones closed).
+    admin: std::sync::atomic::AtomicU8,
+    kill: tokio::sync::watch::Sender<u64>,
 }
 
 /// Why no server was chosen.
@@ -74,7 +79,47 @@ impl ListenerRuntime {
             failed: AtomicU64::new(0),
             current: Mutex::new(None),
             sticky: Mutex::new(HashMap::new()),
+            requests: AtomicU64::new(0),
+            admin: std::sync::atomic::AtomicU8::new(0),
+            kill: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Counts an HTTP request.
+    pub fn count_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// HTTP requests since start.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Operator state of the listener (set by the admin API).
+    pub fn admin(&self) -> crate::AdminState {
+        match self.admin.load(Ordering::Relaxed) {
+            0 => crate::AdminState::Enabled,
+            1 => crate::AdminState::Draining,
+            _ => crate::AdminState::Disabled,
+        }
+    }
+
+    /// Sets the operator state; disabling closes every open connection.
+    pub fn set_admin(&self, a: crate::AdminState) {
+        self.admin.store(a as u8, Ordering::Relaxed);
+        if a == crate::AdminState::Disabled {
+            self.kill.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// New connections are accepted (mode and operator state).
+    pub fn takes_new(&self) -> bool {
+        self.cfg.mode != FilterMode::Disabled && self.admin.load(Ordering::Relaxed) == 0
+    }
+
+    /// Changes when the listener's open connections must close.
+    pub fn kill_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.kill.subscribe()
     }
 
     fn affinity(&self) -> AffinityKind {
@@ -93,6 +138,10 @@ impl ListenerRuntime {
         client: IpAddr,
         tried: &[usize],
     ) -> Result<usize, NoServer> {
+        if self.admin.load(Ordering::Relaxed) != 0 {
+            // Drained or disabled by the operator.
+            return Err(NoServer::Disabled);
+        }
         match self.cfg.mode {
             FilterMode::Disabled => Err(NoServer::Disabled),
             FilterMode::Single => self.choose_single(pool, tried),

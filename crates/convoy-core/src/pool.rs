@@ -71,6 +71,9 @@ pub struct PoolRuntime {
     /// Requests that met a tier saturated by latency (every 20th goes to
     /// it anyway).
     pub(crate) tier_probe: AtomicU64,
+    /// Recent admission decisions, for `explain`.
+    pub(crate) recent: std::sync::Mutex<std::collections::VecDeque<serde_json::Value>>,
+    pub(crate) explain_sample: AtomicU64,
 }
 
 impl PoolRuntime {
@@ -153,6 +156,8 @@ impl PoolRuntime {
             }),
             counter: AtomicU64::new(prev.map_or(0, |p| p.counter.load(Ordering::Relaxed))),
             tier_probe: AtomicU64::new(0),
+            recent: Default::default(),
+            explain_sample: AtomicU64::new(0),
         };
         pool.rebuild();
         pool

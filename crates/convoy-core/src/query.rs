@@ -12,6 +12,8 @@ use crate::{ListenerRuntime, Snapshot};
 pub struct Query {
     /// Node name.
     pub node: String,
+    /// Serving state: converging, converged, draining, stopped, suspended.
+    pub state: String,
     /// Listeners.
     pub listeners: Vec<ListenerView>,
     /// Pools.
@@ -27,6 +29,14 @@ pub struct ListenerView {
     pub address: String,
     /// Pool.
     pub pool: String,
+    /// "tcp", "udp" or "http".
+    pub protocol: convoy_config::Protocol,
+    /// Operator state: enabled, draining (no new connections) or disabled.
+    pub admin: AdminState,
+    /// Takes new connections (mode and operator state).
+    pub enabled: bool,
+    /// HTTP requests since start.
+    pub requests: u64,
     /// Current connections or flows.
     pub active: u64,
     /// Accepted since start.
@@ -46,6 +56,12 @@ pub struct PoolView {
     pub eligible: usize,
     /// HTTP requests waiting in the queue.
     pub queued: usize,
+    /// Queue bound.
+    pub queue_max: usize,
+    /// Per-request algorithm (HTTP).
+    pub algorithm: convoy_config::Algorithm,
+    /// Standby servers are switched on.
+    pub standby_on: bool,
     /// Servers grouped by zone, zones in name order.
     pub zones: Vec<ZoneView>,
 }
@@ -72,6 +88,12 @@ pub struct ServerView {
     pub weight: u32,
     /// Priority (single mode).
     pub priority: u32,
+    /// Tier (HTTP).
+    pub tier: u32,
+    /// A standby server (HTTP).
+    pub standby: bool,
+    /// High-water mark (0: none).
+    pub max_in_flight: u32,
     /// "up" or "down".
     pub health: &'static str,
     /// Operator state.
@@ -90,6 +112,12 @@ pub struct ServerView {
     pub requests: u64,
     /// Latency EWMA (µs) to response headers.
     pub latency_us: f64,
+    /// Median latency (µs) over the last 5-10 s (lifetime when idle).
+    pub p50_us: Option<f64>,
+    /// 99th percentile latency (µs), same window.
+    pub p99_us: Option<f64>,
+    /// Failed HTTP requests (connect, timeout, reset, 5xx) since start.
+    pub errors: u64,
     /// Recent error rate (0..1).
     pub error_rate: f64,
     /// Ejected as an outlier now.
@@ -102,6 +130,16 @@ pub struct ServerView {
 
 /// Builds the view.
 pub fn query(snap: &Snapshot, listeners: &[std::sync::Arc<ListenerRuntime>]) -> Query {
+    query_with(snap, listeners, &Default::default())
+}
+
+/// Builds the view; latency quantiles cover what each server's histogram
+/// recorded since the reading in `earlier` (keyed by pool and server).
+pub fn query_with(
+    snap: &Snapshot,
+    listeners: &[std::sync::Arc<ListenerRuntime>],
+    earlier: &std::collections::HashMap<(String, String), crate::hist::Reading>,
+) -> Query {
     let listeners = listeners
         .iter()
         .map(|l| {
@@ -110,6 +148,10 @@ pub fn query(snap: &Snapshot, listeners: &[std::sync::Arc<ListenerRuntime>]) -> 
                 name: l.cfg.name.clone(),
                 address: l.cfg.address.to_string(),
                 pool: l.cfg.pool.clone(),
+                protocol: l.cfg.protocol,
+                admin: l.admin(),
+                enabled: l.takes_new(),
+                requests: l.requests(),
                 active,
                 accepted,
                 refused,
@@ -124,11 +166,23 @@ pub fn query(snap: &Snapshot, listeners: &[std::sync::Arc<ListenerRuntime>]) -> 
             let mut zones: std::collections::BTreeMap<&str, Vec<ServerView>> = Default::default();
             for s in &p.servers {
                 let (bytes_in, bytes_out) = s.state.bytes();
+                let now = s.state.latency.read();
+                let window = match earlier.get(&(p.name.clone(), s.cfg.name.clone())) {
+                    Some(e) if now.count > e.count => now.since(e),
+                    _ => now,
+                };
+                let errors = crate::state::ErrorKind::ALL
+                    .iter()
+                    .map(|k| s.state.errors(*k))
+                    .sum();
                 zones.entry(&s.cfg.zone).or_default().push(ServerView {
                     name: s.cfg.name.clone(),
                     address: s.cfg.address.0.to_string(),
                     weight: s.cfg.weight,
                     priority: s.cfg.priority,
+                    tier: s.cfg.tier,
+                    standby: s.cfg.standby,
+                    max_in_flight: s.cfg.limit(&p.cfg),
                     health: if s.state.is_up() { "up" } else { "down" },
                     admin: s.state.admin(),
                     active: s.state.active(),
@@ -138,6 +192,9 @@ pub fn query(snap: &Snapshot, listeners: &[std::sync::Arc<ListenerRuntime>]) -> 
                     outstanding_cost: s.state.outstanding_cost(),
                     requests: s.state.requests(),
                     latency_us: s.state.qos().0,
+                    p50_us: window.quantile(0.5),
+                    p99_us: window.quantile(0.99),
+                    errors,
                     error_rate: s.state.qos().1,
                     ejected: s.state.is_ejected(),
                     bytes_in,
@@ -148,6 +205,9 @@ pub fn query(snap: &Snapshot, listeners: &[std::sync::Arc<ListenerRuntime>]) -> 
                 name: p.name.clone(),
                 eligible: p.tables().eligible,
                 queued: p.queued(),
+                queue_max: p.cfg.queue_max,
+                algorithm: p.cfg.algorithm,
+                standby_on: p.standby_is_on(),
                 zones: zones
                     .into_iter()
                     .map(|(z, servers)| ZoneView {
@@ -162,6 +222,7 @@ pub fn query(snap: &Snapshot, listeners: &[std::sync::Arc<ListenerRuntime>]) -> 
     pools.sort_by(|a, b| a.name.cmp(&b.name));
     Query {
         node: snap.config.node.name.clone(),
+        state: String::new(),
         listeners,
         pools,
     }

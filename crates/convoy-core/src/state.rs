@@ -44,6 +44,43 @@ pub struct ServerState {
     qos: std::sync::Mutex<Qos>,
     outlier: std::sync::Mutex<convoy_balance::outlier::OutlierState>,
     ejected_until_ms: AtomicU64,
+    /// HTTP latency to the response head.
+    pub latency: crate::hist::Histogram,
+    errors: [AtomicU64; 4],
+    ejections: AtomicU64,
+}
+
+/// Kinds of failed HTTP requests, counted per server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The connect failed.
+    Connect = 0,
+    /// No response head within `response_timeout`.
+    Timeout = 1,
+    /// Reset, closed or malformed answer before a response head.
+    Reset = 2,
+    /// A 5xx response.
+    Status5xx = 3,
+}
+
+impl ErrorKind {
+    /// Every kind, in label order.
+    pub const ALL: [ErrorKind; 4] = [
+        ErrorKind::Connect,
+        ErrorKind::Timeout,
+        ErrorKind::Reset,
+        ErrorKind::Status5xx,
+    ];
+
+    /// Label value for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Reset => "reset",
+            ErrorKind::Status5xx => "status_5xx",
+        }
+    }
 }
 
 /// Request-level quality of a server: peak-EWMA latency and an EWMA of the
@@ -78,6 +115,9 @@ impl ServerState {
             requests: AtomicU64::new(0),
             outlier: std::sync::Mutex::new(Default::default()),
             ejected_until_ms: AtomicU64::new(0),
+            latency: Default::default(),
+            errors: Default::default(),
+            ejections: AtomicU64::new(0),
             qos: std::sync::Mutex::new(Qos {
                 latency: convoy_balance::ewma::PeakEwma::new(1000.0, 1_000, clock::now_ms()),
                 error_rate: 0.0,
@@ -240,6 +280,21 @@ impl ServerState {
         q.error_rate = q.error_rate * 0.9 + x * 0.1;
     }
 
+    /// Counts a failed HTTP request of `kind`.
+    pub fn count_error(&self, kind: ErrorKind) {
+        self.errors[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Failed HTTP requests of `kind` since start.
+    pub fn errors(&self, kind: ErrorKind) -> u64 {
+        self.errors[kind as usize].load(Ordering::Relaxed)
+    }
+
+    /// Times the server was ejected as an outlier.
+    pub fn ejections(&self) -> u64 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
     /// Ejected as an outlier now.
     pub fn is_ejected(&self) -> bool {
         let until = self.ejected_until_ms.load(Ordering::Acquire);
@@ -259,6 +314,7 @@ impl ServerState {
         let mut o = self.outlier.lock().unwrap_or_else(|e| e.into_inner());
         let until = o.record(ok, now, cfg, allowed)?;
         self.ejected_until_ms.store(until, Ordering::Release);
+        self.ejections.fetch_add(1, Ordering::Relaxed);
         Some(until - now)
     }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use convoy_core::admission::{Admit, Affinity, Grant};
 use convoy_core::context::{Context, DataEvent};
+use convoy_core::state::ErrorKind;
 use convoy_core::{ListenerRuntime, PoolRuntime};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
@@ -320,9 +321,9 @@ pub async fn serve(
             },
             _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
         };
-        if shared.listener.cfg.mode == convoy_config::FilterMode::Disabled {
-            // A disabled listener takes no traffic: the connection is
-            // closed at once, as on TCP listeners.
+        if !shared.listener.takes_new() {
+            // A disabled (or operator-drained) listener takes no new
+            // connection: it is closed at once, as on TCP listeners.
             shared.listener.count_failed();
             if shared.listener.failed_log.allow() {
                 info!(event = "no_server", listener = %shared.listener.cfg.name, client = %peer, reason = "listener disabled");
@@ -383,6 +384,8 @@ pub async fn serve(
             tokio::pin!(conn);
             let mut kill = sh.ctx.kill.clone();
             kill.mark_unchanged();
+            let mut lkill = sh.listener.kill_signal();
+            lkill.mark_unchanged();
             tokio::select! {
                 r = conn.as_mut() => {
                     if let Err(e) = r {
@@ -394,9 +397,11 @@ pub async fn serve(
                     tokio::select! {
                         _ = conn.as_mut() => {}
                         _ = kill.changed() => {}
+                        _ = lkill.changed() => {}
                     }
                 }
                 _ = kill.changed() => {}
+                _ = lkill.changed() => {}
             }
             sh.listener.release();
         });
@@ -521,6 +526,7 @@ async fn handle(
 ) -> Response<RespBody> {
     use std::sync::atomic::Ordering::Relaxed;
     let l = &sh.listener;
+    l.count_request();
     let snap = sh.ctx.snapshot.load_full();
     let d = decide(&l.cfg, &req);
     let Some(first_pool) = snap.pools.get(d.pool).cloned() else {
@@ -627,7 +633,10 @@ async fn handle(
                         q.rx = None;
                         grant
                     }
-                    _ => return unavailable("queue timeout", timeout.as_secs().max(1)),
+                    _ => {
+                        first_pool.admission().timeouts.fetch_add(1, Relaxed);
+                        return unavailable("queue timeout", timeout.as_secs().max(1));
+                    }
                 }
             }
         };
@@ -683,6 +692,7 @@ async fn handle(
                 server
                     .state
                     .observe(started.elapsed().as_micros() as f64, true);
+                server.state.count_error(ErrorKind::Timeout);
                 if let Some(ms) = pool.record_outcome(idx, false) {
                     warn!(event = "server_ejected", pool = %pool.name, server = %server.cfg.name, ejection_ms = ms, reason = "response timeouts");
                 }
@@ -694,9 +704,12 @@ async fn handle(
             Ok(resp) => {
                 let status = resp.status();
                 let failed = status.is_server_error();
-                server
-                    .state
-                    .observe(started.elapsed().as_micros() as f64, failed);
+                let us = started.elapsed().as_micros();
+                server.state.observe(us as f64, failed);
+                server.state.latency.observe(us as u64);
+                if failed {
+                    server.state.count_error(ErrorKind::Status5xx);
+                }
                 if let Some(ms) = pool.record_outcome(idx, !failed) {
                     warn!(event = "server_ejected", pool = %pool.name, server = %server.cfg.name, ejection_ms = ms, reason = "consecutive 5xx");
                 }
@@ -743,6 +756,11 @@ async fn handle(
                     warn!(event = "server_ejected", pool = %pool.name, server = %server.cfg.name, ejection_ms = ms, reason = "consecutive errors");
                 }
                 let connect = e.is_connect();
+                server.state.count_error(if connect {
+                    ErrorKind::Connect
+                } else {
+                    ErrorKind::Reset
+                });
                 // The request failed before any response byte. One that
                 // never reached the server (connect error) may go to
                 // another; so may a bodiless idempotent one whose

@@ -142,7 +142,7 @@ async fn handle(ctx: &Context, l: &ListenerRuntime, client: TcpStream, peer: Soc
             return;
         }
     }
-    let mut kills = [ctx.kill.clone(), entry.state.kill_signal()];
+    let mut kills = [ctx.kill.clone(), entry.state.kill_signal(), l.kill_signal()];
     for k in kills.iter_mut() {
         k.mark_unchanged();
     }

@@ -177,8 +177,10 @@ async fn new_flow(
     let events = ctx.events.clone();
     let mut kill = ctx.kill.clone();
     let mut server_kill = entry.state.kill_signal();
+    let mut listener_kill = l.kill_signal();
     kill.mark_unchanged();
     server_kill.mark_unchanged();
+    listener_kill.mark_unchanged();
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65_536];
         loop {
@@ -189,6 +191,7 @@ async fn new_flow(
                 _ = stop.wait_for(|s| *s) => break,
                 _ = kill.changed() => break,
                 _ = server_kill.changed() => break,
+                _ = listener_kill.changed() => break,
             };
             match r {
                 Ok(Ok(n)) => {

@@ -246,11 +246,16 @@ impl Convoy {
     pub async fn start(bin: &str, config: &str) -> Convoy {
         let dir = temp_dir("node");
         let path = dir.join("convoy.toml");
-        let full = if config.contains("[node]") {
+        let mut full = if config.contains("[node]") {
             config.replace("[node]", "[node]\nlog_format = \"json\"")
         } else {
             format!("[node]\nlog_format = \"json\"\n\n{config}")
         };
+        // Tests run side by side: each node's admin API gets a free port
+        // (see `admin_addr`) unless the config chooses.
+        if !full.contains("[admin]") {
+            full.push_str("\n[admin]\naddress = \"127.0.0.1:0\"\n");
+        }
         std::fs::write(&path, full).expect("write config");
         let mut child = Command::new(bin)
             .arg("run")
@@ -288,6 +293,14 @@ impl Convoy {
             panic!("convoy did not become ready; stderr:\n{}", c.stderr());
         }
         c
+    }
+
+    /// The admin API's address, from the node's `admin_listening` event.
+    pub fn admin_addr(&self) -> String {
+        self.events("admin_listening")
+            .first()
+            .and_then(|e| e["address"].as_str().map(String::from))
+            .expect("the node logged no admin_listening event")
     }
 
     /// Every captured stderr line.
@@ -329,11 +342,16 @@ impl Convoy {
 
     /// Replaces the config file (same `[node]` treatment as `start`).
     pub fn write_config(&self, config: &str) {
-        let full = if config.contains("[node]") {
+        let mut full = if config.contains("[node]") {
             config.replace("[node]", "[node]\nlog_format = \"json\"")
         } else {
             format!("[node]\nlog_format = \"json\"\n\n{config}")
         };
+        // Tests run side by side: each node's admin API gets a free port
+        // (see `admin_addr`) unless the config chooses.
+        if !full.contains("[admin]") {
+            full.push_str("\n[admin]\naddress = \"127.0.0.1:0\"\n");
+        }
         std::fs::write(&self.config, full).expect("write config");
     }
 

@@ -1,6 +1,7 @@
 //! `convoy demo`: three small HTTP servers on loopback, each answering with
-//! its name, weight and zone, behind a convoy TCP listener; shows weighted
-//! balancing with nothing to install. Ctrl-C stops everything.
+//! its name, weight and zone, behind a convoy HTTP listener, with the
+//! dashboard on the admin address; shows weighted balancing with nothing
+//! to install. Ctrl-C stops everything.
 
 use std::net::SocketAddr;
 
@@ -62,7 +63,11 @@ async fn serve_conn(mut s: TcpStream, body: &str) -> std::io::Result<()> {
 }
 
 /// Runs the demo until Ctrl-C.
-pub async fn run(listen: &str) -> anyhow::Result<()> {
+pub async fn run(
+    listen: &str,
+    admin: &str,
+    ring: std::sync::Arc<convoy_core::events::EventRing>,
+) -> anyhow::Result<()> {
     let mut servers = String::new();
     for (name, weight, zone) in SERVERS {
         let l = TcpListener::bind("127.0.0.1:0").await?;
@@ -74,7 +79,7 @@ pub async fn run(listen: &str) -> anyhow::Result<()> {
         ));
     }
     let text = format!(
-        "[node]\nname = \"demo\"\ndrain_timeout = \"5s\"\n\n[[listeners]]\nname = \"web\"\naddress = \"{listen}\"\npool = \"demo\"\n\n[pools.demo]\nslow_start = \"0s\"\n\n{servers}"
+        "[node]\nname = \"demo\"\ndrain_timeout = \"5s\"\n\n[admin]\naddress = \"{admin}\"\n\n[[listeners]]\nname = \"web\"\nprotocol = \"http\"\naddress = \"{listen}\"\npool = \"demo\"\n\n[pools.demo]\nslow_start = \"0s\"\n\n{servers}"
     );
     let cfg = Config::parse("demo", &text).map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("convoy demo: three HTTP servers behind a balancer on {listen}\n");
@@ -88,8 +93,10 @@ pub async fn run(listen: &str) -> anyhow::Result<()> {
     println!("\n  try:");
     println!("    curl http://{listen}/");
     println!("    for i in $(seq 12); do curl -s http://{listen}/; done | sort | uniq -c");
-    println!("  the dashboard and admin API arrive with the control-plane work;");
-    println!("  until then `kill -USR2 <pid>` logs the node's state.\n");
+    println!("  dashboard: http://{admin}/   (drain or enable a server there)");
+    println!("  or from the shell: convoy ctl --admin {admin} query\n");
     println!("  Ctrl-C stops everything.\n");
-    crate::node::run(cfg, None).await.context("demo balancer")
+    crate::node::run(cfg, None, ring)
+        .await
+        .context("demo balancer")
 }

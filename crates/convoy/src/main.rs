@@ -2,7 +2,9 @@
 //! control plane lives in `node`, the demo in `demo`.
 #![forbid(unsafe_code)]
 
+mod ctl;
 mod demo;
+mod eventlog;
 mod node;
 
 use std::path::PathBuf;
@@ -39,29 +41,44 @@ enum Cmd {
         #[arg(short, long)]
         config: PathBuf,
     },
-    /// Start three demo HTTP servers on loopback behind a balancer.
+    /// Start three demo HTTP servers on loopback behind a balancer, with
+    /// the dashboard on the admin address.
     Demo {
         /// Address of the demo balancer.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Address of the admin API and dashboard.
+        #[arg(long, default_value = "127.0.0.1:9900")]
+        admin: String,
     },
+    /// Control a running node through its admin API (WLBS-style commands).
+    Ctl(ctl::CtlArgs),
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr (filtered by `CONVOY_LOG`, default `info`) and copies
+/// structured events into `ring` for the admin API.
+fn init_logging(format: LogFormat, ring: std::sync::Arc<convoy_core::events::EventRing>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_env("CONVOY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
-        )
+        .with_ansi(ansi)
         .with_target(false);
-    match format {
-        LogFormat::Json => b.json().flatten_event(true).init(),
-        LogFormat::Text => b.init(),
-    }
+    let fmt = match format {
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+        LogFormat::Text => fmt.boxed(),
+    };
+    let ring =
+        eventlog::RingLayer { ring }.with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(ring)
+        .init();
 }
 
 /// One worker runs everything on the main thread (no work stealing, no
@@ -95,18 +112,21 @@ fn main() -> ExitCode {
         },
         Cmd::Run { config } => match Config::load(&config) {
             Ok(c) => {
-                init_logging(c.node.log_format);
-                runtime(c.node.workers).and_then(|rt| rt.block_on(node::run(c, Some(config))))
+                let ring = std::sync::Arc::new(convoy_core::events::EventRing::new(1000));
+                init_logging(c.node.log_format, std::sync::Arc::clone(&ring));
+                runtime(c.node.workers).and_then(|rt| rt.block_on(node::run(c, Some(config), ring)))
             }
             Err(e) => {
                 eprintln!("{e}");
                 return ExitCode::from(2);
             }
         },
-        Cmd::Demo { listen } => {
-            init_logging(LogFormat::Text);
-            runtime(0).and_then(|rt| rt.block_on(demo::run(&listen)))
+        Cmd::Demo { listen, admin } => {
+            let ring = std::sync::Arc::new(convoy_core::events::EventRing::new(1000));
+            init_logging(LogFormat::Text, std::sync::Arc::clone(&ring));
+            runtime(0).and_then(|rt| rt.block_on(demo::run(&listen, &admin, ring)))
         }
+        Cmd::Ctl(args) => return ctl::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,6 +12,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use convoy_config::{CheckKind, Config, Listener, Protocol};
+use convoy_core::control::{self, CmdError, Command, ErrorKind, ListenerAction, ServerAction};
+use convoy_core::events::EventRing;
+use convoy_core::hist::Reading;
 use convoy_core::{query, AdminState, ListenerRuntime, ServerState, Snapshot};
 use convoy_l4::{Context, DataEvent};
 use tokio::signal::unix::{signal, SignalKind};
@@ -61,14 +64,120 @@ struct Node {
     retired: Vec<Arc<ListenerRuntime>>,
     /// Standby switch per pool.
     standby: HashMap<String, convoy_balance::hysteresis::Hysteresis>,
+    /// Serving state (WLBS: converging, converged, draining, stopped,
+    /// suspended).
+    state: NodeState,
+    /// Until when the node reports "converging" (health checks had no
+    /// chance to run yet).
+    converging_until: Instant,
+    /// A drain-stop in progress: its deadline, and whether the process
+    /// exits at its end (signals) or stays stopped (admin API).
+    drain: Option<(Instant, bool)>,
+    /// The config as last loaded from the file (or given at start); the
+    /// config in force is this with `overrides` applied.
+    base: Config,
+    /// Changes made through the admin API, kept across reloads.
+    overrides: Overrides,
+    reloads_applied: u64,
+    reloads_refused: u64,
+    started: Instant,
+    events: Arc<EventRing>,
+    /// Latency histograms of each server as read at the start of the
+    /// current window (for recent p50/p99), and when the window started.
+    window: (Instant, HashMap<ServerKey, Reading>),
+    prev_window: HashMap<ServerKey, Reading>,
+}
+
+/// The node's serving state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NodeState {
+    Converging,
+    Converged,
+    Draining,
+    Stopped,
+    Suspended,
+}
+
+impl NodeState {
+    fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Converging => "converging",
+            NodeState::Converged => "converged",
+            NodeState::Draining => "draining",
+            NodeState::Stopped => "stopped",
+            NodeState::Suspended => "suspended",
+        }
+    }
+}
+
+/// Operator changes made through the admin API. They are applied on top
+/// of the file's config at every reload, so a reload does not undo them.
+#[derive(Debug, Default)]
+struct Overrides {
+    /// Server admin state: (enabled, drain).
+    server_admin: HashMap<ServerKey, (bool, bool)>,
+    server_weight: HashMap<ServerKey, u32>,
+    /// (listener, route) → (priority, cost).
+    route: HashMap<(String, String), (Option<u8>, Option<u32>)>,
+    listener_admin: HashMap<String, AdminState>,
+}
+
+impl Overrides {
+    /// The file's config with the operator's changes.
+    fn apply(&self, base: &Config) -> Config {
+        let mut c = base.clone();
+        for (pname, pool) in c.pools.iter_mut() {
+            for s in pool.servers.iter_mut() {
+                let key = (pname.clone(), s.name.clone());
+                if let Some((enabled, drain)) = self.server_admin.get(&key) {
+                    s.enabled = *enabled;
+                    s.drain = *drain;
+                }
+                if let Some(w) = self.server_weight.get(&key) {
+                    s.weight = *w;
+                }
+            }
+        }
+        for l in c.listeners.iter_mut() {
+            for r in l.routes.iter_mut() {
+                if let Some((p, cost)) = self.route.get(&(l.name.clone(), r.name.clone())) {
+                    if let Some(p) = p {
+                        r.priority = *p;
+                    }
+                    if let Some(cost) = cost {
+                        r.cost = *cost;
+                    }
+                }
+            }
+        }
+        c
+    }
+}
+
+/// Binds the admin API's socket (before anything else starts, so that a
+/// busy admin port is a clear start-up error).
+async fn bind_admin(
+    cfg: &Config,
+) -> anyhow::Result<Option<(tokio::net::TcpListener, Option<String>)>> {
+    if !cfg.admin.enabled {
+        return Ok(None);
+    }
+    let token = cfg.admin.resolve_token().map_err(|e| anyhow::anyhow!(e))?;
+    let l = tokio::net::TcpListener::bind(cfg.admin.address)
+        .await
+        .with_context(|| format!("admin API: cannot bind {}", cfg.admin.address))?;
+    Ok(Some((l, token)))
 }
 
 /// Runs a node until it is stopped.
-pub async fn run(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn run(cfg: Config, path: Option<PathBuf>, ring: Arc<EventRing>) -> anyhow::Result<()> {
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let (health_tx, mut health_rx) = mpsc::unbounded_channel();
+    let (admin_tx, mut admin_rx) = mpsc::channel::<control::Request>(64);
     let (kill, kill_rx) = watch::channel(0u64);
     let splice = cfg.node.splice;
+    let admin = bind_admin(&cfg).await?;
+    let base = cfg.clone();
     let cfg = Arc::new(cfg);
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
         Arc::clone(&cfg),
@@ -80,6 +189,7 @@ pub async fn run(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         kill: kill_rx,
         splice,
     };
+    let now = Instant::now();
     let mut node = Node {
         path,
         snapshot,
@@ -95,6 +205,17 @@ pub async fn run(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         passive_retry: HashMap::new(),
         retired: Vec::new(),
         standby: HashMap::new(),
+        state: NodeState::Converging,
+        converging_until: now,
+        drain: None,
+        base,
+        overrides: Overrides::default(),
+        reloads_applied: 0,
+        reloads_refused: 0,
+        started: now,
+        events: ring,
+        window: (now, HashMap::new()),
+        prev_window: HashMap::new(),
     };
     for l in &cfg.listeners {
         let bound = node
@@ -105,6 +226,12 @@ pub async fn run(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     }
     node.sync_probes();
     node.note_admin_changes();
+    node.start_converging();
+    if let Some((l, token)) = admin {
+        let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        info!(event = "admin_listening", address = %addr, auth = token.is_some(), "admin API, metrics and dashboard");
+        tokio::spawn(convoy_admin::serve(l, token, admin_tx.clone()));
+    }
     info!(
         event = "ready",
         node = %cfg.node.name,
@@ -123,26 +250,36 @@ pub async fn run(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let mut drain_poll = tokio::time::interval(Duration::from_millis(20));
     // While drain-stopping, everything else goes on: health, passive
     // signals, per-server drains, and a SIGTERM/SIGINT still stops at once.
-    let mut drain_deadline: Option<Instant> = None;
     loop {
         tokio::select! {
             Some(ev) = events_rx.recv() => node.on_data_event(ev),
             Some(r) = health_rx.recv() => node.on_health(r),
+            Some(req) = admin_rx.recv() => node.on_command(req),
             _ = tick.tick() => node.on_tick(),
-            _ = drain_poll.tick(), if drain_deadline.is_some() => {
+            _ = drain_poll.tick(), if node.drain.is_some() => {
+                let Some((deadline, exit)) = node.drain else { continue };
                 if node.active() == 0 {
-                    info!(event = "stopped", by = "drainstop", "node stopped after drain");
-                    return Ok(());
-                }
-                if drain_deadline.is_some_and(|d| Instant::now() >= d) {
+                    if exit {
+                        info!(event = "stopped", by = "drainstop", "node stopped after drain");
+                        return Ok(());
+                    }
+                    node.drain = None;
+                    node.state = NodeState::Stopped;
+                    info!(event = "drain_finished", scope = "node", "node drained: stopped");
+                } else if Instant::now() >= deadline {
                     warn!(event = "drain_timeout", connections = node.active(), "closing remaining connections");
-                    return node.stop("drain_timeout").await;
+                    if exit {
+                        return node.stop("drain_timeout").await;
+                    }
+                    node.close_all();
+                    node.drain = None;
+                    node.state = NodeState::Stopped;
                 }
             }
-            _ = hup.recv() => node.reload(),
+            _ = hup.recv() => { let _ = node.reload_file(); }
             _ = usr2.recv() => node.log_query(),
-            _ = quit.recv() => node.begin_drainstop("SIGQUIT", &mut drain_deadline),
-            _ = usr1.recv() => node.begin_drainstop("SIGUSR1", &mut drain_deadline),
+            _ = quit.recv() => node.begin_drainstop("SIGQUIT", true),
+            _ = usr1.recv() => node.begin_drainstop("SIGUSR1", true),
             _ = term.recv() => return node.stop("SIGTERM").await,
             _ = int.recv() => return node.stop("SIGINT").await,
         }
@@ -349,6 +486,14 @@ impl Node {
     }
 
     fn on_tick(&mut self) {
+        self.rotate_window();
+        if self.state == NodeState::Converging && Instant::now() >= self.converging_until {
+            self.state = NodeState::Converged;
+            info!(
+                event = "converged",
+                "health checks have run: node converged"
+            );
+        }
         let snap = self.snap();
         // Slow start: rebuild tables while a server ramps up.
         for pool in snap.pools.values() {
@@ -493,22 +638,71 @@ impl Node {
         }
     }
 
-    fn reload(&mut self) {
-        if self.listeners.iter().any(|l| *l.stop.borrow()) {
+    /// SIGHUP or the admin API's reload: reads the file, applies the
+    /// operator's changes on top, and applies the result. An invalid file
+    /// is refused and the running config stays in force.
+    fn reload_file(&mut self) -> control::Reply {
+        if self.drain.is_some() || matches!(self.state, NodeState::Draining) {
             warn!(event = "reload_refused", reason = "node is drain-stopping");
-            return;
+            self.reloads_refused += 1;
+            return Err(CmdError::new(
+                ErrorKind::Conflict,
+                "the node is drain-stopping",
+            ));
+        }
+        if self.state == NodeState::Suspended {
+            warn!(event = "reload_refused", reason = "node is suspended");
+            self.reloads_refused += 1;
+            return Err(CmdError::new(
+                ErrorKind::Conflict,
+                "the node is suspended: resume it first",
+            ));
         }
         let Some(path) = self.path.clone() else {
             warn!(event = "reload_refused", reason = "no config file");
-            return;
+            self.reloads_refused += 1;
+            return Err(CmdError::new(
+                ErrorKind::Conflict,
+                "the node runs without a config file",
+            ));
         };
         let new = match Config::load(&path) {
             Ok(c) => c,
             Err(e) => {
                 error!(event = "reload_refused", file = %path.display(), error = %e, "invalid config: the running config stays in force");
-                return;
+                self.reloads_refused += 1;
+                return Err(CmdError::new(ErrorKind::Invalid, e.to_string()));
             }
         };
+        if new.admin != self.base.admin {
+            warn!(
+                event = "admin_config_ignored",
+                "the [admin] section changed: it takes effect at the next start"
+            );
+        }
+        let cfg = self.overrides.apply(&new);
+        self.base = new;
+        let origin = format!("file {}", path.display());
+        self.apply(cfg, &origin)
+    }
+
+    /// Applies a new config: the running listeners, pools and servers are
+    /// diffed against it; live state carries over. Used by reloads and by
+    /// every admin change.
+    fn apply(&mut self, new: Config, origin: &str) -> control::Reply {
+        if self.state == NodeState::Stopped || self.state == NodeState::Draining {
+            // Not serving: the new config is stored; `start` binds it.
+            let old = self.snap();
+            let snap = Arc::new(Snapshot::build(Arc::new(new), Some(&old)));
+            for p in snap.pools.values() {
+                p.rebuild();
+            }
+            self.snapshot.store(snap);
+            self.sync_probes();
+            self.reloads_applied += 1;
+            info!(event = "reload_applied", origin, serving = false);
+            return Ok(serde_json::json!({ "applied": true, "serving": false }));
+        }
         let old = self.snap();
         // Admin states before, to report changes and restart slow start.
         let before: HashMap<ServerKey, AdminState> = old
@@ -531,8 +725,10 @@ impl Node {
             match self.bind_listener(l) {
                 Ok(b) => bound.push((l.clone(), b)),
                 Err(e) => {
-                    error!(event = "reload_refused", file = %path.display(), listener = %l.name, error = %format!("{e:#}"), "cannot bind: the running config stays in force");
-                    return;
+                    let msg = format!("listener {}: cannot bind: {e:#}", l.name);
+                    error!(event = "reload_refused", origin, error = %msg, "cannot bind: the running config stays in force");
+                    self.reloads_refused += 1;
+                    return Err(CmdError::new(ErrorKind::Failed, msg));
                 }
             }
         }
@@ -600,15 +796,24 @@ impl Node {
             p.rebuild();
         }
         self.sync_probes();
-        info!(event = "reload_applied", file = %path.display(), listeners = self.listeners.len(), pools = snap.pools.len());
+        self.reapply_listener_admin();
+        self.reloads_applied += 1;
+        self.start_converging();
+        info!(
+            event = "reload_applied",
+            origin,
+            listeners = self.listeners.len(),
+            pools = snap.pools.len()
+        );
+        Ok(serde_json::json!({
+            "applied": true,
+            "listeners": self.listeners.len(),
+            "pools": snap.pools.len(),
+        }))
     }
 
     fn log_query(&self) {
-        let snap = self.snap();
-        let rts: Vec<Arc<ListenerRuntime>> =
-            self.listeners.iter().map(|l| Arc::clone(&l.rt)).collect();
-        let q = query::query(&snap, &rts);
-        match serde_json::to_string(&q) {
+        match serde_json::to_string(&self.query()) {
             Ok(j) => info!(event = "query", state = %j),
             Err(e) => warn!(error = %e, "cannot serialize query"),
         }
@@ -634,27 +839,384 @@ impl Node {
         live + retired
     }
 
-    /// Stops accepting; the main loop exits when the last connection ends
-    /// or at `node.drain_timeout`.
-    fn begin_drainstop(&mut self, by: &str, deadline: &mut Option<Instant>) {
-        if deadline.is_some() {
+    /// Stops accepting; with `exit`, the process exits when the last
+    /// connection ends or at `node.drain_timeout` (signals); otherwise the
+    /// node stays up, stopped (admin API).
+    fn begin_drainstop(&mut self, by: &str, exit: bool) {
+        if let Some((_, e)) = &mut self.drain {
+            // A signal during an API drain-stop makes it exit at its end.
+            *e |= exit;
             return;
         }
         self.stop_listeners();
         let timeout = self.snap().config.node.drain_timeout.get();
-        *deadline = Some(Instant::now() + timeout);
+        self.drain = Some((Instant::now() + timeout, exit));
+        if self.state != NodeState::Suspended {
+            self.state = NodeState::Draining;
+        }
         info!(event = "drainstop", by, connections = self.active(), timeout = %self.snap().config.node.drain_timeout, "node draining: no new connections");
+    }
+
+    /// Closes every open connection of the node.
+    fn close_all(&mut self) {
+        self.kill.send_modify(|v| *v += 1);
     }
 
     async fn stop(mut self, by: &str) -> anyhow::Result<()> {
         self.stop_listeners();
         let n = self.active();
-        self.kill.send_modify(|v| *v += 1);
+        self.close_all();
         let deadline = Instant::now() + Duration::from_secs(2);
         while self.active() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         info!(event = "stopped", by, closed = n, "node stopped");
         Ok(())
+    }
+
+    /// Reports "converging" until every pool's health checks had time to
+    /// take each server up or down (interval × max(rise, fall)).
+    fn start_converging(&mut self) {
+        let snap = self.snap();
+        let wait = snap
+            .pools
+            .values()
+            .filter(|p| p.cfg.health.check != CheckKind::None)
+            .map(|p| p.cfg.health.interval.get() * p.cfg.health.rise.max(p.cfg.health.fall))
+            .max()
+            .unwrap_or_default();
+        self.converging_until = Instant::now() + wait;
+        if matches!(self.state, NodeState::Converging | NodeState::Converged) {
+            self.state = if wait.is_zero() {
+                NodeState::Converged
+            } else {
+                NodeState::Converging
+            };
+        }
+    }
+
+    /// Gives listeners their operator state again after a reload replaced
+    /// their runtimes.
+    fn reapply_listener_admin(&mut self) {
+        for l in &self.listeners {
+            if let Some(a) = self.overrides.listener_admin.get(&l.rt.cfg.name) {
+                if l.rt.admin() != *a {
+                    l.rt.set_admin(*a);
+                }
+            }
+        }
+    }
+
+    /// Binds and starts every listener of the config in force (API
+    /// `start` after a stop).
+    fn start_serving(&mut self) -> control::Reply {
+        let snap = self.snap();
+        let mut bound = Vec::new();
+        for l in &snap.config.listeners {
+            match self.bind_listener(l) {
+                Ok(b) => bound.push((l.clone(), b)),
+                Err(e) => {
+                    let msg = format!("listener {}: {e:#}", l.name);
+                    error!(event = "start_failed", error = %msg);
+                    return Err(CmdError::new(ErrorKind::Failed, msg));
+                }
+            }
+        }
+        for old in self.listeners.drain(..) {
+            let _ = old.stop.send(true);
+            self.retired.push(old.rt);
+        }
+        for (l, b) in bound {
+            let r = self.spawn_listener(&l, b);
+            self.listeners.push(r);
+        }
+        self.reapply_listener_admin();
+        self.state = NodeState::Converging;
+        self.start_converging();
+        info!(
+            event = "started",
+            listeners = self.listeners.len(),
+            "node serving"
+        );
+        Ok(self.state_json())
+    }
+
+    fn state_json(&self) -> serde_json::Value {
+        serde_json::json!({ "state": self.state.as_str() })
+    }
+
+    fn serving(&self) -> bool {
+        matches!(self.state, NodeState::Converging | NodeState::Converged)
+    }
+
+    /// Answers an admin command.
+    fn on_command(&mut self, req: control::Request) {
+        let reply = self.command(req.cmd);
+        let _ = req.reply.send(reply);
+    }
+
+    fn command(&mut self, cmd: Command) -> control::Reply {
+        if self.state == NodeState::Suspended && !cmd.allowed_when_suspended() {
+            return Err(CmdError::new(
+                ErrorKind::Conflict,
+                "the node is suspended: only resume and query are accepted",
+            ));
+        }
+        match cmd {
+            Command::Query => serde_json::to_value(self.query())
+                .map_err(|e| CmdError::new(ErrorKind::Failed, e.to_string())),
+            Command::Start => {
+                if self.serving() {
+                    return Ok(self.state_json());
+                }
+                if self.drain.is_some() {
+                    return Err(CmdError::new(
+                        ErrorKind::Conflict,
+                        "the node is drain-stopping: wait until it has stopped",
+                    ));
+                }
+                self.start_serving()
+            }
+            Command::Stop => {
+                if !self.serving() && self.drain.is_none() {
+                    return Ok(self.state_json());
+                }
+                self.stop_listeners();
+                let n = self.active();
+                self.close_all();
+                self.drain = None;
+                self.state = NodeState::Stopped;
+                info!(
+                    event = "stopped",
+                    by = "admin",
+                    closed = n,
+                    "node stopped (process stays up)"
+                );
+                Ok(self.state_json())
+            }
+            Command::DrainStop => {
+                if !self.serving() {
+                    return Ok(self.state_json());
+                }
+                self.begin_drainstop("admin", false);
+                Ok(self.state_json())
+            }
+            Command::Suspend => {
+                if self.serving() || self.drain.is_some() {
+                    self.stop_listeners();
+                    self.close_all();
+                    self.drain = None;
+                }
+                self.state = NodeState::Suspended;
+                warn!(
+                    event = "suspended",
+                    "node suspended: stopped, only resume and query accepted"
+                );
+                Ok(self.state_json())
+            }
+            Command::Resume => {
+                if self.state != NodeState::Suspended {
+                    return Err(CmdError::new(
+                        ErrorKind::Conflict,
+                        "the node is not suspended",
+                    ));
+                }
+                self.state = NodeState::Stopped;
+                info!(event = "resumed", "node resumed: stopped until start");
+                Ok(self.state_json())
+            }
+            Command::Reload => self.reload_file(),
+            Command::Listener { name, action } => {
+                let Some(l) = self.listeners.iter().find(|l| l.rt.cfg.name == name) else {
+                    let known: Vec<&str> = self
+                        .listeners
+                        .iter()
+                        .map(|l| l.rt.cfg.name.as_str())
+                        .collect();
+                    return Err(CmdError::new(
+                        ErrorKind::NotFound,
+                        format!(
+                            "unknown listener {name:?} (listeners: {})",
+                            known.join(", ")
+                        ),
+                    ));
+                };
+                let a = match action {
+                    ListenerAction::Enable => AdminState::Enabled,
+                    ListenerAction::Disable => AdminState::Disabled,
+                    ListenerAction::Drain => AdminState::Draining,
+                };
+                l.rt.set_admin(a);
+                self.overrides.listener_admin.insert(name.clone(), a);
+                info!(event = "listener_admin", listener = %name, state = ?a);
+                Ok(serde_json::json!({ "listener": name, "state": a }))
+            }
+            Command::Server {
+                pool,
+                server,
+                action,
+            } => self.server_command(pool, server, action),
+            Command::Route {
+                listener,
+                route,
+                priority,
+                cost,
+            } => {
+                if priority.is_some_and(|p| p > 7) {
+                    return Err(CmdError::new(ErrorKind::Invalid, "priority must be 0-7"));
+                }
+                if cost == Some(0) {
+                    return Err(CmdError::new(ErrorKind::Invalid, "cost must be at least 1"));
+                }
+                if priority.is_none() && cost.is_none() {
+                    return Err(CmdError::new(
+                        ErrorKind::Invalid,
+                        "give priority and/or cost",
+                    ));
+                }
+                let snap = self.snap();
+                let Some(l) = snap.config.listeners.iter().find(|l| l.name == listener) else {
+                    return Err(CmdError::new(
+                        ErrorKind::NotFound,
+                        format!("unknown listener {listener:?}"),
+                    ));
+                };
+                if !l.routes.iter().any(|r| r.name == route) {
+                    let known: Vec<&str> = l.routes.iter().map(|r| r.name.as_str()).collect();
+                    return Err(CmdError::new(
+                        ErrorKind::NotFound,
+                        format!(
+                            "listener {listener:?} has no route {route:?} (routes: {})",
+                            known.join(", ")
+                        ),
+                    ));
+                }
+                let e = self
+                    .overrides
+                    .route
+                    .entry((listener.clone(), route.clone()))
+                    .or_default();
+                if priority.is_some() {
+                    e.0 = priority;
+                }
+                if cost.is_some() {
+                    e.1 = cost;
+                }
+                info!(event = "route_changed", listener = %listener, route = %route, priority = ?priority, cost = ?cost);
+                let cfg = self.overrides.apply(&self.base);
+                self.apply(cfg, "admin")
+            }
+            Command::Explain { pool } => {
+                let snap = self.snap();
+                match snap.pools.get(&pool) {
+                    Some(p) => Ok(p.explain()),
+                    None => Err(CmdError::new(
+                        ErrorKind::NotFound,
+                        format!("unknown pool {pool:?}"),
+                    )),
+                }
+            }
+            Command::Events { since } => {
+                let (events, last) = self.events.since(since);
+                Ok(serde_json::json!({ "last": last, "events": events }))
+            }
+            Command::Metrics => {
+                let snap = self.snap();
+                let rts: Vec<Arc<ListenerRuntime>> =
+                    self.listeners.iter().map(|l| Arc::clone(&l.rt)).collect();
+                let fig = convoy_admin::metrics::NodeFigures {
+                    state: self.state.as_str().to_string(),
+                    reloads_applied: self.reloads_applied,
+                    reloads_refused: self.reloads_refused,
+                    uptime_seconds: self.started.elapsed().as_secs_f64(),
+                };
+                Ok(serde_json::Value::String(convoy_admin::metrics::render(
+                    &snap, &rts, &fig,
+                )))
+            }
+        }
+    }
+
+    fn server_command(
+        &mut self,
+        pool: String,
+        server: String,
+        action: ServerAction,
+    ) -> control::Reply {
+        let snap = self.snap();
+        let Some(p) = snap.pools.get(&pool) else {
+            let known: Vec<&str> = snap.pools.keys().map(String::as_str).collect();
+            return Err(CmdError::new(
+                ErrorKind::NotFound,
+                format!("unknown pool {pool:?} (pools: {})", known.join(", ")),
+            ));
+        };
+        if p.server(&server).is_none() {
+            let known: Vec<&str> = p.servers.iter().map(|s| s.cfg.name.as_str()).collect();
+            return Err(CmdError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "pool {pool:?} has no server {server:?} (servers: {})",
+                    known.join(", ")
+                ),
+            ));
+        }
+        let key = (pool.clone(), server.clone());
+        match action {
+            ServerAction::Enable => {
+                self.overrides.server_admin.insert(key, (true, false));
+            }
+            ServerAction::Disable => {
+                self.overrides.server_admin.insert(key, (false, false));
+            }
+            ServerAction::Drain => {
+                self.overrides.server_admin.insert(key, (true, true));
+            }
+            ServerAction::Weight(w) => {
+                if !(1..=10_000).contains(&w) {
+                    return Err(CmdError::new(
+                        ErrorKind::Invalid,
+                        format!("weight {w} is out of range 1-10000"),
+                    ));
+                }
+                self.overrides.server_weight.insert(key, w);
+            }
+        }
+        let cfg = self.overrides.apply(&self.base);
+        self.apply(cfg, "admin")?;
+        let snap = self.snap();
+        let s = snap.pools.get(&pool).and_then(|p| p.server(&server));
+        Ok(serde_json::json!({
+            "pool": pool,
+            "server": server,
+            "admin": s.map(|s| s.state.admin()),
+            "weight": s.map(|s| s.cfg.weight),
+        }))
+    }
+
+    /// The query view with the node's state and recent latency quantiles.
+    fn query(&self) -> query::Query {
+        let snap = self.snap();
+        let rts: Vec<Arc<ListenerRuntime>> =
+            self.listeners.iter().map(|l| Arc::clone(&l.rt)).collect();
+        let mut q = query::query_with(&snap, &rts, &self.prev_window);
+        q.state = self.state.as_str().to_string();
+        q
+    }
+
+    /// Every few seconds, keeps the latency readings of the window that
+    /// ends, so that p50/p99 cover the last 5-10 seconds.
+    fn rotate_window(&mut self) {
+        if self.window.0.elapsed() < Duration::from_secs(5) {
+            return;
+        }
+        let snap = self.snap();
+        let mut now = HashMap::new();
+        for p in snap.pools.values() {
+            for s in &p.servers {
+                now.insert((p.name.clone(), s.cfg.name.clone()), s.state.latency.read());
+            }
+        }
+        self.prev_window = std::mem::replace(&mut self.window, (Instant::now(), now)).1;
     }
 }

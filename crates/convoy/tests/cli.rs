@@ -107,8 +107,9 @@ fn demo_serves_weighted_and_stops_on_ctrl_c() {
     use std::io::{BufRead, BufReader};
     let port = convoy_testkit::free_port();
     let listen = format!("127.0.0.1:{port}");
+    let admin = format!("127.0.0.1:{}", convoy_testkit::free_port());
     let mut child = Command::new(BIN)
-        .args(["demo", "--listen", &listen])
+        .args(["demo", "--listen", &listen, "--admin", &admin])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -123,6 +124,7 @@ fn demo_serves_weighted_and_stops_on_ctrl_c() {
         banner.contains(&format!("curl http://{listen}/")),
         "{banner}"
     );
+    assert!(banner.contains(&format!("http://{admin}/")), "{banner}");
     let mut ok = false;
     for _ in 0..100 {
         if std::net::TcpStream::connect(&listen).is_ok() {
@@ -152,6 +154,19 @@ fn demo_serves_weighted_and_stops_on_ctrl_c() {
             "{name}: {got} ({counts:?})"
         );
     }
+    // The dashboard and the query through `convoy ctl`.
+    let page = Command::new("curl")
+        .args(["-s", "--max-time", "5", &format!("http://{admin}/")])
+        .output()
+        .expect("curl runs");
+    assert!(String::from_utf8_lossy(&page.stdout).contains("data-server"));
+    let q = Command::new(BIN)
+        .args(["ctl", "--admin", &admin, "query"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&q.stdout);
+    assert!(q.status.success(), "{text}");
+    assert!(text.contains("demo-c") && text.contains("zone-2"), "{text}");
     let killed = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

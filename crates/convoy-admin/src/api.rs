@@ -1,0 +1,479 @@
+//! The admin HTTP API (axum). Handlers only translate between HTTP and
+//! [`Command`]s; the node's control loop does the work and answers.
+//!
+//! | Method | Path | Command |
+//! |---|---|---|
+//! | GET | `/` | the dashboard page |
+//! | GET | `/api/v1/query` | query |
+//! | POST | `/api/v1/node/{start,stop,drainstop,suspend,resume,reload}` | node commands |
+//! | POST | `/api/v1/listeners/{name}/{enable,disable,drain}` | listener commands |
+//! | POST | `/api/v1/pools/{pool}/servers/{server}/{enable,disable,drain}` | server commands |
+//! | PUT | `/api/v1/pools/{pool}/servers/{server}/weight` `{"weight":N}` | set weight |
+//! | PUT | `/api/v1/listeners/{listener}/routes/{route}` `{"priority":N,"cost":N}` | route class |
+//! | GET | `/api/v1/pools/{pool}/explain` | explain |
+//! | GET | `/api/v1/events?since=N` | recent events |
+//! | GET | `/metrics` | Prometheus text |
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use convoy_core::control::{CmdError, Command, ErrorKind, ListenerAction, Request, ServerAction};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+/// The dashboard, embedded.
+pub const DASHBOARD: &str = include_str!("../assets/dashboard.html");
+
+#[derive(Clone)]
+struct AppState {
+    token: Option<Arc<str>>,
+    tx: mpsc::Sender<Request>,
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut diff = 0u8;
+    for (x, y) in a.iter().zip(b) {
+        diff |= x ^ y;
+    }
+    std::hint::black_box(diff) == 0
+}
+
+fn authorized(st: &AppState, h: &HeaderMap) -> bool {
+    let Some(token) = &st.token else {
+        return true;
+    };
+    let Some(v) = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some(given) = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+    else {
+        return false;
+    };
+    constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+}
+
+fn json_error(status: StatusCode, kind: &str, msg: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({ "error": msg, "kind": kind })),
+    )
+        .into_response()
+}
+
+fn unauthorized() -> Response {
+    let mut r = json_error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "missing or wrong bearer token",
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"convoy\""),
+    );
+    r
+}
+
+fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        ErrorKind::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Sends a command to the node and waits for its answer.
+async fn ask(st: &AppState, cmd: Command) -> Result<serde_json::Value, CmdError> {
+    let (reply, rx) = oneshot::channel();
+    if st.tx.send(Request { cmd, reply }).await.is_err() {
+        return Err(CmdError::new(
+            ErrorKind::Failed,
+            "the node is shutting down",
+        ));
+    }
+    rx.await
+        .unwrap_or_else(|_| Err(CmdError::new(ErrorKind::Failed, "the node did not answer")))
+}
+
+async fn run(st: &AppState, h: &HeaderMap, cmd: Command) -> Response {
+    if !authorized(st, h) {
+        return unauthorized();
+    }
+    match ask(st, cmd).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => json_error(
+            status_of(e.kind),
+            &serde_json::to_value(e.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            &e.error,
+        ),
+    }
+}
+
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
+}
+
+async fn query(State(st): State<AppState>, h: HeaderMap) -> Response {
+    run(&st, &h, Command::Query).await
+}
+
+async fn node(State(st): State<AppState>, h: HeaderMap, Path(action): Path<String>) -> Response {
+    let cmd = match action.as_str() {
+        "start" => Command::Start,
+        "stop" => Command::Stop,
+        "drainstop" => Command::DrainStop,
+        "suspend" => Command::Suspend,
+        "resume" => Command::Resume,
+        "reload" => Command::Reload,
+        other => return unknown_action(other, "start, stop, drainstop, suspend, resume, reload"),
+    };
+    run(&st, &h, cmd).await
+}
+
+fn unknown_action(a: &str, known: &str) -> Response {
+    json_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &format!("unknown action {a:?} (known: {known})"),
+    )
+}
+
+async fn listener(
+    State(st): State<AppState>,
+    h: HeaderMap,
+    Path((name, action)): Path<(String, String)>,
+) -> Response {
+    let action = match action.as_str() {
+        "enable" => ListenerAction::Enable,
+        "disable" => ListenerAction::Disable,
+        "drain" => ListenerAction::Drain,
+        other => return unknown_action(other, "enable, disable, drain"),
+    };
+    run(&st, &h, Command::Listener { name, action }).await
+}
+
+async fn server(
+    State(st): State<AppState>,
+    h: HeaderMap,
+    Path((pool, server, action)): Path<(String, String, String)>,
+) -> Response {
+    let action = match action.as_str() {
+        "enable" => ServerAction::Enable,
+        "disable" => ServerAction::Disable,
+        "drain" => ServerAction::Drain,
+        other => return unknown_action(other, "enable, disable, drain"),
+    };
+    run(
+        &st,
+        &h,
+        Command::Server {
+            pool,
+            server,
+            action,
+        },
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightBody {
+    weight: u32,
+}
+
+async fn weight(
+    State(st): State<AppState>,
+    h: HeaderMap,
+    Path((pool, server)): Path<(String, String)>,
+    body: Result<Json<WeightBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_body(&e.body_text()),
+    };
+    run(
+        &st,
+        &h,
+        Command::Server {
+            pool,
+            server,
+            action: ServerAction::Weight(b.weight),
+        },
+    )
+    .await
+}
+
+fn bad_body(msg: &str) -> Response {
+    json_error(StatusCode::BAD_REQUEST, "invalid", msg)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteBody {
+    priority: Option<u8>,
+    cost: Option<u32>,
+}
+
+async fn route(
+    State(st): State<AppState>,
+    h: HeaderMap,
+    Path((listener, route)): Path<(String, String)>,
+    body: Result<Json<RouteBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_body(&e.body_text()),
+    };
+    run(
+        &st,
+        &h,
+        Command::Route {
+            listener,
+            route,
+            priority: b.priority,
+            cost: b.cost,
+        },
+    )
+    .await
+}
+
+async fn explain(State(st): State<AppState>, h: HeaderMap, Path(pool): Path<String>) -> Response {
+    run(&st, &h, Command::Explain { pool }).await
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    since: u64,
+}
+
+async fn events(
+    State(st): State<AppState>,
+    h: HeaderMap,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let since = match q {
+        Ok(Query(q)) => q.since,
+        Err(e) => return bad_body(&e.body_text()),
+    };
+    run(&st, &h, Command::Events { since }).await
+}
+
+async fn metrics(State(st): State<AppState>, h: HeaderMap) -> Response {
+    if !authorized(&st, &h) {
+        return unauthorized();
+    }
+    match ask(&st, Command::Metrics).await {
+        Ok(serde_json::Value::String(text)) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Ok(_) => json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "failed",
+            "metrics are not text",
+        ),
+        Err(e) => json_error(status_of(e.kind), "failed", &e.error),
+    }
+}
+
+async fn not_found() -> Response {
+    json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+/// The admin API's routes. `token`: the bearer token every request but the
+/// dashboard page must carry (`None`: no authentication, loopback only).
+pub fn router(token: Option<String>, tx: mpsc::Sender<Request>) -> Router {
+    let st = AppState {
+        token: token.map(Arc::from),
+        tx,
+    };
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/api/v1/query", get(query))
+        .route("/api/v1/node/{action}", post(node))
+        .route("/api/v1/listeners/{name}/{action}", post(listener))
+        .route("/api/v1/listeners/{listener}/routes/{route}", put(route))
+        .route("/api/v1/pools/{pool}/servers/{server}/weight", put(weight))
+        .route(
+            "/api/v1/pools/{pool}/servers/{server}/{action}",
+            post(server),
+        )
+        .route("/api/v1/pools/{pool}/explain", get(explain))
+        .route("/api/v1/events", get(events))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(st)
+}
+
+/// Serves the admin API on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, token: Option<String>, tx: mpsc::Sender<Request>) {
+    let app = router(token, tx);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(event = "admin_error", error = %e, "admin API stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    /// A fake node answering each command with its debug text, or an error
+    /// for names starting with "missing".
+    fn fake_node() -> mpsc::Sender<Request> {
+        let (tx, mut rx) = mpsc::channel::<Request>(8);
+        tokio::spawn(async move {
+            while let Some(r) = rx.recv().await {
+                let ans = match &r.cmd {
+                    Command::Server { server, .. } if server.starts_with("missing") => {
+                        Err(CmdError::new(ErrorKind::NotFound, "unknown server"))
+                    }
+                    Command::Metrics => Ok(serde_json::Value::String("convoy_up 1\n".into())),
+                    c => Ok(serde_json::json!({ "cmd": format!("{c:?}") })),
+                };
+                let _ = r.reply.send(ans);
+            }
+        });
+        tx
+    }
+
+    async fn call(
+        app: &Router,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> (StatusCode, String) {
+        let mut b = axum::http::Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        if !body.is_empty() {
+            b = b.header("content-type", "application/json");
+        }
+        let resp = app
+            .clone()
+            .oneshot(b.body(Body::from(body.to_string())).unwrap())
+            .await
+            .unwrap();
+        let st = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (st, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn routes_map_to_commands_and_auth_is_checked() {
+        let app = router(Some("s3cret".into()), fake_node());
+        let t = Some("s3cret");
+        let cases: &[(&str, &str, &str, &str)] = &[
+            ("GET", "/api/v1/query", "", "Query"),
+            ("POST", "/api/v1/node/drainstop", "", "DrainStop"),
+            ("POST", "/api/v1/node/suspend", "", "Suspend"),
+            (
+                "POST",
+                "/api/v1/listeners/web/drain",
+                "",
+                "Listener { name: \\\"web\\\", action: Drain }",
+            ),
+            (
+                "POST",
+                "/api/v1/pools/p/servers/a/disable",
+                "",
+                "action: Disable",
+            ),
+            (
+                "PUT",
+                "/api/v1/pools/p/servers/a/weight",
+                "{\"weight\":7}",
+                "Weight(7)",
+            ),
+            (
+                "PUT",
+                "/api/v1/listeners/web/routes/api",
+                "{\"priority\":2}",
+                "priority: Some(2), cost: None",
+            ),
+            ("GET", "/api/v1/pools/p/explain", "", "Explain"),
+            ("GET", "/api/v1/events?since=5", "", "Events { since: 5 }"),
+        ];
+        for (m, uri, body, want) in cases {
+            let (st, text) = call(&app, m, uri, t, body).await;
+            assert_eq!(st, StatusCode::OK, "{m} {uri}: {text}");
+            assert!(text.contains(want), "{m} {uri}: {text} lacks {want}");
+        }
+        // Authentication.
+        let (st, _) = call(&app, "GET", "/api/v1/query", None, "").await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+        let (st, _) = call(&app, "GET", "/api/v1/query", Some("s3creT"), "").await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+        let (st, _) = call(&app, "GET", "/metrics", None, "").await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+        let (st, text) = call(&app, "GET", "/metrics", t, "").await;
+        assert_eq!((st, text.as_str()), (StatusCode::OK, "convoy_up 1\n"));
+        // The page itself needs no token (it asks for one).
+        let (st, text) = call(&app, "GET", "/", None, "").await;
+        assert_eq!(st, StatusCode::OK);
+        assert!(text.contains("<html"));
+        // Errors.
+        let (st, text) = call(
+            &app,
+            "POST",
+            "/api/v1/pools/p/servers/missing/enable",
+            t,
+            "",
+        )
+        .await;
+        assert_eq!(st, StatusCode::NOT_FOUND);
+        assert!(text.contains("unknown server"), "{text}");
+        let (st, text) = call(&app, "POST", "/api/v1/node/explode", t, "").await;
+        assert_eq!(st, StatusCode::NOT_FOUND);
+        assert!(text.contains("explode"), "{text}");
+        let (st, _) = call(
+            &app,
+            "PUT",
+            "/api/v1/pools/p/servers/a/weight",
+            t,
+            "{\"weight\":\"x\"}",
+        )
+        .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
+        let (st, _) = call(&app, "GET", "/nope", t, "").await;
+        assert_eq!(st, StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}
