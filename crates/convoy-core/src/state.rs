@@ -38,6 +38,7 @@ pub struct ServerState {
     admin: AtomicU8,
     up_since_ms: AtomicU64,
     kill: watch::Sender<u64>,
+    kill_requests: watch::Sender<u64>,
     in_flight: AtomicU64,
     cost: AtomicU64,
     requests: AtomicU64,
@@ -110,6 +111,7 @@ impl ServerState {
             // A server present from the start needs no slow start.
             up_since_ms: AtomicU64::new(0),
             kill: watch::Sender::new(0),
+            kill_requests: watch::Sender::new(0),
             in_flight: AtomicU64::new(0),
             cost: AtomicU64::new(0),
             requests: AtomicU64::new(0),
@@ -233,8 +235,23 @@ impl ServerState {
         self.kill.subscribe()
     }
 
-    /// Closes every open connection of this server.
+    /// Closes every open connection of this server, and cuts its HTTP
+    /// responses in progress.
     pub fn kill_all(&self) {
+        self.kill_requests.send_modify(|v| *v += 1);
+        self.close_connections();
+    }
+
+    /// A receiver that changes when the server's HTTP responses in
+    /// progress must be cut (disabled, drain timeout) — not when it is
+    /// merely removed from the config: those requests finish.
+    pub fn request_kill_signal(&self) -> watch::Receiver<u64> {
+        self.kill_requests.subscribe()
+    }
+
+    /// Closes every open L4 connection of this server (it left the
+    /// config); HTTP requests in flight finish.
+    pub fn close_connections(&self) {
         self.kill.send_modify(|v| *v += 1);
     }
 }

@@ -678,7 +678,7 @@ async fn handle(
             None => Either::Right(Empty::new()),
         };
         let out = out.map(|_| b);
-        let kill = server.state.kill_signal();
+        let kill = server.state.request_kill_signal();
         let started = Instant::now();
         let client = if h2 { &sh.client_h2 } else { &sh.client };
         let result = match tokio::time::timeout(sh.response_timeout, client.request(out)).await {

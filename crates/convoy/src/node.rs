@@ -761,7 +761,7 @@ impl Node {
                     .is_some();
                 if !still {
                     info!(event = "server_removed", pool = %p.name, server = %s.cfg.name);
-                    s.state.kill_all();
+                    s.state.close_connections();
                 }
             }
         }

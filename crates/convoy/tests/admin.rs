@@ -1,0 +1,415 @@
+//! The admin API and `convoy ctl`, end to end: every command, auth
+//! failures, suspend semantics, /metrics through a real Prometheus parser,
+//! events, explain, and reloads under load.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use convoy_testkit::http::HttpOrigin;
+use convoy_testkit::{free_port, wait_until, Convoy};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_convoy");
+const TOKEN: &str = "test-admin-token";
+
+fn config(port: u16, origins: &[&HttpOrigin], extra_server: &str) -> String {
+    let mut servers = String::new();
+    for (i, o) in origins.iter().enumerate() {
+        servers.push_str(&format!(
+            "[[pools.web.servers]]\nname = \"{}\"\naddress = \"{}\"\nzone = \"z{}\"\n{extra_server}\n",
+            o.name,
+            o.addr,
+            i % 2 + 1
+        ));
+    }
+    format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\n\
+         [[listeners]]\nname = \"web\"\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\
+         [[listeners.routes]]\nname = \"api\"\npath_prefix = \"/api/\"\npriority = 1\n\n\
+         [pools.web]\nslow_start = \"0s\"\n{servers}"
+    )
+}
+
+/// Runs `convoy ctl` against `admin`; returns (exit code, stdout, stderr).
+fn ctl(admin: &str, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
+    let mut c = Command::new(BIN);
+    c.arg("ctl").arg("--admin").arg(admin);
+    if let Some(t) = token {
+        c.arg("--token").arg(t);
+    }
+    c.env_remove("CONVOY_TOKEN").env_remove("CONVOY_ADMIN");
+    let o = c.args(args).output().expect("run convoy ctl");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn query(admin: &str) -> Value {
+    let (code, out, err) = ctl(admin, Some(TOKEN), &["--json", "query"]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).expect("query JSON")
+}
+
+fn server<'a>(q: &'a Value, name: &str) -> &'a Value {
+    q["pools"][0]["zones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|z| z["servers"].as_array().unwrap())
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no server {name} in {q}"))
+}
+
+async fn get(port: u16, path: &str) -> Result<(u16, String), String> {
+    let c: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let r = c
+        .get(format!("http://127.0.0.1:{port}{path}").parse().unwrap())
+        .await
+        .map_err(|e| e.to_string())?;
+    let st = r.status().as_u16();
+    let b = r
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((st, String::from_utf8_lossy(&b).into_owned()))
+}
+
+async fn api(admin: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let c: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{admin}{path}"));
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    let r = c
+        .request(b.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let st = r.status().as_u16();
+    let b = r.into_body().collect().await.unwrap().to_bytes();
+    (st, String::from_utf8_lossy(&b).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_commands_auth_and_suspend() {
+    let a = HttpOrigin::start("a", Duration::ZERO).await;
+    let b = HttpOrigin::start("b", Duration::ZERO).await;
+    let port = free_port();
+    let c = Convoy::start(BIN, &config(port, &[&a, &b], "")).await;
+    let admin = c.admin_addr();
+
+    // Query: a table by default, JSON on request. The node converges once
+    // its health checks have had time to run.
+    let (code, out, _) = ctl(&admin, Some(TOKEN), &["query"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("node convoy: converging"), "{out}");
+    assert!(
+        wait_until(Duration::from_secs(20), || query(&admin)["state"]
+            == "converged")
+        .await,
+        "the node never converged"
+    );
+    let (_, out, _) = ctl(&admin, Some(TOKEN), &["query"]);
+    assert!(out.contains("node convoy: converged"), "{out}");
+    assert!(out.contains("z1") && out.contains("z2"), "{out}");
+    let q = query(&admin);
+    assert_eq!(q["state"], "converged");
+    assert_eq!(q["listeners"][0]["protocol"], "http");
+
+    // Auth failures and unreachable nodes have their own exit codes.
+    let (code, _, err) = ctl(&admin, None, &["query"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("unauthorized"), "{err}");
+    let (code, _, _) = ctl(&admin, Some("wrong-token-value"), &["query"]);
+    assert_eq!(code, 4);
+    let (code, _, err) = ctl(
+        &format!("127.0.0.1:{}", free_port()),
+        Some(TOKEN),
+        &["query"],
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("cannot reach"), "{err}");
+    let (st, _) = api(&admin, "GET", "/api/v1/query", None).await;
+    assert_eq!(st, 401);
+
+    // Unknown names: exit 1 with a clear message.
+    let (code, _, err) = ctl(&admin, Some(TOKEN), &["server", "web", "zz", "drain"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no server \"zz\"") && err.contains("a, b"),
+        "{err}"
+    );
+    let (code, _, err) = ctl(&admin, Some(TOKEN), &["weight", "web", "a", "0"]);
+    assert_eq!(code, 1, "{err}");
+
+    // Server drain: no new requests to it; enable brings it back.
+    let (code, out, err) = ctl(&admin, Some(TOKEN), &["server", "web", "a", "drain"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("admin=draining"), "{out}");
+    assert_eq!(server(&query(&admin), "a")["admin"], "draining");
+    let before = a.seen.count.load(Ordering::SeqCst);
+    for _ in 0..10 {
+        assert_eq!(get(port, "/").await.unwrap(), (200, "b".into()));
+    }
+    assert_eq!(a.seen.count.load(Ordering::SeqCst), before);
+    assert!(
+        c.wait_event("drain_finished", Duration::from_secs(5)).await,
+        "a drained server with nothing in flight reports drain_finished"
+    );
+    let (code, _, _) = ctl(&admin, Some(TOKEN), &["server", "web", "a", "enable"]);
+    assert_eq!(code, 0);
+    // Weights (b has the default, 1): a gets 3 of every 4 requests.
+    let (code, _, _) = ctl(&admin, Some(TOKEN), &["weight", "web", "a", "3"]);
+    assert_eq!(code, 0);
+    let mut na = 0;
+    for _ in 0..40 {
+        if get(port, "/").await.unwrap().1 == "a" {
+            na += 1;
+        }
+    }
+    assert_eq!(
+        na,
+        30,
+        "weight 3:1 gives a 30 of 40: {}",
+        ctl(&admin, Some(TOKEN), &["explain", "web"]).1
+    );
+    assert_eq!(server(&query(&admin), "a")["weight"], 3);
+
+    // Operator changes survive a reload of the file.
+    assert_eq!(
+        c.reload(&config(port, &[&a, &b], "")).await,
+        "reload_applied"
+    );
+    assert_eq!(server(&query(&admin), "a")["weight"], 3);
+
+    // Route classes at run time.
+    let (code, out, err) = ctl(
+        &admin,
+        Some(TOKEN),
+        &["route", "web", "api", "--priority", "0", "--cost", "5"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = ctl(
+        &admin,
+        Some(TOKEN),
+        &["route", "web", "nope", "--cost", "5"],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("no route \"nope\""), "{err}");
+
+    // Listener drain: new connections refused, the node still up.
+    let (code, _, _) = ctl(&admin, Some(TOKEN), &["listener", "web", "drain"]);
+    assert_eq!(code, 0);
+    assert!(
+        get(port, "/").await.is_err(),
+        "a drained listener takes no new connection"
+    );
+    let (code, _, _) = ctl(&admin, Some(TOKEN), &["listener", "web", "enable"]);
+    assert_eq!(code, 0);
+    assert!(get(port, "/").await.is_ok());
+
+    // Explain and events.
+    let (code, out, _) = ctl(&admin, Some(TOKEN), &["explain", "web"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("smooth weighted round robin") && out.contains("recent decisions"),
+        "{out}"
+    );
+    let (code, out, _) = ctl(&admin, Some(TOKEN), &["events"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("server_admin") && out.contains("reload_applied"),
+        "{out}"
+    );
+
+    // Suspend: traffic stops, every command but resume and query refused.
+    let (code, out, _) = ctl(&admin, Some(TOKEN), &["suspend"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("state=suspended"), "{out}");
+    assert!(
+        get(port, "/").await.is_err(),
+        "a suspended node serves nothing"
+    );
+    let (code, _, err) = ctl(&admin, Some(TOKEN), &["start"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("suspended"), "{err}");
+    let (code, _, _) = ctl(&admin, Some(TOKEN), &["server", "web", "a", "drain"]);
+    assert_eq!(code, 1);
+    assert_eq!(query(&admin)["state"], "suspended");
+    let (code, out, _) = ctl(&admin, Some(TOKEN), &["resume"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("state=stopped"), "{out}");
+    let (code, _, _) = ctl(&admin, Some(TOKEN), &["resume"]);
+    assert_eq!(code, 1, "resume of a node that is not suspended");
+    let (code, _, _) = ctl(&admin, Some(TOKEN), &["start"]);
+    assert_eq!(code, 0);
+    assert!(get(port, "/").await.is_ok());
+
+    // Stop and start; drainstop through the API keeps the process up.
+    let (code, _, _) = ctl(&admin, Some(TOKEN), &["stop"]);
+    assert_eq!(code, 0);
+    assert!(get(port, "/").await.is_err());
+    let (code, _, _) = ctl(&admin, Some(TOKEN), &["start"]);
+    assert_eq!(code, 0);
+    assert!(get(port, "/").await.is_ok());
+    let (code, _, _) = ctl(&admin, Some(TOKEN), &["drainstop"]);
+    assert_eq!(code, 0);
+    assert!(
+        wait_until(Duration::from_secs(5), || query(&admin)["state"]
+            == "stopped")
+        .await,
+        "an idle node drains at once"
+    );
+    let (code, _, _) = ctl(&admin, Some(TOKEN), &["start"]);
+    assert_eq!(code, 0);
+    assert!(get(port, "/").await.is_ok());
+
+    // An invalid config file: refused, reported, traffic untouched.
+    c.write_config("[[listeners]]\naddress = nonsense\n");
+    let (code, _, err) = ctl(&admin, Some(TOKEN), &["reload"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("convoy.toml:5:11:") && err.contains("invalid string"),
+        "the error names the place: {err}"
+    );
+    assert_eq!(get(port, "/").await.unwrap().0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_move_with_traffic() {
+    let a = HttpOrigin::start("a", Duration::ZERO).await;
+    let b = HttpOrigin::start("b", Duration::ZERO).await;
+    let port = free_port();
+    let c = Convoy::start(BIN, &config(port, &[&a, &b], "")).await;
+    let admin = c.admin_addr();
+    let (st, _) = api(&admin, "GET", "/metrics", None).await;
+    assert_eq!(st, 401);
+    for _ in 0..20 {
+        assert_eq!(get(port, "/").await.unwrap().0, 200);
+    }
+    let (st, text) = api(&admin, "GET", "/metrics", Some(TOKEN)).await;
+    assert_eq!(st, 200);
+    // A real Prometheus parser reads it all.
+    let py = if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let script = r#"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+total = {}
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        if s.name == "convoy_server_requests_total":
+            total[s.labels["server"]] = s.value
+        if s.name == "convoy_listener_requests_total":
+            total["listener"] = s.value
+        if s.name == "convoy_server_latency_seconds_count":
+            total["lat_" + s.labels["server"]] = s.value
+print(" ".join(f"{k}={int(v)}" for k, v in sorted(total.items())))
+"#;
+    let mut child = Command::new(py)
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "the parser refused the metrics: {}\n{text}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        out.trim(),
+        "a=10 b=10 lat_a=10 lat_b=10 listener=20",
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_reloads_under_load_lose_no_request() {
+    let origins: Vec<HttpOrigin> = futures_join(4).await;
+    let port = free_port();
+    let refs: Vec<&HttpOrigin> = origins.iter().collect();
+    let c = Convoy::start(BIN, &config(port, &refs, "")).await;
+    let admin = c.admin_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+        let errors = Arc::clone(&errors);
+        load.push(tokio::spawn(async move {
+            // Bounded: at most 20 s or until told to stop.
+            let end = tokio::time::Instant::now() + Duration::from_secs(20);
+            while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < end {
+                match get(port, "/").await {
+                    Ok((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        errors.lock().unwrap().push(format!("{other:?}"));
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    for i in 0..50 {
+        // Weights change, servers come and go (never fewer than two).
+        let keep = 2 + i % 3;
+        let w = format!("weight = {}", 1 + i % 5);
+        let text = config(port, &refs[..keep], &w);
+        assert_eq!(c.reload(&text).await, "reload_applied", "reload {i}");
+        if i % 10 == 0 {
+            // And an invalid file now and then: refused, nothing changes.
+            c.write_config("[[listeners]]\nbroken");
+            let (code, _, _) = ctl(&admin, Some(TOKEN), &["reload"]);
+            assert_eq!(code, 1);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(ok > 200, "load ran: {ok}");
+    let errors = errors.lock().unwrap().clone();
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed: {:?}",
+        ok + failed,
+        &errors[..errors.len().min(5)]
+    );
+}
+
+async fn futures_join(n: usize) -> Vec<HttpOrigin> {
+    let mut v = Vec::new();
+    for i in 0..n {
+        v.push(HttpOrigin::start(&format!("o{i}"), Duration::from_millis(2)).await);
+    }
+    v
+}
