@@ -103,6 +103,10 @@ pub struct Node {
     pub log_format: LogFormat,
     /// Use splice(2) zero-copy relaying on Linux (plain copy otherwise).
     pub splice: bool,
+    /// Unix socket on which a new convoy process (`convoy run --upgrade`)
+    /// takes over the listening sockets: seamless binary upgrade.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrade_socket: Option<std::path::PathBuf>,
 }
 
 impl Default for Node {
@@ -113,6 +117,7 @@ impl Default for Node {
             drain_timeout: Dur::secs(30),
             log_format: LogFormat::Text,
             splice: true,
+            upgrade_socket: None,
         }
     }
 }

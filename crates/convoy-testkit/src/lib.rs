@@ -257,10 +257,24 @@ impl Convoy {
             full.push_str("\n[admin]\naddress = \"127.0.0.1:0\"\n");
         }
         std::fs::write(&path, full).expect("write config");
+        Convoy::spawn(bin, dir, path, &[]).await
+    }
+
+    /// Starts a second process on this node's config file with
+    /// `--upgrade`: it takes over the listening sockets (the config must
+    /// set `node.upgrade_socket`). Waits for its "ready" event. The config
+    /// directory stays with `self`.
+    pub async fn start_upgrade(&self, bin: &str) -> Convoy {
+        let dir = temp_dir("upgrade");
+        Convoy::spawn(bin, dir, self.config.clone(), &["--upgrade"]).await
+    }
+
+    async fn spawn(bin: &str, dir: PathBuf, path: PathBuf, extra: &[&str]) -> Convoy {
         let mut child = Command::new(bin)
             .arg("run")
             .arg("-c")
             .arg(&path)
+            .args(extra)
             .env(
                 "CONVOY_LOG",
                 std::env::var("CONVOY_TEST_LOG").unwrap_or_else(|_| "info".into()),

@@ -6,6 +6,7 @@ mod ctl;
 mod demo;
 mod eventlog;
 mod node;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +35,11 @@ enum Cmd {
         /// Config file (TOML).
         #[arg(short, long)]
         config: PathBuf,
+        /// Take over the listening sockets of the node running with the
+        /// same `node.upgrade_socket` (seamless binary upgrade); the old
+        /// node then drains and exits.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file and print it normalized (all defaults filled in).
     Check {
@@ -110,11 +116,29 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        Cmd::Run { config } => match Config::load(&config) {
+        Cmd::Run { config, upgrade } => match Config::load(&config) {
             Ok(c) => {
                 let ring = std::sync::Arc::new(convoy_core::events::EventRing::new(1000));
                 init_logging(c.node.log_format, std::sync::Arc::clone(&ring));
-                runtime(c.node.workers).and_then(|rt| rt.block_on(node::run(c, Some(config), ring)))
+                let inherited = if upgrade {
+                    match &c.node.upgrade_socket {
+                        Some(p) => match upgrade::take_over(p) {
+                            Ok(i) => Some(i),
+                            Err(e) => {
+                                eprintln!("convoy: {e:#}");
+                                return ExitCode::FAILURE;
+                            }
+                        },
+                        None => {
+                            eprintln!("convoy: --upgrade needs node.upgrade_socket in the config");
+                            return ExitCode::from(2);
+                        }
+                    }
+                } else {
+                    None
+                };
+                runtime(c.node.workers)
+                    .and_then(|rt| rt.block_on(node::run(c, Some(config), ring, inherited)))
             }
             Err(e) => {
                 eprintln!("{e}");

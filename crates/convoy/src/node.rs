@@ -86,6 +86,10 @@ struct Node {
     /// current window (for recent p50/p99), and when the window started.
     window: (Instant, HashMap<ServerKey, Reading>),
     prev_window: HashMap<ServerKey, Reading>,
+    /// Sockets taken over from the process this one replaces.
+    inherited: crate::upgrade::Inherited,
+    /// A duplicate of the admin API's socket, for a later upgrade.
+    admin_fd: Option<(std::net::SocketAddr, std::os::fd::OwnedFd)>,
 }
 
 /// The node's serving state.
@@ -158,25 +162,51 @@ impl Overrides {
 /// busy admin port is a clear start-up error).
 async fn bind_admin(
     cfg: &Config,
+    inherited: &mut crate::upgrade::Inherited,
 ) -> anyhow::Result<Option<(tokio::net::TcpListener, Option<String>)>> {
+    let old = inherited.take_admin();
     if !cfg.admin.enabled {
         return Ok(None);
     }
     let token = cfg.admin.resolve_token().map_err(|e| anyhow::anyhow!(e))?;
-    let l = tokio::net::TcpListener::bind(cfg.admin.address)
-        .await
-        .with_context(|| format!("admin API: cannot bind {}", cfg.admin.address))?;
+    let l = match old {
+        // The old process's admin socket, when the address stays (port 0:
+        // whatever the old one got).
+        Some((addr, fd)) if addr == cfg.admin.address || cfg.admin.address.port() == 0 => {
+            let std = std::net::TcpListener::from(fd);
+            std.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(std)?
+        }
+        _ => tokio::net::TcpListener::bind(cfg.admin.address)
+            .await
+            .with_context(|| format!("admin API: cannot bind {}", cfg.admin.address))?,
+    };
     Ok(Some((l, token)))
 }
 
 /// Runs a node until it is stopped.
-pub async fn run(cfg: Config, path: Option<PathBuf>, ring: Arc<EventRing>) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: Config,
+    path: Option<PathBuf>,
+    ring: Arc<EventRing>,
+    inherited: Option<crate::upgrade::Inherited>,
+) -> anyhow::Result<()> {
+    let upgrading = inherited.is_some();
+    let mut inherited = inherited.unwrap_or_default();
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let (health_tx, mut health_rx) = mpsc::unbounded_channel();
     let (admin_tx, mut admin_rx) = mpsc::channel::<control::Request>(64);
     let (kill, kill_rx) = watch::channel(0u64);
     let splice = cfg.node.splice;
-    let admin = bind_admin(&cfg).await?;
+    let admin = bind_admin(&cfg, &mut inherited).await?;
+    let (upgrade_tx, mut upgrade_rx) = mpsc::channel::<crate::upgrade::UpgradeMsg>(4);
+    // Without an upgrade, the upgrade socket is bound now (a node already
+    // running on it is an error); after taking over, once this node
+    // serves.
+    let upgrade_listener = match (&cfg.node.upgrade_socket, upgrading) {
+        (Some(p), false) => Some(crate::upgrade::bind(p)?),
+        _ => None,
+    };
     let base = cfg.clone();
     let cfg = Arc::new(cfg);
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
@@ -216,6 +246,8 @@ pub async fn run(cfg: Config, path: Option<PathBuf>, ring: Arc<EventRing>) -> an
         events: ring,
         window: (now, HashMap::new()),
         prev_window: HashMap::new(),
+        inherited,
+        admin_fd: None,
     };
     for l in &cfg.listeners {
         let bound = node
@@ -228,9 +260,35 @@ pub async fn run(cfg: Config, path: Option<PathBuf>, ring: Arc<EventRing>) -> an
     node.note_admin_changes();
     node.start_converging();
     if let Some((l, token)) = admin {
+        use std::os::fd::AsFd;
+        if let (Ok(a), Ok(fd)) = (l.local_addr(), l.as_fd().try_clone_to_owned()) {
+            node.admin_fd = Some((a, fd));
+        }
         let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         info!(event = "admin_listening", address = %addr, auth = token.is_some(), "admin API, metrics and dashboard");
         tokio::spawn(convoy_admin::serve(l, token, admin_tx.clone()));
+    }
+    if upgrading {
+        let unused = node.inherited.unused();
+        node.inherited.ready();
+        info!(
+            event = "upgrade_took_over",
+            unused_sockets = unused,
+            "serving on the sockets of the previous process"
+        );
+        if let Some(p) = &cfg.node.upgrade_socket {
+            // The old process's upgrade socket is no longer needed: take
+            // the path over for the next upgrade.
+            let _ = std::fs::remove_file(p);
+            match tokio::net::UnixListener::bind(p) {
+                Ok(l) => {
+                    tokio::spawn(crate::upgrade::serve(l, upgrade_tx.clone()));
+                }
+                Err(e) => warn!(event = "upgrade_socket_error", path = %p.display(), error = %e),
+            }
+        }
+    } else if let Some(l) = upgrade_listener {
+        tokio::spawn(crate::upgrade::serve(l, upgrade_tx.clone()));
     }
     info!(
         event = "ready",
@@ -255,6 +313,12 @@ pub async fn run(cfg: Config, path: Option<PathBuf>, ring: Arc<EventRing>) -> an
             Some(ev) = events_rx.recv() => node.on_data_event(ev),
             Some(r) = health_rx.recv() => node.on_health(r),
             Some(req) = admin_rx.recv() => node.on_command(req),
+            Some(m) = upgrade_rx.recv() => match m {
+                crate::upgrade::UpgradeMsg::Sockets(reply) => {
+                    let _ = reply.send(node.sockets_for_upgrade());
+                }
+                crate::upgrade::UpgradeMsg::HandedOver => node.begin_drainstop("upgrade", true),
+            },
             _ = tick.tick() => node.on_tick(),
             _ = drain_poll.tick(), if node.drain.is_some() => {
                 let Some((deadline, exit)) = node.drain else { continue };
@@ -289,7 +353,7 @@ pub async fn run(cfg: Config, path: Option<PathBuf>, ring: Arc<EventRing>) -> an
 impl Node {
     /// Binds every socket of a listener (nothing is served yet), reusing
     /// sockets of running listeners bound to the same address.
-    fn bind_listener(&self, l: &Listener) -> anyhow::Result<Bound> {
+    fn bind_listener(&mut self, l: &Listener) -> anyhow::Result<Bound> {
         let mut tcp = Vec::new();
         let mut udp = Vec::new();
         for sa in l.address.sockets() {
@@ -310,8 +374,24 @@ impl Node {
             match (existing, l.protocol) {
                 (Some(Bound::Tcp(mut v)), _) => tcp.append(&mut v),
                 (Some(Bound::Udp(mut v)), _) => udp.append(&mut v),
-                (None, Protocol::Tcp | Protocol::Http) => tcp.push(convoy_l4::tcp::bind(sa)?),
-                (None, Protocol::Udp) => udp.push(convoy_l4::udp::bind(sa)?),
+                (None, Protocol::Tcp | Protocol::Http) => {
+                    match self.inherited.take(crate::upgrade::Kind::Tcp, sa) {
+                        Some(fd) => {
+                            let std = std::net::TcpListener::from(fd);
+                            std.set_nonblocking(true)?;
+                            tcp.push(Arc::new(tokio::net::TcpListener::from_std(std)?));
+                        }
+                        None => tcp.push(convoy_l4::tcp::bind(sa)?),
+                    }
+                }
+                (None, Protocol::Udp) => match self.inherited.take(crate::upgrade::Kind::Udp, sa) {
+                    Some(fd) => {
+                        let std = std::net::UdpSocket::from(fd);
+                        std.set_nonblocking(true)?;
+                        udp.push(Arc::new(tokio::net::UdpSocket::from_std(std)?));
+                    }
+                    None => udp.push(convoy_l4::udp::bind(sa)?),
+                },
             }
         }
         Ok(match l.protocol {
@@ -837,6 +917,44 @@ impl Node {
         let live: u64 = self.listeners.iter().map(|l| l.rt.counters().0).sum();
         let retired: u64 = self.retired.iter().map(|l| l.counters().0).sum();
         live + retired
+    }
+
+    /// Duplicates of every listening socket and of the admin socket, for
+    /// a new process taking over.
+    fn sockets_for_upgrade(
+        &self,
+    ) -> Vec<(
+        crate::upgrade::Kind,
+        std::net::SocketAddr,
+        std::os::fd::OwnedFd,
+    )> {
+        use crate::upgrade::Kind;
+        use std::os::fd::AsFd;
+        let mut out = Vec::new();
+        for l in &self.listeners {
+            match &l.sockets {
+                Bound::Tcp(v) => {
+                    for s in v {
+                        if let (Ok(a), Ok(fd)) = (s.local_addr(), s.as_fd().try_clone_to_owned()) {
+                            out.push((Kind::Tcp, a, fd));
+                        }
+                    }
+                }
+                Bound::Udp(v) => {
+                    for s in v {
+                        if let (Ok(a), Ok(fd)) = (s.local_addr(), s.as_fd().try_clone_to_owned()) {
+                            out.push((Kind::Udp, a, fd));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some((a, fd)) = &self.admin_fd {
+            if let Ok(fd) = fd.try_clone() {
+                out.push((Kind::Admin, *a, fd));
+            }
+        }
+        out
     }
 
     /// Stops accepting; with `exit`, the process exits when the last
