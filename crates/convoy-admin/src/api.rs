@@ -35,17 +35,7 @@ struct AppState {
     tx: mpsc::Sender<Request>,
 }
 
-/// Compares two byte strings in time that depends only on their lengths.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut diff = 0u8;
-    for (x, y) in a.iter().zip(b) {
-        diff |= x ^ y;
-    }
-    std::hint::black_box(diff) == 0
-}
+pub use convoy_core::control::constant_time_eq;
 
 fn authorized(st: &AppState, h: &HeaderMap) -> bool {
     let Some(token) = &st.token else {

@@ -107,6 +107,10 @@ pub struct Node {
     /// takes over the listening sockets: seamless binary upgrade.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upgrade_socket: Option<std::path::PathBuf>,
+    /// Access log: one JSON line per HTTP request and TCP connection, to
+    /// "stderr", "stdout" or a file path. Off when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<String>,
 }
 
 impl Default for Node {
@@ -118,6 +122,7 @@ impl Default for Node {
             log_format: LogFormat::Text,
             splice: true,
             upgrade_socket: None,
+            access_log: None,
         }
     }
 }

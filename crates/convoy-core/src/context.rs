@@ -31,6 +31,11 @@ pub struct Context {
     pub kill: watch::Receiver<u64>,
     /// Use splice(2) when available.
     pub splice: bool,
+    /// The access log, when on.
+    pub access: Option<Arc<crate::access::AccessLog>>,
+    /// The admin token: a request carrying it in `X-Convoy-Explain` gets
+    /// an explanation of its server choice in the response.
+    pub explain_token: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Context {

@@ -9,6 +9,7 @@
 //!   through `ArcSwap::load()`, with no lock on the hot path.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod admission;
 pub mod clock;
 pub mod context;

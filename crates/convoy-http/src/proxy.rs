@@ -197,10 +197,105 @@ impl Body for Guarded {
 }
 
 /// A response body that counts its request as in progress on the client
-/// connection until it ends (for the connection's idle timeout).
+/// connection until it ends (for the connection's idle timeout), and
+/// writes the request's access-log line when it ends.
 struct Tracked {
     inner: RespBody,
     _req: InProgress,
+    rec: Option<Box<AccessRec>>,
+    access: Option<Arc<convoy_core::access::AccessLog>>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let (Some(rec), Some(log)) = (self.rec.take(), &self.access) {
+            log.write(rec.line());
+        }
+    }
+}
+
+/// What the access log says about one request; built only when the log is
+/// on.
+struct AccessRec {
+    start: Instant,
+    listener: String,
+    client: std::net::IpAddr,
+    method: http::Method,
+    target: String,
+    host: String,
+    version: http::Version,
+    route: String,
+    class: usize,
+    cost: u32,
+    pool: String,
+    server: Option<String>,
+    tier: Option<u32>,
+    queue_ms: u64,
+    server_ms: Option<u64>,
+    retries: usize,
+    status: u16,
+    bytes: u64,
+}
+
+impl AccessRec {
+    fn new<B>(listener: &str, peer: SocketAddr, req: &Request<B>) -> Self {
+        AccessRec {
+            start: Instant::now(),
+            listener: listener.to_string(),
+            client: peer.ip(),
+            method: req.method().clone(),
+            target: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+            host: req
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .or_else(|| req.uri().authority().map(|a| a.as_str()))
+                .unwrap_or("")
+                .to_string(),
+            version: req.version(),
+            route: String::new(),
+            class: 0,
+            cost: 0,
+            pool: String::new(),
+            server: None,
+            tier: None,
+            queue_ms: 0,
+            server_ms: None,
+            retries: 0,
+            status: 0,
+            bytes: 0,
+        }
+    }
+
+    fn line(&self) -> String {
+        serde_json::json!({
+            "time_ms": convoy_core::access::epoch_ms(),
+            "kind": "http",
+            "listener": self.listener,
+            "client": self.client.to_string(),
+            "method": self.method.as_str(),
+            "target": self.target,
+            "host": self.host,
+            "version": format!("{:?}", self.version),
+            "route": self.route,
+            "class": self.class,
+            "cost": self.cost,
+            "pool": self.pool,
+            "server": self.server,
+            "tier": self.tier,
+            "queue_ms": self.queue_ms,
+            "server_ms": self.server_ms,
+            "total_ms": self.start.elapsed().as_millis() as u64,
+            "retries": self.retries,
+            "status": self.status,
+            "bytes_out": self.bytes,
+        })
+        .to_string()
+    }
 }
 
 impl Body for Tracked {
@@ -210,7 +305,13 @@ impl Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut TaskCx<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let (Some(rec), Poll::Ready(Some(Ok(f)))) = (&mut self.rec, &r) {
+            if let Some(d) = f.data_ref() {
+                rec.bytes += d.len() as u64;
+            }
+        }
+        r
     }
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
@@ -350,23 +451,27 @@ pub async fn serve(
                     let req_guard = InProgress::new(&st);
                     let st = Arc::clone(&st);
                     async move {
+                        let mut rec =
+                            sh.ctx.access.as_ref().map(|_| {
+                                Box::new(AccessRec::new(&sh.listener.cfg.name, peer, &req))
+                            });
+                        let fut = handle(&sh, req, peer, &info, &st, &mut rec);
                         let resp = match sh.request_timeout {
-                            Some(t) => {
-                                match tokio::time::timeout(t, handle(&sh, req, peer, &info, &st))
-                                    .await
-                                {
-                                    Ok(r) => r,
-                                    Err(_) => {
-                                        local(StatusCode::GATEWAY_TIMEOUT, "request timed out")
-                                    }
-                                }
-                            }
-                            None => handle(&sh, req, peer, &info, &st).await,
+                            Some(t) => match tokio::time::timeout(t, fut).await {
+                                Ok(r) => r,
+                                Err(_) => local(StatusCode::GATEWAY_TIMEOUT, "request timed out"),
+                            },
+                            None => fut.await,
                         };
+                        if let Some(r) = &mut rec {
+                            r.status = resp.status().as_u16();
+                        }
                         let (parts, body) = resp.into_parts();
                         let body = Tracked {
                             inner: body,
                             _req: req_guard,
+                            rec,
+                            access: sh.ctx.access.clone(),
                         };
                         Ok::<_, Infallible>(Response::from_parts(parts, body.boxed_unsync()))
                     }
@@ -523,12 +628,29 @@ async fn handle(
     peer: SocketAddr,
     info: &ClientInfo,
     st: &Arc<ConnState>,
+    rec: &mut Option<Box<AccessRec>>,
 ) -> Response<RespBody> {
     use std::sync::atomic::Ordering::Relaxed;
     let l = &sh.listener;
     l.count_request();
     let snap = sh.ctx.snapshot.load_full();
+    // An operator's request for an explanation: the header carries the
+    // admin token; it never reaches a server.
+    let explain =
+        req.headers_mut()
+            .remove("x-convoy-explain")
+            .is_some_and(|v| {
+                sh.ctx.explain_token.as_ref().is_some_and(|t| {
+                    convoy_core::control::constant_time_eq(v.as_bytes(), t.as_bytes())
+                })
+            });
     let d = decide(&l.cfg, &req);
+    if let Some(r) = rec {
+        r.route = d.route.to_string();
+        r.class = d.class;
+        r.cost = d.cost;
+        r.pool = d.pool.to_string();
+    }
     let Some(first_pool) = snap.pools.get(d.pool).cloned() else {
         return local(StatusCode::BAD_GATEWAY, "no such pool");
     };
@@ -600,6 +722,7 @@ async fn handle(
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
     let mut tried: Vec<usize> = Vec::new();
+    let mut queued_ms = 0u64;
     first_pool.note_request();
     let aff = affinity(&first_pool, &parts.headers, peer);
     loop {
@@ -624,10 +747,15 @@ async fn handle(
                     cost,
                 };
                 let timeout = first_pool.cfg.queue_timeout.get();
+                let waited = Instant::now();
                 let r = match q.rx.as_mut() {
                     Some(rx) => tokio::time::timeout(timeout, rx).await,
                     None => return local(StatusCode::INTERNAL_SERVER_ERROR, "queue state lost"),
                 };
+                queued_ms += waited.elapsed().as_millis() as u64;
+                if let Some(r) = rec.as_mut() {
+                    r.queue_ms = queued_ms;
+                }
                 match r {
                     Ok(Ok(grant)) => {
                         q.rx = None;
@@ -646,6 +774,11 @@ async fn handle(
             cost,
         };
         let server = &pool.servers[idx];
+        if let Some(r) = rec.as_mut() {
+            r.server = Some(server.cfg.name.clone());
+            r.tier = Some(server.cfg.tier);
+            r.retries = tried.len();
+        }
         if tried.iter().any(|&t| {
             first_pool
                 .servers
@@ -705,6 +838,9 @@ async fn handle(
                 let status = resp.status();
                 let failed = status.is_server_error();
                 let us = started.elapsed().as_micros();
+                if let Some(r) = rec.as_mut() {
+                    r.server_ms = Some((us / 1000) as u64);
+                }
                 server.state.observe(us as f64, failed);
                 server.state.latency.observe(us as u64);
                 if failed {
@@ -733,6 +869,12 @@ async fn handle(
                         if let Ok(v) = HeaderValue::from_str(&c) {
                             rparts.headers.append(http::header::SET_COOKIE, v);
                         }
+                    }
+                }
+                if explain {
+                    let text = explanation(&pool, idx, class, cost, queued_ms, &tried);
+                    if let Ok(v) = HeaderValue::from_str(&text) {
+                        rparts.headers.insert("x-convoy-explain", v);
                     }
                 }
                 let guarded = Guarded {
@@ -789,6 +931,53 @@ async fn handle(
             }
         }
     }
+}
+
+/// The `X-Convoy-Explain` answer: where the request went and how every
+/// candidate looked at that moment.
+fn explanation(
+    pool: &PoolRuntime,
+    idx: usize,
+    class: usize,
+    cost: u32,
+    queued_ms: u64,
+    tried: &[usize],
+) -> String {
+    use std::fmt::Write as _;
+    let s = &pool.servers[idx];
+    let mut out = format!(
+        "pool={}; server={}; tier={}; algorithm={:?}; class={class}; cost={cost}; queued_ms={queued_ms}; retries={}; candidates=",
+        pool.name,
+        s.cfg.name,
+        s.cfg.tier,
+        pool.cfg.algorithm,
+        tried.len()
+    );
+    for (i, e) in pool.servers.iter().enumerate() {
+        let st = &e.state;
+        let state = if !st.is_up() {
+            "down"
+        } else if st.is_ejected() {
+            "ejected"
+        } else if st.admin() != convoy_core::AdminState::Enabled {
+            "not-enabled"
+        } else {
+            "up"
+        };
+        let (lat, err) = st.qos();
+        let _ = write!(
+            out,
+            "{}{}({state},tier={},in_flight={},lat_ms={:.1},err={:.2})",
+            if i == 0 { "" } else { "," },
+            e.cfg.name,
+            e.cfg.tier,
+            st.in_flight(),
+            lat / 1000.0,
+            err
+        );
+    }
+    out.retain(|c| c.is_ascii() && !c.is_ascii_control());
+    out
 }
 
 /// Methods that may be sent twice (RFC 9110 §9.2.2).

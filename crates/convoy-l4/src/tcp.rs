@@ -86,6 +86,7 @@ pub async fn serve(
 }
 
 async fn handle(ctx: &Context, l: &ListenerRuntime, client: TcpStream, peer: SocketAddr) {
+    let opened = tokio::time::Instant::now();
     let _ = client.set_nodelay(true);
     // The address the client reached (not the listening one, which may be
     // a wildcard): the PROXY header's destination and, with `same_port`,
@@ -170,7 +171,38 @@ async fn handle(ctx: &Context, l: &ListenerRuntime, client: TcpStream, peer: Soc
         _ => {}
     }
     debug!(listener = %l.cfg.name, server = %entry.cfg.name, client = %peer, to_server = out.to_server, to_client = out.to_client, end = ?out.end, "connection closed");
+    if let Some(log) = &ctx.access {
+        log.write(format!(
+            "{{\"time_ms\":{},\"kind\":\"tcp\",\"listener\":{},\"client\":\"{}\",\"server\":{},\"duration_ms\":{},\"bytes_in\":{},\"bytes_out\":{},\"end\":\"{:?}\",\"retries\":{}}}",
+            convoy_core::access::epoch_ms(),
+            json_str(&l.cfg.name),
+            peer,
+            json_str(&entry.cfg.name),
+            opened.elapsed().as_millis(),
+            out.to_server,
+            out.to_client,
+            out.end,
+            tried.len(),
+        ));
+    }
     drop(guard);
+}
+
+/// A JSON string literal (names come from the config, but quote them
+/// properly anyway).
+fn json_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
 }
 
 async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {

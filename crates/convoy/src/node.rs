@@ -213,11 +213,22 @@ pub async fn run(
         Arc::clone(&cfg),
         None,
     )));
+    let access = match &cfg.node.access_log {
+        Some(dest) => Some(Arc::new(
+            convoy_core::access::AccessLog::open(dest)
+                .with_context(|| format!("node.access_log: cannot open {dest}"))?,
+        )),
+        None => None,
+    };
     let ctx = Context {
         snapshot: Arc::clone(&snapshot),
         events: events_tx,
         kill: kill_rx,
         splice,
+        access,
+        explain_token: admin
+            .as_ref()
+            .and_then(|(_, t)| t.as_deref().map(Arc::from)),
     };
     let now = Instant::now();
     let mut node = Node {

@@ -413,3 +413,74 @@ async fn futures_join(n: usize) -> Vec<HttpOrigin> {
     }
     v
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_lines_and_the_explain_header() {
+    let a = HttpOrigin::start("a", Duration::ZERO).await;
+    let b = HttpOrigin::start("b", Duration::ZERO).await;
+    let tcp = convoy_testkit::NamedBackend::start("t").await;
+    let (port, tport) = (free_port(), free_port());
+    let log = convoy_testkit::temp_dir("access").join("access.log");
+    let text = format!(
+        "[node]\naccess_log = \"{}\"\n\n{}\n\
+         [[listeners]]\nname = \"raw\"\naddress = \"127.0.0.1:{tport}\"\npool = \"tcp\"\n\
+         [pools.tcp]\n[[pools.tcp.servers]]\nname = \"t\"\naddress = \"{}\"\n",
+        log.display(),
+        config(port, &[&a, &b], ""),
+        tcp.addr
+    );
+    let _c = Convoy::start(BIN, &text).await;
+    for _ in 0..3 {
+        assert_eq!(get(port, "/api/x").await.unwrap().0, 200);
+    }
+    let (name, s) = convoy_testkit::ask_name(None, format!("127.0.0.1:{tport}").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(name, "t");
+    drop(s);
+    // The explain header, with the admin token only.
+    let c: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    for (token, want) in [(TOKEN, true), ("not-the-token", false)] {
+        let req = http::Request::get(format!("http://127.0.0.1:{port}/"))
+            .header("x-convoy-explain", token)
+            .body(Empty::new())
+            .unwrap();
+        let r = c.request(req).await.unwrap();
+        let h = r
+            .headers()
+            .get("x-convoy-explain")
+            .map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(h.is_some(), want, "{h:?}");
+        if let Some(h) = h {
+            assert!(h.starts_with("pool=web; server="), "{h}");
+            assert!(h.contains("candidates=a(up,") && h.contains("b(up,"), "{h}");
+        }
+    }
+    // Lines: 5 HTTP requests and 1 TCP connection, as JSON.
+    let mut lines: Vec<Value> = Vec::new();
+    wait_until(Duration::from_secs(5), || {
+        lines = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        lines.len() >= 6
+    })
+    .await;
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    let api: Vec<&Value> = lines.iter().filter(|l| l["route"] == "api").collect();
+    assert_eq!(api.len(), 3);
+    for l in &api {
+        assert_eq!(l["kind"], "http");
+        assert_eq!(l["status"], 200);
+        assert_eq!(l["class"], 1);
+        assert_eq!(l["tier"], 0);
+        assert_eq!(l["bytes_out"], 1, "the origin answers its one-letter name");
+        assert!(l["server"] == "a" || l["server"] == "b");
+        assert!(l["server_ms"].is_u64() && l["queue_ms"] == 0);
+    }
+    let t: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "tcp").collect();
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0]["server"], "t");
+    assert_eq!(t[0]["bytes_out"], 2, "the backend's name line");
+}
