@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs the real peers the
-# tests drive (redis-server, redis-tools), then runs every test of the
-# workspace. Usage: ./scripts/test.sh [extra cargo test args]
+# tests drive (redis-server, redis-tools, curl, openssl, chromium +
+# chromium-driver for the dashboard's browser test, the Prometheus text
+# parser), then runs every test of the workspace.
+# Usage: ./scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +11,12 @@ need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The metrics test reads /metrics with the Prometheus project's own
+# parser (Debian's python3-prometheus-client, for /usr/bin/python3).
+/usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 || need+=(python3-prometheus-client)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test peers: ${need[*]}"
   SUDO=""
@@ -16,5 +24,8 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+
+# Here a missing browser fails the dashboard test instead of skipping it.
+export CONVOY_REQUIRE_BROWSER=1
 
 cargo test --workspace "$@"

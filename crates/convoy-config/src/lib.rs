@@ -56,7 +56,14 @@ impl Config {
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigErrors> {
         let name = path.display().to_string();
         match std::fs::read_to_string(path) {
-            Ok(text) => Config::parse(&name, &text),
+            Ok(text) => Config::parse(&name, &text).map(|mut c| {
+                // Relative file names in the config are relative to its
+                // directory.
+                if let Some(dir) = path.parent() {
+                    c.resolve_paths(dir);
+                }
+                c
+            }),
             Err(e) => Err(ConfigErrors(vec![ConfigError {
                 file: name,
                 line: 0,
@@ -64,6 +71,34 @@ impl Config {
                 key: String::new(),
                 reason: format!("cannot read file: {e}"),
             }])),
+        }
+    }
+
+    /// Makes relative file names absolute against `dir`.
+    pub fn resolve_paths(&mut self, dir: &std::path::Path) {
+        let fix = |p: &mut std::path::PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        for l in &mut self.listeners {
+            if let Some(t) = &mut l.tls {
+                for c in &mut t.certificates {
+                    fix(&mut c.cert);
+                    fix(&mut c.key);
+                }
+                if let Some(ca) = &mut t.client_ca {
+                    fix(ca);
+                }
+            }
+        }
+        for p in self.pools.values_mut() {
+            if let Some(t) = &mut p.tls {
+                fix(&mut t.ca);
+            }
+        }
+        if let Some(f) = &mut self.admin.token_file {
+            fix(f);
         }
     }
 

@@ -377,6 +377,65 @@ pub struct Listener {
     /// Default: no limit beyond the others.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_timeout: Option<Dur>,
+    /// HTTP: terminate TLS (HTTPS) with these certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+}
+
+/// TLS termination on an HTTP listener.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// Certificates, chosen by the client's SNI name; one without `names`
+    /// is the default (for clients that send no name or an unknown one).
+    pub certificates: Vec<Certificate>,
+    /// Lowest protocol version: "1.2" (default) or "1.3".
+    #[serde(default = "default_tls_min")]
+    pub min_version: String,
+    /// CA certificates (PEM) that client certificates must chain to; set
+    /// to ask clients for a certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<std::path::PathBuf>,
+    /// With `client_ca`: "required" (default) or "optional".
+    #[serde(default = "default_client_auth")]
+    pub client_auth: String,
+    /// Check the certificate and key files this often and load them when
+    /// they change (unset: only on reload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<Dur>,
+}
+
+/// A certificate chain and its key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+    /// Server names it serves (exact, or "*.example.com"); empty: the
+    /// default certificate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+}
+
+fn default_tls_min() -> String {
+    "1.2".into()
+}
+fn default_client_auth() -> String {
+    "required".into()
+}
+
+/// TLS from convoy to a pool's servers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// CA certificates (PEM) the servers' certificates must chain to.
+    pub ca: std::path::PathBuf,
+    /// Name to send (SNI) and to verify in the servers' certificates
+    /// (default: each server's IP address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
 }
 
 impl Listener {
@@ -545,6 +604,9 @@ pub struct Pool {
     /// twentieth of them still go to it, to notice its recovery).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier_latency_above: Option<Dur>,
+    /// HTTP: speak TLS to the servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
     /// The servers.
     #[serde(default)]
     pub servers: Vec<Server>,

@@ -214,6 +214,39 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
                 err(p(k), "must be greater than 0s".into());
             }
         }
+        if let Some(t) = &l.tls {
+            if l.protocol != Protocol::Http {
+                err(p("tls"), "TLS termination needs protocol = \"http\"".into());
+            }
+            if t.certificates.is_empty() {
+                err(
+                    p("tls.certificates"),
+                    "give at least one certificate".into(),
+                );
+            }
+            let defaults = t.certificates.iter().filter(|c| c.names.is_empty()).count();
+            if defaults > 1 {
+                err(
+                    p("tls.certificates"),
+                    "only one certificate may be the default (without names)".into(),
+                );
+            }
+            if !["1.2", "1.3"].contains(&t.min_version.as_str()) {
+                err(
+                    p("tls.min_version"),
+                    format!("{:?} is not \"1.2\" or \"1.3\"", t.min_version),
+                );
+            }
+            if !["required", "optional"].contains(&t.client_auth.as_str()) {
+                err(
+                    p("tls.client_auth"),
+                    format!("{:?} is not \"required\" or \"optional\"", t.client_auth),
+                );
+            }
+            if t.watch.is_some_and(|w| w.get().is_zero()) {
+                err(p("tls.watch"), "must be greater than 0s".into());
+            }
+        }
         if l.protocol == Protocol::Http && l.affinity != Affinity::None {
             err(
                 p("affinity"),

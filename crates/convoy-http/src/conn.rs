@@ -88,10 +88,27 @@ impl Drop for InProgress {
     }
 }
 
+/// A client stream on which a 408 can be written directly (plain TCP);
+/// on TLS the connection is closed without one.
+pub trait RawWrite {
+    /// Writes `b` now if the socket takes it, without waiting.
+    fn try_write_raw(&self, b: &[u8]);
+}
+
+impl RawWrite for TcpStream {
+    fn try_write_raw(&self, b: &[u8]) {
+        let _ = self.try_write(b);
+    }
+}
+
+impl RawWrite for tokio_rustls::server::TlsStream<TcpStream> {
+    fn try_write_raw(&self, _b: &[u8]) {}
+}
+
 /// The client socket with header and idle timeouts.
 #[derive(Debug)]
-pub struct ConnIo {
-    s: TcpStream,
+pub struct ConnIo<S = TcpStream> {
+    s: S,
     st: Arc<ConnState>,
     header_timeout: Duration,
     idle_timeout: Duration,
@@ -113,14 +130,9 @@ pub struct ConnIo {
 
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 
-impl ConnIo {
+impl<S> ConnIo<S> {
     /// Wraps an accepted socket.
-    pub fn new(
-        s: TcpStream,
-        st: Arc<ConnState>,
-        header_timeout: Duration,
-        idle_timeout: Duration,
-    ) -> Self {
+    pub fn new(s: S, st: Arc<ConnState>, header_timeout: Duration, idle_timeout: Duration) -> Self {
         let now = Instant::now();
         ConnIo {
             s,
@@ -181,7 +193,7 @@ impl ConnIo {
 const TIMEOUT_408: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 
-impl AsyncRead for ConnIo {
+impl<S: AsyncRead + AsyncWrite + RawWrite + Unpin> AsyncRead for ConnIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -235,7 +247,7 @@ impl AsyncRead for ConnIo {
         if header && this.head_bytes {
             if !this.h2 {
                 // Best effort: the socket is idle for writing here.
-                let _ = this.s.try_write(TIMEOUT_408);
+                this.s.try_write_raw(TIMEOUT_408);
             }
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -247,7 +259,7 @@ impl AsyncRead for ConnIo {
     }
 }
 
-impl AsyncWrite for ConnIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -11,5 +11,6 @@ pub mod conn;
 pub mod headers;
 pub mod proxy;
 pub mod route;
+pub mod tls;
 
 pub use proxy::serve;

@@ -137,6 +137,7 @@ impl Body for Prefixed {
 }
 
 type Upstream = Client<HttpConnector, ReqBody>;
+type TlsUpstream = Client<hyper_rustls::HttpsConnector<HttpConnector>, ReqBody>;
 
 struct Shared {
     ctx: Context,
@@ -144,11 +145,60 @@ struct Shared {
     client: Upstream,
     /// HTTP/2 (h2c) to the servers of pools with `http2 = true`.
     client_h2: Upstream,
+    /// TLS clients per (pool, HTTP/2), built on first use and again when
+    /// the pool's TLS settings change.
+    tls_clients: std::sync::Mutex<
+        std::collections::HashMap<(String, bool), (convoy_config::UpstreamTls, TlsUpstream)>,
+    >,
     header_timeout: Duration,
     idle_timeout: Duration,
     body_timeout: Duration,
     response_timeout: Duration,
     request_timeout: Option<Duration>,
+}
+
+impl Shared {
+    /// The TLS client for `pool`'s servers.
+    fn tls_client(&self, pool: &PoolRuntime, h2: bool) -> Result<TlsUpstream, String> {
+        let Some(t) = &pool.cfg.tls else {
+            return Err("the pool has no TLS settings".into());
+        };
+        let key = (pool.name.clone(), h2);
+        let mut m = self.tls_clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((cfg, c)) = m.get(&key) {
+            if cfg == t {
+                return Ok(c.clone());
+            }
+        }
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(self.listener.cfg.connect_timeout.get()));
+        http.enforce_http(false);
+        let b = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(crate::tls::client_config(t, h2)?)
+            .https_only();
+        let b = match &t.sni {
+            Some(name) => {
+                let sn = rustls::pki_types::ServerName::try_from(name.clone())
+                    .map_err(|e| format!("tls.sni {name:?}: {e}"))?;
+                b.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(sn))
+            }
+            None => b,
+        };
+        let conn = if h2 {
+            b.enable_http2().wrap_connector(http)
+        } else {
+            b.enable_http1().wrap_connector(http)
+        };
+        let c: TlsUpstream = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(h2)
+            .build(conn);
+        m.insert(key, (t.clone(), c.clone()));
+        Ok(c)
+    }
 }
 
 /// Holds a request's slot on a server; dropping it releases the slot to
@@ -381,6 +431,7 @@ pub async fn serve(
     listener: Arc<ListenerRuntime>,
     socket: Arc<TcpListener>,
     mut stop: watch::Receiver<bool>,
+    tls: Option<Arc<crate::tls::TlsState>>,
 ) {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
@@ -407,6 +458,7 @@ pub async fn serve(
         listener,
         client,
         client_h2,
+        tls_clients: Default::default(),
     });
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -439,77 +491,111 @@ pub async fn serve(
         }
         let _ = stream.set_nodelay(true);
         let sh = Arc::clone(&shared);
-        let mut stop = stop.clone();
+        let stop = stop.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let st = Arc::new(ConnState::default());
-            let svc = {
-                let sh = Arc::clone(&sh);
-                let st = Arc::clone(&st);
-                let info = Arc::new(ClientInfo::new(peer, "http"));
-                hyper::service::service_fn(move |req| {
-                    let (sh, info) = (Arc::clone(&sh), Arc::clone(&info));
-                    let req_guard = InProgress::new(&st);
-                    let st = Arc::clone(&st);
-                    async move {
-                        let mut rec =
-                            sh.ctx.access.as_ref().map(|_| {
-                                Box::new(AccessRec::new(&sh.listener.cfg.name, peer, &req))
-                            });
-                        let fut = handle(&sh, req, peer, &info, &st, &mut rec);
-                        let resp = match sh.request_timeout {
-                            Some(t) => match tokio::time::timeout(t, fut).await {
-                                Ok(r) => r,
-                                Err(_) => local(StatusCode::GATEWAY_TIMEOUT, "request timed out"),
-                            },
-                            None => fut.await,
-                        };
-                        if let Some(r) = &mut rec {
-                            r.status = resp.status().as_u16();
+            match tls {
+                None => serve_conn(&sh, stream, peer, "http", stop).await,
+                Some(tls) => {
+                    // The handshake counts against the header timeout.
+                    let acceptor = tls.acceptor();
+                    match tokio::time::timeout(sh.header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve_conn(&sh, s, peer, "https", stop).await,
+                        Ok(Err(e)) => {
+                            debug!(client = %peer, error = %e, "TLS handshake failed");
                         }
-                        let (parts, body) = resp.into_parts();
-                        let body = Tracked {
-                            inner: body,
-                            _req: req_guard,
-                            rec,
-                            access: sh.ctx.access.clone(),
-                        };
-                        Ok::<_, Infallible>(Response::from_parts(parts, body.boxed_unsync()))
-                    }
-                })
-            };
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            // Header and idle timeouts are convoy's own (conn.rs), for
-            // HTTP/1 and HTTP/2 alike.
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(None);
-            let io = ConnIo::new(stream, Arc::clone(&st), sh.header_timeout, sh.idle_timeout);
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-            tokio::pin!(conn);
-            let mut kill = sh.ctx.kill.clone();
-            kill.mark_unchanged();
-            let mut lkill = sh.listener.kill_signal();
-            lkill.mark_unchanged();
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        debug!(client = %peer, error = %e, "http connection ended with an error");
+                        Err(_) => debug!(client = %peer, "TLS handshake timed out"),
                     }
                 }
-                _ = async { let _ = stop.wait_for(|s| *s).await; } => {
-                    conn.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        _ = conn.as_mut() => {}
-                        _ = kill.changed() => {}
-                        _ = lkill.changed() => {}
-                    }
-                }
-                _ = kill.changed() => {}
-                _ = lkill.changed() => {}
             }
             sh.listener.release();
         });
+    }
+}
+
+/// Serves one client connection (plain or TLS) until it ends, the
+/// listener stops (graceful) or the node or listener kills it.
+async fn serve_conn<S>(
+    sh: &Arc<Shared>,
+    stream: S,
+    peer: SocketAddr,
+    proto: &'static str,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + crate::conn::RawWrite
+        + Unpin
+        + Send
+        + 'static,
+{
+    let st = Arc::new(ConnState::default());
+    let svc = {
+        let sh = Arc::clone(sh);
+        let st = Arc::clone(&st);
+        let info = Arc::new(ClientInfo::new(peer, proto));
+        hyper::service::service_fn(move |req| {
+            let (sh, info) = (Arc::clone(&sh), Arc::clone(&info));
+            let req_guard = InProgress::new(&st);
+            let st = Arc::clone(&st);
+            async move {
+                let mut rec = sh
+                    .ctx
+                    .access
+                    .as_ref()
+                    .map(|_| Box::new(AccessRec::new(&sh.listener.cfg.name, peer, &req)));
+                let fut = handle(&sh, req, peer, &info, &st, &mut rec);
+                let resp = match sh.request_timeout {
+                    Some(t) => match tokio::time::timeout(t, fut).await {
+                        Ok(r) => r,
+                        Err(_) => local(StatusCode::GATEWAY_TIMEOUT, "request timed out"),
+                    },
+                    None => fut.await,
+                };
+                if let Some(r) = &mut rec {
+                    r.status = resp.status().as_u16();
+                }
+                let (parts, body) = resp.into_parts();
+                let body = Tracked {
+                    inner: body,
+                    _req: req_guard,
+                    rec,
+                    access: sh.ctx.access.clone(),
+                };
+                Ok::<_, Infallible>(Response::from_parts(parts, body.boxed_unsync()))
+            }
+        })
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // Header and idle timeouts are convoy's own (conn.rs), for HTTP/1 and
+    // HTTP/2 alike.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None);
+    let io = ConnIo::new(stream, Arc::clone(&st), sh.header_timeout, sh.idle_timeout);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut kill = sh.ctx.kill.clone();
+    kill.mark_unchanged();
+    let mut lkill = sh.listener.kill_signal();
+    lkill.mark_unchanged();
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                debug!(client = %peer, error = %e, "http connection ended with an error");
+            }
+        }
+        _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = kill.changed() => {}
+                _ = lkill.changed() => {}
+            }
+        }
+        _ = kill.changed() => {}
+        _ = lkill.changed() => {}
     }
 }
 
@@ -788,7 +874,12 @@ async fn handle(
             // A queued retry was handed the server it already failed on.
             return local(StatusCode::BAD_GATEWAY, "no server could be reached");
         }
-        let uri: Uri = match format!("http://{}{}", server.cfg.address.0, path).parse() {
+        let scheme = if pool.cfg.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let uri: Uri = match format!("{scheme}://{}{}", server.cfg.address.0, path).parse() {
             Ok(u) => u,
             Err(_) => return local(StatusCode::BAD_REQUEST, "bad request target"),
         };
@@ -813,8 +904,23 @@ async fn handle(
         let out = out.map(|_| b);
         let kill = server.state.request_kill_signal();
         let started = Instant::now();
-        let client = if h2 { &sh.client_h2 } else { &sh.client };
-        let result = match tokio::time::timeout(sh.response_timeout, client.request(out)).await {
+        let fut = if pool.cfg.tls.is_some() {
+            match sh.tls_client(&pool, h2) {
+                Ok(c) => c.request(out),
+                Err(e) => {
+                    warn!(event = "upstream_tls_error", pool = %pool.name, error = %e);
+                    return local(
+                        StatusCode::BAD_GATEWAY,
+                        "TLS to the server is misconfigured",
+                    );
+                }
+            }
+        } else if h2 {
+            sh.client_h2.request(out)
+        } else {
+            sh.client.request(out)
+        };
+        let result = match tokio::time::timeout(sh.response_timeout, fut).await {
             Ok(r) => r,
             Err(_) => {
                 match fault.load(Relaxed) {

@@ -108,6 +108,23 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Check { config } => match Config::load(&config) {
             Ok(c) => {
+                // Certificates and keys must load, too.
+                for (i, l) in c.listeners.iter().enumerate() {
+                    if let Some(t) = &l.tls {
+                        if let Err(e) = convoy_http::tls::check(t) {
+                            eprintln!("{}: listeners[{i}].tls.{e}", config.display());
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+                for (name, p) in &c.pools {
+                    if let Some(t) = &p.tls {
+                        if let Err(e) = convoy_http::tls::client_config(t, false) {
+                            eprintln!("{}: pools.{name}.{e}", config.display());
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
                 print!("{}", c.to_toml());
                 Ok(())
             }

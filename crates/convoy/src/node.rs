@@ -36,7 +36,13 @@ struct RunningListener {
     rt: Arc<ListenerRuntime>,
     stop: watch::Sender<bool>,
     sockets: Bound,
+    /// TLS certificates in use (HTTPS listeners), and when the files
+    /// were last checked for changes.
+    tls: Option<(Arc<convoy_http::tls::TlsState>, Instant)>,
 }
+
+/// A listener ready to start: its sockets and its TLS state.
+type Prepared = (Bound, Option<Arc<convoy_http::tls::TlsState>>);
 
 type ServerKey = (String, String);
 
@@ -364,7 +370,17 @@ pub async fn run(
 impl Node {
     /// Binds every socket of a listener (nothing is served yet), reusing
     /// sockets of running listeners bound to the same address.
-    fn bind_listener(&mut self, l: &Listener) -> anyhow::Result<Bound> {
+    fn bind_listener(&mut self, l: &Listener) -> anyhow::Result<Prepared> {
+        let tls = match &l.tls {
+            Some(t) => {
+                Some(convoy_http::tls::TlsState::new(t).map_err(|e| anyhow::anyhow!("tls.{e}"))?)
+            }
+            None => None,
+        };
+        Ok((self.bind_sockets(l)?, tls))
+    }
+
+    fn bind_sockets(&mut self, l: &Listener) -> anyhow::Result<Bound> {
         let mut tcp = Vec::new();
         let mut udp = Vec::new();
         for sa in l.address.sockets() {
@@ -412,7 +428,7 @@ impl Node {
     }
 
     /// Starts serving bound sockets.
-    fn spawn_listener(&self, l: &Listener, bound: Bound) -> RunningListener {
+    fn spawn_listener(&self, l: &Listener, (bound, tls): Prepared) -> RunningListener {
         let rt = Arc::new(ListenerRuntime::new(l.clone()));
         let (stop, stop_rx) = watch::channel(false);
         match bound.clone() {
@@ -426,6 +442,7 @@ impl Node {
                             Arc::clone(&rt),
                             s,
                             stop_rx.clone(),
+                            tls.clone(),
                         );
                         tokio::spawn(f);
                     } else {
@@ -458,6 +475,7 @@ impl Node {
             rt,
             stop,
             sockets: bound,
+            tls: tls.map(|t| (t, Instant::now())),
         }
     }
 
@@ -578,6 +596,26 @@ impl Node {
 
     fn on_tick(&mut self) {
         self.rotate_window();
+        // TLS listeners that watch their files.
+        for r in &mut self.listeners {
+            let Some((t, checked)) = &mut r.tls else {
+                continue;
+            };
+            let Some(every) = t.watch() else { continue };
+            if checked.elapsed() < every {
+                continue;
+            }
+            *checked = Instant::now();
+            match t.reload_if_changed() {
+                Some(Ok(())) => {
+                    info!(event = "tls_reloaded", listener = %r.rt.cfg.name, "certificate files changed: new handshakes use them")
+                }
+                Some(Err(e)) => {
+                    error!(event = "tls_reload_failed", listener = %r.rt.cfg.name, error = %e, "the current certificates stay")
+                }
+                None => {}
+            }
+        }
         if self.state == NodeState::Converging && Instant::now() >= self.converging_until {
             self.state = NodeState::Converged;
             info!(
@@ -816,10 +854,21 @@ impl Node {
             match self.bind_listener(l) {
                 Ok(b) => bound.push((l.clone(), b)),
                 Err(e) => {
-                    let msg = format!("listener {}: cannot bind: {e:#}", l.name);
+                    let msg = format!("listener {}: {e:#}", l.name);
                     error!(event = "reload_refused", origin, error = %msg, "cannot bind: the running config stays in force");
                     self.reloads_refused += 1;
                     return Err(CmdError::new(ErrorKind::Failed, msg));
+                }
+            }
+        }
+        // Unchanged TLS listeners read their certificate files again.
+        for r in &self.listeners {
+            if let (Some((t, _)), true) = (&r.tls, new.listeners.contains(&r.rt.cfg)) {
+                if let Err(e) = t.reload() {
+                    let msg = format!("listener {}: tls.{e}", r.rt.cfg.name);
+                    error!(event = "reload_refused", origin, error = %msg, "the running config stays in force");
+                    self.reloads_refused += 1;
+                    return Err(CmdError::new(ErrorKind::Invalid, msg));
                 }
             }
         }
