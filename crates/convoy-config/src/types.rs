@@ -380,6 +380,52 @@ pub struct Listener {
     /// HTTP: terminate TLS (HTTPS) with these certificates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
+    /// HTTP: compress responses (gzip, brotli, zstd) for clients that
+    /// accept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compression>,
+}
+
+/// Response compression on an HTTP listener.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Compression {
+    /// Codings in order of preference (ties in the client's q-values go
+    /// to the first): "br", "zstd", "gzip".
+    pub algorithms: Vec<String>,
+    /// Responses with a known length below this are sent as they are.
+    pub min_size: u64,
+    /// Compressible media types ("text/*" matches every text type).
+    pub types: Vec<String>,
+    /// Compression level (gzip 1-9, brotli 0-11, zstd 1-19; capped per
+    /// coding).
+    pub level: u32,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression {
+            algorithms: vec!["br".into(), "zstd".into(), "gzip".into()],
+            min_size: 1024,
+            types: [
+                "text/*",
+                "application/json",
+                "application/javascript",
+                "application/xml",
+                "application/xhtml+xml",
+                "application/rss+xml",
+                "application/atom+xml",
+                "application/wasm",
+                "image/svg+xml",
+                "font/ttf",
+                "font/otf",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            level: 5,
+        }
+    }
 }
 
 /// TLS termination on an HTTP listener.

@@ -214,6 +214,28 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
                 err(p(k), "must be greater than 0s".into());
             }
         }
+        if let Some(c) = &l.compression {
+            if l.protocol != Protocol::Http {
+                err(
+                    p("compression"),
+                    "compression needs protocol = \"http\"".into(),
+                );
+            }
+            for a in &c.algorithms {
+                if !["br", "zstd", "gzip"].contains(&a.as_str()) {
+                    err(
+                        p("compression.algorithms"),
+                        format!("{a:?} is not one of \"br\", \"zstd\", \"gzip\""),
+                    );
+                }
+            }
+            if c.algorithms.is_empty() {
+                err(
+                    p("compression.algorithms"),
+                    "name at least one coding".into(),
+                );
+            }
+        }
         if let Some(t) = &l.tls {
             if l.protocol != Protocol::Http {
                 err(p("tls"), "TLS termination needs protocol = \"http\"".into());

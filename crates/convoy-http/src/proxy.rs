@@ -34,8 +34,9 @@ use crate::conn::{ConnIo, ConnState, InProgress};
 use crate::headers::{add_forwarding, strip_hop_by_hop, ClientInfo};
 use crate::route::decide;
 
-/// Response body type: a streamed upstream body or a local one.
-pub type RespBody = UnsyncBoxBody<Bytes, hyper::Error>;
+/// Response body type: a streamed upstream body (possibly compressed) or
+/// a local one.
+pub type RespBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Request body to servers: the client's streamed body (its first frame
 /// already read and checked), or nothing (a bodiless request sent again to
@@ -152,6 +153,7 @@ struct Shared {
     >,
     header_timeout: Duration,
     idle_timeout: Duration,
+    compress: Option<crate::compress::Policy>,
     body_timeout: Duration,
     response_timeout: Duration,
     request_timeout: Option<Duration>,
@@ -350,11 +352,11 @@ impl AccessRec {
 
 impl Body for Tracked {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut TaskCx<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         if let (Some(rec), Poll::Ready(Some(Ok(f)))) = (&mut self.rec, &r) {
             if let Some(d) = f.data_ref() {
@@ -450,6 +452,7 @@ pub async fn serve(
     let cfg = &listener.cfg;
     let shared = Arc::new(Shared {
         header_timeout: cfg.header_timeout().get(),
+        compress: cfg.compression.as_ref().map(crate::compress::Policy::new),
         idle_timeout: cfg.idle_timeout().get(),
         body_timeout: cfg.body_timeout().get(),
         response_timeout: cfg.response_timeout().get(),
@@ -987,7 +990,14 @@ async fn handle(
                     inner: rbody,
                     slot,
                     kill,
-                };
+                }
+                .map_err(BoxError::from);
+                if let Some(p) = &sh.compress {
+                    if let Some(c) = p.choose(&parts.headers, &parts.method, &rparts) {
+                        let body = p.apply(c, &mut rparts, guarded);
+                        return Response::from_parts(rparts, body.boxed_unsync());
+                    }
+                }
                 return Response::from_parts(rparts, guarded.boxed_unsync());
             }
             Err(e) => {

@@ -99,6 +99,36 @@ impl HttpOrigin {
                                     .map(Duration::from_millis)
                                     .unwrap_or(delay);
                                 tokio::time::sleep(sleep).await;
+                                // /text/N and /png/N: N bytes of text or of
+                                // "image", for compression and caching tests.
+                                let path = req.uri().path().to_string();
+                                for (prefix, ct) in [
+                                    ("/text/", "text/plain; charset=utf-8"),
+                                    ("/png/", "image/png"),
+                                ] {
+                                    if let Some(n) = path
+                                        .strip_prefix(prefix)
+                                        .and_then(|n| n.parse::<usize>().ok())
+                                    {
+                                        let body: Vec<u8> = (0..n)
+                                            .map(|i| b"convoy text body line\n"[i % 22])
+                                            .collect();
+                                        s.count.fetch_add(1, Ordering::SeqCst);
+                                        s.now.fetch_sub(1, Ordering::SeqCst);
+                                        let mut r = Response::new(Either::Left(Full::new(
+                                            Bytes::from(body),
+                                        )));
+                                        r.headers_mut().insert(
+                                            "content-type",
+                                            http::HeaderValue::from_static(ct),
+                                        );
+                                        r.headers_mut().insert(
+                                            "etag",
+                                            http::HeaderValue::from_static("\"body-v1\""),
+                                        );
+                                        return Ok::<_, Infallible>(r);
+                                    }
+                                }
                                 if req.uri().path() == "/echo" {
                                     // Streams the request body straight back.
                                     s.count.fetch_add(1, Ordering::SeqCst);

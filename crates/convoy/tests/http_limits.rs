@@ -370,3 +370,88 @@ async fn idempotent_requests_are_retried_after_a_reset_others_are_not() {
     );
     bad_task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_are_compressed_for_clients_that_accept_it() {
+    let o = HttpOrigin::start("o", Duration::ZERO).await;
+    let port = free_port();
+    let _c = Convoy::start(
+        BIN,
+        &cfg(port, "compression = { min_size = 1000 }", "", &[&o]),
+    )
+    .await;
+    let original: Vec<u8> = (0..100_000)
+        .map(|i| b"convoy text body line\n"[i % 22])
+        .collect();
+    let url = format!("http://127.0.0.1:{port}/text/100000");
+    for enc in ["gzip", "br", "zstd"] {
+        // curl asks for one coding and decodes it itself.
+        let o = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "--max-time",
+                "5",
+                "-H",
+                &format!("accept-encoding: {enc}"),
+                "-D",
+                "/dev/stderr",
+                "--compressed",
+                &url,
+            ])
+            .output()
+            .unwrap();
+        let headers = String::from_utf8_lossy(&o.stderr).to_ascii_lowercase();
+        assert!(
+            headers.contains(&format!("content-encoding: {enc}")),
+            "{enc}: {headers}"
+        );
+        assert!(headers.contains("vary: accept-encoding"), "{headers}");
+        assert!(
+            headers.contains("etag: w/\"body-v1\""),
+            "strong etag weakened: {headers}"
+        );
+        assert_eq!(o.stdout, original, "{enc} decodes to the original");
+        // And the wire really carried fewer bytes.
+        let raw = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "--max-time",
+                "5",
+                "-H",
+                &format!("accept-encoding: {enc}"),
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{size_download}",
+                &url,
+            ])
+            .output()
+            .unwrap();
+        let n: usize = String::from_utf8_lossy(&raw.stdout).parse().unwrap();
+        assert!(n < original.len() / 10, "{enc}: {n} bytes on the wire");
+    }
+    // Images, small bodies and clients that do not ask stay as they are.
+    for (path, ae) in [
+        ("/png/5000", "gzip, br"),
+        ("/text/500", "gzip"),
+        ("/text/5000", "identity"),
+    ] {
+        let o = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "--max-time",
+                "5",
+                "-H",
+                &format!("accept-encoding: {ae}"),
+                "-D",
+                "/dev/stderr",
+                "-o",
+                "/dev/null",
+            ])
+            .arg(format!("http://127.0.0.1:{port}{path}"))
+            .output()
+            .unwrap();
+        let headers = String::from_utf8_lossy(&o.stderr).to_ascii_lowercase();
+        assert!(!headers.contains("content-encoding"), "{path}: {headers}");
+    }
+}
