@@ -111,6 +111,9 @@ pub struct Node {
     /// "stderr", "stdout" or a file path. Off when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub access_log: Option<String>,
+    /// Open connections and flows over every listener together; over it
+    /// new ones are refused. 0 = no node-wide limit.
+    pub max_connections: u64,
 }
 
 impl Default for Node {
@@ -123,6 +126,7 @@ impl Default for Node {
             splice: true,
             upgrade_socket: None,
             access_log: None,
+            max_connections: 0,
         }
     }
 }
@@ -384,6 +388,27 @@ pub struct Listener {
     /// accept it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<Compression>,
+    /// Open connections one client address may have (TCP and HTTP);
+    /// 0 = no limit.
+    #[serde(default)]
+    pub max_connections_per_ip: u32,
+    /// Per client address: HTTP requests (or, on TCP listeners, new
+    /// connections) per second, with a burst; over it HTTP gets 429 and
+    /// TCP connections are closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket per client address.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Sustained rate, per second.
+    pub per_second: f64,
+    /// Requests allowed at once above the rate (default: one second's
+    /// worth).
+    #[serde(default)]
+    pub burst: Option<f64>,
 }
 
 /// Response compression on an HTTP listener.

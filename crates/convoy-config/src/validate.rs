@@ -214,6 +214,23 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
                 err(p(k), "must be greater than 0s".into());
             }
         }
+        if let Some(r) = &l.rate_limit {
+            if !(r.per_second > 0.0 && r.per_second.is_finite()) {
+                err(p("rate_limit.per_second"), "must be greater than 0".into());
+            }
+            if r.burst.is_some_and(|b| !(b >= 1.0 && b.is_finite())) {
+                err(p("rate_limit.burst"), "must be at least 1".into());
+            }
+            if l.protocol == Protocol::Udp {
+                err(p("rate_limit"), "applies to TCP and HTTP listeners".into());
+            }
+        }
+        if l.max_connections_per_ip > 0 && l.protocol == Protocol::Udp {
+            err(
+                p("max_connections_per_ip"),
+                "applies to TCP and HTTP listeners".into(),
+            );
+        }
         if let Some(c) = &l.compression {
             if l.protocol != Protocol::Http {
                 err(

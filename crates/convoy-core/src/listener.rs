@@ -55,7 +55,64 @@ pub struct ListenerRuntime {
     /// 2 disabled (no new connections, open ones closed).
     admin: std::sync::atomic::AtomicU8,
     kill: tokio::sync::watch::Sender<u64>,
+    /// Per client address: open connections and the rate bucket (only
+    /// used when a per-address limit is set), in shards.
+    per_ip: Vec<Mutex<HashMap<IpAddr, IpEntry>>>,
+    node: Arc<NodeConns>,
 }
+
+#[derive(Debug)]
+struct IpEntry {
+    conns: u32,
+    tokens: f64,
+    last_ms: u64,
+}
+
+/// Connections open over the whole node, against `node.max_connections`.
+#[derive(Debug, Default)]
+pub struct NodeConns {
+    active: AtomicU64,
+    max: AtomicU64,
+}
+
+impl NodeConns {
+    /// Sets the node-wide limit (0: none).
+    pub fn set_max(&self, max: u64) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// Open connections over the node.
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+/// Why a connection was refused at accept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The listener's `max_connections`.
+    Listener,
+    /// The node's `max_connections`.
+    Node,
+    /// The listener's `max_connections_per_ip`.
+    PerIp,
+    /// The listener's `rate_limit` (TCP).
+    Rate,
+}
+
+impl Refusal {
+    /// Reason for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Listener => "max_connections",
+            Refusal::Node => "node_max_connections",
+            Refusal::PerIp => "max_connections_per_ip",
+            Refusal::Rate => "rate_limit",
+        }
+    }
+}
+
+const IP_SHARDS: usize = 16;
 
 /// Why no server was chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,7 +139,152 @@ impl ListenerRuntime {
             requests: AtomicU64::new(0),
             admin: std::sync::atomic::AtomicU8::new(0),
             kill: tokio::sync::watch::Sender::new(0),
+            per_ip: (0..IP_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            node: Arc::new(NodeConns::default()),
         }
+    }
+
+    /// A listener counting its connections against the node-wide limit
+    /// too.
+    pub fn with_node(cfg: Listener, node: Arc<NodeConns>) -> Self {
+        let mut l = ListenerRuntime::new(cfg);
+        l.node = node;
+        l
+    }
+
+    fn shard(&self, ip: IpAddr) -> &Mutex<HashMap<IpAddr, IpEntry>> {
+        let h = match ip {
+            IpAddr::V4(v) => u32::from(v) as u64,
+            IpAddr::V6(v) => (u128::from(v) as u64) ^ ((u128::from(v) >> 64) as u64),
+        };
+        &self.per_ip[(h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60) as usize % IP_SHARDS]
+    }
+
+    fn bucket(&self) -> Option<(f64, f64)> {
+        self.cfg
+            .rate_limit
+            .map(|r| (r.per_second, r.burst.unwrap_or(r.per_second).max(1.0)))
+    }
+
+    /// Takes a token from `e`'s bucket.
+    fn take_token(e: &mut IpEntry, rate: f64, burst: f64, now: u64) -> bool {
+        let dt = now.saturating_sub(e.last_ms) as f64 / 1000.0;
+        e.tokens = (e.tokens + dt * rate).min(burst);
+        e.last_ms = now;
+        if e.tokens >= 1.0 {
+            e.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Admits a new TCP or HTTP connection from `ip` against every limit:
+    /// the listener's, the node's, and the per-address ones. On success
+    /// the caller must `release_from(ip)` when it ends.
+    pub fn admit_from(&self, ip: IpAddr) -> Result<(), Refusal> {
+        let max = self.node.max.load(Ordering::Relaxed);
+        let n = self.node.active.fetch_add(1, Ordering::AcqRel);
+        if max > 0 && n >= max {
+            self.node.active.fetch_sub(1, Ordering::AcqRel);
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::Node);
+        }
+        if !self.admit() {
+            self.node.active.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::Listener);
+        }
+        let per_ip = self.cfg.max_connections_per_ip;
+        let rate = if self.cfg.protocol == convoy_config::Protocol::Tcp {
+            self.bucket()
+        } else {
+            None
+        };
+        if per_ip == 0 && rate.is_none() {
+            return Ok(());
+        }
+        let now = clock::now_ms();
+        let mut m = self.shard(ip).lock().unwrap_or_else(|e| e.into_inner());
+        // A new address starts with a full bucket (HTTP listeners spend it
+        // per request, TCP ones per connection).
+        let full = self.bucket().map_or(0.0, |(_, b)| b);
+        let e = m.entry(ip).or_insert(IpEntry {
+            conns: 0,
+            tokens: full,
+            last_ms: now,
+        });
+        let why = if per_ip > 0 && e.conns >= per_ip {
+            Some(Refusal::PerIp)
+        } else if rate.is_some_and(|(r, b)| !Self::take_token(e, r, b, now)) {
+            Some(Refusal::Rate)
+        } else {
+            None
+        };
+        match why {
+            None => {
+                e.conns += 1;
+                Ok(())
+            }
+            Some(w) => {
+                drop(m);
+                self.active.fetch_sub(1, Ordering::AcqRel);
+                self.accepted.fetch_sub(1, Ordering::Relaxed);
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                self.node.active.fetch_sub(1, Ordering::AcqRel);
+                Err(w)
+            }
+        }
+    }
+
+    /// Ends a connection admitted by `admit_from`.
+    pub fn release_from(&self, ip: IpAddr) {
+        self.release();
+        self.node.active.fetch_sub(1, Ordering::AcqRel);
+        if self.cfg.max_connections_per_ip > 0
+            || (self.cfg.rate_limit.is_some() && self.cfg.protocol == convoy_config::Protocol::Tcp)
+        {
+            let mut m = self.shard(ip).lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(e) = m.get_mut(&ip) {
+                e.conns = e.conns.saturating_sub(1);
+            }
+        }
+    }
+
+    /// An HTTP request from `ip` within the listener's `rate_limit`.
+    pub fn allow_request(&self, ip: IpAddr) -> bool {
+        let Some((rate, burst)) = self.bucket() else {
+            return true;
+        };
+        let now = clock::now_ms();
+        let mut m = self.shard(ip).lock().unwrap_or_else(|e| e.into_inner());
+        let e = m.entry(ip).or_insert(IpEntry {
+            conns: 0,
+            tokens: burst,
+            last_ms: now,
+        });
+        Self::take_token(e, rate, burst, now)
+    }
+
+    /// Forgets addresses with no connection whose bucket is full again.
+    pub fn expire_ips(&self) {
+        // Without a rate limit, entries only count connections.
+        let (rate, burst) = self.bucket().unwrap_or((1.0, 0.0));
+        let now = clock::now_ms();
+        for shard in &self.per_ip {
+            let mut m = shard.lock().unwrap_or_else(|e| e.into_inner());
+            m.retain(|_, e| {
+                let dt = now.saturating_sub(e.last_ms) as f64 / 1000.0;
+                e.conns > 0 || e.tokens + dt * rate < burst
+            });
+        }
+    }
+
+    /// Client addresses tracked for per-address limits.
+    pub fn tracked_ips(&self) -> usize {
+        self.per_ip
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
     }
 
     /// Counts an HTTP request.

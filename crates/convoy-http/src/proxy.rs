@@ -486,9 +486,9 @@ pub async fn serve(
             }
             continue;
         }
-        if !shared.listener.admit() {
+        if let Err(why) = shared.listener.admit_from(peer.ip()) {
             if shared.listener.refused_log.allow() {
-                warn!(event = "connection_refused", listener = %shared.listener.cfg.name, client = %peer, reason = "max_connections");
+                warn!(event = "connection_refused", listener = %shared.listener.cfg.name, client = %peer, reason = why.as_str());
             }
             continue;
         }
@@ -511,7 +511,7 @@ pub async fn serve(
                     }
                 }
             }
-            sh.listener.release();
+            sh.listener.release_from(peer.ip());
         });
     }
 }
@@ -722,6 +722,15 @@ async fn handle(
     use std::sync::atomic::Ordering::Relaxed;
     let l = &sh.listener;
     l.count_request();
+    if !l.allow_request(peer.ip()) {
+        if l.refused_log.allow() {
+            warn!(event = "request_refused", listener = %l.cfg.name, client = %peer, reason = "rate_limit");
+        }
+        let mut r = local(StatusCode::TOO_MANY_REQUESTS, "too many requests");
+        r.headers_mut()
+            .insert("retry-after", HeaderValue::from_static("1"));
+        return r;
+    }
     let snap = sh.ctx.snapshot.load_full();
     // An operator's request for an explanation: the header carries the
     // admin token; it never reaches a server.

@@ -68,9 +68,9 @@ pub async fn serve(
                 continue;
             }
         };
-        if !listener.admit() {
+        if let Err(why) = listener.admit_from(peer.ip()) {
             if listener.refused_log.allow() {
-                warn!(event = "connection_refused", listener = %listener.cfg.name, client = %peer, reason = "max_connections", refused_total = listener.counters().2);
+                warn!(event = "connection_refused", listener = %listener.cfg.name, client = %peer, reason = why.as_str(), refused_total = listener.counters().2);
             }
             drop(client);
             continue;
@@ -79,7 +79,7 @@ pub async fn serve(
         let l = Arc::clone(&listener);
         tokio::spawn(async move {
             handle(&ctx, &l, client, peer).await;
-            l.release();
+            l.release_from(peer.ip());
         });
     }
     debug!(listener = %listener.cfg.name, "accept loop stopped");

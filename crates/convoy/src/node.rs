@@ -96,6 +96,8 @@ struct Node {
     inherited: crate::upgrade::Inherited,
     /// A duplicate of the admin API's socket, for a later upgrade.
     admin_fd: Option<(std::net::SocketAddr, std::os::fd::OwnedFd)>,
+    /// Connections open over the node (`node.max_connections`).
+    conns: Arc<convoy_core::listener::NodeConns>,
 }
 
 /// The node's serving state.
@@ -265,7 +267,9 @@ pub async fn run(
         prev_window: HashMap::new(),
         inherited,
         admin_fd: None,
+        conns: Arc::new(convoy_core::listener::NodeConns::default()),
     };
+    node.conns.set_max(cfg.node.max_connections);
     for l in &cfg.listeners {
         let bound = node
             .bind_listener(l)
@@ -429,7 +433,10 @@ impl Node {
 
     /// Starts serving bound sockets.
     fn spawn_listener(&self, l: &Listener, (bound, tls): Prepared) -> RunningListener {
-        let rt = Arc::new(ListenerRuntime::new(l.clone()));
+        let rt = Arc::new(ListenerRuntime::with_node(
+            l.clone(),
+            Arc::clone(&self.conns),
+        ));
         let (stop, stop_rx) = watch::channel(false);
         match bound.clone() {
             Bound::Tcp(socks) => {
@@ -669,6 +676,7 @@ impl Node {
         }
         for l in &self.listeners {
             l.rt.expire_sticky();
+            l.rt.expire_ips();
         }
         for pool in snap.pools.values() {
             self.standby_tick(pool);
@@ -873,6 +881,7 @@ impl Node {
             }
         }
         let new = Arc::new(new);
+        self.conns.set_max(new.node.max_connections);
         let snap = Arc::new(Snapshot::build(Arc::clone(&new), Some(&old)));
         self.snapshot.store(Arc::clone(&snap));
         // Unchanged listeners keep running untouched; the rest stop.
