@@ -224,21 +224,42 @@ struct Guarded {
     inner: Incoming,
     slot: Slot,
     kill: watch::Receiver<u64>,
+    /// A server that stops sending mid-body for `response_timeout` has
+    /// its response cut (created at the first wait).
+    pause: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Body for Guarded {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut TaskCx<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
-        if r.is_ready() && self.kill.has_changed().unwrap_or(true) {
+        if r.is_pending() {
+            let pause = self.pause;
+            let t = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(pause)));
+            if t.as_mut().poll(cx).is_ready() {
+                let s = &self.slot.pool.servers[self.slot.idx];
+                s.state.count_error(ErrorKind::Timeout);
+                debug!(server = %s.cfg.name, "response body timed out: cut");
+                return Poll::Ready(Some(Err("server stopped sending its response".into())));
+            }
+            return Poll::Pending;
+        }
+        let next = tokio::time::Instant::now() + self.pause;
+        if let Some(t) = self.timer.as_mut() {
+            t.as_mut().reset(next);
+        }
+        if self.kill.has_changed().unwrap_or(true) {
             debug!(server = %self.slot.pool.servers[self.slot.idx].cfg.name, "response cut: server connections closed");
             return Poll::Ready(None);
         }
-        r
+        r.map(|o| o.map(|res| res.map_err(BoxError::from)))
     }
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
@@ -572,6 +593,9 @@ async fn serve_conn<S>(
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // Header and idle timeouts are convoy's own (conn.rs), for HTTP/1 and
     // HTTP/2 alike.
+    // Half-close is not supported: a client's end of stream ends the
+    // connection at once, so that a client that goes away frees its slot
+    // at once even while its server has not answered yet.
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -999,8 +1023,9 @@ async fn handle(
                     inner: rbody,
                     slot,
                     kill,
-                }
-                .map_err(BoxError::from);
+                    pause: sh.response_timeout,
+                    timer: None,
+                };
                 if let Some(p) = &sh.compress {
                     if let Some(c) = p.choose(&parts.headers, &parts.method, &rparts) {
                         let body = p.apply(c, &mut rparts, guarded);

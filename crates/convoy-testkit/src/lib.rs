@@ -257,7 +257,19 @@ impl Convoy {
             full.push_str("\n[admin]\naddress = \"127.0.0.1:0\"\n");
         }
         std::fs::write(&path, full).expect("write config");
-        Convoy::spawn(bin, dir, path, &[]).await
+        Convoy::spawn(bin, dir, path, &[], &[]).await
+    }
+
+    /// Like `start`, with the command run under `wrapper` (e.g.
+    /// `["prlimit", "--nofile=64"]`).
+    pub async fn start_wrapped(bin: &str, config: &str, wrapper: &[&str]) -> Convoy {
+        let dir = temp_dir("node");
+        let path = dir.join("convoy.toml");
+        let full = format!(
+            "[node]\nlog_format = \"json\"\n\n{config}\n[admin]\naddress = \"127.0.0.1:0\"\n"
+        );
+        std::fs::write(&path, full).expect("write config");
+        Convoy::spawn(bin, dir, path, &[], wrapper).await
     }
 
     /// Starts a second process on this node's config file with
@@ -266,11 +278,25 @@ impl Convoy {
     /// directory stays with `self`.
     pub async fn start_upgrade(&self, bin: &str) -> Convoy {
         let dir = temp_dir("upgrade");
-        Convoy::spawn(bin, dir, self.config.clone(), &["--upgrade"]).await
+        Convoy::spawn(bin, dir, self.config.clone(), &["--upgrade"], &[]).await
     }
 
-    async fn spawn(bin: &str, dir: PathBuf, path: PathBuf, extra: &[&str]) -> Convoy {
-        let mut child = Command::new(bin)
+    async fn spawn(
+        bin: &str,
+        dir: PathBuf,
+        path: PathBuf,
+        extra: &[&str],
+        wrapper: &[&str],
+    ) -> Convoy {
+        let mut cmd = match wrapper.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
             .arg("run")
             .arg("-c")
             .arg(&path)

@@ -1,0 +1,317 @@
+//! Fault injection: servers that reset, hang, send garbage, close a
+//! keep-alive connection as it is reused, or answer byte by byte; clients
+//! that disconnect mid-request or mid-response, half-close, or sit idle by
+//! the thousand; running out of file descriptors. Each checks what the
+//! client sees and that the counters (in flight, open connections) return
+//! to zero through the admin API.
+
+use std::process::Command;
+use std::time::Duration;
+
+use convoy_testkit::http::HttpOrigin;
+use convoy_testkit::{free_port, wait_until, Convoy};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const BIN: &str = env!("CARGO_BIN_EXE_convoy");
+
+/// How the bad server misbehaves.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    /// Headers and half the body, then a reset.
+    ResetMidBody,
+    /// Headers announcing 100 bytes, then nothing.
+    HangAfterHeaders,
+    /// Not HTTP at all.
+    Garbage,
+    /// A keep-alive answer, then the connection closes at once.
+    CloseAfterAnswer,
+    /// The answer one byte at a time.
+    Slow,
+}
+
+async fn bad_server(mode: Mode) -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                loop {
+                    let mut buf = [0u8; 4096];
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    match mode {
+                        Mode::ResetMidBody => {
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhalf")
+                                .await;
+                            #[allow(deprecated)]
+                            let _ = s.set_linger(Some(Duration::ZERO));
+                            return;
+                        }
+                        Mode::HangAfterHeaders => {
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n")
+                                .await;
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            return;
+                        }
+                        Mode::Garbage => {
+                            let _ = s.write_all(b"garbage \x00\x01\x02\r\n\r\n").await;
+                            return;
+                        }
+                        Mode::CloseAfterAnswer => {
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                                .await;
+                            return;
+                        }
+                        Mode::Slow => {
+                            for b in b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow" {
+                                if s.write_all(&[*b]).await.is_err() {
+                                    return;
+                                }
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn query(admin: &str) -> Value {
+    let o = Command::new(BIN)
+        .args(["ctl", "--admin", admin, "--json", "query"])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
+}
+
+/// In flight and open connections over the whole node.
+fn busy(admin: &str) -> (u64, u64) {
+    let q = query(admin);
+    let mut in_flight = 0;
+    for p in q["pools"].as_array().into_iter().flatten() {
+        for z in p["zones"].as_array().into_iter().flatten() {
+            for s in z["servers"].as_array().into_iter().flatten() {
+                in_flight += s["in_flight"].as_u64().unwrap_or(0);
+            }
+        }
+    }
+    let open = q["listeners"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| l["active"].as_u64().unwrap_or(0))
+        .sum();
+    (in_flight, open)
+}
+
+async fn settles(admin: &str, what: &str) {
+    let mut last = (0, 0);
+    let ok = wait_until(Duration::from_secs(5), || {
+        last = busy(admin);
+        last == (0, 0)
+    })
+    .await;
+    assert!(
+        ok,
+        "{what}: counters did not return to zero: in flight, open = {last:?}"
+    );
+}
+
+async fn ask(port: u16, req: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let _ = s.write_all(req).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn one_server(port: u16, addr: std::net::SocketAddr, extra: &str) -> String {
+    format!(
+        "[[listeners]]\nname = \"web\"\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n{extra}\n\n\
+         [pools.web]\nhealth = {{ check = \"none\" }}\noutlier = {{ consecutive = 0 }}\npassive = {{ failures = 0 }}\n\
+         [[pools.web.servers]]\nname = \"s\"\naddress = \"{addr}\"\n"
+    )
+}
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_servers() {
+    for mode in [
+        Mode::ResetMidBody,
+        Mode::HangAfterHeaders,
+        Mode::Garbage,
+        Mode::CloseAfterAnswer,
+        Mode::Slow,
+    ] {
+        let addr = bad_server(mode).await;
+        let port = free_port();
+        let c = Convoy::start(BIN, &one_server(port, addr, "response_timeout = \"1s\"")).await;
+        let admin = c.admin_addr();
+        match mode {
+            Mode::ResetMidBody | Mode::HangAfterHeaders => {
+                // The head went out; the body is cut: the client sees a
+                // short body and a closed connection, never a hang.
+                let t = tokio::time::Instant::now();
+                let a = ask(port, GET).await;
+                assert!(a.starts_with("HTTP/1.1 200"), "{mode:?}: {a:?}");
+                assert!(!a.ends_with(&"x".repeat(100)));
+                if let Mode::ResetMidBody = mode {
+                    assert!(t.elapsed() < Duration::from_secs(3), "{mode:?}");
+                }
+            }
+            Mode::Garbage => {
+                let a = ask(port, GET).await;
+                assert!(a.starts_with("HTTP/1.1 502"), "{a:?}");
+            }
+            Mode::CloseAfterAnswer => {
+                // Many requests over convoy's pooled connections to a
+                // server that closes each one after answering: the race
+                // of reusing a connection just as it closes must never
+                // reach the client.
+                for i in 0..50 {
+                    let a = ask(port, GET).await;
+                    assert!(
+                        a.starts_with("HTTP/1.1 200") && a.ends_with("ok"),
+                        "request {i}: {a:?}"
+                    );
+                }
+            }
+            Mode::Slow => {
+                let a = ask(port, GET).await;
+                assert!(
+                    a.starts_with("HTTP/1.1 200") && a.ends_with("slow"),
+                    "{a:?}"
+                );
+            }
+        }
+        settles(&admin, &format!("{mode:?}")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_clients() {
+    let o = HttpOrigin::start("o", Duration::ZERO).await;
+    let port = free_port();
+    let c = Convoy::start(BIN, &one_server(port, o.addr, "")).await;
+    let admin = c.admin_addr();
+
+    // Gone mid-request: an upload that stops, then the connection closes.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(
+        b"POST /echo?sleep_ms=200 HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nsome bytes",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(s);
+    settles(&admin, "client").await;
+
+    // Gone mid-response: a large download read in part.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"GET /text/5000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 65536];
+    let _ = s.read(&mut buf).await.unwrap();
+    drop(s);
+    settles(&admin, "client").await;
+
+    // Half-closed: the request, then FIN. convoy takes the end of stream
+    // as the client leaving (so a slot is never held for a client that is
+    // gone): the connection closes and nothing stays counted.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"GET /?sleep_ms=100 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    assert!(r.is_ok(), "the connection ends");
+    settles(&admin, "client").await;
+
+    // Thousands of idle connections: memory stays bounded.
+    let pid = c.pid();
+    let rss = || -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+            .unwrap_or(0)
+    };
+    let before = rss();
+    let mut idle = Vec::new();
+    for _ in 0..2000 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        // One request each, so each connection is a served keep-alive one.
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        idle.push(s);
+    }
+    for s in idle.iter_mut() {
+        let mut b = [0u8; 512];
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await;
+    }
+    let after = rss();
+    let per_conn_kb = after.saturating_sub(before) as f64 / 2000.0;
+    println!(
+        "memory per idle keep-alive connection: {per_conn_kb:.1} KiB (RSS {before} -> {after} KiB)"
+    );
+    assert!(per_conn_kb < 64.0, "{per_conn_kb} KiB per idle connection");
+    assert_eq!(busy(&admin).1, 2000);
+    drop(idle);
+    settles(&admin, "client").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_descriptors_backs_off_and_recovers() {
+    let o = HttpOrigin::start("o", Duration::ZERO).await;
+    let port = free_port();
+    let cfg = one_server(port, o.addr, "");
+    let c = Convoy::start_wrapped(BIN, &cfg, &["prlimit", "--nofile=96"]).await;
+    // Far more connections than descriptors.
+    let mut held = Vec::new();
+    for _ in 0..150 {
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)).await {
+            held.push(s);
+        }
+    }
+    assert!(
+        c.wait_event("accept_error", Duration::from_secs(5)).await,
+        "convoy reports running out of descriptors: {}",
+        c.stderr()
+    );
+    drop(held);
+    // Service resumes once descriptors are free again.
+    let ok = wait_until(Duration::from_secs(10), || {
+        let o = Command::new("curl")
+            .args([
+                "-s",
+                "--max-time",
+                "2",
+                &format!("http://127.0.0.1:{port}/"),
+            ])
+            .output()
+            .unwrap();
+        o.stdout == b"o"
+    })
+    .await;
+    assert!(ok, "service resumed: {}", c.stderr());
+}
