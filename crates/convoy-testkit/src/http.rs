@@ -46,7 +46,12 @@ pub struct HttpOrigin {
 impl HttpOrigin {
     /// Starts on a free loopback port; each request takes `delay`.
     pub async fn start(name: &str, delay: Duration) -> HttpOrigin {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(name, delay, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts on `addr` (e.g. the address of an origin that was stopped).
+    pub async fn start_on(name: &str, delay: Duration, addr: SocketAddr) -> HttpOrigin {
+        let l = TcpListener::bind(addr).await.unwrap();
         let addr = l.local_addr().unwrap();
         let seen = Arc::new(Seen::default());
         let (s2, n2) = (Arc::clone(&seen), name.to_string());
