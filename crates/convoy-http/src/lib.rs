@@ -7,6 +7,7 @@
 //! goes away) and then handed to the next queued request.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod compress;
 pub mod conn;
 pub mod headers;
