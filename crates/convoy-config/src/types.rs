@@ -65,7 +65,7 @@ impl Admin {
     /// source that could not be read; the token itself is never included.
     pub fn resolve_token(&self) -> Result<Option<String>, String> {
         if let Some(t) = &self.token {
-            return Ok(Some(t.clone()));
+            return Ok(Some(t.trim().to_string()));
         }
         if let Some(var) = &self.token_env {
             return match std::env::var(var) {

@@ -21,6 +21,17 @@ pub enum AdminState {
     Disabled,
 }
 
+impl AdminState {
+    /// The state as written in the API and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Enabled => "enabled",
+            AdminState::Draining => "draining",
+            AdminState::Disabled => "disabled",
+        }
+    }
+}
+
 /// Live per-server state, shared by every snapshot that contains the server.
 #[derive(Debug)]
 pub struct ServerState {

@@ -1096,11 +1096,16 @@ fn explanation(
     use std::fmt::Write as _;
     let s = &pool.servers[idx];
     let mut out = format!(
-        "pool={}; server={}; tier={}; algorithm={:?}; class={class}; cost={cost}; queued_ms={queued_ms}; retries={}; candidates=",
+        "pool={}; server={}; tier={}; algorithm={}; class={class}; cost={cost}; queued_ms={queued_ms}; retries={}; candidates=",
         pool.name,
         s.cfg.name,
         s.cfg.tier,
-        pool.cfg.algorithm,
+        match pool.cfg.algorithm {
+            convoy_config::Algorithm::RoundRobin => "round_robin",
+            convoy_config::Algorithm::LeastOutstanding => "least_outstanding",
+            convoy_config::Algorithm::Qos => "qos",
+            convoy_config::Algorithm::Hash => "hash",
+        },
         tried.len()
     );
     for (i, e) in pool.servers.iter().enumerate() {

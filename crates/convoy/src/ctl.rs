@@ -24,8 +24,8 @@ pub struct CtlArgs {
     /// Bearer token (or set CONVOY_TOKEN).
     #[arg(long, env = "CONVOY_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// File holding the bearer token.
-    #[arg(long, conflicts_with = "token")]
+    /// File holding the bearer token (wins over CONVOY_TOKEN).
+    #[arg(long)]
     token_file: Option<std::path::PathBuf>,
     /// Print the API's JSON instead of tables.
     #[arg(long)]
@@ -125,15 +125,15 @@ fn enc(s: &str) -> String {
 
 /// Runs `convoy ctl`.
 pub fn main(args: CtlArgs) -> ExitCode {
-    let token = match (&args.token, &args.token_file) {
-        (Some(t), _) => Some(t.trim().to_string()),
-        (None, Some(f)) => match std::fs::read_to_string(f) {
+    let token = match (&args.token_file, &args.token) {
+        (Some(f), _) => match std::fs::read_to_string(f) {
             Ok(t) => Some(t.trim().to_string()),
             Err(e) => {
                 eprintln!("convoy ctl: cannot read token file {}: {e}", f.display());
                 return ExitCode::from(2);
             }
         },
+        (None, Some(t)) => Some(t.trim().to_string()),
         (None, None) => None,
     };
     let (method, path, body) = request_of(&args.cmd);

@@ -125,7 +125,12 @@ fn main() -> ExitCode {
                         }
                     }
                 }
-                print!("{}", c.to_toml());
+                // The token is a secret: never printed.
+                let mut shown = c.clone();
+                if shown.admin.token.is_some() {
+                    shown.admin.token = Some("<redacted>".into());
+                }
+                print!("{}", shown.to_toml());
                 Ok(())
             }
             Err(e) => {

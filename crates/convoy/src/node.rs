@@ -98,6 +98,10 @@ struct Node {
     admin_fd: Option<(std::net::SocketAddr, std::os::fd::OwnedFd)>,
     /// Connections open over the node (`node.max_connections`).
     conns: Arc<convoy_core::listener::NodeConns>,
+    /// The admin API's task: stopped when the process is about to exit
+    /// (drain-stop by signal or upgrade), so that its socket is free for
+    /// the next process and requests reach only the one that stays.
+    admin_task: Option<JoinHandle<()>>,
 }
 
 /// The node's serving state.
@@ -268,6 +272,7 @@ pub async fn run(
         inherited,
         admin_fd: None,
         conns: Arc::new(convoy_core::listener::NodeConns::default()),
+        admin_task: None,
     };
     node.conns.set_max(cfg.node.max_connections);
     for l in &cfg.listeners {
@@ -287,7 +292,11 @@ pub async fn run(
         }
         let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         info!(event = "admin_listening", address = %addr, auth = token.is_some(), "admin API, metrics and dashboard");
-        tokio::spawn(convoy_admin::serve(l, token, admin_tx.clone()));
+        node.admin_task = Some(tokio::spawn(convoy_admin::serve(
+            l,
+            token,
+            admin_tx.clone(),
+        )));
     }
     if upgrading {
         let unused = node.inherited.unused();
@@ -303,6 +312,9 @@ pub async fn run(
             let _ = std::fs::remove_file(p);
             match tokio::net::UnixListener::bind(p) {
                 Ok(l) => {
+                    if let Err(e) = crate::upgrade::restrict(p) {
+                        warn!(event = "upgrade_socket_error", error = %format!("{e:#}"));
+                    }
                     tokio::spawn(crate::upgrade::serve(l, upgrade_tx.clone()));
                 }
                 Err(e) => warn!(event = "upgrade_socket_error", path = %p.display(), error = %e),
@@ -769,7 +781,7 @@ impl Node {
             for s in &pool.servers {
                 let a = s.state.admin();
                 if a != AdminState::Enabled {
-                    info!(event = "server_admin", pool = %pool.name, server = %s.cfg.name, state = ?a);
+                    info!(event = "server_admin", pool = %pool.name, server = %s.cfg.name, state = a.as_str());
                 }
             }
         }
@@ -920,7 +932,7 @@ impl Node {
                 let now = s.state.admin();
                 match before.get(&key) {
                     Some(prev) if *prev != now => {
-                        info!(event = "server_admin", pool = %p.name, server = %s.cfg.name, from = ?prev, to = ?now);
+                        info!(event = "server_admin", pool = %p.name, server = %s.cfg.name, from = prev.as_str(), to = now.as_str());
                         match now {
                             AdminState::Enabled => s.state.restart_slow_start(),
                             // Disabled means no traffic at all: open
@@ -1033,15 +1045,34 @@ impl Node {
         if let Some((_, e)) = &mut self.drain {
             // A signal during an API drain-stop makes it exit at its end.
             *e |= exit;
+            if exit {
+                self.close_admin();
+            }
             return;
         }
         self.stop_listeners();
+        if exit {
+            self.close_admin();
+        }
         let timeout = self.snap().config.node.drain_timeout.get();
         self.drain = Some((Instant::now() + timeout, exit));
         if self.state != NodeState::Suspended {
             self.state = NodeState::Draining;
         }
         info!(event = "drainstop", by, connections = self.active(), timeout = %self.snap().config.node.drain_timeout, "node draining: no new connections");
+    }
+
+    /// Stops the admin API and closes its socket (this process is going
+    /// away; a new one may bind or has taken over the address).
+    fn close_admin(&mut self) {
+        if let Some(t) = self.admin_task.take() {
+            t.abort();
+            info!(
+                event = "admin_closed",
+                "admin API closed: this process exits after its drain"
+            );
+        }
+        self.admin_fd = None;
     }
 
     /// Closes every open connection of the node.
@@ -1146,7 +1177,7 @@ impl Node {
         if self.state == NodeState::Suspended && !cmd.allowed_when_suspended() {
             return Err(CmdError::new(
                 ErrorKind::Conflict,
-                "the node is suspended: only resume and query are accepted",
+                "the node is suspended: only resume, query, explain, events and metrics are accepted",
             ));
         }
         match cmd {
@@ -1235,7 +1266,7 @@ impl Node {
                 };
                 l.rt.set_admin(a);
                 self.overrides.listener_admin.insert(name.clone(), a);
-                info!(event = "listener_admin", listener = %name, state = ?a);
+                info!(event = "listener_admin", listener = %name, state = a.as_str());
                 Ok(serde_json::json!({ "listener": name, "state": a }))
             }
             Command::Server {
@@ -1289,7 +1320,7 @@ impl Node {
                 if cost.is_some() {
                     e.1 = cost;
                 }
-                info!(event = "route_changed", listener = %listener, route = %route, priority = ?priority, cost = ?cost);
+                info!(event = "route_changed", listener = %listener, route = %route, priority = priority.map(u64::from), cost = cost.map(u64::from));
                 let cfg = self.overrides.apply(&self.base);
                 self.apply(cfg, "admin")
             }

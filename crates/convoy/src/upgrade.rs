@@ -78,7 +78,9 @@ impl Inherited {
     }
 
     /// Tells the old process that this one serves; it then drain-stops.
+    /// Sockets the new config did not use are closed.
     pub fn ready(&mut self) {
+        self.socks.clear();
         if let Some(mut c) = self.conn.take() {
             if let Err(e) = c.write_all(b"READY\n") {
                 warn!(event = "upgrade_ready_failed", error = %e, "could not tell the old process");
@@ -217,8 +219,18 @@ pub fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
         }
         let _ = std::fs::remove_file(path);
     }
-    tokio::net::UnixListener::bind(path)
-        .with_context(|| format!("cannot bind the upgrade socket {}", path.display()))
+    let l = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot bind the upgrade socket {}", path.display()))?;
+    restrict(path)?;
+    Ok(l)
+}
+
+/// Only the owner may connect: whoever can connect can take the node's
+/// sockets and make it exit.
+pub fn restrict(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict the upgrade socket {}", path.display()))
 }
 
 /// Old process: serves takeover requests on `l` until one succeeds.

@@ -151,3 +151,32 @@ async fn upgrade_under_load_loses_nothing() {
     // And the new process can itself be upgraded later.
     assert!(sock.exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_frees_its_addresses_for_the_next_one() {
+    // Without an upgrade socket: SIGQUIT the old node, start the new one
+    // on the same config while the old one still drains a connection.
+    let backend = NamedBackend::start("t").await;
+    let (tport, aport) = (free_port(), free_port());
+    let cfg = format!(
+        "[node]\ndrain_timeout = \"10s\"\n[admin]\naddress = \"127.0.0.1:{aport}\"\n\n\
+         [[listeners]]\naddress = \"127.0.0.1:{tport}\"\npool = \"tcp\"\n\
+         [pools.tcp]\n[[pools.tcp.servers]]\nname = \"t\"\naddress = \"{}\"\n",
+        backend.addr
+    );
+    let mut old = Convoy::start(BIN, &cfg).await;
+    let (_, mut long) = ask_name(None, format!("127.0.0.1:{tport}").parse().unwrap())
+        .await
+        .unwrap();
+    old.signal("QUIT");
+    assert!(old.wait_event("admin_closed", Duration::from_secs(5)).await);
+    let new = Convoy::start(BIN, &cfg).await;
+    assert_eq!(new.admin_addr(), format!("127.0.0.1:{aport}"));
+    // The old connection still works until it ends; then the old exits.
+    long.write_all(b"x").await.unwrap();
+    let mut b = [0u8; 1];
+    long.read_exact(&mut b).await.unwrap();
+    drop(long);
+    assert_eq!(old.wait_exit(Duration::from_secs(10)).await, Some(0));
+    tcp_echo(tport).await.unwrap();
+}
