@@ -12,6 +12,7 @@
 //! | PUT | `/api/v1/listeners/{listener}/routes/{route}` `{"priority":N,"cost":N}` | route class |
 //! | GET | `/api/v1/pools/{pool}/explain` | explain |
 //! | GET | `/api/v1/events?since=N` | recent events |
+//! | POST | `/api/v1/cache/purge` `{"prefix":"host/path","listener":opt}` | purge cached responses |
 //! | GET | `/metrics` | Prometheus text |
 
 use std::sync::Arc;
@@ -248,6 +249,33 @@ async fn route(
     .await
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeBody {
+    prefix: String,
+    listener: Option<String>,
+}
+
+async fn purge(
+    State(st): State<AppState>,
+    h: HeaderMap,
+    body: Result<Json<PurgeBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_body(&e.body_text()),
+    };
+    run(
+        &st,
+        &h,
+        Command::Purge {
+            listener: b.listener,
+            prefix: b.prefix,
+        },
+    )
+    .await
+}
+
 async fn explain(State(st): State<AppState>, h: HeaderMap, Path(pool): Path<String>) -> Response {
     run(&st, &h, Command::Explain { pool }).await
 }
@@ -316,6 +344,7 @@ pub fn router(token: Option<String>, tx: mpsc::Sender<Request>) -> Router {
         )
         .route("/api/v1/pools/{pool}/explain", get(explain))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/cache/purge", post(purge))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(st)

@@ -51,6 +51,33 @@ pub struct NodeFigures {
     pub reloads_refused: u64,
     /// Seconds since the node started.
     pub uptime_seconds: f64,
+    /// Response caches, by listener.
+    pub caches: Vec<CacheFigures>,
+}
+
+/// The counters of one listener's response cache.
+#[derive(Clone, Debug, Default)]
+pub struct CacheFigures {
+    /// Listener name.
+    pub listener: String,
+    /// Fresh hits.
+    pub hits: u64,
+    /// Misses.
+    pub misses: u64,
+    /// Stale responses served (while revalidating, or on server errors).
+    pub stale: u64,
+    /// Revalidations with the server.
+    pub revalidations: u64,
+    /// Responses stored.
+    pub stores: u64,
+    /// Entries evicted for room.
+    pub evictions: u64,
+    /// Requests that waited for another's fetch (coalesced).
+    pub coalesced: u64,
+    /// Bytes held.
+    pub bytes: u64,
+    /// Entries held.
+    pub entries: u64,
 }
 
 /// Renders every metric of the node in the Prometheus text format
@@ -90,6 +117,7 @@ impl Collector for NodeCollector {
         self.encode_node(&mut enc)?;
         self.encode_listeners(&mut enc)?;
         self.encode_pools(&mut enc)?;
+        self.encode_caches(&mut enc)?;
         self.encode_servers(&mut enc)
     }
 }
@@ -239,6 +267,64 @@ impl NodeCollector {
             MetricType::Gauge,
         )?;
         ConstGauge::new(self.node.uptime_seconds).encode(uptime)
+    }
+
+    fn encode_caches(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let cs = &self.node.caches;
+        fn l(c: &CacheFigures) -> Labels<'_, 1> {
+            [("listener", Esc(&c.listener))]
+        }
+        type Pick = fn(&CacheFigures) -> u64;
+        let families: [(&str, &str, Pick); 7] = [
+            (
+                "cache_hits",
+                "Requests answered from the cache, fresh.",
+                |c| c.hits,
+            ),
+            (
+                "cache_misses",
+                "Requests the cache could not answer.",
+                |c| c.misses,
+            ),
+            (
+                "cache_stale_served",
+                "Stale responses served (while revalidating, or when the server failed).",
+                |c| c.stale,
+            ),
+            (
+                "cache_revalidations",
+                "Conditional requests sent to revalidate a stored response.",
+                |c| c.revalidations,
+            ),
+            ("cache_stores", "Responses stored.", |c| c.stores),
+            (
+                "cache_evictions",
+                "Stored responses evicted to make room.",
+                |c| c.evictions,
+            ),
+            (
+                "cache_coalesced",
+                "Requests that waited for another request's fetch of the same key.",
+                |c| c.coalesced,
+            ),
+        ];
+        for (name, help, pick) in families {
+            counters(enc, name, help, None, cs.iter().map(|c| (l(c), pick(c))))?;
+        }
+        gauges(
+            enc,
+            "cache_stored",
+            "Bytes held by the cache.",
+            Some(&Unit::Bytes),
+            cs.iter().map(|c| (l(c), level(c.bytes))),
+        )?;
+        gauges(
+            enc,
+            "cache_entries",
+            "Responses held by the cache.",
+            None,
+            cs.iter().map(|c| (l(c), level(c.entries))),
+        )
     }
 
     fn encode_listeners(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
@@ -572,6 +658,12 @@ address = "127.0.0.1:9003"
             reloads_applied: 2,
             reloads_refused: 1,
             uptime_seconds: 12.5,
+            caches: vec![CacheFigures {
+                listener: "front".into(),
+                hits: 7,
+                bytes: 1234,
+                ..Default::default()
+            }],
         }
     }
 
@@ -1009,10 +1101,21 @@ address = "127.0.0.1:9003"
             "convoy_server_latency_seconds",
             "convoy_server_latency_ewma_seconds",
             "convoy_server_error_rate",
+            "convoy_cache_hits",
+            "convoy_cache_misses",
+            "convoy_cache_stale_served",
+            "convoy_cache_revalidations",
+            "convoy_cache_stores",
+            "convoy_cache_evictions",
+            "convoy_cache_coalesced",
+            "convoy_cache_stored_bytes",
+            "convoy_cache_entries",
         ] {
             assert!(families.contains(name), "no family {name}");
         }
-        assert_eq!(families.len(), 30, "{families:?}");
+        assert_eq!(families.len(), 39, "{families:?}");
+        assert!(out.contains("convoy_cache_hits_total{listener=\"front\"} 7"));
+        assert!(out.contains("convoy_cache_stored_bytes{listener=\"front\"} 1234"));
         // Three servers, 17 histogram samples each (sum, count, 17 buckets).
         let latency = samples
             .iter()

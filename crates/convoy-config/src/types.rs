@@ -397,6 +397,38 @@ pub struct Listener {
     /// TCP connections are closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// HTTP: a shared response cache (RFC 9111) in front of the pools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSettings>,
+}
+
+/// The response cache of an HTTP listener.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    /// Memory budget for stored responses, in bytes.
+    pub max_bytes: u64,
+    /// Largest response body stored, in bytes (at most `max_bytes`).
+    pub max_object: u64,
+    /// What goes when the budget is full: "lru" (default), "lfu", "fifo".
+    pub eviction: String,
+    /// Add `X-Cache: HIT|MISS|STALE|REVALIDATED|BYPASS` to responses.
+    pub status_header: bool,
+    /// `stale-while-revalidate` for responses that do not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_while_revalidate: Option<Dur>,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            max_bytes: 64 << 20,
+            max_object: 8 << 20,
+            eviction: "lru".into(),
+            status_header: true,
+            stale_while_revalidate: None,
+        }
+    }
 }
 
 /// A token bucket per client address.
@@ -581,6 +613,13 @@ pub struct Route {
     /// Pool served (default: the listener's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
+    /// Use the listener's cache for these requests (default true).
+    #[serde(default = "default_true")]
+    pub cache: bool,
+    /// A hot route: cached responses are refreshed in the background
+    /// before they expire (refresh-ahead).
+    #[serde(default)]
+    pub hot: bool,
     /// Priority class in the queue: 0 (highest) to 7 (default 4).
     #[serde(default = "default_class")]
     pub priority: u8,

@@ -214,6 +214,17 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
                 err(p(k), "must be greater than 0s".into());
             }
         }
+        if let Some(c) = &l.cache {
+            if l.protocol != Protocol::Http {
+                err(p("cache"), "the cache needs protocol = \"http\"".into());
+            }
+            if !["lru", "lfu", "fifo"].contains(&c.eviction.as_str()) {
+                err(
+                    p("cache.eviction"),
+                    format!("{:?} is not \"lru\", \"lfu\" or \"fifo\"", c.eviction),
+                );
+            }
+        }
         if let Some(r) = &l.rate_limit {
             if !(r.per_second > 0.0 && r.per_second.is_finite()) {
                 err(p("rate_limit.per_second"), "must be greater than 0".into());

@@ -86,6 +86,14 @@ pub enum Command {
     },
     /// Prometheus text exposition of the node's metrics.
     Metrics,
+    /// Removes cached responses whose key (host + path + query) starts
+    /// with `prefix` ("" for all), in one listener's cache or in all.
+    Purge {
+        /// Only this listener's cache.
+        listener: Option<String>,
+        /// Key prefix, e.g. "www.example.com/images/".
+        prefix: String,
+    },
 }
 
 impl Command {

@@ -154,6 +154,10 @@ struct Shared {
     header_timeout: Duration,
     idle_timeout: Duration,
     compress: Option<crate::compress::Policy>,
+    /// The listener's response cache.
+    cache: Option<Arc<crate::cache::Cache>>,
+    /// Add `X-Cache` to responses.
+    cache_header: bool,
     body_timeout: Duration,
     response_timeout: Duration,
     request_timeout: Option<Duration>,
@@ -455,6 +459,7 @@ pub async fn serve(
     socket: Arc<TcpListener>,
     mut stop: watch::Receiver<bool>,
     tls: Option<Arc<crate::tls::TlsState>>,
+    cache: Option<Arc<crate::cache::Cache>>,
 ) {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
@@ -474,6 +479,8 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         header_timeout: cfg.header_timeout().get(),
         compress: cfg.compression.as_ref().map(crate::compress::Policy::new),
+        cache_header: cfg.cache.as_ref().is_some_and(|c| c.status_header),
+        cache,
         idle_timeout: cfg.idle_timeout().get(),
         body_timeout: cfg.body_timeout().get(),
         response_timeout: cfg.response_timeout().get(),
@@ -736,14 +743,13 @@ impl Drop for Queued<'_> {
 }
 
 async fn handle(
-    sh: &Shared,
+    sh: &Arc<Shared>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
     info: &ClientInfo,
     st: &Arc<ConnState>,
     rec: &mut Option<Box<AccessRec>>,
 ) -> Response<RespBody> {
-    use std::sync::atomic::Ordering::Relaxed;
     let l = &sh.listener;
     l.count_request();
     if !l.allow_request(peer.ip()) {
@@ -836,34 +842,106 @@ async fn handle(
     // before the body was polled) — hyper gives the body no way back, so
     // only bodiless requests are retried.
     let replayable = body.is_end_stream();
-    let mut body = Some(body);
-    // After a first attempt `body` is None and retries send an empty body.
     let path = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    let mut tried: Vec<usize> = Vec::new();
-    let mut queued_ms = 0u64;
     first_pool.note_request();
     let aff = affinity(&first_pool, &parts.headers, peer);
+    let rc = ReqCtx {
+        class,
+        cost,
+        aff,
+        explain,
+        upgrade: upgrade.is_some(),
+        host,
+        path,
+        replayable,
+    };
+    if let Some(cache) = &sh.cache {
+        let method_ok = parts.method == http::Method::GET || parts.method == http::Method::HEAD;
+        if d.cache && upgrade.is_none() && replayable && method_ok {
+            return cached(sh, cache, &first_pool, &parts, &rc, d.hot, rec).await;
+        }
+    }
+    let f = match fetch(sh, &first_pool, &parts, Some(body), &rc, &fault, rec).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    if f.resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_up) = client_upgrade {
+            let mut resp = f.resp;
+            let server_up = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(client_up, server_up, f.slot, Arc::clone(st)));
+            let (rparts, _) = resp.into_parts();
+            return Response::from_parts(rparts, empty());
+        }
+    }
+    finish(sh, f, &parts, &rc, None)
+}
+
+/// What every attempt of one request shares.
+struct ReqCtx {
+    class: usize,
+    cost: u32,
+    aff: Affinity,
+    explain: bool,
+    upgrade: bool,
+    /// The Host header, or the HTTP/2 :authority.
+    host: Option<HeaderValue>,
+    /// Path and query to send.
+    path: String,
+    /// The request has no body (it can be sent again).
+    replayable: bool,
+}
+
+/// A server's answer with what it holds: the slot, and how it was chosen.
+struct Fetched {
+    resp: Response<Incoming>,
+    slot: Slot,
+    pool: Arc<PoolRuntime>,
+    idx: usize,
+    kill: watch::Receiver<u64>,
+    queued_ms: u64,
+    tried: Vec<usize>,
+}
+
+/// Sends a request (head `parts`, already rewritten) to a server of
+/// `first_pool`: admission (a slot or a wait in the queue), the upstream
+/// request, its outcome recorded, and retries where safe. Returns the
+/// server's response head, or the answer to give the client.
+async fn fetch(
+    sh: &Arc<Shared>,
+    first_pool: &Arc<PoolRuntime>,
+    parts: &http::request::Parts,
+    mut body: Option<Prefixed>,
+    rc: &ReqCtx,
+    fault: &std::sync::atomic::AtomicU8,
+    rec: &mut Option<Box<AccessRec>>,
+) -> Result<Fetched, Response<RespBody>> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let l = &sh.listener;
+    let (class, cost, aff) = (rc.class, rc.cost, rc.aff);
+    let mut tried: Vec<usize> = Vec::new();
+    let mut queued_ms = 0u64;
     loop {
         // A queued request may be granted a slot by a newer pool (after a
         // reload): it then goes on with that pool.
         let (pool, idx) = match first_pool.admit(aff, cost, class, &tried) {
-            Admit::Slot(i) => (Arc::clone(&first_pool), i),
+            Admit::Slot(i) => (Arc::clone(first_pool), i),
             Admit::NoServer => {
                 l.count_failed();
-                return if tried.is_empty() {
+                return Err(if tried.is_empty() {
                     unavailable("no server available", 1)
                 } else {
                     local(StatusCode::BAD_GATEWAY, "no server could be reached")
-                };
+                });
             }
-            Admit::Full => return unavailable("queue full", 1),
+            Admit::Full => return Err(unavailable("queue full", 1)),
             Admit::Queued(ticket, rx) => {
                 let mut q = Queued {
-                    pool: &first_pool,
+                    pool: first_pool,
                     ticket,
                     rx: Some(rx),
                     cost,
@@ -872,7 +950,9 @@ async fn handle(
                 let waited = Instant::now();
                 let r = match q.rx.as_mut() {
                     Some(rx) => tokio::time::timeout(timeout, rx).await,
-                    None => return local(StatusCode::INTERNAL_SERVER_ERROR, "queue state lost"),
+                    None => {
+                        return Err(local(StatusCode::INTERNAL_SERVER_ERROR, "queue state lost"))
+                    }
                 };
                 queued_ms += waited.elapsed().as_millis() as u64;
                 if let Some(r) = rec.as_mut() {
@@ -885,7 +965,7 @@ async fn handle(
                     }
                     _ => {
                         first_pool.admission().timeouts.fetch_add(1, Relaxed);
-                        return unavailable("queue timeout", timeout.as_secs().max(1));
+                        return Err(unavailable("queue timeout", timeout.as_secs().max(1)));
                     }
                 }
             }
@@ -908,26 +988,26 @@ async fn handle(
                 .is_some_and(|e| Arc::ptr_eq(&e.state, &server.state))
         }) {
             // A queued retry was handed the server it already failed on.
-            return local(StatusCode::BAD_GATEWAY, "no server could be reached");
+            return Err(local(StatusCode::BAD_GATEWAY, "no server could be reached"));
         }
         let scheme = if pool.cfg.tls.is_some() {
             "https"
         } else {
             "http"
         };
-        let uri: Uri = match format!("{scheme}://{}{}", server.cfg.address.0, path).parse() {
+        let uri: Uri = match format!("{scheme}://{}{}", server.cfg.address.0, rc.path).parse() {
             Ok(u) => u,
-            Err(_) => return local(StatusCode::BAD_REQUEST, "bad request target"),
+            Err(_) => return Err(local(StatusCode::BAD_REQUEST, "bad request target")),
         };
         let mut out = Request::from_parts(parts.clone(), ());
         *out.uri_mut() = uri;
         // HTTP/2 clients send no Host header; HTTP/1 servers need one.
         if !out.headers().contains_key(http::header::HOST) {
-            if let Some(h) = host.clone() {
+            if let Some(h) = rc.host.clone() {
                 out.headers_mut().insert(http::header::HOST, h);
             }
         }
-        let h2 = pool.cfg.http2 && upgrade.is_none();
+        let h2 = pool.cfg.http2 && !rc.upgrade;
         *out.version_mut() = if h2 {
             http::Version::HTTP_2
         } else {
@@ -945,10 +1025,10 @@ async fn handle(
                 Ok(c) => c.request(out),
                 Err(e) => {
                     warn!(event = "upstream_tls_error", pool = %pool.name, error = %e);
-                    return local(
+                    return Err(local(
                         StatusCode::BAD_GATEWAY,
                         "TLS to the server is misconfigured",
-                    );
+                    ));
                 }
             }
         } else if h2 {
@@ -961,7 +1041,7 @@ async fn handle(
             Err(_) => {
                 match fault.load(Relaxed) {
                     FAULT_NONE => {}
-                    f => return client_fault(f),
+                    f => return Err(client_fault(f)),
                 }
                 // The server took too long to answer: its fault.
                 server
@@ -972,7 +1052,10 @@ async fn handle(
                     warn!(event = "server_ejected", pool = %pool.name, server = %server.cfg.name, ejection_ms = ms, reason = "response timeouts");
                 }
                 debug!(server = %server.cfg.name, "response timeout");
-                return local(StatusCode::GATEWAY_TIMEOUT, "server response timed out");
+                return Err(local(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "server response timed out",
+                ));
             }
         };
         match result {
@@ -993,53 +1076,22 @@ async fn handle(
                 }
                 // The server answered: its passive failure count restarts.
                 server.state.record_success();
-                let mut resp = resp;
-                if status == StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(client_up) = client_upgrade {
-                        let server_up = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(tunnel(client_up, server_up, slot, Arc::clone(st)));
-                        let (rparts, _) = resp.into_parts();
-                        return Response::from_parts(rparts, empty());
-                    }
-                }
-                let (rparts, rbody) = resp.into_parts();
-                let mut rparts = rparts;
-                strip_hop_by_hop(&mut rparts.headers);
-                if let Some(name) = &pool.cfg.sticky_cookie {
-                    if aff.prefer != Some(idx) {
-                        let c = format!("{name}={}; Path=/; HttpOnly", pool.sticky_value(idx));
-                        if let Ok(v) = HeaderValue::from_str(&c) {
-                            rparts.headers.append(http::header::SET_COOKIE, v);
-                        }
-                    }
-                }
-                if explain {
-                    let text = explanation(&pool, idx, class, cost, queued_ms, &tried);
-                    if let Ok(v) = HeaderValue::from_str(&text) {
-                        rparts.headers.insert("x-convoy-explain", v);
-                    }
-                }
-                let guarded = Guarded {
-                    inner: rbody,
+                return Ok(Fetched {
+                    resp,
                     slot,
+                    pool: Arc::clone(&pool),
+                    idx,
                     kill,
-                    pause: sh.response_timeout,
-                    timer: None,
-                };
-                if let Some(p) = &sh.compress {
-                    if let Some(c) = p.choose(&parts.headers, &parts.method, &rparts) {
-                        let body = p.apply(c, &mut rparts, guarded);
-                        return Response::from_parts(rparts, body.boxed_unsync());
-                    }
-                }
-                return Response::from_parts(rparts, guarded.boxed_unsync());
+                    queued_ms,
+                    tried,
+                });
             }
             Err(e) => {
                 // The client's fault (body too large, malformed, aborted or
                 // too slow): the server is not blamed.
                 match fault.load(Relaxed) {
                     FAULT_NONE => {}
-                    f => return client_fault(f),
+                    f => return Err(client_fault(f)),
                 }
                 server
                     .state
@@ -1066,7 +1118,7 @@ async fn handle(
                 }
                 drop(slot);
                 debug!(server = %server.cfg.name, error = %e, connect, "upstream request failed");
-                if retry_safe && replayable {
+                if retry_safe && rc.replayable {
                     if first_pool.take_retry() {
                         if let Some(t) = first_pool.index_of(&server.cfg.name) {
                             tried.push(t);
@@ -1077,10 +1129,347 @@ async fn handle(
                         warn!(event = "retry_budget_exhausted", pool = %first_pool.name, budget_percent = first_pool.cfg.retry_budget);
                     }
                 }
-                return local(StatusCode::BAD_GATEWAY, "upstream request failed");
+                return Err(local(StatusCode::BAD_GATEWAY, "upstream request failed"));
             }
         }
     }
+}
+
+/// The client's answer from a server's response: hop-by-hop headers
+/// removed, the sticky cookie and explanation added, compressed if wanted,
+/// the slot held until the body ends; `store` keeps a copy of the body
+/// for the cache.
+fn finish(
+    sh: &Shared,
+    f: Fetched,
+    parts: &http::request::Parts,
+    rc: &ReqCtx,
+    store: Option<Tee>,
+) -> Response<RespBody> {
+    let Fetched {
+        resp,
+        slot,
+        pool,
+        idx,
+        kill,
+        queued_ms,
+        tried,
+    } = f;
+    let (mut rparts, rbody) = resp.into_parts();
+    strip_hop_by_hop(&mut rparts.headers);
+    if let Some(name) = &pool.cfg.sticky_cookie {
+        if rc.aff.prefer != Some(idx) {
+            let c = format!("{name}={}; Path=/; HttpOnly", pool.sticky_value(idx));
+            if let Ok(v) = HeaderValue::from_str(&c) {
+                rparts.headers.append(http::header::SET_COOKIE, v);
+            }
+        }
+    }
+    if rc.explain {
+        let text = explanation(&pool, idx, rc.class, rc.cost, queued_ms, &tried);
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            rparts.headers.insert("x-convoy-explain", v);
+        }
+    }
+    let guarded = Guarded {
+        inner: rbody,
+        slot,
+        kill,
+        pause: sh.response_timeout,
+        timer: None,
+    };
+    match store {
+        Some(mut tee) => {
+            tee.parts = Some(rparts.clone());
+            let teed = Teed {
+                inner: guarded,
+                tee: Some(tee),
+            };
+            compressed(sh, parts, rparts, teed)
+        }
+        None => compressed(sh, parts, rparts, guarded),
+    }
+}
+
+/// Compresses the body when the client and the response allow it.
+fn compressed<B>(
+    sh: &Shared,
+    parts: &http::request::Parts,
+    mut rparts: http::response::Parts,
+    body: B,
+) -> Response<RespBody>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin + Send + 'static,
+{
+    if let Some(p) = &sh.compress {
+        if let Some(c) = p.choose(&parts.headers, &parts.method, &rparts) {
+            let body = p.apply(c, &mut rparts, body);
+            return Response::from_parts(rparts, body.boxed_unsync());
+        }
+    }
+    Response::from_parts(rparts, body.boxed_unsync())
+}
+
+/// Keeps a copy of a response body on its way to the client, and stores
+/// it in the cache when it ends complete (never when it is cut or larger
+/// than the cache's largest object). Holds the coalescing lead until then.
+struct Tee {
+    cache: Arc<crate::cache::Cache>,
+    req: http::request::Parts,
+    parts: Option<http::response::Parts>,
+    buf: Vec<u8>,
+    limit: u64,
+    lead: Option<crate::cache::LeadGuard>,
+}
+
+struct Teed<B> {
+    inner: B,
+    tee: Option<Tee>,
+}
+
+impl<B> Body for Teed<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskCx<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        let mut done = false;
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let (Some(d), Some(t)) = (f.data_ref(), self.tee.as_mut()) {
+                    if (t.buf.len() + d.len()) as u64 > t.limit {
+                        // Too large to keep: stream it, store nothing.
+                        self.tee = None;
+                    } else {
+                        t.buf.extend_from_slice(d);
+                    }
+                }
+                // hyper stops polling once the body says it has ended.
+                done = self.inner.is_end_stream();
+            }
+            Poll::Ready(None) => done = true,
+            Poll::Ready(Some(Err(_))) => self.tee = None,
+            Poll::Pending => {}
+        }
+        if done {
+            if let Some(t) = self.tee.take() {
+                if let Some(rp) = &t.parts {
+                    t.cache
+                        .store(&t.req, rp, Bytes::from(t.buf), std::time::SystemTime::now());
+                }
+                drop(t.lead);
+            }
+        }
+        r
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An answer from the cache.
+fn from_cache(
+    sh: &Shared,
+    req: &http::request::Parts,
+    c: crate::cache::Cached,
+    status: &'static str,
+) -> Response<RespBody> {
+    if c.not_modified(req) {
+        let mut r = Response::new(empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        for h in [
+            http::header::ETAG,
+            http::header::LAST_MODIFIED,
+            http::header::CACHE_CONTROL,
+            http::header::AGE,
+            http::header::VARY,
+            http::header::EXPIRES,
+        ] {
+            if let Some(v) = c.parts.headers.get(&h) {
+                r.headers_mut().insert(h, v.clone());
+            }
+        }
+        cache_status(sh, r.headers_mut(), status);
+        return r;
+    }
+    let mut rparts = c.parts;
+    cache_status(sh, &mut rparts.headers, status);
+    let body = Full::new(c.body).map_err(|never: Infallible| match never {});
+    compressed(sh, req, rparts, body)
+}
+
+fn cache_status(sh: &Shared, h: &mut http::HeaderMap, status: &'static str) {
+    if sh.cache_header {
+        h.insert("x-cache", HeaderValue::from_static(status));
+    }
+}
+
+/// A GET or HEAD through the listener's cache: a fresh copy is served at
+/// once; a stale one is revalidated (or served while revalidating, or when
+/// the server fails, as its Cache-Control allows); concurrent misses for
+/// one key send one request to the servers.
+async fn cached(
+    sh: &Arc<Shared>,
+    cache: &Arc<crate::cache::Cache>,
+    pool: &Arc<PoolRuntime>,
+    parts: &http::request::Parts,
+    rc: &ReqCtx,
+    hot: bool,
+    rec: &mut Option<Box<AccessRec>>,
+) -> Response<RespBody> {
+    use crate::cache::{Coalesce, Lookup};
+    let key = cache.key(parts);
+    let mut waited = false;
+    loop {
+        let now = std::time::SystemTime::now();
+        match cache.lookup(parts, now) {
+            Lookup::Fresh(c) => {
+                // Hot routes: refresh in the background during the last
+                // quarter of the lifetime, so clients never see it expire.
+                let life = c.age + c.ttl;
+                if hot && !life.is_zero() && c.ttl * 4 <= life {
+                    if let Coalesce::Lead(g) = cache.coalesce(&key) {
+                        background(sh, cache, pool, parts.clone(), rc, g);
+                    }
+                }
+                return from_cache(sh, parts, c, "HIT");
+            }
+            Lookup::StaleWhileRevalidate(c, cond) => {
+                if let Coalesce::Lead(g) = cache.coalesce(&key) {
+                    background(sh, cache, pool, cond, rc, g);
+                }
+                return from_cache(sh, parts, c, "STALE");
+            }
+            Lookup::Revalidate(c, cond) => {
+                let fault = std::sync::atomic::AtomicU8::new(FAULT_NONE);
+                match fetch(sh, pool, &cond, None, rc, &fault, rec).await {
+                    Ok(f) if f.resp.status() == StatusCode::NOT_MODIFIED => {
+                        let (rp, _) = f.resp.into_parts();
+                        match cache.revalidated(parts, &rp, std::time::SystemTime::now()) {
+                            Some(c2) => return from_cache(sh, parts, c2, "REVALIDATED"),
+                            None => {
+                                let mut r = Response::from_parts(rp, empty());
+                                cache_status(sh, r.headers_mut(), "MISS");
+                                return r;
+                            }
+                        }
+                    }
+                    Ok(f) if f.resp.status().is_server_error() && cache.stale_if_error(&c, now) => {
+                        return from_cache(sh, parts, c, "STALE");
+                    }
+                    Ok(f) => {
+                        let tee = tee_for(cache, parts, None);
+                        let mut r = finish(sh, f, parts, rc, tee);
+                        cache_status(sh, r.headers_mut(), "MISS");
+                        return r;
+                    }
+                    Err(r) if cache.stale_if_error(&c, now) => {
+                        drop(r);
+                        return from_cache(sh, parts, c, "STALE");
+                    }
+                    Err(r) => return r,
+                }
+            }
+            Lookup::Miss => {
+                let lead = if waited {
+                    None
+                } else {
+                    match cache.coalesce(&key) {
+                        Coalesce::Lead(g) => Some(g),
+                        Coalesce::Wait(w) => {
+                            // Another request fetches this key: wait for it,
+                            // then look again (once).
+                            let _ =
+                                tokio::time::timeout(pool.cfg.queue_timeout.get(), w.wait()).await;
+                            waited = true;
+                            continue;
+                        }
+                    }
+                };
+                let fault = std::sync::atomic::AtomicU8::new(FAULT_NONE);
+                return match fetch(sh, pool, parts, None, rc, &fault, rec).await {
+                    Ok(f) => {
+                        let tee = tee_for(cache, parts, lead);
+                        let mut r = finish(sh, f, parts, rc, tee);
+                        cache_status(sh, r.headers_mut(), "MISS");
+                        r
+                    }
+                    Err(r) => r,
+                };
+            }
+        }
+    }
+}
+
+fn tee_for(
+    cache: &Arc<crate::cache::Cache>,
+    parts: &http::request::Parts,
+    lead: Option<crate::cache::LeadGuard>,
+) -> Option<Tee> {
+    Some(Tee {
+        cache: Arc::clone(cache),
+        req: parts.clone(),
+        parts: None,
+        buf: Vec::new(),
+        limit: cache.config().max_object_bytes,
+        lead,
+    })
+}
+
+/// Revalidates or refreshes a cached response in the background (the
+/// client was already answered from the cache).
+fn background(
+    sh: &Arc<Shared>,
+    cache: &Arc<crate::cache::Cache>,
+    pool: &Arc<PoolRuntime>,
+    req: http::request::Parts,
+    rc: &ReqCtx,
+    lead: crate::cache::LeadGuard,
+) {
+    let (sh, cache, pool) = (Arc::clone(sh), Arc::clone(cache), Arc::clone(pool));
+    let rc = ReqCtx {
+        class: rc.class,
+        cost: rc.cost,
+        aff: Affinity::default(),
+        explain: false,
+        upgrade: false,
+        host: rc.host.clone(),
+        path: rc.path.clone(),
+        replayable: true,
+    };
+    tokio::spawn(async move {
+        let fault = std::sync::atomic::AtomicU8::new(FAULT_NONE);
+        let mut none = None;
+        let Ok(f) = fetch(&sh, &pool, &req, None, &rc, &fault, &mut none).await else {
+            return;
+        };
+        let status = f.resp.status();
+        if status == StatusCode::NOT_MODIFIED {
+            let (rp, _) = f.resp.into_parts();
+            let _ = cache.revalidated(&req, &rp, std::time::SystemTime::now());
+            return;
+        }
+        let (rp, body) = f.resp.into_parts();
+        let limit = cache.config().max_object_bytes as usize;
+        if let Ok(Ok(b)) = tokio::time::timeout(
+            sh.response_timeout,
+            http_body_util::Limited::new(body, limit).collect(),
+        )
+        .await
+        {
+            cache.store(&req, &rp, b.to_bytes(), std::time::SystemTime::now());
+        }
+        drop(f.slot);
+        drop(lead);
+    });
 }
 
 /// The `X-Convoy-Explain` answer: where the request went and how every

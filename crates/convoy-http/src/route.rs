@@ -18,6 +18,10 @@ pub struct Decision<'a> {
     pub route: &'a str,
     /// Largest request body in bytes (0 = no limit).
     pub max_body: u64,
+    /// The listener's cache may answer.
+    pub cache: bool,
+    /// Refresh cached responses ahead of expiry.
+    pub hot: bool,
 }
 
 /// The host of a request, without port, lower-cased: from the URI
@@ -95,6 +99,8 @@ pub fn decide<'a, B>(l: &'a Listener, req: &Request<B>) -> Decision<'a> {
                 cost: r.cost,
                 route: &r.name,
                 max_body: r.max_body.unwrap_or(l.max_body),
+                cache: r.cache,
+                hot: r.hot,
             };
         }
     }
@@ -108,6 +114,8 @@ fn default_decision(l: &Listener) -> Decision<'_> {
         cost: 1,
         route: "default",
         max_body: l.max_body,
+        cache: true,
+        hot: false,
     }
 }
 

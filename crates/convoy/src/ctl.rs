@@ -103,6 +103,15 @@ enum CtlCmd {
     },
     /// The Prometheus metrics text.
     Metrics,
+    /// Remove cached responses whose key (host + path + query) starts with
+    /// PREFIX ("" for all).
+    Purge {
+        /// Key prefix, e.g. "www.example.com/images/".
+        prefix: String,
+        /// Only this listener's cache.
+        #[arg(long)]
+        listener: Option<String>,
+    },
 }
 
 /// Exit codes.
@@ -244,6 +253,11 @@ fn request_of(cmd: &CtlCmd) -> (&'static str, String, Option<String>) {
         CtlCmd::Explain { pool } => ("GET", format!("/api/v1/pools/{}/explain", enc(pool)), None),
         CtlCmd::Events { since } => ("GET", format!("/api/v1/events?since={since}"), None),
         CtlCmd::Metrics => ("GET", "/metrics".into(), None),
+        CtlCmd::Purge { prefix, listener } => (
+            "POST",
+            "/api/v1/cache/purge".into(),
+            Some(serde_json::json!({ "prefix": prefix, "listener": listener }).to_string()),
+        ),
     }
 }
 

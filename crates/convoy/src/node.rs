@@ -102,6 +102,9 @@ struct Node {
     /// (drain-stop by signal or upgrade), so that its socket is free for
     /// the next process and requests reach only the one that stays.
     admin_task: Option<JoinHandle<()>>,
+    /// Response caches by listener name, kept across reloads while their
+    /// settings stay the same.
+    caches: HashMap<String, (convoy_config::CacheSettings, Arc<convoy_http::cache::Cache>)>,
 }
 
 /// The node's serving state.
@@ -273,6 +276,7 @@ pub async fn run(
         admin_fd: None,
         conns: Arc::new(convoy_core::listener::NodeConns::default()),
         admin_task: None,
+        caches: HashMap::new(),
     };
     node.conns.set_max(cfg.node.max_connections);
     for l in &cfg.listeners {
@@ -444,7 +448,37 @@ impl Node {
     }
 
     /// Starts serving bound sockets.
-    fn spawn_listener(&self, l: &Listener, (bound, tls): Prepared) -> RunningListener {
+    /// The cache for listener `l`: the running one if its settings did not
+    /// change, else a new one.
+    fn cache_for(&mut self, l: &Listener) -> Option<Arc<convoy_http::cache::Cache>> {
+        let Some(settings) = &l.cache else {
+            self.caches.remove(&l.name);
+            return None;
+        };
+        if let Some((s, c)) = self.caches.get(&l.name) {
+            if s == settings {
+                return Some(Arc::clone(c));
+            }
+        }
+        use convoy_http::cache::{Cache, CacheConfig, Eviction};
+        let c = Arc::new(Cache::new(CacheConfig {
+            max_bytes: settings.max_bytes,
+            // An object never takes more than the whole budget.
+            max_object_bytes: settings.max_object.min(settings.max_bytes),
+            eviction: match settings.eviction.as_str() {
+                "lfu" => Eviction::Lfu,
+                "fifo" => Eviction::Fifo,
+                _ => Eviction::Lru,
+            },
+            stale_while_revalidate_default: settings.stale_while_revalidate.map(|d| d.get()),
+        }));
+        self.caches
+            .insert(l.name.clone(), (settings.clone(), Arc::clone(&c)));
+        Some(c)
+    }
+
+    fn spawn_listener(&mut self, l: &Listener, (bound, tls): Prepared) -> RunningListener {
+        let cache = self.cache_for(l);
         let rt = Arc::new(ListenerRuntime::with_node(
             l.clone(),
             Arc::clone(&self.conns),
@@ -462,6 +496,7 @@ impl Node {
                             s,
                             stop_rx.clone(),
                             tls.clone(),
+                            cache.clone(),
                         );
                         tokio::spawn(f);
                     } else {
@@ -1334,6 +1369,27 @@ impl Node {
                     )),
                 }
             }
+            Command::Purge { listener, prefix } => {
+                let mut purged = 0;
+                let mut found = false;
+                for (name, (_, c)) in &self.caches {
+                    if listener.as_ref().is_none_or(|l| l == name) {
+                        found = true;
+                        purged += c.purge(&prefix);
+                    }
+                }
+                if !found {
+                    return Err(CmdError::new(
+                        ErrorKind::NotFound,
+                        match listener {
+                            Some(l) => format!("listener {l:?} has no cache"),
+                            None => "no listener has a cache".into(),
+                        },
+                    ));
+                }
+                info!(event = "cache_purged", prefix = %prefix, entries = purged);
+                Ok(serde_json::json!({ "purged": purged }))
+            }
             Command::Events { since } => {
                 let (events, last) = self.events.since(since);
                 Ok(serde_json::json!({ "last": last, "events": events }))
@@ -1342,11 +1398,32 @@ impl Node {
                 let snap = self.snap();
                 let rts: Vec<Arc<ListenerRuntime>> =
                     self.listeners.iter().map(|l| Arc::clone(&l.rt)).collect();
+                let mut caches: Vec<convoy_admin::metrics::CacheFigures> = self
+                    .caches
+                    .iter()
+                    .map(|(name, (_, c))| {
+                        let st = c.stats();
+                        convoy_admin::metrics::CacheFigures {
+                            listener: name.clone(),
+                            hits: st.hits,
+                            misses: st.misses,
+                            stale: st.stale_served,
+                            revalidations: st.revalidations,
+                            stores: st.stores,
+                            evictions: st.evictions,
+                            coalesced: st.coalesced,
+                            bytes: st.stored_bytes,
+                            entries: st.entries,
+                        }
+                    })
+                    .collect();
+                caches.sort_by(|a, b| a.listener.cmp(&b.listener));
                 let fig = convoy_admin::metrics::NodeFigures {
                     state: self.state.as_str().to_string(),
                     reloads_applied: self.reloads_applied,
                     reloads_refused: self.reloads_refused,
                     uptime_seconds: self.started.elapsed().as_secs_f64(),
+                    caches,
                 };
                 Ok(serde_json::Value::String(convoy_admin::metrics::render(
                     &snap, &rts, &fig,
