@@ -111,8 +111,8 @@ pub struct Node {
     /// "stderr", "stdout" or a file path. Off when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub access_log: Option<String>,
-    /// Open connections and flows over every listener together; over it
-    /// new ones are refused. 0 = no node-wide limit.
+    /// Open TCP and HTTP connections over every listener together; over
+    /// it new ones are refused. 0 = no node-wide limit.
     pub max_connections: u64,
 }
 
@@ -377,7 +377,7 @@ pub struct Listener {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_timeout: Option<Dur>,
     /// HTTP: time from a request's head until its response head, queue
-    /// wait included; then 504 (408 while the client is still sending).
+    /// wait included; then 504.
     /// Default: no limit beyond the others.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_timeout: Option<Dur>,
@@ -412,7 +412,7 @@ pub struct CacheSettings {
     pub max_object: u64,
     /// What goes when the budget is full: "lru" (default), "lfu", "fifo".
     pub eviction: String,
-    /// Add `X-Cache: HIT|MISS|STALE|REVALIDATED|BYPASS` to responses.
+    /// Add `X-Cache: HIT|MISS|STALE|REVALIDATED` to responses.
     pub status_header: bool,
     /// `stale-while-revalidate` for responses that do not say.
     #[serde(skip_serializing_if = "Option::is_none")]

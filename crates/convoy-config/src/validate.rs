@@ -418,6 +418,13 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
             if h.fall == 0 {
                 err(pp("health.fall"), "must be at least 1".into());
             }
+            if h.check == CheckKind::Http && pool.tls.is_some() {
+                err(
+                    pp("health.check"),
+                    "HTTP health checks do not speak TLS: use check = \"tcp\" for a pool with tls"
+                        .into(),
+                );
+            }
             if h.check == CheckKind::Http {
                 if !h.path.starts_with('/') || h.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
                     err(

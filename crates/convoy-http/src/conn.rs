@@ -41,6 +41,8 @@ pub struct ConnState {
     /// Woken when the last request in progress ends, so that the socket
     /// wrapper re-arms its idle timer.
     waker: Mutex<Option<Waker>>,
+    /// Notified when an upgraded connection's tunnel ends.
+    tunnel_done: tokio::sync::Notify,
 }
 
 impl ConnState {
@@ -63,6 +65,21 @@ impl ConnState {
     /// The connection became a tunnel.
     pub fn upgraded(&self) {
         self.upgraded.store(true, Ordering::Relaxed);
+    }
+
+    /// The connection is (or is becoming) a tunnel.
+    pub fn is_upgraded(&self) -> bool {
+        self.upgraded.load(Ordering::Relaxed)
+    }
+
+    /// The tunnel ended.
+    pub fn tunnel_ended(&self) {
+        self.tunnel_done.notify_one();
+    }
+
+    /// Waits until the tunnel ends.
+    pub async fn tunnel_end(&self) {
+        self.tunnel_done.notified().await;
     }
 
     fn busy(&self) -> bool {

@@ -261,7 +261,9 @@ impl Body for Guarded {
         }
         if self.kill.has_changed().unwrap_or(true) {
             debug!(server = %self.slot.pool.servers[self.slot.idx].cfg.name, "response cut: server connections closed");
-            return Poll::Ready(None);
+            // An error, not an end: the client must not take a cut
+            // response for a whole one (nor may the cache store it).
+            return Poll::Ready(Some(Err("the server's connections were closed".into())));
         }
         r.map(|o| o.map(|res| res.map_err(BoxError::from)))
     }
@@ -631,6 +633,11 @@ async fn serve_conn<S>(
         _ = kill.changed() => {}
         _ = lkill.changed() => {}
     }
+    // An upgraded connection lives on as a tunnel: it stays counted until
+    // the tunnel ends.
+    if st.is_upgraded() {
+        st.tunnel_end().await;
+    }
 }
 
 /// The value of cookie `name` in the request's Cookie headers.
@@ -700,25 +707,41 @@ fn empty() -> RespBody {
 
 /// Joins an upgraded client connection and server connection until either
 /// side closes; the request's slot is held for the tunnel's life.
+/// The tunnel counts as the client connection (the listener's limits and
+/// a drain-stop see it) and closes when the server, the listener or the
+/// node is told to close its connections.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     server: hyper::upgrade::OnUpgrade,
     slot: Slot,
     st: Arc<ConnState>,
+    mut kills: [watch::Receiver<u64>; 3],
 ) {
-    st.upgraded();
-    let (c, s) = match tokio::try_join!(client, server) {
-        Ok(x) => x,
-        Err(e) => {
-            debug!(error = %e, "upgrade failed");
-            return;
+    let run = async {
+        let (c, s) = match tokio::try_join!(client, server) {
+            Ok(x) => x,
+            Err(e) => {
+                debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let (mut c, mut s) = (TokioIo::new(c), TokioIo::new(s));
+        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut s).await {
+            debug!(error = %e, "upgraded connection ended with an error");
         }
     };
-    let (mut c, mut s) = (TokioIo::new(c), TokioIo::new(s));
-    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut s).await {
-        debug!(error = %e, "upgraded connection ended with an error");
+    for k in kills.iter_mut() {
+        k.mark_unchanged();
+    }
+    let [k0, k1, k2] = &mut kills;
+    tokio::select! {
+        _ = run => {}
+        _ = k0.changed() => debug!("tunnel closed: server connections closed"),
+        _ = k1.changed() => debug!("tunnel closed: listener closed"),
+        _ = k2.changed() => debug!("tunnel closed: node stopping"),
     }
     drop(slot);
+    st.tunnel_ended();
 }
 
 /// Waits for a queued request's slot; on timeout or drop, cancels it (and
@@ -869,11 +892,22 @@ async fn handle(
         Ok(f) => f,
         Err(r) => return r,
     };
+    // A successful unsafe request (POST, PUT, DELETE...) makes the cached
+    // copies of its URL stale (RFC 9111 §4.4).
+    if let Some(cache) = &sh.cache {
+        if !parts.method.is_safe() {
+            cache.invalidate(&parts, f.resp.status());
+        }
+    }
     if f.resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_up) = client_upgrade {
             let mut resp = f.resp;
             let server_up = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(client_up, server_up, f.slot, Arc::clone(st)));
+            // Marked before the connection task can see hyper finish.
+            st.upgraded();
+            let server_kill = f.pool.servers[f.idx].state.request_kill_signal();
+            let kills = [server_kill, sh.listener.kill_signal(), sh.ctx.kill.clone()];
+            tokio::spawn(tunnel(client_up, server_up, f.slot, Arc::clone(st), kills));
             let (rparts, _) = resp.into_parts();
             return Response::from_parts(rparts, empty());
         }

@@ -725,6 +725,13 @@ impl Node {
             l.rt.expire_sticky();
             l.rt.expire_ips();
         }
+        // Expired cache entries that can only miss go, every 10 s.
+        if self.started.elapsed().as_millis() % 10_000 < 250 {
+            let now = std::time::SystemTime::now();
+            for (_, c) in self.caches.values() {
+                c.sweep(now);
+            }
+        }
         for pool in snap.pools.values() {
             self.standby_tick(pool);
             // Queued requests may use a server whose ejection ended.
@@ -993,6 +1000,12 @@ impl Node {
         }
         self.sync_probes();
         self.reapply_listener_admin();
+        // Caches of listeners that are gone, or no longer cache, go too.
+        self.caches.retain(|name, _| {
+            new.listeners
+                .iter()
+                .any(|l| &l.name == name && l.cache.is_some())
+        });
         self.reloads_applied += 1;
         self.start_converging();
         info!(

@@ -484,3 +484,49 @@ async fn access_log_lines_and_the_explain_header() {
     assert_eq!(t[0]["server"], "t");
     assert_eq!(t[0]["bytes_out"], 2, "the backend's name line");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_tunnels_are_counted_and_closed_by_disable() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = HttpOrigin::start("a", Duration::ZERO).await;
+    let port = free_port();
+    let c = Convoy::start(BIN, &config(port, &[&a], "")).await;
+    let admin = c.admin_addr();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"));
+    s.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    s.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"ping");
+    // The tunnel counts as an open connection and a request in flight.
+    let q = query(&admin);
+    assert_eq!(q["listeners"][0]["active"], 1, "{q}");
+    assert_eq!(server(&q, "a")["in_flight"], 1);
+    // Disabling its server closes it.
+    let (code, _, _) = ctl(&admin, Some(TOKEN), &["server", "web", "a", "disable"]);
+    assert_eq!(code, 0);
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest)).await;
+    assert!(r.is_ok(), "the tunnel is closed");
+    assert!(
+        wait_until(Duration::from_secs(3), || {
+            let q = query(&admin);
+            q["listeners"][0]["active"] == 0 && server(&q, "a")["in_flight"] == 0
+        })
+        .await,
+        "nothing stays counted"
+    );
+}

@@ -211,6 +211,58 @@ async fn sni_alpn_reload_and_clear_errors() {
         "{headers}"
     );
 
+    // Session resumption. TLS 1.2: openssl reconnects with the session it
+    // got. TLS 1.3: a ticket saved by one connection resumes the next.
+    let o = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-servername",
+            "a.test",
+            "-tls1_2",
+            "-reconnect",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.matches("Reused, TLSv1.2").count() >= 4,
+        "TLS 1.2 sessions are resumed: {text}"
+    );
+    let sess = pki.path("session.pem");
+    let keep_open = "sleep 1 | openssl s_client -connect 127.0.0.1:PORT -servername a.test -tls1_3 -sess_out SESS";
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(
+            keep_open
+                .replace("PORT", &port.to_string())
+                .replace("SESS", sess.to_str().unwrap()),
+        )
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("New, TLSv1.3"));
+    let o = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-servername",
+            "a.test",
+            "-tls1_3",
+            "-sess_in",
+            sess.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("Reused, TLSv1.3"),
+        "TLS 1.3 tickets resume: {text}"
+    );
+
     // An open TLS connection survives a certificate reload; new
     // handshakes get the new certificate.
     let mut s = Command::new("openssl")
