@@ -371,6 +371,15 @@ impl NodeCollector {
             ls.iter()
                 .filter(|l| l.cfg.protocol == Protocol::Http)
                 .map(|l| (labels(l), l.requests())),
+        )?;
+        counters(
+            enc,
+            "listener_rate_limited",
+            "HTTP requests refused with 429 by the listener's rate_limit.",
+            None,
+            ls.iter()
+                .filter(|l| l.cfg.protocol == Protocol::Http)
+                .map(|l| (labels(l), l.rate_limited())),
         )
     }
 
@@ -1079,6 +1088,7 @@ address = "127.0.0.1:9003"
             "convoy_listener_connections_refused",
             "convoy_listener_no_server",
             "convoy_listener_requests",
+            "convoy_listener_rate_limited",
             "convoy_pool_queue_length",
             "convoy_pool_servers_available",
             "convoy_pool_queue_wait_seconds",
@@ -1113,7 +1123,7 @@ address = "127.0.0.1:9003"
         ] {
             assert!(families.contains(name), "no family {name}");
         }
-        assert_eq!(families.len(), 39, "{families:?}");
+        assert_eq!(families.len(), 40, "{families:?}");
         assert!(out.contains("convoy_cache_hits_total{listener=\"front\"} 7"));
         assert!(out.contains("convoy_cache_stored_bytes{listener=\"front\"} 1234"));
         // Three servers, 17 histogram samples each (sum, count, 17 buckets).

@@ -100,6 +100,14 @@ impl Config {
         if let Some(f) = &mut self.admin.token_file {
             fix(f);
         }
+        if let Some(f) = &mut self.node.upgrade_socket {
+            fix(f);
+        }
+        if let Some(f) = &mut self.node.access_log {
+            if f != "stderr" && f != "stdout" && std::path::Path::new(f.as_str()).is_relative() {
+                *f = dir.join(&*f).to_string_lossy().into_owned();
+            }
+        }
     }
 
     /// The normalized config as TOML, with every default written out.

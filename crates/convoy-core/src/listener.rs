@@ -51,6 +51,7 @@ pub struct ListenerRuntime {
     current: Mutex<Option<Arc<ServerState>>>,
     sticky: Mutex<HashMap<u64, (Arc<ServerState>, u64)>>,
     requests: AtomicU64,
+    rate_limited: AtomicU64,
     /// Operator state: 0 enabled, 1 draining (no new connections),
     /// 2 disabled (no new connections, open ones closed).
     admin: std::sync::atomic::AtomicU8,
@@ -137,6 +138,7 @@ impl ListenerRuntime {
             current: Mutex::new(None),
             sticky: Mutex::new(HashMap::new()),
             requests: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
             admin: std::sync::atomic::AtomicU8::new(0),
             kill: tokio::sync::watch::Sender::new(0),
             per_ip: (0..IP_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
@@ -285,6 +287,16 @@ impl ListenerRuntime {
             .iter()
             .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
             .sum()
+    }
+
+    /// Counts an HTTP request refused by the rate limit (429).
+    pub fn count_rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// HTTP requests refused by the rate limit since start.
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limited.load(Ordering::Relaxed)
     }
 
     /// Counts an HTTP request.

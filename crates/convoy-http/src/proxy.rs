@@ -776,6 +776,7 @@ async fn handle(
     let l = &sh.listener;
     l.count_request();
     if !l.allow_request(peer.ip()) {
+        l.count_rate_limited();
         if l.refused_log.allow() {
             warn!(event = "request_refused", listener = %l.cfg.name, client = %peer, reason = "rate_limit");
         }

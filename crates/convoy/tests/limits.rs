@@ -105,6 +105,18 @@ async fn per_client_and_node_limits() {
     let ok = codes.iter().filter(|c| *c == "200").count();
     let limited = codes.iter().filter(|c| *c == "429").count();
     assert!((5..=6).contains(&ok) && ok + limited == 8, "{codes:?}");
+    // Counted in /metrics.
+    let m = std::process::Command::new(BIN)
+        .args(["ctl", "--admin", &c.admin_addr(), "metrics"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&m.stdout);
+    assert!(
+        text.contains(&format!(
+            "convoy_listener_rate_limited_total{{listener=\"web\",protocol=\"http\"}} {limited}"
+        )),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
