@@ -121,5 +121,45 @@ impl Config {
     }
 }
 
+/// Parses "ADDR" or "ADDR/PREFIX" into a network address and prefix
+/// length (host bits cleared).
+pub fn parse_net(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    use std::net::IpAddr;
+    let (a, p) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let ip: IpAddr = a.trim().parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len: u8 = match p {
+        Some(p) => p.trim().parse().ok().filter(|n| *n <= max)?,
+        None => max,
+    };
+    Some((mask(ip, len), len))
+}
+
+/// `ip` with all but its first `len` bits cleared.
+pub fn mask(ip: std::net::IpAddr, len: u8) -> std::net::IpAddr {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v) => {
+            let m = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len))
+            };
+            IpAddr::V4((u32::from(v) & m).into())
+        }
+        IpAddr::V6(v) => {
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len))
+            };
+            IpAddr::V6((u128::from(v) & m).into())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

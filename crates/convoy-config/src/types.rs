@@ -610,6 +610,14 @@ pub struct Route {
     /// or "Name" (any value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
+    /// A cookie that must be present, written "name" (any value) or
+    /// "name=value".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    /// The client's address must be in this network ("10.0.0.0/8",
+    /// "2001:db8::/32") or be this address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
     /// Pool served (default: the listener's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,

@@ -175,6 +175,27 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
                     );
                 }
             }
+            if let Some(c) = &r.client {
+                if crate::parse_net(c).is_none() {
+                    err(
+                        rp("client"),
+                        format!("{c:?} is not an address or network (e.g. \"10.0.0.0/8\")"),
+                    );
+                }
+            }
+            if let Some(c) = &r.cookie {
+                let name = c.split_once('=').map_or(c.as_str(), |(n, _)| n).trim();
+                if name.is_empty()
+                    || name
+                        .bytes()
+                        .any(|b| b <= b' ' || b"()<>@,;:\\\"/[]?={}".contains(&b))
+                {
+                    err(
+                        rp("cookie"),
+                        format!("{c:?} must be \"name\" or \"name=value\""),
+                    );
+                }
+            }
             for (k, v) in [("path", &r.path), ("path_prefix", &r.path_prefix)] {
                 if v.as_ref().is_some_and(|p| !p.starts_with('/')) {
                     err(rp(k), "must start with '/'".into());

@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::conn::{ConnIo, ConnState, InProgress};
 use crate::headers::{add_forwarding, strip_hop_by_hop, ClientInfo};
-use crate::route::decide;
+use crate::route::decide_from;
 
 /// Response body type: a streamed upstream body (possibly compressed) or
 /// a local one.
@@ -796,7 +796,7 @@ async fn handle(
                     convoy_core::control::constant_time_eq(v.as_bytes(), t.as_bytes())
                 })
             });
-    let d = decide(&l.cfg, &req);
+    let d = decide_from(&l.cfg, &req, Some(peer.ip()));
     if let Some(r) = rec {
         r.route = d.route.to_string();
         r.class = d.class;

@@ -2,6 +2,8 @@
 //! pool, priority class and cost; no match means the listener's pool with
 //! the default class.
 
+use std::net::IpAddr;
+
 use convoy_config::{Listener, Route};
 use http::Request;
 
@@ -45,7 +47,46 @@ pub fn host_of<B>(req: &Request<B>) -> Option<String> {
     Some(raw.to_ascii_lowercase())
 }
 
-fn matches<B>(r: &Route, req: &Request<B>, host: Option<&str>) -> bool {
+fn matches<B>(r: &Route, req: &Request<B>, host: Option<&str>, client: Option<IpAddr>) -> bool {
+    if let Some(c) = &r.client {
+        let inside = match (client, convoy_config::parse_net(c)) {
+            (Some(ip), Some((net, len))) => {
+                // An IPv4 client over an IPv6 socket is matched as IPv4.
+                let ip = match ip {
+                    IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+                    v4 => v4,
+                };
+                ip.is_ipv4() == net.is_ipv4() && convoy_config::mask(ip, len) == net
+            }
+            _ => false,
+        };
+        if !inside {
+            return false;
+        }
+    }
+    if let Some(c) = &r.cookie {
+        let (name, value) = match c.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim())),
+            None => (c.trim(), None),
+        };
+        let found = req
+            .headers()
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| {
+                let kv = kv.trim();
+                match kv.split_once('=') {
+                    Some((k, v)) => Some((k.trim(), v.trim())),
+                    None => Some((kv, "")),
+                }
+            })
+            .any(|(k, v)| k == name && value.is_none_or(|want| want == v));
+        if !found {
+            return false;
+        }
+    }
     if let Some(h) = &r.host {
         if host != Some(h.to_ascii_lowercase().as_str()) {
             return false;
@@ -81,8 +122,18 @@ fn matches<B>(r: &Route, req: &Request<B>, host: Option<&str>) -> bool {
     true
 }
 
-/// Decides pool, class and cost for `req` on listener `l`.
+/// Decides pool, class and cost for `req` on listener `l` (routes with a
+/// `client` condition never match: see [`decide_from`]).
 pub fn decide<'a, B>(l: &'a Listener, req: &Request<B>) -> Decision<'a> {
+    decide_from(l, req, None)
+}
+
+/// Decides pool, class and cost for `req` from `client` on listener `l`.
+pub fn decide_from<'a, B>(
+    l: &'a Listener,
+    req: &Request<B>,
+    client: Option<IpAddr>,
+) -> Decision<'a> {
     if l.routes.is_empty() {
         return default_decision(l);
     }
@@ -92,7 +143,7 @@ pub fn decide<'a, B>(l: &'a Listener, req: &Request<B>) -> Decision<'a> {
         None
     };
     for r in &l.routes {
-        if matches(r, req, host.as_deref()) {
+        if matches(r, req, host.as_deref(), client) {
             return Decision {
                 pool: r.pool.as_deref().unwrap_or(&l.pool),
                 class: usize::from(r.priority),
@@ -144,6 +195,18 @@ priority = 0
 name = "vip"
 header = "X-Tier: gold"
 priority = 1
+[[listeners.routes]]
+name = "office"
+client = "10.1.0.0/16"
+priority = 2
+[[listeners.routes]]
+name = "beta"
+cookie = "beta=yes"
+priority = 3
+[[listeners.routes]]
+name = "session"
+cookie = "sid"
+priority = 5
 [pools.web]
 [[pools.web.servers]]
 address = "127.0.0.1:2"
@@ -175,5 +238,29 @@ address = "127.0.0.1:3"
         assert_eq!((d.class, d.route), (1, "vip"));
         let d = decide(&l, &req("GET", "/x", &[("x-tier", "silver")]));
         assert_eq!((d.class, d.cost), (4, 1));
+    }
+
+    #[test]
+    fn client_networks_and_cookies() {
+        let l = listener();
+        let from = |ip: &str| Some(ip.parse().unwrap());
+        let plain = req("GET", "/x", &[]);
+        assert_eq!(decide_from(&l, &plain, from("10.1.200.3")).route, "office");
+        assert_eq!(
+            decide_from(&l, &plain, from("::ffff:10.1.0.9")).route,
+            "office"
+        );
+        assert_eq!(decide_from(&l, &plain, from("10.2.0.1")).route, "default");
+        assert_eq!(
+            decide(&l, &plain).route,
+            "default",
+            "no client address, no match"
+        );
+        let beta = req("GET", "/x", &[("cookie", "a=1; beta=yes")]);
+        assert_eq!(decide(&l, &beta).route, "beta");
+        let not_beta = req("GET", "/x", &[("cookie", "beta=no; sid=7")]);
+        assert_eq!(decide(&l, &not_beta).route, "session");
+        let none = req("GET", "/x", &[("cookie", "sidx=1")]);
+        assert_eq!(decide(&l, &none).route, "default");
     }
 }
