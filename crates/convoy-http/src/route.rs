@@ -75,11 +75,11 @@ fn matches<B>(r: &Route, req: &Request<B>, host: Option<&str>, client: Option<Ip
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
-            .filter_map(|kv| {
+            .map(|kv| {
                 let kv = kv.trim();
                 match kv.split_once('=') {
-                    Some((k, v)) => Some((k.trim(), v.trim())),
-                    None => Some((kv, "")),
+                    Some((k, v)) => (k.trim(), v.trim()),
+                    None => (kv, ""),
                 }
             })
             .any(|(k, v)| k == name && value.is_none_or(|want| want == v));
