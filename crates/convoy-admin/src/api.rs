@@ -38,6 +38,49 @@ struct AppState {
 
 pub use convoy_core::control::constant_time_eq;
 
+/// The authority (host and port) of an `Origin` or `Host` value.
+fn authority(v: &str) -> &str {
+    let v = v.split_once("://").map_or(v, |(_, rest)| rest);
+    v.split('/').next().unwrap_or(v)
+}
+
+/// Whether a host name (with or without a port) is an IP literal or
+/// `localhost`: a DNS name chosen by a web page could point anywhere,
+/// including at this loopback address (DNS rebinding).
+fn literal_host(authority: &str) -> bool {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        return rest
+            .split_once(']')
+            .is_some_and(|(h, _)| h.parse::<std::net::Ipv6Addr>().is_ok());
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+/// Browsers are kept out unless they are on the dashboard's own page: a
+/// request that carries an `Origin` must come from the admin address
+/// itself, and without a token the Host must be an address, not a name
+/// (so that no other web site can drive a tokenless loopback API, by a
+/// cross-site form or by DNS rebinding). Clients that are not browsers
+/// send no `Origin`.
+fn same_origin(st: &AppState, h: &HeaderMap) -> bool {
+    let host = h
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(authority);
+    if st.token.is_none() && !host.is_none_or(literal_host) {
+        return false;
+    }
+    match h.get(header::ORIGIN) {
+        None => true,
+        Some(o) => match (o.to_str().ok().map(authority), host) {
+            (Some(o), Some(host)) => o.eq_ignore_ascii_case(host),
+            _ => false,
+        },
+    }
+}
+
 fn authorized(st: &AppState, h: &HeaderMap) -> bool {
     let Some(token) = &st.token else {
         return true;
@@ -45,12 +88,12 @@ fn authorized(st: &AppState, h: &HeaderMap) -> bool {
     let Some(v) = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let Some(given) = v
-        .strip_prefix("Bearer ")
-        .or_else(|| v.strip_prefix("bearer "))
-    else {
+    let Some((scheme, given)) = v.split_once(' ') else {
         return false;
     };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return false;
+    }
     constant_time_eq(given.trim().as_bytes(), token.as_bytes())
 }
 
@@ -60,6 +103,19 @@ fn json_error(status: StatusCode, kind: &str, msg: &str) -> Response {
         Json(serde_json::json!({ "error": msg, "kind": kind })),
     )
         .into_response()
+}
+
+/// `None` when the request may go on; otherwise the answer that refuses
+/// it (403 for a foreign web page, 401 for a missing or wrong token).
+fn refused(st: &AppState, h: &HeaderMap) -> Option<Response> {
+    if !same_origin(st, h) {
+        return Some(json_error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "cross-site request refused: the admin API answers its own dashboard and non-browser clients only",
+        ));
+    }
+    (!authorized(st, h)).then(unauthorized)
 }
 
 fn unauthorized() -> Response {
@@ -98,8 +154,8 @@ async fn ask(st: &AppState, cmd: Command) -> Result<serde_json::Value, CmdError>
 }
 
 async fn run(st: &AppState, h: &HeaderMap, cmd: Command) -> Response {
-    if !authorized(st, h) {
-        return unauthorized();
+    if let Some(r) = refused(st, h) {
+        return r;
     }
     match ask(st, cmd).await {
         Ok(v) => Json(v).into_response(),
@@ -299,8 +355,8 @@ async fn events(
 }
 
 async fn metrics(State(st): State<AppState>, h: HeaderMap) -> Response {
-    if !authorized(&st, &h) {
-        return unauthorized();
+    if let Some(r) = refused(&st, &h) {
+        return r;
     }
     match ask(&st, Command::Metrics).await {
         Ok(serde_json::Value::String(text)) => (
@@ -457,6 +513,15 @@ mod tests {
         assert_eq!(st, StatusCode::UNAUTHORIZED);
         let (st, text) = call(&app, "GET", "/metrics", t, "").await;
         assert_eq!((st, text.as_str()), (StatusCode::OK, "convoy_up 1\n"));
+        // Scheme names are case-insensitive.
+        let (st, _) = call_with(
+            &app,
+            "GET",
+            "/api/v1/query",
+            &[("authorization", "BEARER s3cret")],
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK);
         // The page itself needs no token (it asks for one).
         let (st, text) = call(&app, "GET", "/", None, "").await;
         assert_eq!(st, StatusCode::OK);
@@ -486,6 +551,92 @@ mod tests {
         assert_eq!(st, StatusCode::BAD_REQUEST);
         let (st, _) = call(&app, "GET", "/nope", t, "").await;
         assert_eq!(st, StatusCode::NOT_FOUND);
+    }
+
+    async fn call_with(
+        app: &Router,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, String) {
+        let mut b = axum::http::Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let resp = app
+            .clone()
+            .oneshot(b.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let st = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (st, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn foreign_web_pages_cannot_drive_the_api() {
+        // Without a token (loopback): a page on another site posting a
+        // form, or a rebound DNS name, is refused; the dashboard's own
+        // page and non-browser clients are served.
+        let app = router(None, fake_node());
+        let stop = "/api/v1/node/stop";
+        let h = [
+            ("host", "127.0.0.1:9900"),
+            ("origin", "http://evil.example"),
+        ];
+        let (st, text) = call_with(&app, "POST", stop, &h).await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{text}");
+        let h = [("host", "rebound.example:9900")];
+        let (st, _) = call_with(&app, "GET", "/api/v1/query", &h).await;
+        assert_eq!(st, StatusCode::FORBIDDEN);
+        let (st, _) = call_with(&app, "GET", "/metrics", &h).await;
+        assert_eq!(st, StatusCode::FORBIDDEN);
+        let h = [
+            ("host", "127.0.0.1:9900"),
+            ("origin", "http://127.0.0.1:9900"),
+        ];
+        let (st, text) = call_with(&app, "POST", stop, &h).await;
+        assert_eq!(st, StatusCode::OK, "{text}");
+        for host in [
+            "127.0.0.1:9900",
+            "localhost:9900",
+            "[::1]:9900",
+            "127.0.0.1",
+        ] {
+            let (st, _) = call_with(&app, "POST", stop, &[("host", host)]).await;
+            assert_eq!(st, StatusCode::OK, "{host}");
+        }
+        // With a token, a name is fine (the token proves the caller), a
+        // foreign origin still is not.
+        let app = router(Some("t".into()), fake_node());
+        let auth = ("authorization", "Bearer t");
+        let (st, _) = call_with(
+            &app,
+            "GET",
+            "/api/v1/query",
+            &[("host", "lb.example:9900"), auth],
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK);
+        let h = [
+            ("host", "lb.example:9900"),
+            ("origin", "https://other.example"),
+            auth,
+        ];
+        let (st, _) = call_with(&app, "GET", "/api/v1/query", &h).await;
+        assert_eq!(st, StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn hosts_and_origins() {
+        assert_eq!(authority("http://127.0.0.1:9900"), "127.0.0.1:9900");
+        assert_eq!(authority("https://[::1]:9/x"), "[::1]:9");
+        assert_eq!(authority("10.0.0.1:80"), "10.0.0.1:80");
+        assert!(literal_host("127.0.0.1:9900"));
+        assert!(literal_host("[::1]:9900"));
+        assert!(literal_host("LOCALHOST"));
+        assert!(!literal_host("127.0.0.1.nip.io:9900"));
+        assert!(!literal_host("[evil]:1"));
     }
 
     #[test]

@@ -205,6 +205,13 @@ fn stamps(t: &Tls) -> Vec<(PathBuf, Option<SystemTime>)> {
         .collect()
 }
 
+/// Certificates read and checked by [`TlsState::prepare`], not in use yet.
+#[derive(Debug)]
+pub struct Prepared(
+    Arc<rustls::ServerConfig>,
+    Vec<(PathBuf, Option<SystemTime>)>,
+);
+
 impl TlsState {
     /// Loads the certificates of `t`.
     pub fn new(t: &Tls) -> Result<Arc<TlsState>, String> {
@@ -226,10 +233,24 @@ impl TlsState {
     /// Reads the files again and, if they load, uses them for new
     /// handshakes. On error the current certificates stay.
     pub fn reload(&self) -> Result<(), String> {
-        let cfg = server_config(&self.cfg, &self.res)?;
-        self.server.store(cfg);
-        *self.stamps.lock().unwrap_or_else(|e| e.into_inner()) = stamps(&self.cfg);
+        let cfg = self.prepare()?;
+        self.commit(cfg);
         Ok(())
+    }
+
+    /// Reads and checks the files without using them yet (a reload of
+    /// several listeners prepares them all before any one switches).
+    pub fn prepare(&self) -> Result<Prepared, String> {
+        Ok(Prepared(
+            server_config(&self.cfg, &self.res)?,
+            stamps(&self.cfg),
+        ))
+    }
+
+    /// Uses certificates read by [`TlsState::prepare`] for new handshakes.
+    pub fn commit(&self, p: Prepared) {
+        self.server.store(p.0);
+        *self.stamps.lock().unwrap_or_else(|e| e.into_inner()) = p.1;
     }
 
     /// Reloads if a file changed since the last load; `Some(result)` when

@@ -131,7 +131,7 @@ impl NodeState {
 
 /// Operator changes made through the admin API. They are applied on top
 /// of the file's config at every reload, so a reload does not undo them.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Overrides {
     /// Server admin state: (enabled, drain).
     server_admin: HashMap<ServerKey, (bool, bool)>,
@@ -171,6 +171,18 @@ impl Overrides {
         }
         c
     }
+}
+
+/// Every server's admin state, by (pool, server).
+fn admin_states(snap: &Snapshot) -> HashMap<ServerKey, AdminState> {
+    snap.pools
+        .values()
+        .flat_map(|p| {
+            p.servers
+                .iter()
+                .map(move |s| ((p.name.clone(), s.cfg.name.clone()), s.state.admin()))
+        })
+        .collect()
 }
 
 /// Binds the admin API's socket (before anything else starts, so that a
@@ -872,9 +884,12 @@ impl Node {
             );
         }
         let cfg = self.overrides.apply(&new);
-        self.base = new;
         let origin = format!("file {}", path.display());
-        self.apply(cfg, &origin)
+        let r = self.apply(cfg, &origin)?;
+        // Only a config that was applied becomes the base that later
+        // admin changes build on; a refused one leaves no trace.
+        self.base = new;
+        Ok(r)
     }
 
     /// Applies a new config: the running listeners, pools and servers are
@@ -883,28 +898,20 @@ impl Node {
     fn apply(&mut self, new: Config, origin: &str) -> control::Reply {
         if self.state == NodeState::Stopped || self.state == NodeState::Draining {
             // Not serving: the new config is stored; `start` binds it.
+            // Connections still draining follow server changes (a server
+            // disabled or removed now has its connections closed).
             let old = self.snap();
+            let before = admin_states(&old);
             let snap = Arc::new(Snapshot::build(Arc::new(new), Some(&old)));
-            for p in snap.pools.values() {
-                p.rebuild();
-            }
-            self.snapshot.store(snap);
+            self.snapshot.store(Arc::clone(&snap));
+            self.server_changes(&old, &snap, &before);
             self.sync_probes();
             self.reloads_applied += 1;
             info!(event = "reload_applied", origin, serving = false);
             return Ok(serde_json::json!({ "applied": true, "serving": false }));
         }
         let old = self.snap();
-        // Admin states before, to report changes and restart slow start.
-        let before: HashMap<ServerKey, AdminState> = old
-            .pools
-            .values()
-            .flat_map(|p| {
-                p.servers
-                    .iter()
-                    .map(move |s| ((p.name.clone(), s.cfg.name.clone()), s.state.admin()))
-            })
-            .collect();
+        let before = admin_states(&old);
         // Listeners: bind new and changed ones first (a changed listener
         // takes over its old sockets), so a bind error refuses the whole
         // reload before anything changes.
@@ -923,16 +930,25 @@ impl Node {
                 }
             }
         }
-        // Unchanged TLS listeners read their certificate files again.
+        // Unchanged TLS listeners read their certificate files again: all
+        // are read and checked before any one switches, so a refused
+        // reload changes no certificate.
+        let mut certs = Vec::new();
         for r in &self.listeners {
             if let (Some((t, _)), true) = (&r.tls, new.listeners.contains(&r.rt.cfg)) {
-                if let Err(e) = t.reload() {
-                    let msg = format!("listener {}: tls.{e}", r.rt.cfg.name);
-                    error!(event = "reload_refused", origin, error = %msg, "the running config stays in force");
-                    self.reloads_refused += 1;
-                    return Err(CmdError::new(ErrorKind::Invalid, msg));
+                match t.prepare() {
+                    Ok(p) => certs.push((Arc::clone(t), p)),
+                    Err(e) => {
+                        let msg = format!("listener {}: tls.{e}", r.rt.cfg.name);
+                        error!(event = "reload_refused", origin, error = %msg, "the running config stays in force");
+                        self.reloads_refused += 1;
+                        return Err(CmdError::new(ErrorKind::Invalid, msg));
+                    }
                 }
             }
+        }
+        for (t, p) in certs {
+            t.commit(p);
         }
         let new = Arc::new(new);
         self.conns.set_max(new.node.max_connections);
@@ -954,6 +970,42 @@ impl Node {
             let r = self.spawn_listener(&l, b);
             self.listeners.push(r);
         }
+        self.server_changes(&old, &snap, &before);
+        self.sync_probes();
+        self.reapply_listener_admin();
+        // Caches of listeners that are gone, or no longer cache, go too.
+        self.caches.retain(|name, _| {
+            new.listeners
+                .iter()
+                .any(|l| &l.name == name && l.cache.is_some())
+        });
+        self.reloads_applied += 1;
+        self.start_converging();
+        info!(
+            event = "reload_applied",
+            origin,
+            listeners = self.listeners.len(),
+            pools = snap.pools.len()
+        );
+        Ok(serde_json::json!({
+            "applied": true,
+            "listeners": self.listeners.len(),
+            "pools": snap.pools.len(),
+        }))
+    }
+
+    /// What changed for servers between two snapshots: servers that left
+    /// have their connections closed, admin changes are reported (disable
+    /// closes connections, enable restarts slow start), new servers start
+    /// slowly, and every pool's tables are rebuilt.
+    /// `before`: [`admin_states`] of `old`, read before `snap` was built
+    /// (live state is shared by both snapshots).
+    fn server_changes(
+        &mut self,
+        old: &Snapshot,
+        snap: &Snapshot,
+        before: &HashMap<ServerKey, AdminState>,
+    ) {
         // Servers that left the config: close their connections.
         for p in old.pools.values() {
             for s in &p.servers {
@@ -998,27 +1050,6 @@ impl Node {
             }
             p.rebuild();
         }
-        self.sync_probes();
-        self.reapply_listener_admin();
-        // Caches of listeners that are gone, or no longer cache, go too.
-        self.caches.retain(|name, _| {
-            new.listeners
-                .iter()
-                .any(|l| &l.name == name && l.cache.is_some())
-        });
-        self.reloads_applied += 1;
-        self.start_converging();
-        info!(
-            event = "reload_applied",
-            origin,
-            listeners = self.listeners.len(),
-            pools = snap.pools.len()
-        );
-        Ok(serde_json::json!({
-            "applied": true,
-            "listeners": self.listeners.len(),
-            "pools": snap.pools.len(),
-        }))
     }
 
     fn log_query(&self) {
@@ -1357,8 +1388,8 @@ impl Node {
                         ),
                     ));
                 }
-                let e = self
-                    .overrides
+                let mut ov = self.overrides.clone();
+                let e = ov
                     .route
                     .entry((listener.clone(), route.clone()))
                     .or_default();
@@ -1368,9 +1399,9 @@ impl Node {
                 if cost.is_some() {
                     e.1 = cost;
                 }
+                let r = self.apply_overrides(ov)?;
                 info!(event = "route_changed", listener = %listener, route = %route, priority = priority.map(u64::from), cost = cost.map(u64::from));
-                let cfg = self.overrides.apply(&self.base);
-                self.apply(cfg, "admin")
+                Ok(r)
             }
             Command::Explain { pool } => {
                 let snap = self.snap();
@@ -1470,15 +1501,16 @@ impl Node {
             ));
         }
         let key = (pool.clone(), server.clone());
+        let mut ov = self.overrides.clone();
         match action {
             ServerAction::Enable => {
-                self.overrides.server_admin.insert(key, (true, false));
+                ov.server_admin.insert(key, (true, false));
             }
             ServerAction::Disable => {
-                self.overrides.server_admin.insert(key, (false, false));
+                ov.server_admin.insert(key, (false, false));
             }
             ServerAction::Drain => {
-                self.overrides.server_admin.insert(key, (true, true));
+                ov.server_admin.insert(key, (true, true));
             }
             ServerAction::Weight(w) => {
                 if !(1..=10_000).contains(&w) {
@@ -1487,11 +1519,10 @@ impl Node {
                         format!("weight {w} is out of range 1-10000"),
                     ));
                 }
-                self.overrides.server_weight.insert(key, w);
+                ov.server_weight.insert(key, w);
             }
         }
-        let cfg = self.overrides.apply(&self.base);
-        self.apply(cfg, "admin")?;
+        self.apply_overrides(ov)?;
         let snap = self.snap();
         let s = snap.pools.get(&pool).and_then(|p| p.server(&server));
         Ok(serde_json::json!({
@@ -1500,6 +1531,16 @@ impl Node {
             "admin": s.map(|s| s.state.admin()),
             "weight": s.map(|s| s.cfg.weight),
         }))
+    }
+
+    /// Applies the file's config with the operator's changes `ov`; they
+    /// are kept only if the result was applied (a refused change is not
+    /// remembered for the next reload).
+    fn apply_overrides(&mut self, ov: Overrides) -> control::Reply {
+        let cfg = ov.apply(&self.base);
+        let r = self.apply(cfg, "admin")?;
+        self.overrides = ov;
+        Ok(r)
     }
 
     /// The query view with the node's state and recent latency quantiles.

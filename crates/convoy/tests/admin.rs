@@ -530,3 +530,53 @@ async fn websocket_tunnels_are_counted_and_closed_by_disable() {
         "nothing stays counted"
     );
 }
+
+/// A reload refused late (a new listener's port is busy) leaves no trace:
+/// a later admin command builds on the running config, not on the refused
+/// one, and a command that fails is not remembered for the next reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_reloads_and_commands_leave_no_trace() {
+    let a = HttpOrigin::start("a", Duration::ZERO).await;
+    let b = HttpOrigin::start("b", Duration::ZERO).await;
+    let port = free_port();
+    let base = config(port, &[&a, &b], "");
+    let c = Convoy::start(BIN, &base).await;
+    let admin = c.admin_addr();
+    // Another process holds the port the new listener wants.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port();
+    let extra = format!(
+        "{base}\n[[listeners]]\nname = \"extra\"\nprotocol = \"http\"\naddress = \"127.0.0.1:{busy_port}\"\npool = \"web\"\n"
+    );
+    c.write_config(&extra);
+    let (code, _, err) = ctl(&admin, Some(TOKEN), &["reload"]);
+    assert_ne!(code, 0, "a reload with a busy port must be refused");
+    assert!(err.contains("extra"), "{err}");
+    drop(busy);
+    // The file still holds the refused config; an admin change now must
+    // not bring it in with it.
+    let (code, _, err) = ctl(&admin, Some(TOKEN), &["weight", "web", "a", "3"]);
+    assert_eq!(code, 0, "{err}");
+    let q = query(&admin);
+    let names: Vec<&str> = q["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["web"], "the refused listener came in: {q}");
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", busy_port)).is_ok(),
+        "convoy bound the refused listener's port"
+    );
+    assert_eq!(server(&q, "a")["weight"], 3);
+    // A command that fails (bad weight) is not kept for later reloads.
+    let (code, _, _) = ctl(&admin, Some(TOKEN), &["weight", "web", "b", "0"]);
+    assert_ne!(code, 0);
+    c.write_config(&base);
+    assert_eq!(c.reload(&base).await, "reload_applied");
+    let q = query(&admin);
+    assert_eq!(server(&q, "a")["weight"], 3, "the operator's weight stays");
+    assert_eq!(server(&q, "b")["weight"], 1);
+    assert_eq!(get(port, "/").await.map(|r| r.0), Ok(200));
+}
