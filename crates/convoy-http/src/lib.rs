@@ -10,6 +10,7 @@
 pub mod cache;
 pub mod compress;
 pub mod conn;
+pub mod h1;
 pub mod headers;
 pub mod proxy;
 pub mod route;

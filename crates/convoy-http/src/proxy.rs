@@ -54,7 +54,7 @@ type ReqBody = Either<Prefixed, Empty<Bytes>>;
 /// not blamed.
 struct Prefixed {
     first: Option<Frame<Bytes>>,
-    rest: Incoming,
+    rest: InBody,
     limit: u64,
     seen: u64,
     fault: Arc<std::sync::atomic::AtomicU8>,
@@ -70,6 +70,100 @@ const FAULT_SLOW: u8 = 3;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A client's request body: from convoy's own HTTP/1 loop, or from hyper
+/// (HTTP/2).
+pub enum InBody {
+    /// HTTP/1.
+    H1(crate::h1::body::ReqBody),
+    /// HTTP/2.
+    H2(Incoming),
+}
+
+impl Body for InBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskCx<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            InBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            InBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        match self {
+            InBody::H1(b) => b.is_end_stream(),
+            InBody::H2(b) => b.is_end_stream(),
+        }
+    }
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            InBody::H1(b) => b.size_hint(),
+            InBody::H2(b) => b.size_hint(),
+        }
+    }
+}
+
+/// A server's response body: from convoy's own HTTP/1 client, or from
+/// hyper (HTTP/2 to servers).
+pub enum UpResp {
+    /// HTTP/1.
+    H1(crate::h1::client::UpBody),
+    /// HTTP/2.
+    H2(Incoming),
+}
+
+impl Body for UpResp {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskCx<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpResp::H1(b) => Pin::new(b).poll_frame(cx),
+            UpResp::H2(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpResp::H1(b) => b.is_end_stream(),
+            UpResp::H2(b) => b.is_end_stream(),
+        }
+    }
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpResp::H1(b) => b.size_hint(),
+            UpResp::H2(b) => b.size_hint(),
+        }
+    }
+}
+
+/// Why a request to a server got no response head.
+enum UpErr {
+    H1(crate::h1::client::SendError),
+    H2(hyper_util::client::legacy::Error),
+}
+
+impl UpErr {
+    fn is_connect(&self) -> bool {
+        match self {
+            UpErr::H1(e) => e.is_connect(),
+            UpErr::H2(e) => e.is_connect(),
+        }
+    }
+}
+
+impl std::fmt::Display for UpErr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpErr::H1(e) => e.fmt(f),
+            UpErr::H2(e) => e.fmt(f),
+        }
+    }
+}
+
 impl Body for Prefixed {
     type Data = Bytes;
     type Error = BoxError;
@@ -84,7 +178,7 @@ impl Body for Prefixed {
                 Poll::Ready(Some(Ok(f))) => f,
                 Poll::Ready(Some(Err(e))) => {
                     self.fault.store(FAULT_CLIENT, Relaxed);
-                    return Poll::Ready(Some(Err(Box::new(e))));
+                    return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => {
@@ -143,11 +237,23 @@ type TlsUpstream = Client<hyper_rustls::HttpsConnector<HttpConnector>, ReqBody>;
 struct Shared {
     ctx: Context,
     listener: Arc<ListenerRuntime>,
-    client: Upstream,
+    /// HTTP/1.1 to servers: convoy's own keep-alive pool.
+    h1: Arc<crate::h1::client::Pool>,
+    /// TLS settings for HTTP/1.1 to servers, per pool, built on first use
+    /// and again when the pool's TLS settings change.
+    h1_tls: std::sync::Mutex<
+        std::collections::HashMap<
+            String,
+            (
+                convoy_config::UpstreamTls,
+                Arc<crate::h1::client::TlsTarget>,
+            ),
+        >,
+    >,
     /// HTTP/2 (h2c) to the servers of pools with `http2 = true`.
     client_h2: Upstream,
-    /// TLS clients per (pool, HTTP/2), built on first use and again when
-    /// the pool's TLS settings change.
+    /// HTTP/2 over TLS clients per pool, built on first use and again
+    /// when the pool's TLS settings change.
     tls_clients: std::sync::Mutex<
         std::collections::HashMap<(String, bool), (convoy_config::UpstreamTls, TlsUpstream)>,
     >,
@@ -164,6 +270,37 @@ struct Shared {
 }
 
 impl Shared {
+    /// TLS for HTTP/1.1 to `pool`'s servers.
+    fn h1_tls(&self, pool: &PoolRuntime) -> Result<Arc<crate::h1::client::TlsTarget>, String> {
+        use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+        static IDS: AtomicU64 = AtomicU64::new(1);
+        let Some(t) = &pool.cfg.tls else {
+            return Err("the pool has no TLS settings".into());
+        };
+        let mut m = self.h1_tls.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((cfg, target)) = m.get(&pool.name) {
+            if cfg == t {
+                return Ok(Arc::clone(target));
+            }
+        }
+        let mut config = crate::tls::client_config(t, false)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let name = match &t.sni {
+            Some(n) => Some(
+                rustls::pki_types::ServerName::try_from(n.clone())
+                    .map_err(|e| format!("tls.sni {n:?}: {e}"))?,
+            ),
+            None => None,
+        };
+        let target = Arc::new(crate::h1::client::TlsTarget {
+            config: Arc::new(config),
+            name,
+            id: IDS.fetch_add(1, Relaxed),
+        });
+        m.insert(pool.name.clone(), (t.clone(), Arc::clone(&target)));
+        Ok(target)
+    }
+
     /// The TLS client for `pool`'s servers.
     fn tls_client(&self, pool: &PoolRuntime, h2: bool) -> Result<TlsUpstream, String> {
         let Some(t) = &pool.cfg.tls else {
@@ -225,7 +362,7 @@ impl Drop for Slot {
 /// whose connections are closed by the control plane (drain timeout,
 /// disabled, removed) has its responses cut at their next frame.
 struct Guarded {
-    inner: Incoming,
+    inner: UpResp,
     slot: Slot,
     kill: watch::Receiver<u64>,
     /// A server that stops sending mid-body for `response_timeout` has
@@ -265,7 +402,7 @@ impl Body for Guarded {
             // response for a whole one (nor may the cache store it).
             return Poll::Ready(Some(Err("the server's connections were closed".into())));
         }
-        r.map(|o| o.map(|res| res.map_err(BoxError::from)))
+        r
     }
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
@@ -280,7 +417,7 @@ impl Body for Guarded {
 /// writes the request's access-log line when it ends.
 struct Tracked {
     inner: RespBody,
-    _req: InProgress,
+    _req: Option<InProgress>,
     rec: Option<Box<AccessRec>>,
     access: Option<Arc<convoy_core::access::AccessLog>>,
 }
@@ -466,10 +603,6 @@ pub async fn serve(
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(listener.cfg.connect_timeout.get()));
-    let client: Upstream = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_timer(TokioTimer::new())
-        .build(http.clone());
     let client_h2: Upstream = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_timer(TokioTimer::new())
@@ -478,6 +611,7 @@ pub async fn serve(
         .http2_keep_alive_interval(Duration::from_secs(20))
         .build(http);
     let cfg = &listener.cfg;
+    let h1 = crate::h1::client::Pool::new(UPSTREAM_IDLE, 256);
     let shared = Arc::new(Shared {
         header_timeout: cfg.header_timeout().get(),
         compress: cfg.compression.as_ref().map(crate::compress::Policy::new),
@@ -489,10 +623,24 @@ pub async fn serve(
         request_timeout: cfg.request_timeout.map(|d| d.get()),
         ctx,
         listener,
-        client,
+        h1: Arc::clone(&h1),
+        h1_tls: Default::default(),
         client_h2,
         tls_clients: Default::default(),
     });
+    // Idle connections to servers past their time are closed even when
+    // nothing else happens.
+    let sweeper = {
+        let h1 = Arc::downgrade(&h1);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let Some(p) = h1.upgrade() else { return };
+                p.sweep(|_| true);
+            }
+        })
+    };
+    drop(h1);
     let mut backoff = Duration::from_millis(5);
     loop {
         let (stream, peer) = tokio::select! {
@@ -528,12 +676,15 @@ pub async fn serve(
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                None => serve_conn(&sh, stream, peer, "http", stop).await,
+                None => serve_conn(&sh, stream, peer, "http", stop, false).await,
                 Some(tls) => {
                     // The handshake counts against the header timeout.
                     let acceptor = tls.acceptor();
                     match tokio::time::timeout(sh.header_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => serve_conn(&sh, s, peer, "https", stop).await,
+                        Ok(Ok(s)) => {
+                            let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+                            serve_conn(&sh, s, peer, "https", stop, h2).await
+                        }
                         Ok(Err(e)) => {
                             debug!(client = %peer, error = %e, "TLS handshake failed");
                         }
@@ -544,78 +695,178 @@ pub async fn serve(
             sh.listener.release_from(peer.ip());
         });
     }
+    sweeper.abort();
 }
 
-/// Serves one client connection (plain or TLS) until it ends, the
-/// listener stops (graceful) or the node or listener kills it.
-async fn serve_conn<S>(
-    sh: &Arc<Shared>,
-    stream: S,
-    peer: SocketAddr,
-    proto: &'static str,
-    mut stop: watch::Receiver<bool>,
-) where
-    S: tokio::io::AsyncRead
-        + tokio::io::AsyncWrite
-        + crate::conn::RawWrite
-        + Unpin
-        + Send
-        + 'static,
-{
-    let st = Arc::new(ConnState::default());
-    let svc = {
-        let sh = Arc::clone(sh);
-        let st = Arc::clone(&st);
-        let info = Arc::new(ClientInfo::new(peer, proto));
-        hyper::service::service_fn(move |req| {
-            let (sh, info) = (Arc::clone(&sh), Arc::clone(&info));
-            let req_guard = InProgress::new(&st);
-            let st = Arc::clone(&st);
-            async move {
-                let mut rec = sh
-                    .ctx
-                    .access
-                    .as_ref()
-                    .map(|_| Box::new(AccessRec::new(&sh.listener.cfg.name, peer, &req)));
-                let fut = handle(&sh, req, peer, &info, &st, &mut rec);
-                let resp = match sh.request_timeout {
-                    Some(t) => match tokio::time::timeout(t, fut).await {
-                        Ok(r) => r,
-                        Err(_) => local(StatusCode::GATEWAY_TIMEOUT, "request timed out"),
-                    },
-                    None => fut.await,
-                };
-                if let Some(r) = &mut rec {
-                    r.status = resp.status().as_u16();
-                }
-                let (parts, body) = resp.into_parts();
-                let body = Tracked {
-                    inner: body,
-                    _req: req_guard,
-                    rec,
-                    access: sh.ctx.access.clone(),
-                };
-                Ok::<_, Infallible>(Response::from_parts(parts, body.boxed_unsync()))
-            }
-        })
-    };
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // Header and idle timeouts are convoy's own (conn.rs), for HTTP/1 and
-    // HTTP/2 alike.
-    // Half-close is not supported: a client's end of stream ends the
-    // connection at once, so that a client that goes away frees its slot
-    // at once even while its server has not answered yet.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None);
-    let io = ConnIo::new(stream, Arc::clone(&st), sh.header_timeout, sh.idle_timeout);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn);
+/// How long an idle connection to a server is kept for reuse.
+const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
+
+/// The start of the HTTP/2 connection preface.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+/// A stream that first gives back bytes already read from it.
+struct Rewind<S> {
+    pre: Bytes,
+    s: S,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskCx<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            let b = self.pre.split_to(n);
+            buf.put_slice(&b);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.s).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskCx<'_>,
+        b: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.s).poll_write(cx, b)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskCx<'_>,
+        b: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.s).poll_write_vectored(cx, b)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.s.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.s).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.s).poll_shutdown(cx)
+    }
+}
+
+impl<S: crate::conn::RawWrite> crate::conn::RawWrite for Rewind<S> {
+    fn try_write_raw(&self, b: &[u8]) {
+        self.s.try_write_raw(b)
+    }
+}
+
+/// The future that completes when the node or the listener closes its
+/// connections.
+fn kill_future(sh: &Shared) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     let mut kill = sh.ctx.kill.clone();
     kill.mark_unchanged();
     let mut lkill = sh.listener.kill_signal();
     lkill.mark_unchanged();
+    Box::pin(async move {
+        tokio::select! {
+            _ = kill.changed() => {}
+            _ = lkill.changed() => {}
+        }
+    })
+}
+
+/// Serves one client connection (plain or TLS) until it ends, the
+/// listener stops (graceful) or the node or listener kills it: HTTP/1.1
+/// on convoy's own loop, HTTP/2 (ALPN `h2`, or the prior-knowledge
+/// preface) on hyper.
+async fn serve_conn<S>(
+    sh: &Arc<Shared>,
+    mut stream: S,
+    peer: SocketAddr,
+    proto: &'static str,
+    mut stop: watch::Receiver<bool>,
+    alpn_h2: bool,
+) where
+    S: crate::h1::server::ClientStream + crate::conn::RawWrite,
+{
+    let info = Arc::new(ClientInfo::new(peer, proto));
+    let mut rbuf = bytes::BytesMut::new();
+    let mut h2 = alpn_h2;
+    if !h2 {
+        // The first bytes tell HTTP/2 prior knowledge from HTTP/1.
+        let sniff = async {
+            use tokio::io::AsyncReadExt;
+            loop {
+                rbuf.reserve(4096);
+                match stream.read_buf(&mut rbuf).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(_) => {}
+                }
+                let n = rbuf.len().min(H2_PREFACE.len());
+                if rbuf[..n] != H2_PREFACE[..n] || n == H2_PREFACE.len() {
+                    return true;
+                }
+            }
+        };
+        match tokio::time::timeout(sh.header_timeout, sniff).await {
+            Ok(true) => {}
+            // Nothing (or not enough to tell) in time: closed quietly.
+            _ => return,
+        }
+        h2 = rbuf.starts_with(H2_PREFACE);
+    }
+    if !h2 {
+        let set = crate::h1::server::Settings {
+            header_timeout: sh.header_timeout,
+            idle_timeout: sh.idle_timeout,
+            limits: Default::default(),
+        };
+        let stop_fut: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        let sig = crate::h1::server::Signals::new(stop_fut, kill_future(sh));
+        let handler = |req: Request<crate::h1::body::ReqBody>, meta: crate::h1::server::Meta| {
+            let sh = Arc::clone(sh);
+            let info = Arc::clone(&info);
+            async move { respond(&sh, req.map(InBody::H1), peer, &info, None, meta.stripped).await }
+        };
+        crate::h1::server::serve(stream, rbuf, set, sig, handler).await;
+        return;
+    }
+    let st = Arc::new(ConnState::default());
+    let svc = {
+        let sh = Arc::clone(sh);
+        let st = Arc::clone(&st);
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let (sh, info) = (Arc::clone(&sh), Arc::clone(&info));
+            let req_guard = InProgress::new(&st);
+            async move {
+                Ok::<_, Infallible>(
+                    respond(
+                        &sh,
+                        req.map(InBody::H2),
+                        peer,
+                        &info,
+                        Some(req_guard),
+                        false,
+                    )
+                    .await,
+                )
+            }
+        })
+    };
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    let io = ConnIo::new(
+        Rewind {
+            pre: rbuf.freeze(),
+            s: stream,
+        },
+        Arc::clone(&st),
+        sh.header_timeout,
+        sh.idle_timeout,
+    );
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut kill = kill_future(sh);
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
@@ -626,18 +877,50 @@ async fn serve_conn<S>(
             conn.as_mut().graceful_shutdown();
             tokio::select! {
                 _ = conn.as_mut() => {}
-                _ = kill.changed() => {}
-                _ = lkill.changed() => {}
+                _ = kill.as_mut() => {}
             }
         }
-        _ = kill.changed() => {}
-        _ = lkill.changed() => {}
+        _ = kill.as_mut() => {}
     }
-    // An upgraded connection lives on as a tunnel: it stays counted until
-    // the tunnel ends.
-    if st.is_upgraded() {
-        st.tunnel_end().await;
+}
+
+/// Answers one request: the request path under the request timeout, with
+/// its access-log line written when the response body ends.
+async fn respond(
+    sh: &Arc<Shared>,
+    req: Request<InBody>,
+    peer: SocketAddr,
+    info: &ClientInfo,
+    guard: Option<InProgress>,
+    stripped: bool,
+) -> Response<RespBody> {
+    let mut rec = sh
+        .ctx
+        .access
+        .as_ref()
+        .map(|_| Box::new(AccessRec::new(&sh.listener.cfg.name, peer, &req)));
+    let fut = handle(sh, req, peer, info, stripped, &mut rec);
+    let resp = match sh.request_timeout {
+        Some(t) => match tokio::time::timeout(t, fut).await {
+            Ok(r) => r,
+            Err(_) => local(StatusCode::GATEWAY_TIMEOUT, "request timed out"),
+        },
+        None => fut.await,
+    };
+    if rec.is_none() && guard.is_none() {
+        return resp;
     }
+    if let Some(r) = &mut rec {
+        r.status = resp.status().as_u16();
+    }
+    let (parts, body) = resp.into_parts();
+    let body = Tracked {
+        inner: body,
+        _req: guard,
+        rec,
+        access: sh.ctx.access.clone(),
+    };
+    Response::from_parts(parts, body.boxed_unsync())
 }
 
 /// The value of cookie `name` in the request's Cookie headers.
@@ -705,45 +988,6 @@ fn empty() -> RespBody {
         .boxed_unsync()
 }
 
-/// Joins an upgraded client connection and server connection until either
-/// side closes; the request's slot is held for the tunnel's life.
-/// The tunnel counts as the client connection (the listener's limits and
-/// a drain-stop see it) and closes when the server, the listener or the
-/// node is told to close its connections.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    server: hyper::upgrade::OnUpgrade,
-    slot: Slot,
-    st: Arc<ConnState>,
-    mut kills: [watch::Receiver<u64>; 3],
-) {
-    let run = async {
-        let (c, s) = match tokio::try_join!(client, server) {
-            Ok(x) => x,
-            Err(e) => {
-                debug!(error = %e, "upgrade failed");
-                return;
-            }
-        };
-        let (mut c, mut s) = (TokioIo::new(c), TokioIo::new(s));
-        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut s).await {
-            debug!(error = %e, "upgraded connection ended with an error");
-        }
-    };
-    for k in kills.iter_mut() {
-        k.mark_unchanged();
-    }
-    let [k0, k1, k2] = &mut kills;
-    tokio::select! {
-        _ = run => {}
-        _ = k0.changed() => debug!("tunnel closed: server connections closed"),
-        _ = k1.changed() => debug!("tunnel closed: listener closed"),
-        _ = k2.changed() => debug!("tunnel closed: node stopping"),
-    }
-    drop(slot);
-    st.tunnel_ended();
-}
-
 /// Waits for a queued request's slot; on timeout or drop, cancels it (and
 /// releases a slot handed over meanwhile).
 struct Queued<'a> {
@@ -767,10 +1011,10 @@ impl Drop for Queued<'_> {
 
 async fn handle(
     sh: &Arc<Shared>,
-    mut req: Request<Incoming>,
+    mut req: Request<InBody>,
     peer: SocketAddr,
     info: &ClientInfo,
-    st: &Arc<ConnState>,
+    stripped: bool,
     rec: &mut Option<Box<AccessRec>>,
 ) -> Response<RespBody> {
     let l = &sh.listener;
@@ -821,7 +1065,6 @@ async fn handle(
     // Connection headers go to the server, and on its 101 the two
     // connections are joined into a byte tunnel.
     let upgrade = upgrade_of(&req);
-    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let max_body = d.max_body;
     if max_body > 0 && body_len(&req).is_some_and(|n| n > max_body) {
         return too_large();
@@ -852,7 +1095,9 @@ async fn handle(
         pause: sh.body_timeout,
         timer: None,
     };
-    strip_hop_by_hop(&mut parts.headers);
+    if !stripped {
+        strip_hop_by_hop(&mut parts.headers);
+    }
     if let Some(u) = &upgrade {
         parts.headers.insert(http::header::UPGRADE, u.clone());
         parts.headers.insert(
@@ -900,18 +1145,47 @@ async fn handle(
             cache.invalidate(&parts, f.resp.status());
         }
     }
-    if f.resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_up) = client_upgrade {
-            let mut resp = f.resp;
-            let server_up = hyper::upgrade::on(&mut resp);
-            // Marked before the connection task can see hyper finish.
-            st.upgraded();
-            let server_kill = f.pool.servers[f.idx].state.request_kill_signal();
-            let kills = [server_kill, sh.listener.kill_signal(), sh.ctx.kill.clone()];
-            tokio::spawn(tunnel(client_up, server_up, f.slot, Arc::clone(st), kills));
-            let (rparts, _) = resp.into_parts();
-            return Response::from_parts(rparts, empty());
-        }
+    if f.resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some() {
+        // The server switched: the client's connection loop joins the two
+        // connections, holding the slot for the tunnel's life.
+        let Fetched {
+            resp,
+            slot,
+            pool,
+            idx,
+            ..
+        } = f;
+        let (rparts, body) = resp.into_parts();
+        let UpResp::H1(body) = body else {
+            return local(StatusCode::BAD_GATEWAY, "upgrade over HTTP/2");
+        };
+        let Some((server, server_buf)) = body.into_upgraded() else {
+            return local(StatusCode::BAD_GATEWAY, "upgrade failed");
+        };
+        let kills: Vec<Pin<Box<dyn Future<Output = ()> + Send>>> = [
+            pool.servers[idx].state.request_kill_signal(),
+            sh.listener.kill_signal(),
+            sh.ctx.kill.clone(),
+        ]
+        .into_iter()
+        .map(|mut k| {
+            k.mark_unchanged();
+            Box::pin(async move {
+                let _ = k.changed().await;
+            }) as Pin<Box<dyn Future<Output = ()> + Send>>
+        })
+        .collect();
+        let mut r = Response::from_parts(rparts, empty());
+        r.extensions_mut()
+            .insert(crate::h1::server::TunnelSlot::new(
+                crate::h1::server::Tunnel {
+                    server,
+                    server_buf,
+                    hold: Box::new(slot),
+                    kills,
+                },
+            ));
+        return r;
     }
     finish(sh, f, &parts, &rc, None)
 }
@@ -933,7 +1207,7 @@ struct ReqCtx {
 
 /// A server's answer with what it holds: the slot, and how it was chosen.
 struct Fetched {
-    resp: Response<Incoming>,
+    resp: Response<UpResp>,
     slot: Slot,
     pool: Arc<PoolRuntime>,
     idx: usize,
@@ -1025,51 +1299,95 @@ async fn fetch(
             // A queued retry was handed the server it already failed on.
             return Err(local(StatusCode::BAD_GATEWAY, "no server could be reached"));
         }
-        let scheme = if pool.cfg.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        let uri: Uri = match format!("{scheme}://{}{}", server.cfg.address.0, rc.path).parse() {
-            Ok(u) => u,
-            Err(_) => return Err(local(StatusCode::BAD_REQUEST, "bad request target")),
-        };
-        let mut out = Request::from_parts(parts.clone(), ());
-        *out.uri_mut() = uri;
         // HTTP/2 clients send no Host header; HTTP/1 servers need one.
-        if !out.headers().contains_key(http::header::HOST) {
-            if let Some(h) = rc.host.clone() {
-                out.headers_mut().insert(http::header::HOST, h);
-            }
-        }
+        let host_missing = !parts.headers.contains_key(http::header::HOST);
         let h2 = pool.cfg.http2 && !rc.upgrade;
-        *out.version_mut() = if h2 {
-            http::Version::HTTP_2
-        } else {
-            http::Version::HTTP_11
-        };
-        let b = match body.take() {
-            Some(b) => Either::Left(b),
-            None => Either::Right(Empty::new()),
-        };
-        let out = out.map(|_| b);
         let kill = server.state.request_kill_signal();
         let started = Instant::now();
-        let fut = if pool.cfg.tls.is_some() {
-            match sh.tls_client(&pool, h2) {
-                Ok(c) => c.request(out),
-                Err(e) => {
-                    warn!(event = "upstream_tls_error", pool = %pool.name, error = %e);
-                    return Err(local(
-                        StatusCode::BAD_GATEWAY,
-                        "TLS to the server is misconfigured",
-                    ));
+        let fut: Pin<Box<dyn Future<Output = Result<Response<UpResp>, UpErr>> + Send + '_>> = if h2
+        {
+            let scheme = if pool.cfg.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let uri: Uri = match format!("{scheme}://{}{}", server.cfg.address.0, rc.path).parse() {
+                Ok(u) => u,
+                Err(_) => return Err(local(StatusCode::BAD_REQUEST, "bad request target")),
+            };
+            let mut out = Request::from_parts(parts.clone(), ());
+            *out.uri_mut() = uri;
+            if host_missing {
+                if let Some(h) = rc.host.clone() {
+                    out.headers_mut().insert(http::header::HOST, h);
                 }
             }
-        } else if h2 {
-            sh.client_h2.request(out)
+            *out.version_mut() = http::Version::HTTP_2;
+            let b = match body.take() {
+                Some(b) => Either::Left(b),
+                None => Either::Right(Empty::new()),
+            };
+            let out = out.map(|_| b);
+            let f = if pool.cfg.tls.is_some() {
+                match sh.tls_client(&pool, true) {
+                    Ok(c) => c.request(out),
+                    Err(e) => {
+                        warn!(event = "upstream_tls_error", pool = %pool.name, error = %e);
+                        return Err(local(
+                            StatusCode::BAD_GATEWAY,
+                            "TLS to the server is misconfigured",
+                        ));
+                    }
+                }
+            } else {
+                sh.client_h2.request(out)
+            };
+            Box::pin(async move { f.await.map(|r| r.map(UpResp::H2)).map_err(UpErr::H2) })
         } else {
-            sh.client.request(out)
+            let tls = match pool.cfg.tls.is_some() {
+                false => None,
+                true => match sh.h1_tls(&pool) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        warn!(event = "upstream_tls_error", pool = %pool.name, error = %e);
+                        return Err(local(
+                            StatusCode::BAD_GATEWAY,
+                            "TLS to the server is misconfigured",
+                        ));
+                    }
+                },
+            };
+            let out_body = match body.take() {
+                Some(b) if !b.is_end_stream() => crate::h1::client::OutBody::Stream(Box::pin(b)),
+                _ => crate::h1::client::OutBody::Empty,
+            };
+            let addr = server.cfg.address.0;
+            let connect_timeout = l.cfg.connect_timeout.get();
+            let pool_h1 = Arc::clone(&sh.h1);
+            let extra_host = if host_missing { rc.host.clone() } else { None };
+            let method = parts.method.clone();
+            Box::pin(async move {
+                let t = crate::h1::client::Target {
+                    addr,
+                    tls: tls.as_deref(),
+                    connect_timeout,
+                };
+                let headers;
+                let hs = match extra_host {
+                    Some(h) => {
+                        let mut hm = parts.headers.clone();
+                        hm.insert(http::header::HOST, h);
+                        headers = hm;
+                        &headers
+                    }
+                    None => &parts.headers,
+                };
+                pool_h1
+                    .send(&t, &method, &rc.path, hs, out_body)
+                    .await
+                    .map(|r| r.map(UpResp::H1))
+                    .map_err(UpErr::H1)
+            })
         };
         let result = match tokio::time::timeout(sh.response_timeout, fut).await {
             Ok(r) => r,

@@ -1,0 +1,790 @@
+//! HTTP/1.1 to servers: a pool of idle keep-alive connections per server
+//! (and TLS settings), one request at a time on each, the response body
+//! read straight from the connection's buffer and the connection handed
+//! back to the pool the moment that body ends.
+//!
+//! A connection taken from the pool may have been closed by the server
+//! just before it was used (the keep-alive race every proxy meets): a
+//! request that fails on a reused connection before any response byte
+//! arrived, and whose body is still whole, is sent again once on a new
+//! connection to the same server. A streamed request body is sent while
+//! the response is read (a server may answer before the body ends, or
+//! echo it as it comes).
+
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Method, Response};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::parse::{self, ChunkedDecoder, Decoded, Framing};
+
+/// Boxed error of a body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A streamed request body.
+pub type StreamBody = Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>>;
+
+/// Largest response head.
+const MAX_HEAD: usize = 64 * 1024;
+/// Read buffer growth.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A connection to a server, plain or TLS.
+#[derive(Debug)]
+pub enum UpIo {
+    /// Plain TCP.
+    Tcp(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpIo::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            UpIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpIo::Tcp(s) => Pin::new(s).poll_write(cx, b),
+            UpIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, b),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        b: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpIo::Tcp(s) => Pin::new(s).poll_write_vectored(cx, b),
+            UpIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, b),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpIo::Tcp(s) => s.is_write_vectored(),
+            UpIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpIo::Tcp(s) => Pin::new(s).poll_flush(cx),
+            UpIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            UpIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Reads what the stream has into the spare room of `buf` (grown when
+/// short of room); `Ready(Ok(0))` is the end of the stream.
+pub fn poll_read_buf<R: AsyncRead + Unpin>(
+    r: &mut R,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    grow: usize,
+) -> Poll<io::Result<usize>> {
+    use tokio::io::AsyncReadExt;
+    if buf.capacity() - buf.len() < grow / 4 {
+        buf.reserve(grow);
+    }
+    let fut = r.read_buf(buf);
+    let mut fut = std::pin::pin!(fut);
+    fut.as_mut().poll(cx)
+}
+
+use std::future::Future;
+
+/// An idle or busy connection with its read buffer.
+#[derive(Debug)]
+pub struct UpConn {
+    io: UpIo,
+    buf: BytesMut,
+    idle_since: Instant,
+}
+
+/// Which idle connections a request may use: the server's address and its
+/// TLS settings (0: plain; otherwise an id of the TLS client config).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct Key {
+    /// Server address.
+    pub addr: SocketAddr,
+    /// TLS settings id, 0 for plain TCP.
+    pub tls: u64,
+}
+
+/// TLS to a server: the client config (ALPN `http/1.1`), the name to send
+/// and verify, and the id that keys the pool.
+#[derive(Clone, Debug)]
+pub struct TlsTarget {
+    /// The config.
+    pub config: Arc<rustls::ClientConfig>,
+    /// SNI (the configured name, or the server's address).
+    pub name: Option<rustls::pki_types::ServerName<'static>>,
+    /// Pool key part.
+    pub id: u64,
+}
+
+/// Where a request goes.
+#[derive(Debug)]
+pub struct Target<'a> {
+    /// The server.
+    pub addr: SocketAddr,
+    /// TLS, if the pool speaks it to its servers.
+    pub tls: Option<&'a TlsTarget>,
+    /// Connect (and TLS handshake) timeout.
+    pub connect_timeout: Duration,
+}
+
+/// A request's body as the client sends it.
+pub enum OutBody {
+    /// None.
+    Empty,
+    /// Whole, in memory (may be sent again).
+    Full(Bytes),
+    /// Streamed from the client (sent once).
+    Stream(StreamBody),
+}
+
+/// Why a request got no response head.
+#[derive(Debug)]
+pub enum SendError {
+    /// The connection (or its TLS handshake) could not be made.
+    Connect(io::Error),
+    /// The connection failed or closed before a whole response head.
+    Reset {
+        /// What happened.
+        error: io::Error,
+        /// On a connection from the pool.
+        reused: bool,
+        /// Some response bytes had arrived.
+        partial: bool,
+    },
+    /// The server's answer is not HTTP.
+    BadResponse(&'static str),
+    /// The request body failed (the client's fault).
+    Body(BoxError),
+}
+
+impl SendError {
+    /// The request never reached the server.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, SendError::Connect(_))
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(e) => write!(f, "connect: {e}"),
+            SendError::Reset { error, reused, .. } => {
+                write!(f, "connection failed before a response ({error}")?;
+                if *reused {
+                    f.write_str(", reused connection")?;
+                }
+                f.write_str(")")
+            }
+            SendError::BadResponse(why) => write!(f, "bad response: {why}"),
+            SendError::Body(e) => write!(f, "request body: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// Idle connections per key, newest last.
+#[derive(Debug)]
+pub struct Pool {
+    idle: Mutex<HashMap<Key, VecDeque<UpConn>>>,
+    idle_timeout: Duration,
+    max_idle: usize,
+}
+
+impl Pool {
+    /// A pool keeping at most `max_idle` idle connections per server, each
+    /// for at most `idle_timeout`.
+    pub fn new(idle_timeout: Duration, max_idle: usize) -> Arc<Pool> {
+        Arc::new(Pool {
+            idle: Mutex::new(HashMap::new()),
+            idle_timeout,
+            max_idle,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, VecDeque<UpConn>>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn checkout(&self, key: Key) -> Option<UpConn> {
+        let mut m = self.lock();
+        let q = m.get_mut(&key)?;
+        let now = Instant::now();
+        while let Some(c) = q.pop_back() {
+            if now.duration_since(c.idle_since) < self.idle_timeout {
+                return Some(c);
+            }
+            // The newest is too old: so are the rest.
+            q.clear();
+        }
+        None
+    }
+
+    fn checkin(&self, key: Key, mut c: UpConn) {
+        let now = Instant::now();
+        c.idle_since = now;
+        let mut m = self.lock();
+        let q = m.entry(key).or_default();
+        while q
+            .front()
+            .is_some_and(|o| now.duration_since(o.idle_since) >= self.idle_timeout)
+        {
+            q.pop_front();
+        }
+        if q.len() >= self.max_idle {
+            q.pop_front();
+        }
+        q.push_back(c);
+    }
+
+    /// Closes idle connections past their time, and every idle connection
+    /// to servers `keep` rejects.
+    pub fn sweep(&self, keep: impl Fn(&Key) -> bool) {
+        let now = Instant::now();
+        let mut m = self.lock();
+        m.retain(|k, q| {
+            if !keep(k) {
+                return false;
+            }
+            q.retain(|c| now.duration_since(c.idle_since) < self.idle_timeout);
+            !q.is_empty()
+        });
+    }
+
+    /// Idle connections held now.
+    pub fn idle_count(&self) -> usize {
+        self.lock().values().map(VecDeque::len).sum()
+    }
+
+    async fn connect(&self, t: &Target<'_>) -> Result<UpConn, SendError> {
+        let conn = async {
+            let s = TcpStream::connect(t.addr).await?;
+            let _ = s.set_nodelay(true);
+            let io = match t.tls {
+                None => UpIo::Tcp(s),
+                Some(tls) => {
+                    let name = tls.name.clone().unwrap_or_else(|| {
+                        rustls::pki_types::ServerName::IpAddress(t.addr.ip().into())
+                    });
+                    let c = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config));
+                    UpIo::Tls(Box::new(c.connect(name, s).await?))
+                }
+            };
+            Ok::<_, io::Error>(io)
+        };
+        let io = match tokio::time::timeout(t.connect_timeout, conn).await {
+            Ok(Ok(io)) => io,
+            Ok(Err(e)) => return Err(SendError::Connect(e)),
+            Err(_) => {
+                return Err(SendError::Connect(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connect timed out",
+                )))
+            }
+        };
+        Ok(UpConn {
+            io,
+            buf: BytesMut::new(),
+            idle_since: Instant::now(),
+        })
+    }
+
+    /// Sends one request and reads the response head. `target` is the
+    /// request target (path and query); `headers` are sent as they are,
+    /// except for the body fields, which follow `body`.
+    pub async fn send(
+        self: &Arc<Self>,
+        t: &Target<'_>,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        body: OutBody,
+    ) -> Result<Response<UpBody>, SendError> {
+        let key = Key {
+            addr: t.addr,
+            tls: t.tls.map_or(0, |t| t.id),
+        };
+        let framing = match &body {
+            OutBody::Empty if expects_body(method) => Framing::Length(0),
+            OutBody::Empty => Framing::Empty,
+            OutBody::Full(b) => Framing::Length(b.len() as u64),
+            OutBody::Stream(b) => match b.size_hint().exact() {
+                Some(n) => Framing::Length(n),
+                None => Framing::Chunked,
+            },
+        };
+        let mut head = Vec::with_capacity(512);
+        parse::write_request_head(&mut head, method, target, headers, framing);
+        let head = Bytes::from(head);
+        let (mut pump, full) = match body {
+            OutBody::Stream(b) => (Some(Pump::new(b, framing == Framing::Chunked)), None),
+            OutBody::Full(b) => (None, Some(b)),
+            OutBody::Empty => (None, None),
+        };
+        let mut fresh = false;
+        loop {
+            let (mut c, reused) = match (!fresh).then(|| self.checkout(key)).flatten() {
+                Some(c) => (c, true),
+                None => (self.connect(t).await?, false),
+            };
+            match exchange(&mut c, &head, full.as_ref(), pump.as_mut(), method).await {
+                Ok(resp) => return Ok(self.response(key, c, resp, pump)),
+                Err(Failure::Send(SendError::Reset {
+                    error,
+                    partial: false,
+                    ..
+                })) if reused && pump.as_ref().is_none_or(|p| !p.started) => {
+                    // The keep-alive race: once more on a new connection.
+                    tracing::debug!(server = %t.addr, error = %error, "reused connection failed: sending again on a new one");
+                    fresh = true;
+                    continue;
+                }
+                Err(Failure::Send(SendError::Reset { error, partial, .. })) => {
+                    return Err(SendError::Reset {
+                        error,
+                        reused,
+                        partial,
+                    })
+                }
+                Err(Failure::Send(e)) => return Err(e),
+            }
+        }
+    }
+
+    fn response(
+        self: &Arc<Self>,
+        key: Key,
+        c: UpConn,
+        head: parse::ResponseHead,
+        pump: Option<Pump>,
+    ) -> Response<UpBody> {
+        let parse::ResponseHead {
+            mut parts,
+            framing,
+            keep_alive,
+            hop,
+        } = head;
+        let upgrade = parts.status == http::StatusCode::SWITCHING_PROTOCOLS;
+        if !upgrade {
+            parse::strip_hop(&mut parts.headers, hop);
+        }
+        let pump = pump.filter(|p| !p.done);
+        let state = match framing {
+            _ if upgrade => BodyState::Upgrade,
+            Framing::Empty => BodyState::Done,
+            Framing::Length(n) => BodyState::Length(n),
+            Framing::Chunked => BodyState::Chunked(ChunkedDecoder::default()),
+            Framing::Close => BodyState::Close,
+        };
+        let mut body = UpBody {
+            conn: Some(c),
+            state,
+            pump,
+            keep_alive,
+            pool: Arc::clone(self),
+            key,
+        };
+        if matches!(body.state, BodyState::Done) {
+            body.finished();
+        }
+        Response::from_parts(parts, body)
+    }
+}
+
+/// Methods whose requests carry a body by convention (an empty one gets
+/// `Content-Length: 0`, as servers expect).
+fn expects_body(m: &Method) -> bool {
+    *m == Method::POST || *m == Method::PUT || *m == Method::PATCH
+}
+
+enum Failure {
+    Send(SendError),
+}
+
+fn reset(error: io::Error, partial: bool) -> Failure {
+    Failure::Send(SendError::Reset {
+        error,
+        reused: false,
+        partial,
+    })
+}
+
+/// Writes the request (head, whole body, or the start of a streamed body)
+/// and reads the response head, streaming the body meanwhile.
+async fn exchange(
+    c: &mut UpConn,
+    head: &Bytes,
+    full: Option<&Bytes>,
+    mut pump: Option<&mut Pump>,
+    method: &Method,
+) -> Result<parse::ResponseHead, Failure> {
+    // Head and whole body in one write.
+    let mut first = vec![head.clone()];
+    if let Some(b) = full {
+        if !b.is_empty() {
+            first.push(b.clone());
+        }
+    }
+    if let Err(e) = write_all(&mut c.io, first).await {
+        return Err(reset(e, false));
+    }
+    let mut write_failed = None;
+    poll_fn(|cx| {
+        if let Some(p) = pump.as_deref_mut() {
+            if !p.done && write_failed.is_none() {
+                match p.poll(cx, &mut c.io) {
+                    Poll::Ready(Ok(())) | Poll::Pending => {}
+                    Poll::Ready(Err(PumpError::Body(e))) => {
+                        return Poll::Ready(Err(Failure::Send(SendError::Body(e))))
+                    }
+                    // The server may have answered and closed (413, 401...):
+                    // its response is read below.
+                    Poll::Ready(Err(PumpError::Io(e))) => write_failed = Some(e),
+                }
+            }
+        }
+        loop {
+            if !c.buf.is_empty() {
+                match parse::parse_response(&mut c.buf, method, MAX_HEAD) {
+                    Ok(Some(h)) => return Poll::Ready(Ok(h)),
+                    Ok(None) => {}
+                    Err(parse::ResponseError::Bad(why)) => {
+                        return Poll::Ready(Err(Failure::Send(SendError::BadResponse(why))))
+                    }
+                    Err(parse::ResponseError::TooLarge) => {
+                        return Poll::Ready(Err(Failure::Send(SendError::BadResponse(
+                            "response head too large",
+                        ))))
+                    }
+                }
+            }
+            let partial = !c.buf.is_empty();
+            match ready!(poll_read_buf(&mut c.io, cx, &mut c.buf, READ_CHUNK)) {
+                Ok(0) => {
+                    let e = write_failed.take().unwrap_or_else(|| {
+                        io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection")
+                    });
+                    return Poll::Ready(Err(reset(e, partial)));
+                }
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(reset(e, partial))),
+            }
+        }
+    })
+    .await
+}
+
+async fn write_all(io: &mut UpIo, mut bufs: Vec<Bytes>) -> io::Result<()> {
+    if bufs.len() == 1 {
+        return io.write_all(&bufs[0]).await;
+    }
+    while !bufs.is_empty() {
+        let slices: Vec<io::IoSlice<'_>> = bufs.iter().map(|b| io::IoSlice::new(b)).collect();
+        let mut n = io.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let l = bufs[0].len();
+            if n >= l {
+                bufs.remove(0);
+                n -= l;
+            } else {
+                let _ = bufs[0].split_to(n);
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+enum PumpError {
+    Body(BoxError),
+    Io(io::Error),
+}
+
+/// Streams a request body to the server: each piece framed (chunked, or
+/// as is under a Content-Length) and written.
+struct Pump {
+    body: StreamBody,
+    chunked: bool,
+    pending: VecDeque<Bytes>,
+    /// The body was polled (it cannot be sent again).
+    started: bool,
+    ended: bool,
+    /// Everything is written.
+    done: bool,
+}
+
+impl Pump {
+    fn new(body: StreamBody, chunked: bool) -> Pump {
+        Pump {
+            body,
+            chunked,
+            pending: VecDeque::new(),
+            started: false,
+            ended: false,
+            done: false,
+        }
+    }
+
+    /// Makes progress; `Ready(Ok)` once all of the body is written.
+    fn poll(&mut self, cx: &mut Context<'_>, io: &mut UpIo) -> Poll<Result<(), PumpError>> {
+        loop {
+            // Write what is pending first.
+            while !self.pending.is_empty() {
+                let slices: Vec<io::IoSlice<'_>> = self
+                    .pending
+                    .iter()
+                    .take(8)
+                    .map(|b| io::IoSlice::new(b))
+                    .collect();
+                let mut n = match ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices)) {
+                    Ok(0) => {
+                        return Poll::Ready(Err(PumpError::Io(io::ErrorKind::WriteZero.into())))
+                    }
+                    Ok(n) => n,
+                    Err(e) => return Poll::Ready(Err(PumpError::Io(e))),
+                };
+                while n > 0 {
+                    let Some(front) = self.pending.front_mut() else {
+                        break;
+                    };
+                    if n >= front.len() {
+                        n -= front.len();
+                        self.pending.pop_front();
+                    } else {
+                        let _ = front.split_to(n);
+                        n = 0;
+                    }
+                }
+            }
+            if self.ended {
+                if let Err(e) = ready!(Pin::new(&mut *io).poll_flush(cx)) {
+                    return Poll::Ready(Err(PumpError::Io(e)));
+                }
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            self.started = true;
+            match ready!(self.body.as_mut().poll_frame(cx)) {
+                Some(Ok(f)) => {
+                    if let Ok(d) = f.into_data() {
+                        if d.is_empty() {
+                            continue;
+                        }
+                        if self.chunked {
+                            self.pending.push_back(parse::chunk_head(d.len()));
+                            self.pending.push_back(d);
+                            self.pending.push_back(Bytes::from_static(b"\r\n"));
+                        } else {
+                            self.pending.push_back(d);
+                        }
+                    }
+                }
+                Some(Err(e)) => return Poll::Ready(Err(PumpError::Body(e))),
+                None => {
+                    if self.chunked {
+                        self.pending.push_back(Bytes::from_static(b"0\r\n\r\n"));
+                    }
+                    self.ended = true;
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum BodyState {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    Close,
+    Upgrade,
+    Done,
+    Failed,
+}
+
+/// A server's response body, read from its connection; the connection
+/// goes back to the pool when the body has ended (if the server keeps it
+/// open and the request was sent whole).
+pub struct UpBody {
+    conn: Option<UpConn>,
+    state: BodyState,
+    pump: Option<Pump>,
+    keep_alive: bool,
+    pool: Arc<Pool>,
+    key: Key,
+}
+
+impl std::fmt::Debug for UpBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpBody")
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+/// An error while reading a response body.
+#[derive(Debug)]
+pub struct UpBodyError(pub String);
+
+impl std::fmt::Display for UpBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UpBodyError {}
+
+impl UpBody {
+    fn finished(&mut self) {
+        self.state = BodyState::Done;
+        if let Some(c) = self.conn.take() {
+            if self.keep_alive && self.pump.is_none() && c.buf.is_empty() {
+                self.pool.checkin(self.key, c);
+            }
+        }
+    }
+
+    fn fail(&mut self, why: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.state = BodyState::Failed;
+        self.conn = None;
+        Poll::Ready(Some(Err(Box::new(UpBodyError(why)))))
+    }
+
+    /// After a `101 Switching Protocols`: the connection and the bytes
+    /// the server sent after its head.
+    pub fn into_upgraded(mut self) -> Option<(UpIo, BytesMut)> {
+        if !matches!(self.state, BodyState::Upgrade) {
+            return None;
+        }
+        let c = self.conn.take()?;
+        Some((c.io, c.buf))
+    }
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            let Some(c) = this.conn.as_mut() else {
+                return match this.state {
+                    BodyState::Failed => Poll::Ready(None),
+                    _ => Poll::Ready(None),
+                };
+            };
+            if let Some(p) = this.pump.as_mut() {
+                match p.poll(cx, &mut c.io) {
+                    Poll::Ready(Ok(())) => this.pump = None,
+                    Poll::Pending => {}
+                    Poll::Ready(Err(PumpError::Body(e))) => {
+                        return this.fail(format!("request body failed: {e}"))
+                    }
+                    Poll::Ready(Err(PumpError::Io(_))) => {
+                        // The server stopped reading: its response goes on,
+                        // the connection is not kept.
+                        this.pump = None;
+                        this.keep_alive = false;
+                    }
+                }
+            }
+            match &mut this.state {
+                BodyState::Done | BodyState::Failed | BodyState::Upgrade => {
+                    return Poll::Ready(None)
+                }
+                BodyState::Length(left) => {
+                    if !c.buf.is_empty() {
+                        let n = (c.buf.len() as u64).min(*left) as usize;
+                        *left -= n as u64;
+                        let d = c.buf.split_to(n).freeze();
+                        if *left == 0 {
+                            this.finished();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(d))));
+                    }
+                }
+                BodyState::Chunked(dec) => match dec.decode(&mut c.buf) {
+                    Ok(Decoded::Data(d)) => return Poll::Ready(Some(Ok(Frame::data(d)))),
+                    Ok(Decoded::End) => {
+                        this.finished();
+                        return Poll::Ready(None);
+                    }
+                    Ok(Decoded::NeedMore) => {}
+                    Err(e) => return this.fail(format!("bad chunked response body: {e}")),
+                },
+                BodyState::Close => {
+                    if !c.buf.is_empty() {
+                        let d = c.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(d))));
+                    }
+                }
+            }
+            let Some(c) = this.conn.as_mut() else {
+                continue;
+            };
+            match poll_read_buf(&mut c.io, cx, &mut c.buf, READ_CHUNK) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    if matches!(this.state, BodyState::Close) {
+                        this.keep_alive = false;
+                        this.finished();
+                        return Poll::Ready(None);
+                    }
+                    return this.fail("server closed the connection mid-body".into());
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return this.fail(format!("reading the response body: {e}")),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, BodyState::Done | BodyState::Upgrade)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            BodyState::Length(n) => SizeHint::with_exact(n),
+            BodyState::Done | BodyState::Upgrade => SizeHint::with_exact(0),
+            _ => SizeHint::new(),
+        }
+    }
+}

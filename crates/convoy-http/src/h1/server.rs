@@ -1,0 +1,817 @@
+//! One client's HTTP/1.1 connection: read a request head, hand the
+//! request to the request path, feed its body while waiting for the
+//! response, write the response (one write for a small one), and go on
+//! with the next request on the same connection.
+//!
+//! - **Timeouts**: a head must arrive whole within `header_timeout` of
+//!   its first byte (408 otherwise: slowloris); a connection with no
+//!   request for `idle_timeout` is closed; a new connection that sends
+//!   nothing is closed after `header_timeout`.
+//! - **The client leaves**: its end of stream or an error at any time
+//!   drops the request in progress at once (its server slot is freed).
+//! - **Bad input** gets its status (400, 405, 431, 501, 505) and the
+//!   connection closes; nothing reaches a server.
+//! - **Memory**: an idle plain-TCP connection keeps no read buffer; it
+//!   waits for the socket to become readable.
+//! - **Upgrades**: after a server's `101`, the two connections are joined
+//!   byte for byte (see [`Tunnel`]).
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+use super::body::{Chan, ReqBody};
+use super::client::{poll_read_buf, BoxError, UpIo};
+use super::parse::{self, ChunkedDecoder, Decoded, Framing, Limits};
+
+/// A client connection's stream.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Waits until the stream can be read, without a buffer (plain TCP);
+    /// streams that cannot tell are always ready.
+    fn poll_idle(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl ClientStream for TcpStream {
+    fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+}
+
+impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {}
+
+/// The connection's timeouts and limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// A head must arrive within this of its first byte.
+    pub header_timeout: Duration,
+    /// A connection without a request closes after this.
+    pub idle_timeout: Duration,
+    /// Head size limit.
+    pub limits: Limits,
+}
+
+/// What ends or winds down a connection from outside.
+pub struct Signals {
+    /// Graceful stop: finish the request in progress, then close.
+    pub stop: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// Close now.
+    pub kill: Pin<Box<dyn Future<Output = ()> + Send>>,
+    stopping: bool,
+}
+
+impl Signals {
+    /// From a graceful-stop future and a kill future.
+    pub fn new(
+        stop: Pin<Box<dyn Future<Output = ()> + Send>>,
+        kill: Pin<Box<dyn Future<Output = ()> + Send>>,
+    ) -> Signals {
+        Signals {
+            stop: Some(stop),
+            kill,
+            stopping: false,
+        }
+    }
+
+    /// `Ready(())`: kill. A stop only sets `stopping`.
+    fn poll_kill(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.kill.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        if let Some(s) = self.stop.as_mut() {
+            if s.as_mut().poll(cx).is_ready() {
+                self.stop = None;
+                self.stopping = true;
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// A server connection to join with the client's after a `101`: put in
+/// the response's extensions by the request path.
+pub struct Tunnel {
+    /// The server's connection.
+    pub server: UpIo,
+    /// Bytes the server sent after its `101` head.
+    pub server_buf: BytesMut,
+    /// Held until the tunnel ends (the server slot).
+    pub hold: Box<dyn std::any::Any + Send>,
+    /// Close the tunnel when any of these completes.
+    pub kills: Vec<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+/// The response extension that carries a [`Tunnel`].
+#[derive(Clone)]
+pub struct TunnelSlot(pub Arc<Mutex<Option<Tunnel>>>);
+
+impl TunnelSlot {
+    /// Wraps a tunnel.
+    pub fn new(t: Tunnel) -> TunnelSlot {
+        TunnelSlot(Arc::new(Mutex::new(Some(t))))
+    }
+
+    fn take(&self) -> Option<Tunnel> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// What the request path is told besides the request.
+#[derive(Clone, Copy, Debug)]
+pub struct Meta {
+    /// Hop-by-hop fields were already removed (requests that do not ask
+    /// for an upgrade).
+    pub stripped: bool,
+}
+
+/// The current `Date` value, formatted once a second per thread.
+pub fn date() -> [u8; 29] {
+    use std::cell::Cell;
+    thread_local! {
+        static CACHE: Cell<(u64, [u8; 29])> = const { Cell::new((0, [0; 29])) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHE.with(|c| {
+        let (s, v) = c.get();
+        if s == secs {
+            return v;
+        }
+        let text = httpdate::fmt_http_date(now);
+        let mut v = [b' '; 29];
+        let n = text.len().min(29);
+        v[..n].copy_from_slice(&text.as_bytes()[..n]);
+        c.set((secs, v));
+        v
+    })
+}
+
+/// Feeds a request body from the connection into its channel.
+enum Feed {
+    None,
+    Length { ch: Chan, left: u64 },
+    Chunked { ch: Chan, dec: ChunkedDecoder },
+}
+
+/// The client closed or failed while sending its body.
+struct Gone;
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Most bytes read ahead from the client beyond the current request.
+const READ_AHEAD: usize = 64 * 1024;
+
+impl Feed {
+    fn done(&self) -> bool {
+        matches!(self, Feed::None)
+    }
+
+    fn chan(&self) -> Option<&Chan> {
+        match self {
+            Feed::None => None,
+            Feed::Length { ch, .. } | Feed::Chunked { ch, .. } => Some(ch),
+        }
+    }
+
+    /// Moves body bytes from `rbuf` and the socket into the channel;
+    /// `Ready(Ok)` when the body is complete.
+    fn poll<S: ClientStream>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut S,
+        rbuf: &mut BytesMut,
+        cont: &mut usize,
+    ) -> Poll<Result<(), Gone>> {
+        loop {
+            match self {
+                Feed::None => return Poll::Ready(Ok(())),
+                Feed::Length { ch, left } => {
+                    if !rbuf.is_empty() {
+                        let n = (rbuf.len() as u64).min(*left) as usize;
+                        *left -= n as u64;
+                        ch.push(rbuf.split_to(n).freeze());
+                        if *left == 0 {
+                            ch.finish();
+                            *self = Feed::None;
+                            return Poll::Ready(Ok(()));
+                        }
+                    }
+                }
+                Feed::Chunked { ch, dec } => {
+                    if !rbuf.is_empty() {
+                        match dec.decode(rbuf) {
+                            Ok(Decoded::Data(d)) => {
+                                ch.push(d);
+                                continue;
+                            }
+                            Ok(Decoded::End) => {
+                                ch.finish();
+                                *self = Feed::None;
+                                return Poll::Ready(Ok(()));
+                            }
+                            Ok(Decoded::NeedMore) => {}
+                            Err(e) => {
+                                tracing::debug!(error = %e, "malformed chunked request body");
+                                ch.fail("malformed chunked request body");
+                                return Poll::Ready(Err(Gone));
+                            }
+                        }
+                    }
+                }
+            }
+            let Some(ch) = self.chan() else {
+                continue;
+            };
+            if ch.dropped() || !ch.has_room(cx) {
+                // Nobody reads it (the answer came first), or the reader
+                // is behind: the client waits.
+                return Poll::Pending;
+            }
+            // `100 Continue` once the body is wanted.
+            if *cont < CONTINUE.len() {
+                if !ch.wanted() {
+                    return Poll::Pending;
+                }
+                match Pin::new(&mut *io).poll_write(cx, &CONTINUE[*cont..]) {
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        *cont += n;
+                        continue;
+                    }
+                    Poll::Ready(_) => {
+                        ch.fail("client went away");
+                        return Poll::Ready(Err(Gone));
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            match poll_read_buf(io, cx, rbuf, 16 * 1024) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    ch.fail("client closed the connection mid-body");
+                    return Poll::Ready(Err(Gone));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// Reads ahead (pipelined requests) and notices a client that closed:
+/// `Ready(())` when it is gone.
+fn poll_gone<S: ClientStream>(cx: &mut Context<'_>, io: &mut S, rbuf: &mut BytesMut) -> Poll<()> {
+    loop {
+        if rbuf.len() >= READ_AHEAD {
+            return Poll::Pending;
+        }
+        match poll_read_buf(io, cx, rbuf, 4096) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
+            // More bytes (the next request): read until it would block.
+            Poll::Ready(Ok(_)) => {}
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+}
+
+/// A response convoy writes itself for a refused head.
+fn error_response(status: StatusCode, reason: &str) -> Vec<u8> {
+    let body = format!("{reason}\n");
+    let mut out = Vec::with_capacity(160 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("Error").as_bytes());
+    out.extend_from_slice(b"\r\ncontent-type: text/plain\r\ncontent-length: ");
+    parse::write_dec(&mut out, body.len() as u64);
+    out.extend_from_slice(b"\r\ndate: ");
+    out.extend_from_slice(&date());
+    out.extend_from_slice(b"\r\nconnection: close\r\n\r\n");
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// Closes after an error, reading what the client still sends for a
+/// moment so that the answer is not lost to a reset.
+async fn linger_close<S: ClientStream>(mut io: S) {
+    let _ = io.shutdown().await;
+    let end = Instant::now() + Duration::from_secs(1);
+    let mut sink = BytesMut::new();
+    let mut total = 0usize;
+    while total < 1 << 20 {
+        sink.clear();
+        let r = tokio::time::timeout_at(
+            end,
+            poll_fn(|cx| poll_read_buf(&mut io, cx, &mut sink, 16 * 1024)),
+        )
+        .await;
+        match r {
+            Ok(Ok(n)) if n > 0 => total += n,
+            _ => break,
+        }
+    }
+}
+
+/// Serves one client connection until it ends. `rbuf`: bytes already
+/// read from it. `handler` answers each request.
+pub async fn serve<S, F, Fut>(
+    mut io: S,
+    mut rbuf: BytesMut,
+    set: Settings,
+    mut sig: Signals,
+    handler: F,
+) where
+    S: ClientStream,
+    F: Fn(Request<ReqBody>, Meta) -> Fut,
+    Fut: Future<Output = Response<BoxedResp>> + Send + 'static,
+{
+    let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(set.header_timeout));
+    let mut armed = Instant::now() + set.header_timeout;
+    // When the connection last finished a response (or started).
+    let mut last = Instant::now();
+    let mut first = true;
+    loop {
+        // ---- a request head ----
+        let mut head_start: Option<Instant> = (!rbuf.is_empty()).then(Instant::now);
+        let head = loop {
+            if !rbuf.is_empty() {
+                match parse::parse_request(&mut rbuf, set.limits) {
+                    Ok(Some(h)) => break h,
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(error = e.reason(), "refused request head");
+                        let _ = io.write_all(&error_response(e.status(), e.reason())).await;
+                        linger_close(io).await;
+                        return;
+                    }
+                }
+                head_start.get_or_insert_with(Instant::now);
+            }
+            let deadline = match head_start {
+                Some(t) => t + set.header_timeout,
+                None if first => last + set.header_timeout,
+                None => last + set.idle_timeout,
+            };
+            if deadline != armed {
+                timer.as_mut().reset(deadline);
+                armed = deadline;
+            }
+            if rbuf.is_empty() && rbuf.capacity() > 0 {
+                // Idle: no buffer held while waiting.
+                rbuf = BytesMut::new();
+            }
+            enum Ev {
+                Data,
+                Closed,
+                Timeout,
+                Kill,
+            }
+            let ev = poll_fn(|cx| {
+                if sig.poll_kill(cx).is_ready() {
+                    return Poll::Ready(Ev::Kill);
+                }
+                if sig.stopping && rbuf.is_empty() {
+                    return Poll::Ready(Ev::Closed);
+                }
+                let ready = if rbuf.is_empty() {
+                    io.poll_idle(cx)
+                } else {
+                    Poll::Ready(Ok(()))
+                };
+                match ready {
+                    Poll::Ready(Ok(())) => match poll_read_buf(&mut io, cx, &mut rbuf, 8192) {
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ev::Closed),
+                        Poll::Ready(Ok(_)) => return Poll::Ready(Ev::Data),
+                        Poll::Pending => {}
+                    },
+                    Poll::Ready(Err(_)) => return Poll::Ready(Ev::Closed),
+                    Poll::Pending => {}
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ev::Timeout);
+                }
+                Poll::Pending
+            })
+            .await;
+            match ev {
+                Ev::Data => {}
+                Ev::Closed | Ev::Kill => return,
+                Ev::Timeout => {
+                    if head_start.is_some() {
+                        tracing::debug!("request head timed out: 408");
+                        let _ = io
+                            .write_all(&error_response(
+                                StatusCode::REQUEST_TIMEOUT,
+                                "request head timed out",
+                            ))
+                            .await;
+                        linger_close(io).await;
+                    }
+                    return;
+                }
+            }
+        };
+        first = false;
+
+        // ---- the request ----
+        let parse::RequestHead {
+            mut parts,
+            framing,
+            keep_alive,
+            expect_continue,
+            hop,
+        } = head;
+        let mut keep = keep_alive && !sig.stopping;
+        let is_head = parts.method == Method::HEAD;
+        let http10 = parts.version == Version::HTTP_10;
+        // Upgrade requests keep their Connection and Upgrade fields for
+        // the request path, which removes the rest.
+        let stripped = hop & parse::hop::UPGRADE == 0;
+        if stripped {
+            parse::strip_hop(&mut parts.headers, hop);
+        }
+        if expect_continue {
+            // Answered here: the server need not.
+            parts.headers.remove(http::header::EXPECT);
+        }
+        let (body, mut feed) = match framing {
+            Framing::Length(n) => {
+                let ch = Chan::new(Some(n));
+                (ReqBody(Some(ch.clone())), Feed::Length { ch, left: n })
+            }
+            Framing::Chunked => {
+                let ch = Chan::new(None);
+                (
+                    ReqBody(Some(ch.clone())),
+                    Feed::Chunked {
+                        ch,
+                        dec: ChunkedDecoder::default(),
+                    },
+                )
+            }
+            Framing::Empty | Framing::Close => (ReqBody::empty(), Feed::None),
+        };
+        let mut cont = if expect_continue { 0 } else { CONTINUE.len() };
+        let mut fut = Box::pin(handler(Request::from_parts(parts, body), Meta { stripped }));
+        let resp = poll_fn(|cx| {
+            if sig.poll_kill(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            if !feed.done() {
+                if let Poll::Ready(Err(Gone)) = feed.poll(cx, &mut io, &mut rbuf, &mut cont) {
+                    // Malformed body: the request path answers 400; a
+                    // client that left is noticed when writing.
+                    keep = false;
+                }
+            }
+            if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            if feed.done() && poll_gone(cx, &mut io, &mut rbuf).is_ready() {
+                // The client left: its request is dropped, the slot freed.
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await;
+        drop(fut);
+        let Some(resp) = resp else {
+            return;
+        };
+        if sig.stopping {
+            keep = false;
+        }
+
+        // ---- the response ----
+        let (rparts, mut rbody) = resp.into_parts();
+        if rparts.status == StatusCode::SWITCHING_PROTOCOLS {
+            keep = false;
+            if let Some(t) = rparts
+                .extensions
+                .get::<TunnelSlot>()
+                .and_then(TunnelSlot::take)
+            {
+                let mut head = Vec::with_capacity(256);
+                parse::ResponseWrite {
+                    status: rparts.status,
+                    headers: &rparts.headers,
+                    framing: Framing::Empty,
+                    keep_fields: true,
+                    close: false,
+                    keep_alive_10: false,
+                    date: &date(),
+                }
+                .write(&mut head);
+                if io.write_all(&head).await.is_err() {
+                    return;
+                }
+                tunnel(io, rbuf, t, set.idle_timeout).await;
+                return;
+            }
+        }
+        if rparts
+            .headers
+            .get(http::header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+        {
+            keep = false;
+        }
+        let bodiless = is_head
+            || rparts.status.is_informational()
+            || rparts.status == StatusCode::NO_CONTENT
+            || rparts.status == StatusCode::NOT_MODIFIED;
+        let framing = if bodiless {
+            Framing::Empty
+        } else {
+            match rbody.size_hint().exact() {
+                Some(0) if rbody.is_end_stream() => Framing::Empty,
+                Some(n) => Framing::Length(n),
+                None if !http10 => Framing::Chunked,
+                None => Framing::Close,
+            }
+        };
+        if framing == Framing::Close {
+            keep = false;
+        }
+        let mut headers = rparts.headers;
+        headers.remove(http::header::CONNECTION);
+        let mut head = Vec::with_capacity(512);
+        parse::ResponseWrite {
+            status: rparts.status,
+            headers: &headers,
+            framing,
+            keep_fields: bodiless,
+            close: !keep,
+            keep_alive_10: keep && http10,
+            date: &date(),
+        }
+        .write(&mut head);
+        let mut out = Out::new(Bytes::from(head), framing == Framing::Chunked);
+        let ok = poll_fn(|cx| {
+            if sig.poll_kill(cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            if !feed.done() {
+                if let Poll::Ready(Err(Gone)) = feed.poll(cx, &mut io, &mut rbuf, &mut cont) {
+                    keep = false;
+                }
+            }
+            loop {
+                // Gather what the body has now, then write it in one go.
+                let mut waiting = false;
+                while !out.ended && out.queued < 64 * 1024 {
+                    if bodiless {
+                        out.ended = true;
+                        break;
+                    }
+                    match Pin::new(&mut rbody).poll_frame(cx) {
+                        Poll::Ready(Some(Ok(f))) => {
+                            if let Ok(d) = f.into_data() {
+                                out.data(d);
+                            }
+                        }
+                        Poll::Ready(None) => out.end(),
+                        Poll::Ready(Some(Err(e))) => {
+                            // Cut: the client must not take it for whole.
+                            tracing::debug!(error = %e, "response body failed: closing");
+                            return Poll::Ready(false);
+                        }
+                        Poll::Pending => {
+                            waiting = true;
+                            break;
+                        }
+                    }
+                }
+                match out.poll_write(cx, &mut io) {
+                    Poll::Ready(Ok(true)) => return Poll::Ready(true),
+                    Poll::Ready(Ok(false)) if !waiting => continue,
+                    Poll::Ready(Ok(false)) | Poll::Pending => break,
+                    Poll::Ready(Err(_)) => return Poll::Ready(false),
+                }
+            }
+            // Waiting for the body or the client: notice a client that left.
+            if out.queued == 0 && feed.done() && poll_gone(cx, &mut io, &mut rbuf).is_ready() {
+                return Poll::Ready(false);
+            }
+            Poll::Pending
+        })
+        .await;
+        drop(rbody);
+        if !ok {
+            return;
+        }
+        if !feed.done() {
+            keep = false;
+        }
+        if !keep {
+            if feed.done() && rbuf.is_empty() {
+                let _ = io.shutdown().await;
+            } else {
+                linger_close(io).await;
+            }
+            return;
+        }
+        last = Instant::now();
+    }
+}
+
+/// The type of response bodies the loop writes.
+pub type BoxedResp = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// The response bytes waiting to be written.
+struct Out {
+    pending: std::collections::VecDeque<Bytes>,
+    queued: usize,
+    chunked: bool,
+    ended: bool,
+    end_queued: bool,
+}
+
+impl Out {
+    fn new(head: Bytes, chunked: bool) -> Out {
+        let mut pending = std::collections::VecDeque::with_capacity(4);
+        let queued = head.len();
+        pending.push_back(head);
+        Out {
+            pending,
+            queued,
+            chunked,
+            ended: false,
+            end_queued: false,
+        }
+    }
+
+    fn push(&mut self, b: Bytes) {
+        self.queued += b.len();
+        self.pending.push_back(b);
+    }
+
+    fn data(&mut self, d: Bytes) {
+        if d.is_empty() {
+            return;
+        }
+        if self.chunked {
+            self.push(parse::chunk_head(d.len()));
+            self.push(d);
+            self.push(Bytes::from_static(b"\r\n"));
+        } else {
+            self.push(d);
+        }
+    }
+
+    fn end(&mut self) {
+        self.ended = true;
+        if self.chunked && !self.end_queued {
+            self.end_queued = true;
+            self.push(Bytes::from_static(b"0\r\n\r\n"));
+        }
+    }
+
+    /// Writes what is queued: `Ok(true)` when the whole response is out,
+    /// `Ok(false)` when the queue emptied but the body goes on.
+    fn poll_write<S: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut S,
+    ) -> Poll<io::Result<bool>> {
+        while !self.pending.is_empty() {
+            let n = if self.pending.len() == 1 {
+                std::task::ready!(Pin::new(&mut *io).poll_write(cx, &self.pending[0]))?
+            } else {
+                let slices: Vec<io::IoSlice<'_>> = self
+                    .pending
+                    .iter()
+                    .take(16)
+                    .map(|b| io::IoSlice::new(b))
+                    .collect();
+                std::task::ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.queued -= n;
+            let mut n = n;
+            while n > 0 {
+                let Some(front) = self.pending.front_mut() else {
+                    break;
+                };
+                if n >= front.len() {
+                    n -= front.len();
+                    self.pending.pop_front();
+                } else {
+                    let _ = front.split_to(n);
+                    n = 0;
+                }
+            }
+        }
+        if self.ended {
+            std::task::ready!(Pin::new(&mut *io).poll_flush(cx))?;
+            return Poll::Ready(Ok(true));
+        }
+        Poll::Ready(Ok(false))
+    }
+}
+
+/// Joins the client and server connections until either side closes,
+/// nothing moves for `idle`, or a kill fires.
+async fn tunnel<S: ClientStream>(mut client: S, client_buf: BytesMut, t: Tunnel, idle: Duration) {
+    let Tunnel {
+        mut server,
+        server_buf,
+        hold,
+        mut kills,
+    } = t;
+    let mut up = Dir::new(client_buf);
+    let mut down = Dir::new(server_buf);
+    let mut timer = Box::pin(tokio::time::sleep(idle));
+    let mut last = Instant::now();
+    poll_fn(|cx| {
+        for k in kills.iter_mut() {
+            if k.as_mut().poll(cx).is_ready() {
+                tracing::debug!("tunnel closed by the control plane");
+                return Poll::Ready(());
+            }
+        }
+        let a = up.poll(cx, &mut client, &mut server);
+        let b = down.poll(cx, &mut server, &mut client);
+        if up.moved || down.moved {
+            up.moved = false;
+            down.moved = false;
+            last = Instant::now();
+            timer.as_mut().reset(last + idle);
+        }
+        match (a, b) {
+            (Poll::Ready(Err(_)), _) | (_, Poll::Ready(Err(_))) => return Poll::Ready(()),
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(()),
+            _ => {}
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            tracing::debug!("tunnel idle: closed");
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    })
+    .await;
+    drop(hold);
+}
+
+/// One direction of a tunnel.
+struct Dir {
+    buf: BytesMut,
+    eof: bool,
+    shut: bool,
+    moved: bool,
+}
+
+impl Dir {
+    fn new(buf: BytesMut) -> Dir {
+        Dir {
+            buf,
+            eof: false,
+            shut: false,
+            moved: false,
+        }
+    }
+
+    /// Copies from `r` to `w`; `Ready(Ok)` once `r` ended and `w` was
+    /// shut down.
+    fn poll<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            while !self.buf.is_empty() {
+                let n = std::task::ready!(Pin::new(&mut *w).poll_write(cx, &self.buf))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                let _ = self.buf.split_to(n);
+                self.moved = true;
+            }
+            if self.eof {
+                if !self.shut {
+                    std::task::ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
+                    self.shut = true;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            std::task::ready!(Pin::new(&mut *w).poll_flush(cx))?;
+            match std::task::ready!(poll_read_buf(r, cx, &mut self.buf, 16 * 1024))? {
+                0 => self.eof = true,
+                _ => self.moved = true,
+            }
+        }
+    }
+}
