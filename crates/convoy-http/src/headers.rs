@@ -59,12 +59,15 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 
 /// What the forwarding headers say about one client connection, built
 /// once per connection.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ClientInfo {
     ip: String,
     xff: HeaderValue,
     forwarded: String,
     proto: HeaderValue,
+    /// The last forwarding lines built, with the Host and version they
+    /// were built for.
+    lines: std::sync::Mutex<Option<(Option<HeaderValue>, http::Version, bytes::Bytes)>>,
 }
 
 impl ClientInfo {
@@ -84,8 +87,57 @@ impl ClientInfo {
             ip: ip_s,
             forwarded: format!("for={node};proto={proto}"),
             proto: HeaderValue::from_static(if proto == "https" { "https" } else { "http" }),
+            lines: std::sync::Mutex::new(None),
         }
     }
+
+    /// The forwarding fields, as header lines ready to be written, for a
+    /// request whose client sent no `X-Forwarded-For`, `-Proto` or
+    /// `-Host` of its own: the same fields [`add_forwarding`] adds. Built
+    /// once per connection and Host.
+    pub fn lines(&self, host: Option<&HeaderValue>, version: http::Version) -> bytes::Bytes {
+        let host = host.filter(|v| v.to_str().is_ok_and(host_ok));
+        let mut c = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((h, v, b)) = c.as_ref() {
+            if h.as_ref() == host && *v == version {
+                return b.clone();
+            }
+        }
+        let mut h = HeaderMap::new();
+        add_forwarding(&mut h, self, host, version);
+        let mut out = Vec::with_capacity(160);
+        for (name, value) in &h {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        let b = bytes::Bytes::from(out);
+        *c = Some((host.cloned(), version, b.clone()));
+        b
+    }
+}
+
+/// Adds header lines (`name: value\r\n`, as [`ClientInfo::lines`]
+/// writes them) to a field map.
+pub fn append_lines(h: &mut HeaderMap, lines: &[u8]) {
+    for line in lines.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (n, v) = (&line[..colon], &line[colon + 1..]);
+        let v = v.strip_prefix(b" ").unwrap_or(v);
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {
+            h.append(n, v);
+        }
+    }
+}
+
+/// Whether a client sent forwarding fields of its own (they must be
+/// merged or replaced, not just added to).
+pub fn has_forwarding(h: &HeaderMap) -> bool {
+    h.contains_key(&XFF) || h.contains_key(&XFP) || h.contains_key(&XFH)
 }
 
 fn host_ok(s: &str) -> bool {
@@ -180,6 +232,34 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn forwarding_lines_match_the_fields() {
+        let c = ClientInfo::new("127.0.0.7:5000".parse().unwrap(), "https");
+        let host = HeaderValue::from_static("example.com");
+        let l = c.lines(Some(&host), http::Version::HTTP_11);
+        assert_eq!(
+            std::str::from_utf8(&l).unwrap(),
+            "x-forwarded-for: 127.0.0.7\r\nx-forwarded-proto: https\r\nx-forwarded-host: example.com\r\nforwarded: for=127.0.0.7;proto=https;host=example.com\r\nvia: 1.1 convoy\r\n"
+        );
+        // Cached for the same Host, rebuilt for another.
+        assert_eq!(c.lines(Some(&host), http::Version::HTTP_11), l);
+        let l2 = c.lines(None, http::Version::HTTP_2);
+        assert!(!std::str::from_utf8(&l2)
+            .unwrap()
+            .contains("x-forwarded-host"));
+        assert!(std::str::from_utf8(&l2)
+            .unwrap()
+            .contains("via: 2.0 convoy"));
+        let mut h = HeaderMap::new();
+        append_lines(&mut h, &l);
+        assert_eq!(h["forwarded"], "for=127.0.0.7;proto=https;host=example.com");
+        assert_eq!(h.len(), 5);
+        let mut h = HeaderMap::new();
+        assert!(!has_forwarding(&h));
+        h.insert("x-forwarded-host", HeaderValue::from_static("e"));
+        assert!(has_forwarding(&h));
     }
 
     #[test]

@@ -819,10 +819,10 @@ async fn serve_conn<S>(
             idle_timeout: sh.idle_timeout,
             limits: Default::default(),
         };
-        let stop_fut: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
-        let sig = crate::h1::server::Signals::new(stop_fut, kill_future(sh));
+        let sig = crate::h1::server::Signals::new(
+            stop,
+            vec![sh.ctx.kill.clone(), sh.listener.kill_signal()],
+        );
         let handler = |req: Request<crate::h1::body::ReqBody>, meta: crate::h1::server::Meta| {
             let sh = Arc::clone(sh);
             let info = Arc::clone(&info);
@@ -1105,7 +1105,14 @@ async fn handle(
             HeaderValue::from_static("upgrade"),
         );
     }
-    add_forwarding(&mut parts.headers, info, host.as_ref(), version);
+    // Forwarding fields: written as prepared lines when the client sent
+    // none of its own (the usual case), merged into its fields otherwise.
+    let fwd = if crate::headers::has_forwarding(&parts.headers) {
+        add_forwarding(&mut parts.headers, info, host.as_ref(), version);
+        Bytes::new()
+    } else {
+        info.lines(host.as_ref(), version)
+    };
     // A request without a body can be sent again if its first server could
     // not be reached; one with a body only if it never left (connect error
     // before the body was polled) — hyper gives the body no way back, so
@@ -1127,6 +1134,7 @@ async fn handle(
         host,
         path,
         replayable,
+        fwd,
     };
     if let Some(cache) = &sh.cache {
         let method_ok = parts.method == http::Method::GET || parts.method == http::Method::HEAD;
@@ -1192,6 +1200,9 @@ async fn handle(
 
 /// What every attempt of one request shares.
 struct ReqCtx {
+    /// Forwarding header lines to add (empty when they were merged into
+    /// the request's fields).
+    fwd: Bytes,
     class: usize,
     cost: u32,
     aff: Affinity,
@@ -1317,6 +1328,7 @@ async fn fetch(
             };
             let mut out = Request::from_parts(parts.clone(), ());
             *out.uri_mut() = uri;
+            crate::headers::append_lines(out.headers_mut(), &rc.fwd);
             if host_missing {
                 if let Some(h) = rc.host.clone() {
                     out.headers_mut().insert(http::header::HOST, h);
@@ -1383,7 +1395,7 @@ async fn fetch(
                     None => &parts.headers,
                 };
                 pool_h1
-                    .send(&t, &method, &rc.path, hs, out_body)
+                    .send(&t, &method, &rc.path, hs, &rc.fwd, out_body)
                     .await
                     .map(|r| r.map(UpResp::H1))
                     .map_err(UpErr::H1)
@@ -1509,7 +1521,10 @@ fn finish(
         tried,
     } = f;
     let (mut rparts, rbody) = resp.into_parts();
-    strip_hop_by_hop(&mut rparts.headers);
+    if !matches!(rbody, UpResp::H1(_)) {
+        // (convoy's HTTP/1 client removed them while parsing.)
+        strip_hop_by_hop(&mut rparts.headers);
+    }
     if let Some(name) = &pool.cfg.sticky_cookie {
         if rc.aff.prefer != Some(idx) {
             let c = format!("{name}={}; Path=/; HttpOnly", pool.sticky_value(idx));
@@ -1797,6 +1812,7 @@ fn background(
         host: rc.host.clone(),
         path: rc.path.clone(),
         replayable: true,
+        fwd: rc.fwd.clone(),
     };
     tokio::spawn(async move {
         let fault = std::sync::atomic::AtomicU8::new(FAULT_NONE);

@@ -215,10 +215,43 @@ impl std::fmt::Display for SendError {
 
 impl std::error::Error for SendError {}
 
+/// A cheap hasher for pool keys (addresses from the config, not from
+/// clients: no flooding to fear).
+#[derive(Default, Clone, Copy, Debug)]
+pub struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+}
+
+type KeyMap<V> = HashMap<Key, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
 /// Idle connections per key, newest last.
 #[derive(Debug)]
 pub struct Pool {
-    idle: Mutex<HashMap<Key, VecDeque<UpConn>>>,
+    idle: Mutex<KeyMap<VecDeque<UpConn>>>,
     idle_timeout: Duration,
     max_idle: usize,
 }
@@ -228,13 +261,13 @@ impl Pool {
     /// for at most `idle_timeout`.
     pub fn new(idle_timeout: Duration, max_idle: usize) -> Arc<Pool> {
         Arc::new(Pool {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(KeyMap::default()),
             idle_timeout,
             max_idle,
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, VecDeque<UpConn>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, KeyMap<VecDeque<UpConn>>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -323,13 +356,15 @@ impl Pool {
 
     /// Sends one request and reads the response head. `target` is the
     /// request target (path and query); `headers` are sent as they are,
-    /// except for the body fields, which follow `body`.
+    /// except for the body fields, which follow `body`; `extra`: more
+    /// header lines, written as they are.
     pub async fn send(
         self: &Arc<Self>,
         t: &Target<'_>,
         method: &Method,
         target: &str,
         headers: &HeaderMap,
+        extra: &[u8],
         body: OutBody,
     ) -> Result<Response<UpBody>, SendError> {
         let key = Key {
@@ -345,9 +380,8 @@ impl Pool {
                 None => Framing::Chunked,
             },
         };
-        let mut head = Vec::with_capacity(512);
-        parse::write_request_head(&mut head, method, target, headers, framing);
-        let head = Bytes::from(head);
+        let mut head = Vec::with_capacity(256 + extra.len() + 32 * headers.len());
+        parse::write_request_head(&mut head, method, target, headers, extra, framing);
         let (mut pump, full) = match body {
             OutBody::Stream(b) => (Some(Pump::new(b, framing == Framing::Chunked)), None),
             OutBody::Full(b) => (None, Some(b)),
@@ -445,19 +479,14 @@ fn reset(error: io::Error, partial: bool) -> Failure {
 /// and reads the response head, streaming the body meanwhile.
 async fn exchange(
     c: &mut UpConn,
-    head: &Bytes,
+    head: &[u8],
     full: Option<&Bytes>,
     mut pump: Option<&mut Pump>,
     method: &Method,
 ) -> Result<parse::ResponseHead, Failure> {
     // Head and whole body in one write.
-    let mut first = vec![head.clone()];
-    if let Some(b) = full {
-        if !b.is_empty() {
-            first.push(b.clone());
-        }
-    }
-    if let Err(e) = write_all(&mut c.io, first).await {
+    let body: &[u8] = full.map_or(&[], |b| &b[..]);
+    if let Err(e) = write_all2(&mut c.io, head, body).await {
         return Err(reset(e, false));
     }
     let mut write_failed = None;
@@ -506,26 +535,27 @@ async fn exchange(
     .await
 }
 
-async fn write_all(io: &mut UpIo, mut bufs: Vec<Bytes>) -> io::Result<()> {
-    if bufs.len() == 1 {
-        return io.write_all(&bufs[0]).await;
-    }
-    while !bufs.is_empty() {
-        let slices: Vec<io::IoSlice<'_>> = bufs.iter().map(|b| io::IoSlice::new(b)).collect();
-        let mut n = io.write_vectored(&slices).await?;
+/// Writes `a` then `b`, in one write when the socket takes them.
+async fn write_all2(io: &mut UpIo, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
+    while !a.is_empty() {
+        let n = if b.is_empty() {
+            io.write(a).await?
+        } else {
+            io.write_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)])
+                .await?
+        };
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        while n > 0 {
-            let l = bufs[0].len();
-            if n >= l {
-                bufs.remove(0);
-                n -= l;
-            } else {
-                let _ = bufs[0].split_to(n);
-                n = 0;
-            }
+        if n >= a.len() {
+            b = &b[n - a.len()..];
+            a = &[];
+        } else {
+            a = &a[n..];
         }
+    }
+    if !b.is_empty() {
+        io.write_all(b).await?;
     }
     Ok(())
 }
@@ -565,13 +595,13 @@ impl Pump {
         loop {
             // Write what is pending first.
             while !self.pending.is_empty() {
-                let slices: Vec<io::IoSlice<'_>> = self
-                    .pending
-                    .iter()
-                    .take(8)
-                    .map(|b| io::IoSlice::new(b))
-                    .collect();
-                let mut n = match ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices)) {
+                let mut slices = [io::IoSlice::new(&[]); 8];
+                let mut k = 0;
+                for (s, b) in slices.iter_mut().zip(self.pending.iter()) {
+                    *s = io::IoSlice::new(b);
+                    k += 1;
+                }
+                let mut n = match ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..k])) {
                     Ok(0) => {
                         return Poll::Ready(Err(PumpError::Io(io::ErrorKind::WriteZero.into())))
                     }

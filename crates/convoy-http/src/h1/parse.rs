@@ -228,9 +228,29 @@ impl Fields {
 
 /// Offsets of one field in the head.
 #[derive(Clone, Copy, Default)]
-struct Span {
+pub struct Span {
     name: (usize, usize),
     value: (usize, usize),
+}
+
+thread_local! {
+    /// Field offsets of the head being parsed (kept to avoid a fresh
+    /// array per head).
+    static SPANS: std::cell::Cell<Vec<Span>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs `f` with the thread's span scratch vector, emptied.
+fn with_spans<R>(f: impl FnOnce(&mut Vec<Span>) -> R) -> R {
+    let mut v = SPANS.with(std::cell::Cell::take);
+    v.clear();
+    let r = f(&mut v);
+    SPANS.with(|c| c.set(v));
+    r
+}
+
+/// Uninitialized room for httparse's fields (no zeroing per head).
+fn raw_headers<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+    [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
 }
 
 fn span_of(base: &[u8], part: &[u8]) -> (usize, usize) {
@@ -240,8 +260,13 @@ fn span_of(base: &[u8], part: &[u8]) -> (usize, usize) {
 
 /// Builds the field map from spans into the frozen head, noting framing
 /// fields on the way.
-fn fields(head: &Bytes, spans: &[Span], f: &mut Fields) -> Result<HeaderMap, &'static str> {
-    let mut map = HeaderMap::with_capacity(spans.len());
+fn fields(
+    head: &Bytes,
+    spans: &[Span],
+    f: &mut Fields,
+    room: usize,
+) -> Result<HeaderMap, &'static str> {
+    let mut map = HeaderMap::with_capacity(spans.len() + room);
     for s in spans {
         let name =
             HeaderName::from_bytes(&head[s.name.0..s.name.1]).map_err(|_| "invalid header name")?;
@@ -272,6 +297,14 @@ impl Default for Limits {
 /// (read more); on success the head's bytes are taken off `buf` (the body
 /// or the next request follow).
 pub fn parse_request(buf: &mut BytesMut, limits: Limits) -> Result<Option<RequestHead>, HeadError> {
+    with_spans(|spans| parse_request_in(buf, limits, spans))
+}
+
+fn parse_request_in(
+    buf: &mut BytesMut,
+    limits: Limits,
+    spans: &mut Vec<Span>,
+) -> Result<Option<RequestHead>, HeadError> {
     // Empty lines before a request line are ignored (RFC 9112 §2.2).
     let skip = buf
         .iter()
@@ -280,21 +313,19 @@ pub fn parse_request(buf: &mut BytesMut, limits: Limits) -> Result<Option<Reques
     if skip > 0 {
         let _ = buf.split_to(skip);
     }
-    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut spans = [Span::default(); MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut raw);
-    let (len, n, method, target, minor) = match req.parse(buf) {
+    let mut raw = raw_headers();
+    let mut req = httparse::Request::new(&mut []);
+    let (len, method, target, minor) = match req.parse_with_uninit_headers(buf, &mut raw) {
         Ok(httparse::Status::Complete(len)) => {
-            let n = req.headers.len();
-            for (i, h) in req.headers.iter().enumerate() {
-                spans[i] = Span {
+            for h in req.headers.iter() {
+                spans.push(Span {
                     name: span_of(buf, h.name.as_bytes()),
                     value: span_of(buf, h.value),
-                };
+                });
             }
             let method = req.method.map(|m| span_of(buf, m.as_bytes()));
             let target = req.path.map(|p| span_of(buf, p.as_bytes()));
-            (len, n, method, target, req.version.unwrap_or(1))
+            (len, method, target, req.version.unwrap_or(1))
         }
         Ok(httparse::Status::Partial) => {
             if buf.len() > limits.max_head {
@@ -331,7 +362,7 @@ pub fn parse_request(buf: &mut BytesMut, limits: Limits) -> Result<Option<Reques
         return Err(HeadError::Bad("invalid request target"));
     }
     let mut f = Fields::default();
-    let headers = fields(&head, &spans[..n], &mut f).map_err(HeadError::Bad)?;
+    let headers = fields(&head, spans, &mut f, 8).map_err(HeadError::Bad)?;
     let version = if minor == 0 {
         Version::HTTP_10
     } else {
@@ -402,20 +433,30 @@ pub fn parse_response(
     method: &Method,
     max_head: usize,
 ) -> Result<Option<ResponseHead>, ResponseError> {
+    with_spans(|spans| parse_response_in(buf, method, max_head, spans))
+}
+
+fn parse_response_in(
+    buf: &mut BytesMut,
+    method: &Method,
+    max_head: usize,
+    spans: &mut Vec<Span>,
+) -> Result<Option<ResponseHead>, ResponseError> {
     loop {
-        let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut spans = [Span::default(); MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut raw);
-        let (len, n, code, minor) = match resp.parse(buf) {
+        spans.clear();
+        let mut raw = raw_headers();
+        let mut resp = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, buf, &mut raw);
+        let (len, code, minor) = match parsed {
             Ok(httparse::Status::Complete(len)) => {
-                let n = resp.headers.len();
-                for (i, h) in resp.headers.iter().enumerate() {
-                    spans[i] = Span {
+                for h in resp.headers.iter() {
+                    spans.push(Span {
                         name: span_of(buf, h.name.as_bytes()),
                         value: span_of(buf, h.value),
-                    };
+                    });
                 }
-                (len, n, resp.code.unwrap_or(0), resp.version.unwrap_or(1))
+                (len, resp.code.unwrap_or(0), resp.version.unwrap_or(1))
             }
             Ok(httparse::Status::Partial) => {
                 if buf.len() > max_head {
@@ -434,7 +475,7 @@ pub fn parse_response(
             continue;
         }
         let mut f = Fields::default();
-        let headers = fields(&head, &spans[..n], &mut f).map_err(ResponseError::Bad)?;
+        let headers = fields(&head, spans, &mut f, 4).map_err(ResponseError::Bad)?;
         let version = if minor == 0 {
             Version::HTTP_10
         } else {
@@ -735,6 +776,7 @@ pub fn write_request_head(
     method: &Method,
     target: &str,
     h: &HeaderMap,
+    extra: &[u8],
     framing: Framing,
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
@@ -742,6 +784,7 @@ pub fn write_request_head(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     write_fields(out, h);
+    out.extend_from_slice(extra);
     match framing {
         Framing::Length(n) => {
             out.extend_from_slice(b"content-length: ");
@@ -1116,10 +1159,17 @@ mod tests {
         h.insert("host", HeaderValue::from_static("x"));
         h.insert("content-length", HeaderValue::from_static("99"));
         let mut out = Vec::new();
-        write_request_head(&mut out, &Method::POST, "/p?q", &h, Framing::Length(5));
+        write_request_head(
+            &mut out,
+            &Method::POST,
+            "/p?q",
+            &h,
+            b"via: 1.1 convoy\r\n",
+            Framing::Length(5),
+        );
         assert_eq!(
             out,
-            b"POST /p?q HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n"
+            b"POST /p?q HTTP/1.1\r\nhost: x\r\nvia: 1.1 convoy\r\ncontent-length: 5\r\n\r\n"
         );
         let mut out = Vec::new();
         ResponseWrite {

@@ -28,6 +28,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use super::body::{Chan, ReqBody};
@@ -62,41 +63,90 @@ pub struct Settings {
     pub limits: Limits,
 }
 
-/// What ends or winds down a connection from outside.
+/// What ends or winds down a connection from outside: a graceful stop
+/// (finish the request in progress, then close) and kills (close now).
+/// Checking costs an atomic load per receiver; a waiter registered once
+/// wakes the connection when any of them changes.
 pub struct Signals {
-    /// Graceful stop: finish the request in progress, then close.
-    pub stop: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-    /// Close now.
-    pub kill: Pin<Box<dyn Future<Output = ()> + Send>>,
+    stop: watch::Receiver<bool>,
+    kills: Vec<watch::Receiver<u64>>,
+    waiter: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     stopping: bool,
 }
 
 impl Signals {
-    /// From a graceful-stop future and a kill future.
-    pub fn new(
-        stop: Pin<Box<dyn Future<Output = ()> + Send>>,
-        kill: Pin<Box<dyn Future<Output = ()> + Send>>,
-    ) -> Signals {
-        Signals {
-            stop: Some(stop),
-            kill,
-            stopping: false,
+    /// From the graceful-stop flag and the kill counters (each a change
+    /// from now on is a kill).
+    pub fn new(stop: watch::Receiver<bool>, mut kills: Vec<watch::Receiver<u64>>) -> Signals {
+        for k in kills.iter_mut() {
+            k.mark_unchanged();
         }
+        let stopping = *stop.borrow();
+        Signals {
+            stopping,
+            stop,
+            kills,
+            waiter: None,
+        }
+    }
+
+    fn arm(&mut self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let mut kills: Vec<watch::Receiver<u64>> = self.kills.clone();
+        let mut stop = (!self.stopping).then(|| self.stop.clone());
+        Box::pin(async move {
+            let any_kill = async {
+                let waits = kills.iter_mut().map(|k| Box::pin(k.changed()));
+                let _ = futures_select_all(waits.collect()).await;
+            };
+            match stop.as_mut() {
+                Some(s) => {
+                    tokio::select! {
+                        _ = any_kill => {}
+                        _ = s.wait_for(|v| *v) => {}
+                    }
+                }
+                None => any_kill.await,
+            }
+        })
     }
 
     /// `Ready(())`: kill. A stop only sets `stopping`.
     fn poll_kill(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.kill.as_mut().poll(cx).is_ready() {
+        if self.kills.iter().any(|k| k.has_changed().unwrap_or(false)) {
             return Poll::Ready(());
         }
-        if let Some(s) = self.stop.as_mut() {
-            if s.as_mut().poll(cx).is_ready() {
-                self.stop = None;
-                self.stopping = true;
+        if !self.stopping && self.stop.has_changed().unwrap_or(false) && *self.stop.borrow() {
+            self.stopping = true;
+            // Re-armed for kills only.
+            self.waiter = None;
+        }
+        if self.waiter.is_none() {
+            let mut w = self.arm();
+            if w.as_mut().poll(cx).is_ready() {
+                // Changed meanwhile: look again at the next poll.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
+            self.waiter = Some(w);
         }
         Poll::Pending
     }
+}
+
+/// Waits for the first of several futures.
+async fn futures_select_all<F: Future + Unpin>(mut fs: Vec<F>) {
+    if fs.is_empty() {
+        std::future::pending::<()>().await;
+    }
+    poll_fn(|cx| {
+        for f in fs.iter_mut() {
+            if Pin::new(f).poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// A server connection to join with the client's after a `101`: put in
@@ -341,6 +391,8 @@ pub async fn serve<S, F, Fut>(
     // When the connection last finished a response (or started).
     let mut last = Instant::now();
     let mut first = true;
+    // Reused for every response's head and queue.
+    let mut out = Out::default();
     loop {
         // ---- a request head ----
         let mut head_start: Option<Instant> = (!rbuf.is_empty()).then(Instant::now);
@@ -546,7 +598,7 @@ pub async fn serve<S, F, Fut>(
         }
         let mut headers = rparts.headers;
         headers.remove(http::header::CONNECTION);
-        let mut head = Vec::with_capacity(512);
+        out.head.clear();
         parse::ResponseWrite {
             status: rparts.status,
             headers: &headers,
@@ -556,8 +608,8 @@ pub async fn serve<S, F, Fut>(
             keep_alive_10: keep && http10,
             date: &date(),
         }
-        .write(&mut head);
-        let mut out = Out::new(Bytes::from(head), framing == Framing::Chunked);
+        .write(&mut out.head);
+        out.start(framing == Framing::Chunked);
         let ok = poll_fn(|cx| {
             if sig.poll_kill(cx).is_ready() {
                 return Poll::Ready(false);
@@ -611,6 +663,9 @@ pub async fn serve<S, F, Fut>(
         if !ok {
             return;
         }
+        if out.pending.capacity() > 16 || out.head.capacity() > 4096 {
+            out = Out::default();
+        }
         if !feed.done() {
             keep = false;
         }
@@ -629,8 +684,12 @@ pub async fn serve<S, F, Fut>(
 /// The type of response bodies the loop writes.
 pub type BoxedResp = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
-/// The response bytes waiting to be written.
+/// The response bytes waiting to be written: the head (its buffer kept
+/// for the next response) and body pieces.
+#[derive(Default)]
 struct Out {
+    head: Vec<u8>,
+    head_off: usize,
     pending: std::collections::VecDeque<Bytes>,
     queued: usize,
     chunked: bool,
@@ -639,17 +698,14 @@ struct Out {
 }
 
 impl Out {
-    fn new(head: Bytes, chunked: bool) -> Out {
-        let mut pending = std::collections::VecDeque::with_capacity(4);
-        let queued = head.len();
-        pending.push_back(head);
-        Out {
-            pending,
-            queued,
-            chunked,
-            ended: false,
-            end_queued: false,
-        }
+    /// Starts a response whose head is in `self.head`.
+    fn start(&mut self, chunked: bool) {
+        self.pending.clear();
+        self.head_off = 0;
+        self.queued = self.head.len();
+        self.chunked = chunked;
+        self.ended = false;
+        self.end_queued = false;
     }
 
     fn push(&mut self, b: Bytes) {
@@ -685,23 +741,36 @@ impl Out {
         cx: &mut Context<'_>,
         io: &mut S,
     ) -> Poll<io::Result<bool>> {
-        while !self.pending.is_empty() {
-            let n = if self.pending.len() == 1 {
+        while self.queued > 0 {
+            let head = &self.head[self.head_off..];
+            let n = if self.pending.is_empty() {
+                std::task::ready!(Pin::new(&mut *io).poll_write(cx, head))?
+            } else if head.is_empty() && self.pending.len() == 1 {
                 std::task::ready!(Pin::new(&mut *io).poll_write(cx, &self.pending[0]))?
             } else {
-                let slices: Vec<io::IoSlice<'_>> = self
-                    .pending
-                    .iter()
-                    .take(16)
-                    .map(|b| io::IoSlice::new(b))
-                    .collect();
-                std::task::ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?
+                let mut slices = [io::IoSlice::new(&[]); 16];
+                let mut k = 0;
+                if !head.is_empty() {
+                    slices[0] = io::IoSlice::new(head);
+                    k = 1;
+                }
+                for b in self.pending.iter() {
+                    if k == slices.len() {
+                        break;
+                    }
+                    slices[k] = io::IoSlice::new(b);
+                    k += 1;
+                }
+                std::task::ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..k]))?
             };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.queued -= n;
             let mut n = n;
+            let in_head = (self.head.len() - self.head_off).min(n);
+            self.head_off += in_head;
+            n -= in_head;
             while n > 0 {
                 let Some(front) = self.pending.front_mut() else {
                     break;
