@@ -122,6 +122,21 @@ fn xorshift() -> u64 {
     })
 }
 
+/// One admission decision kept for `explain` (server indices refer to
+/// the pool that made it).
+#[derive(Debug, Clone)]
+pub(crate) struct Decision {
+    at_ms: u64,
+    outcome: &'static str,
+    /// (server, in flight, latency EWMA µs, error rate) at that moment.
+    server: Option<(usize, u64, f64, f64)>,
+    class: usize,
+    cost: u32,
+    retry_of: Vec<usize>,
+    sticky: Option<usize>,
+    queue_length: usize,
+}
+
 impl PoolRuntime {
     /// Weight of server `i` for request balancing, ramped during slow
     /// start (×100, as the tables).
@@ -291,34 +306,28 @@ impl PoolRuntime {
 
     fn note_decision(
         &self,
-        outcome: &str,
+        outcome: &'static str,
         server: Option<usize>,
         class: usize,
         cost: u32,
         tried: &[usize],
         aff: Affinity,
     ) {
-        let s = server.map(|i| {
-            let e = &self.servers[i];
-            let (lat, err) = e.state.qos();
-            serde_json::json!({
-                "name": e.cfg.name,
-                "tier": e.cfg.tier,
-                "in_flight": e.state.in_flight(),
-                "latency_us": lat.round(),
-                "error_rate": err,
-            })
-        });
-        let d = serde_json::json!({
-            "at_ms": clock::now_ms(),
-            "outcome": outcome,
-            "server": s,
-            "class": class,
-            "cost": cost,
-            "retry_of": tried.iter().map(|&i| self.servers[i].cfg.name.clone()).collect::<Vec<_>>(),
-            "sticky": aff.prefer.map(|i| self.servers[i].cfg.name.clone()),
-            "queue_length": self.queued(),
-        });
+        // Plain figures now; JSON only when someone asks (explain).
+        let d = Decision {
+            at_ms: clock::now_ms(),
+            outcome,
+            server: server.map(|i| {
+                let e = &self.servers[i].state;
+                let (lat, err) = e.qos();
+                (i, e.in_flight(), lat, err)
+            }),
+            class,
+            cost,
+            retry_of: tried.to_vec(),
+            sticky: aff.prefer,
+            queue_length: self.queued(),
+        };
         let mut r = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         if r.len() >= 32 {
             r.pop_front();
@@ -393,7 +402,7 @@ impl PoolRuntime {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .rev()
-            .cloned()
+            .map(|d| self.decision_json(d))
             .collect();
         serde_json::json!({
             "pool": self.name,
@@ -413,6 +422,29 @@ impl PoolRuntime {
             "tiers": tiers,
             "servers": servers,
             "recent": recent,
+        })
+    }
+
+    fn decision_json(&self, d: &Decision) -> serde_json::Value {
+        let name = |i: usize| self.servers.get(i).map(|s| s.cfg.name.clone());
+        let server = d.server.map(|(i, in_flight, lat, err)| {
+            serde_json::json!({
+                "name": name(i),
+                "tier": self.servers.get(i).map(|s| s.cfg.tier),
+                "in_flight": in_flight,
+                "latency_us": lat.round(),
+                "error_rate": err,
+            })
+        });
+        serde_json::json!({
+            "at_ms": d.at_ms,
+            "outcome": d.outcome,
+            "server": server,
+            "class": d.class,
+            "cost": d.cost,
+            "retry_of": d.retry_of.iter().filter_map(|&i| name(i)).collect::<Vec<_>>(),
+            "sticky": d.sticky.and_then(name),
+            "queue_length": d.queue_length,
         })
     }
 

@@ -72,7 +72,7 @@ pub struct PoolRuntime {
     /// it anyway).
     pub(crate) tier_probe: AtomicU64,
     /// Recent admission decisions, for `explain`.
-    pub(crate) recent: std::sync::Mutex<std::collections::VecDeque<serde_json::Value>>,
+    pub(crate) recent: std::sync::Mutex<std::collections::VecDeque<crate::admission::Decision>>,
     pub(crate) explain_sample: AtomicU64,
 }
 

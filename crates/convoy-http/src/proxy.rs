@@ -1139,7 +1139,8 @@ async fn handle(
     if let Some(cache) = &sh.cache {
         let method_ok = parts.method == http::Method::GET || parts.method == http::Method::HEAD;
         if d.cache && upgrade.is_none() && replayable && method_ok {
-            return cached(sh, cache, &first_pool, &parts, &rc, d.hot, rec).await;
+            // Boxed: the common path's future stays small.
+            return Box::pin(cached(sh, cache, &first_pool, &parts, &rc, d.hot, rec)).await;
         }
     }
     let f = match fetch(sh, &first_pool, &parts, Some(body), &rc, &fault, rec).await {
