@@ -113,7 +113,10 @@ impl ClientInfo {
             out.extend_from_slice(b"\r\n");
         }
         let b = bytes::Bytes::from(out);
-        *c = Some((host.cloned(), version, b.clone()));
+        // A copy of the Host: the request's own value shares (and would
+        // keep alive) the buffer its head was read into.
+        let kept = host.and_then(|h| HeaderValue::from_bytes(h.as_bytes()).ok());
+        *c = Some((kept, version, b.clone()));
         b
     }
 }

@@ -41,7 +41,7 @@ pub type RespBody = UnsyncBoxBody<Bytes, BoxError>;
 /// Request body to servers: the client's streamed body (its first frame
 /// already read and checked), or nothing (a bodiless request sent again to
 /// another server).
-type ReqBody = Either<Prefixed, Empty<Bytes>>;
+type ReqBody = Either<Prefixed, Either<Full<Bytes>, Empty<Bytes>>>;
 
 /// The client's body with its first frame read ahead: a body that is
 /// malformed from its first byte (bad chunk size) is refused with 400
@@ -674,26 +674,33 @@ pub async fn serve(
         let sh = Arc::clone(&shared);
         let stop = stop.clone();
         let tls = tls.clone();
-        tokio::spawn(async move {
+        let task = async move {
             match tls {
                 None => serve_conn(&sh, stream, peer, "http", stop, false).await,
+                // Boxed: a plain connection's task does not carry the
+                // room a TLS one needs.
                 Some(tls) => {
-                    // The handshake counts against the header timeout.
-                    let acceptor = tls.acceptor();
-                    match tokio::time::timeout(sh.header_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => {
-                            let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
-                            serve_conn(&sh, s, peer, "https", stop, h2).await
+                    Box::pin(async {
+                        // The handshake counts against the header timeout.
+                        let acceptor = tls.acceptor();
+                        match tokio::time::timeout(sh.header_timeout, acceptor.accept(stream)).await
+                        {
+                            Ok(Ok(s)) => {
+                                let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+                                serve_conn(&sh, s, peer, "https", stop, h2).await
+                            }
+                            Ok(Err(e)) => {
+                                debug!(client = %peer, error = %e, "TLS handshake failed");
+                            }
+                            Err(_) => debug!(client = %peer, "TLS handshake timed out"),
                         }
-                        Ok(Err(e)) => {
-                            debug!(client = %peer, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => debug!(client = %peer, "TLS handshake timed out"),
-                    }
+                    })
+                    .await
                 }
             }
             sh.listener.release_from(peer.ip());
-        });
+        };
+        tokio::spawn(task);
     }
     sweeper.abort();
 }
@@ -782,7 +789,7 @@ async fn serve_conn<S>(
     mut stream: S,
     peer: SocketAddr,
     proto: &'static str,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     alpn_h2: bool,
 ) where
     S: crate::h1::server::ClientStream + crate::conn::RawWrite,
@@ -819,10 +826,8 @@ async fn serve_conn<S>(
             idle_timeout: sh.idle_timeout,
             limits: Default::default(),
         };
-        let sig = crate::h1::server::Signals::new(
-            stop,
-            vec![sh.ctx.kill.clone(), sh.listener.kill_signal()],
-        );
+        let sig =
+            crate::h1::server::Signals::new(stop, [sh.ctx.kill.clone(), sh.listener.kill_signal()]);
         let handler = |req: Request<crate::h1::body::ReqBody>, meta: crate::h1::server::Meta| {
             let sh = Arc::clone(sh);
             let info = Arc::clone(&info);
@@ -831,6 +836,21 @@ async fn serve_conn<S>(
         crate::h1::server::serve(stream, rbuf, set, sig, handler).await;
         return;
     }
+    // Boxed: HTTP/1 connections (most) do not carry hyper's HTTP/2 state.
+    Box::pin(serve_h2(sh, stream, rbuf, peer, info, stop)).await;
+}
+
+/// An HTTP/2 connection, on hyper.
+async fn serve_h2<S>(
+    sh: &Arc<Shared>,
+    stream: S,
+    rbuf: bytes::BytesMut,
+    peer: SocketAddr,
+    info: Arc<ClientInfo>,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: crate::h1::server::ClientStream + crate::conn::RawWrite,
+{
     let st = Arc::new(ConnState::default());
     let svc = {
         let sh = Arc::clone(sh);
@@ -1085,6 +1105,17 @@ async fn handle(
             Err(_) => return client_timeout(),
         }
     };
+    // A body that came whole with its first piece (most small uploads) is
+    // kept: it can be sent again if a connection fails under it.
+    let whole = match &first {
+        Some(f) if body.is_end_stream() => {
+            f.data_ref().filter(|d| d.len() <= WHOLE_BODY_MAX).cloned()
+        }
+        _ => None,
+    };
+    if max_body > 0 && whole.as_ref().is_some_and(|d| d.len() as u64 > max_body) {
+        return too_large();
+    }
     let fault = Arc::new(std::sync::atomic::AtomicU8::new(FAULT_NONE));
     let body = Prefixed {
         first,
@@ -1113,11 +1144,15 @@ async fn handle(
     } else {
         info.lines(host.as_ref(), version)
     };
-    // A request without a body can be sent again if its first server could
-    // not be reached; one with a body only if it never left (connect error
-    // before the body was polled) — hyper gives the body no way back, so
-    // only bodiless requests are retried.
-    let replayable = body.is_end_stream();
+    // A request without a body, or whose body is whole in memory, can be
+    // sent again (to the same server on a new connection, or to another);
+    // a streamed body cannot.
+    let replayable = body.is_end_stream() || whole.is_some();
+    let mut out_body = match whole {
+        Some(b) => Outgoing::Full(b),
+        None if body.is_end_stream() => Outgoing::None,
+        None => Outgoing::Stream(Some(body)),
+    };
     let path = parts
         .uri
         .path_and_query()
@@ -1143,7 +1178,7 @@ async fn handle(
             return Box::pin(cached(sh, cache, &first_pool, &parts, &rc, d.hot, rec)).await;
         }
     }
-    let f = match fetch(sh, &first_pool, &parts, Some(body), &rc, &fault, rec).await {
+    let f = match fetch(sh, &first_pool, &parts, &mut out_body, &rc, &fault, rec).await {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -1199,6 +1234,31 @@ async fn handle(
     finish(sh, f, &parts, &rc, None)
 }
 
+/// Largest request body kept whole in memory so that it can be sent
+/// again.
+const WHOLE_BODY_MAX: usize = 64 * 1024;
+
+/// A request's body towards servers.
+enum Outgoing {
+    /// None.
+    None,
+    /// Whole in memory: every attempt sends it.
+    Full(Bytes),
+    /// Streamed from the client: the first attempt takes it.
+    Stream(Option<Prefixed>),
+}
+
+impl Outgoing {
+    /// The body for one attempt.
+    fn take(&mut self) -> Option<Outgoing> {
+        match self {
+            Outgoing::None => None,
+            Outgoing::Full(b) => Some(Outgoing::Full(b.clone())),
+            Outgoing::Stream(s) => s.take().map(|b| Outgoing::Stream(Some(b))),
+        }
+    }
+}
+
 /// What every attempt of one request shares.
 struct ReqCtx {
     /// Forwarding header lines to add (empty when they were merged into
@@ -1236,7 +1296,7 @@ async fn fetch(
     sh: &Arc<Shared>,
     first_pool: &Arc<PoolRuntime>,
     parts: &http::request::Parts,
-    mut body: Option<Prefixed>,
+    body: &mut Outgoing,
     rc: &ReqCtx,
     fault: &std::sync::atomic::AtomicU8,
     rec: &mut Option<Box<AccessRec>>,
@@ -1337,8 +1397,9 @@ async fn fetch(
             }
             *out.version_mut() = http::Version::HTTP_2;
             let b = match body.take() {
-                Some(b) => Either::Left(b),
-                None => Either::Right(Empty::new()),
+                Some(Outgoing::Stream(Some(b))) => Either::Left(b),
+                Some(Outgoing::Full(b)) => Either::Right(Either::Left(Full::new(b))),
+                _ => Either::Right(Either::Right(Empty::new())),
             };
             let out = out.map(|_| b);
             let f = if pool.cfg.tls.is_some() {
@@ -1371,7 +1432,8 @@ async fn fetch(
                 },
             };
             let out_body = match body.take() {
-                Some(b) if !b.is_end_stream() => crate::h1::client::OutBody::Stream(Box::pin(b)),
+                Some(Outgoing::Stream(Some(b))) => crate::h1::client::OutBody::Stream(Box::pin(b)),
+                Some(Outgoing::Full(b)) => crate::h1::client::OutBody::Full(b),
                 _ => crate::h1::client::OutBody::Empty,
             };
             let addr = server.cfg.address.0;
@@ -1719,7 +1781,7 @@ async fn cached(
             }
             Lookup::Revalidate(c, cond) => {
                 let fault = std::sync::atomic::AtomicU8::new(FAULT_NONE);
-                match fetch(sh, pool, &cond, None, rc, &fault, rec).await {
+                match fetch(sh, pool, &cond, &mut Outgoing::None, rc, &fault, rec).await {
                     Ok(f) if f.resp.status() == StatusCode::NOT_MODIFIED => {
                         let (rp, _) = f.resp.into_parts();
                         match cache.revalidated(parts, &rp, std::time::SystemTime::now()) {
@@ -1764,7 +1826,7 @@ async fn cached(
                     }
                 };
                 let fault = std::sync::atomic::AtomicU8::new(FAULT_NONE);
-                return match fetch(sh, pool, parts, None, rc, &fault, rec).await {
+                return match fetch(sh, pool, parts, &mut Outgoing::None, rc, &fault, rec).await {
                     Ok(f) => {
                         let tee = tee_for(cache, parts, lead);
                         let mut r = finish(sh, f, parts, rc, tee);
@@ -1818,7 +1880,17 @@ fn background(
     tokio::spawn(async move {
         let fault = std::sync::atomic::AtomicU8::new(FAULT_NONE);
         let mut none = None;
-        let Ok(f) = fetch(&sh, &pool, &req, None, &rc, &fault, &mut none).await else {
+        let Ok(f) = fetch(
+            &sh,
+            &pool,
+            &req,
+            &mut Outgoing::None,
+            &rc,
+            &fault,
+            &mut none,
+        )
+        .await
+        else {
             return;
         };
         let status = f.resp.status();

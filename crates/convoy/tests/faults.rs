@@ -29,6 +29,11 @@ enum Mode {
     CloseAfterAnswer,
     /// The answer one byte at a time.
     Slow,
+    /// Answers the first request of each connection and keeps it open,
+    /// then reads the next one and closes without a word: exactly the
+    /// keep-alive race (a server closing an idle connection just as the
+    /// proxy reuses it).
+    CloseOnReuse,
 }
 
 async fn bad_server(mode: Mode) -> std::net::SocketAddr {
@@ -40,6 +45,7 @@ async fn bad_server(mode: Mode) -> std::net::SocketAddr {
                 continue;
             };
             tokio::spawn(async move {
+                let mut answered = 0;
                 loop {
                     let mut buf = [0u8; 4096];
                     let mut head = Vec::new();
@@ -74,6 +80,38 @@ async fn bad_server(mode: Mode) -> std::net::SocketAddr {
                                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                                 .await;
                             return;
+                        }
+                        Mode::CloseOnReuse => {
+                            if answered > 0 {
+                                return;
+                            }
+                            answered += 1;
+                            // Read the body (if any) before answering.
+                            let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                            let len: usize = text
+                                .split("content-length:")
+                                .nth(1)
+                                .and_then(|v| v.split("\r\n").next())
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                            let end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                            let mut have = head.len() - end;
+                            while have < len {
+                                match s.read(&mut buf).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => have += n,
+                                }
+                            }
+                            let body = format!("ok {len}");
+                            let _ = s
+                                .write_all(
+                                    format!(
+                                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                                        body.len()
+                                    )
+                                    .as_bytes(),
+                                )
+                                .await;
                         }
                         Mode::Slow => {
                             for b in b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow" {
@@ -158,6 +196,7 @@ async fn misbehaving_servers() {
         Mode::Garbage,
         Mode::CloseAfterAnswer,
         Mode::Slow,
+        Mode::CloseOnReuse,
     ] {
         let addr = bad_server(mode).await;
         let port = free_port();
@@ -170,7 +209,14 @@ async fn misbehaving_servers() {
                 let t = tokio::time::Instant::now();
                 let a = ask(port, GET).await;
                 assert!(a.starts_with("HTTP/1.1 200"), "{mode:?}: {a:?}");
-                assert!(!a.ends_with(&"x".repeat(100)));
+                // The declared length is kept and the body is short of it:
+                // the client can tell the response was cut.
+                let (head, body) = a.split_once("\r\n\r\n").unwrap_or((&a, ""));
+                assert!(
+                    head.to_ascii_lowercase().contains("content-length: 100"),
+                    "{mode:?}: {head:?}"
+                );
+                assert!(body.len() < 100, "{mode:?}: {} body bytes", body.len());
                 // A reset ends at once; a hang is cut after
                 // response_timeout (1 s), well before the client's own
                 // 5 s limit.
@@ -194,6 +240,25 @@ async fn misbehaving_servers() {
                     assert!(
                         a.starts_with("HTTP/1.1 200") && a.ends_with("ok"),
                         "request {i}: {a:?}"
+                    );
+                }
+            }
+            Mode::CloseOnReuse => {
+                // Every second use of a pooled connection meets a server
+                // that took the request and closed: convoy sends it again
+                // on a new connection (nothing reached the client yet),
+                // for a GET and for a POST whose body it still holds.
+                for i in 0..20 {
+                    let a = ask(port, GET).await;
+                    assert!(
+                        a.starts_with("HTTP/1.1 200") && a.ends_with("ok 0"),
+                        "GET {i}: {a:?}"
+                    );
+                    let post = b"POST /form HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+                    let a = ask(port, post).await;
+                    assert!(
+                        a.starts_with("HTTP/1.1 200") && a.ends_with("ok 5"),
+                        "POST {i}: {a:?}"
                     );
                 }
             }

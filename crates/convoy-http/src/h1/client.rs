@@ -37,8 +37,10 @@ pub type StreamBody = Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>>;
 
 /// Largest response head.
 const MAX_HEAD: usize = 64 * 1024;
-/// Read buffer growth.
+/// Read buffer growth for bodies.
 const READ_CHUNK: usize = 16 * 1024;
+/// Read buffer for a response head (most fit, and small bodies with it).
+const HEAD_CHUNK: usize = 4096;
 
 /// A connection to a server, plain or TLS.
 #[derive(Debug)]
@@ -288,6 +290,7 @@ impl Pool {
     fn checkin(&self, key: Key, mut c: UpConn) {
         let now = Instant::now();
         c.idle_since = now;
+
         let mut m = self.lock();
         let q = m.entry(key).or_default();
         while q
@@ -520,7 +523,7 @@ async fn exchange(
                 }
             }
             let partial = !c.buf.is_empty();
-            match ready!(poll_read_buf(&mut c.io, cx, &mut c.buf, READ_CHUNK)) {
+            match ready!(poll_read_buf(&mut c.io, cx, &mut c.buf, HEAD_CHUNK)) {
                 Ok(0) => {
                     let e = write_failed.take().unwrap_or_else(|| {
                         io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection")

@@ -69,7 +69,7 @@ pub struct Settings {
 /// wakes the connection when any of them changes.
 pub struct Signals {
     stop: watch::Receiver<bool>,
-    kills: Vec<watch::Receiver<u64>>,
+    kills: [watch::Receiver<u64>; 2],
     waiter: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     stopping: bool,
 }
@@ -77,7 +77,7 @@ pub struct Signals {
 impl Signals {
     /// From the graceful-stop flag and the kill counters (each a change
     /// from now on is a kill).
-    pub fn new(stop: watch::Receiver<bool>, mut kills: Vec<watch::Receiver<u64>>) -> Signals {
+    pub fn new(stop: watch::Receiver<bool>, mut kills: [watch::Receiver<u64>; 2]) -> Signals {
         for k in kills.iter_mut() {
             k.mark_unchanged();
         }
@@ -91,21 +91,23 @@ impl Signals {
     }
 
     fn arm(&mut self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        let mut kills: Vec<watch::Receiver<u64>> = self.kills.clone();
-        let mut stop = (!self.stopping).then(|| self.stop.clone());
+        let [mut a, mut b] = self.kills.clone();
+        let stop = (!self.stopping).then(|| self.stop.clone());
         Box::pin(async move {
-            let any_kill = async {
-                let waits = kills.iter_mut().map(|k| Box::pin(k.changed()));
-                let _ = futures_select_all(waits.collect()).await;
-            };
-            match stop.as_mut() {
-                Some(s) => {
+            match stop {
+                Some(mut s) => {
                     tokio::select! {
-                        _ = any_kill => {}
+                        _ = a.changed() => {}
+                        _ = b.changed() => {}
                         _ = s.wait_for(|v| *v) => {}
                     }
                 }
-                None => any_kill.await,
+                None => {
+                    tokio::select! {
+                        _ = a.changed() => {}
+                        _ = b.changed() => {}
+                    }
+                }
             }
         })
     }
@@ -131,22 +133,6 @@ impl Signals {
         }
         Poll::Pending
     }
-}
-
-/// Waits for the first of several futures.
-async fn futures_select_all<F: Future + Unpin>(mut fs: Vec<F>) {
-    if fs.is_empty() {
-        std::future::pending::<()>().await;
-    }
-    poll_fn(|cx| {
-        for f in fs.iter_mut() {
-            if Pin::new(f).poll(cx).is_ready() {
-                return Poll::Ready(());
-            }
-        }
-        Poll::Pending
-    })
-    .await
 }
 
 /// A server connection to join with the client's after a `101`: put in
@@ -183,6 +169,37 @@ pub struct Meta {
     /// Hop-by-hop fields were already removed (requests that do not ask
     /// for an upgrade).
     pub stripped: bool,
+}
+
+/// Size of a client connection's read buffer (a head, and what follows it).
+const SPARE: usize = 4096;
+
+thread_local! {
+    /// Read buffers of idle connections, kept for the next request on
+    /// this thread (an idle connection holds none).
+    static SPARES: std::cell::RefCell<Vec<BytesMut>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A read buffer: a spare one, or a new one.
+fn take_spare() -> BytesMut {
+    SPARES
+        .with(|s| s.borrow_mut().pop())
+        .unwrap_or_else(|| BytesMut::with_capacity(SPARE))
+}
+
+/// Keeps a buffer nothing else refers to for the next request.
+fn put_spare(mut b: BytesMut) {
+    b.clear();
+    // Only a buffer whose bytes nobody holds any more can be reused whole.
+    if !b.try_reclaim(SPARE) || b.capacity() > 4 * SPARE {
+        return;
+    }
+    SPARES.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < 64 {
+            s.push(b);
+        }
+    });
 }
 
 /// The current `Date` value, formatted once a second per thread.
@@ -391,8 +408,6 @@ pub async fn serve<S, F, Fut>(
     // When the connection last finished a response (or started).
     let mut last = Instant::now();
     let mut first = true;
-    // Reused for every response's head and queue.
-    let mut out = Out::default();
     loop {
         // ---- a request head ----
         let mut head_start: Option<Instant> = (!rbuf.is_empty()).then(Instant::now);
@@ -420,8 +435,9 @@ pub async fn serve<S, F, Fut>(
                 armed = deadline;
             }
             if rbuf.is_empty() && rbuf.capacity() > 0 {
-                // Idle: no buffer held while waiting.
-                rbuf = BytesMut::new();
+                // Idle: no buffer held while waiting (it goes back to the
+                // thread's spares when nothing else uses it).
+                put_spare(std::mem::take(&mut rbuf));
             }
             enum Ev {
                 Data,
@@ -442,11 +458,18 @@ pub async fn serve<S, F, Fut>(
                     Poll::Ready(Ok(()))
                 };
                 match ready {
-                    Poll::Ready(Ok(())) => match poll_read_buf(&mut io, cx, &mut rbuf, 8192) {
-                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ev::Closed),
-                        Poll::Ready(Ok(_)) => return Poll::Ready(Ev::Data),
-                        Poll::Pending => {}
-                    },
+                    Poll::Ready(Ok(())) => {
+                        if rbuf.capacity() == 0 {
+                            rbuf = take_spare();
+                        }
+                        match poll_read_buf(&mut io, cx, &mut rbuf, SPARE) {
+                            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                                return Poll::Ready(Ev::Closed)
+                            }
+                            Poll::Ready(Ok(_)) => return Poll::Ready(Ev::Data),
+                            Poll::Pending => {}
+                        }
+                    }
                     Poll::Ready(Err(_)) => return Poll::Ready(Ev::Closed),
                     Poll::Pending => {}
                 }
@@ -475,210 +498,255 @@ pub async fn serve<S, F, Fut>(
             }
         };
         first = false;
-
-        // ---- the request ----
-        let parse::RequestHead {
-            mut parts,
-            framing,
-            keep_alive,
-            expect_continue,
-            hop,
-        } = head;
-        let mut keep = keep_alive && !sig.stopping;
-        let is_head = parts.method == Method::HEAD;
-        let http10 = parts.version == Version::HTTP_10;
-        // Upgrade requests keep their Connection and Upgrade fields for
-        // the request path, which removes the rest.
-        let stripped = hop & parse::hop::UPGRADE == 0;
-        if stripped {
-            parse::strip_hop(&mut parts.headers, hop);
-        }
-        if expect_continue {
-            // Answered here: the server need not.
-            parts.headers.remove(http::header::EXPECT);
-        }
-        let (body, mut feed) = match framing {
-            Framing::Length(n) => {
-                let ch = Chan::new(Some(n));
-                (ReqBody(Some(ch.clone())), Feed::Length { ch, left: n })
+        match Box::pin(exchange(&mut io, &mut rbuf, &mut sig, &handler, head, set)).await {
+            Done::Keep => {}
+            Done::Close => return,
+            Done::Shutdown => {
+                let _ = io.shutdown().await;
+                return;
             }
-            Framing::Chunked => {
-                let ch = Chan::new(None);
-                (
-                    ReqBody(Some(ch.clone())),
-                    Feed::Chunked {
-                        ch,
-                        dec: ChunkedDecoder::default(),
-                    },
-                )
-            }
-            Framing::Empty | Framing::Close => (ReqBody::empty(), Feed::None),
-        };
-        let mut cont = if expect_continue { 0 } else { CONTINUE.len() };
-        let mut fut = Box::pin(handler(Request::from_parts(parts, body), Meta { stripped }));
-        let resp = poll_fn(|cx| {
-            if sig.poll_kill(cx).is_ready() {
-                return Poll::Ready(None);
-            }
-            if !feed.done() {
-                if let Poll::Ready(Err(Gone)) = feed.poll(cx, &mut io, &mut rbuf, &mut cont) {
-                    // Malformed body: the request path answers 400; a
-                    // client that left is noticed when writing.
-                    keep = false;
-                }
-            }
-            if let Poll::Ready(r) = fut.as_mut().poll(cx) {
-                return Poll::Ready(Some(r));
-            }
-            if feed.done() && poll_gone(cx, &mut io, &mut rbuf).is_ready() {
-                // The client left: its request is dropped, the slot freed.
-                return Poll::Ready(None);
-            }
-            Poll::Pending
-        })
-        .await;
-        drop(fut);
-        let Some(resp) = resp else {
-            return;
-        };
-        if sig.stopping {
-            keep = false;
-        }
-
-        // ---- the response ----
-        let (rparts, mut rbody) = resp.into_parts();
-        if rparts.status == StatusCode::SWITCHING_PROTOCOLS {
-            keep = false;
-            if let Some(t) = rparts
-                .extensions
-                .get::<TunnelSlot>()
-                .and_then(TunnelSlot::take)
-            {
-                let mut head = Vec::with_capacity(256);
-                parse::ResponseWrite {
-                    status: rparts.status,
-                    headers: &rparts.headers,
-                    framing: Framing::Empty,
-                    keep_fields: true,
-                    close: false,
-                    keep_alive_10: false,
-                    date: &date(),
-                }
-                .write(&mut head);
-                if io.write_all(&head).await.is_err() {
-                    return;
-                }
-                tunnel(io, rbuf, t, set.idle_timeout).await;
+            Done::Linger => {
+                Box::pin(linger_close(io)).await;
                 return;
             }
         }
-        if rparts
-            .headers
-            .get(http::header::CONNECTION)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
-        {
-            keep = false;
-        }
-        let bodiless = is_head
-            || rparts.status.is_informational()
-            || rparts.status == StatusCode::NO_CONTENT
-            || rparts.status == StatusCode::NOT_MODIFIED;
-        let framing = if bodiless {
-            Framing::Empty
-        } else {
-            match rbody.size_hint().exact() {
-                Some(0) if rbody.is_end_stream() => Framing::Empty,
-                Some(n) => Framing::Length(n),
-                None if !http10 => Framing::Chunked,
-                None => Framing::Close,
-            }
-        };
-        if framing == Framing::Close {
-            keep = false;
-        }
-        let mut headers = rparts.headers;
-        headers.remove(http::header::CONNECTION);
-        out.head.clear();
-        parse::ResponseWrite {
-            status: rparts.status,
-            headers: &headers,
-            framing,
-            keep_fields: bodiless,
-            close: !keep,
-            keep_alive_10: keep && http10,
-            date: &date(),
-        }
-        .write(&mut out.head);
-        out.start(framing == Framing::Chunked);
-        let ok = poll_fn(|cx| {
-            if sig.poll_kill(cx).is_ready() {
-                return Poll::Ready(false);
-            }
-            if !feed.done() {
-                if let Poll::Ready(Err(Gone)) = feed.poll(cx, &mut io, &mut rbuf, &mut cont) {
-                    keep = false;
-                }
-            }
-            loop {
-                // Gather what the body has now, then write it in one go.
-                let mut waiting = false;
-                while !out.ended && out.queued < 64 * 1024 {
-                    if bodiless {
-                        out.ended = true;
-                        break;
-                    }
-                    match Pin::new(&mut rbody).poll_frame(cx) {
-                        Poll::Ready(Some(Ok(f))) => {
-                            if let Ok(d) = f.into_data() {
-                                out.data(d);
-                            }
-                        }
-                        Poll::Ready(None) => out.end(),
-                        Poll::Ready(Some(Err(e))) => {
-                            // Cut: the client must not take it for whole.
-                            tracing::debug!(error = %e, "response body failed: closing");
-                            return Poll::Ready(false);
-                        }
-                        Poll::Pending => {
-                            waiting = true;
-                            break;
-                        }
-                    }
-                }
-                match out.poll_write(cx, &mut io) {
-                    Poll::Ready(Ok(true)) => return Poll::Ready(true),
-                    Poll::Ready(Ok(false)) if !waiting => continue,
-                    Poll::Ready(Ok(false)) | Poll::Pending => break,
-                    Poll::Ready(Err(_)) => return Poll::Ready(false),
-                }
-            }
-            // Waiting for the body or the client: notice a client that left.
-            if out.queued == 0 && feed.done() && poll_gone(cx, &mut io, &mut rbuf).is_ready() {
-                return Poll::Ready(false);
-            }
-            Poll::Pending
-        })
-        .await;
-        drop(rbody);
-        if !ok {
-            return;
-        }
-        if out.pending.capacity() > 16 || out.head.capacity() > 4096 {
-            out = Out::default();
-        }
-        if !feed.done() {
-            keep = false;
-        }
-        if !keep {
-            if feed.done() && rbuf.is_empty() {
-                let _ = io.shutdown().await;
-            } else {
-                linger_close(io).await;
-            }
-            return;
-        }
         last = Instant::now();
     }
+}
+
+/// How an exchange left the connection.
+enum Done {
+    /// Ready for the next request.
+    Keep,
+    /// Close now.
+    Close,
+    /// Shut down the writing side and close.
+    Shutdown,
+    /// Close after reading what the client still sends for a moment.
+    Linger,
+}
+
+/// One request and its response, from a parsed head. Boxed by the
+/// connection loop, so that an idle connection holds none of its state.
+async fn exchange<S, F, Fut>(
+    io: &mut S,
+    rbuf: &mut BytesMut,
+    sig: &mut Signals,
+    handler: &F,
+    head: parse::RequestHead,
+    set: Settings,
+) -> Done
+where
+    S: ClientStream,
+    F: Fn(Request<ReqBody>, Meta) -> Fut,
+    Fut: Future<Output = Response<BoxedResp>> + Send + 'static,
+{
+    let mut out = Out {
+        head: Vec::with_capacity(512),
+        ..Out::default()
+    };
+    // ---- the request ----
+    let parse::RequestHead {
+        mut parts,
+        framing,
+        keep_alive,
+        expect_continue,
+        hop,
+    } = head;
+    let mut keep = keep_alive && !sig.stopping;
+    let is_head = parts.method == Method::HEAD;
+    let http10 = parts.version == Version::HTTP_10;
+    // Upgrade requests keep their Connection and Upgrade fields for
+    // the request path, which removes the rest.
+    let stripped = hop & parse::hop::UPGRADE == 0;
+    if stripped {
+        parse::strip_hop(&mut parts.headers, hop);
+    }
+    if expect_continue {
+        // Answered here: the server need not.
+        parts.headers.remove(http::header::EXPECT);
+    }
+    let (body, mut feed) = match framing {
+        Framing::Length(n) => {
+            let ch = Chan::new(Some(n));
+            (ReqBody(Some(ch.clone())), Feed::Length { ch, left: n })
+        }
+        Framing::Chunked => {
+            let ch = Chan::new(None);
+            (
+                ReqBody(Some(ch.clone())),
+                Feed::Chunked {
+                    ch,
+                    dec: ChunkedDecoder::default(),
+                },
+            )
+        }
+        Framing::Empty | Framing::Close => (ReqBody::empty(), Feed::None),
+    };
+    let mut cont = if expect_continue { 0 } else { CONTINUE.len() };
+    let mut fut = Box::pin(handler(Request::from_parts(parts, body), Meta { stripped }));
+    let resp = poll_fn(|cx| {
+        if sig.poll_kill(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        if !feed.done() {
+            if let Poll::Ready(Err(Gone)) = feed.poll(cx, io, rbuf, &mut cont) {
+                // Malformed body: the request path answers 400; a
+                // client that left is noticed when writing.
+                keep = false;
+            }
+        }
+        if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        if feed.done() && poll_gone(cx, io, rbuf).is_ready() {
+            // The client left: its request is dropped, the slot freed.
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await;
+    drop(fut);
+    let Some(resp) = resp else {
+        return Done::Close;
+    };
+    if sig.stopping {
+        keep = false;
+    }
+
+    // ---- the response ----
+    let (rparts, mut rbody) = resp.into_parts();
+    if rparts.status == StatusCode::SWITCHING_PROTOCOLS {
+        keep = false;
+        if let Some(t) = rparts
+            .extensions
+            .get::<TunnelSlot>()
+            .and_then(TunnelSlot::take)
+        {
+            let mut head = Vec::with_capacity(256);
+            parse::ResponseWrite {
+                status: rparts.status,
+                headers: &rparts.headers,
+                framing: Framing::Empty,
+                keep_fields: true,
+                close: false,
+                keep_alive_10: false,
+                date: &date(),
+            }
+            .write(&mut head);
+            if io.write_all(&head).await.is_err() {
+                return Done::Close;
+            }
+            tunnel(io, std::mem::take(rbuf), t, set.idle_timeout).await;
+            return Done::Close;
+        }
+    }
+    if rparts
+        .headers
+        .get(http::header::CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+    {
+        keep = false;
+    }
+    let bodiless = is_head
+        || rparts.status.is_informational()
+        || rparts.status == StatusCode::NO_CONTENT
+        || rparts.status == StatusCode::NOT_MODIFIED;
+    let framing = if bodiless {
+        Framing::Empty
+    } else {
+        match rbody.size_hint().exact() {
+            Some(0) if rbody.is_end_stream() => Framing::Empty,
+            Some(n) => Framing::Length(n),
+            None if !http10 => Framing::Chunked,
+            None => Framing::Close,
+        }
+    };
+    if framing == Framing::Close {
+        keep = false;
+    }
+    let mut headers = rparts.headers;
+    headers.remove(http::header::CONNECTION);
+    out.head.clear();
+    parse::ResponseWrite {
+        status: rparts.status,
+        headers: &headers,
+        framing,
+        keep_fields: bodiless,
+        close: !keep,
+        keep_alive_10: keep && http10,
+        date: &date(),
+    }
+    .write(&mut out.head);
+    out.start(framing == Framing::Chunked);
+    let mut cut = false;
+    let ok = poll_fn(|cx| {
+        if sig.poll_kill(cx).is_ready() {
+            return Poll::Ready(false);
+        }
+        if !feed.done() {
+            if let Poll::Ready(Err(Gone)) = feed.poll(cx, io, rbuf, &mut cont) {
+                keep = false;
+            }
+        }
+        loop {
+            // Gather what the body has now, then write it in one go.
+            let mut waiting = false;
+            while !cut && !out.ended && out.queued < 64 * 1024 {
+                if bodiless {
+                    out.ended = true;
+                    break;
+                }
+                match Pin::new(&mut rbody).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(f))) => {
+                        if let Ok(d) = f.into_data() {
+                            out.data(d);
+                        }
+                    }
+                    Poll::Ready(None) => out.end(),
+                    Poll::Ready(Some(Err(e))) => {
+                        // Cut: what came goes out, then the connection closes, so
+                        // the client cannot take it for whole (short of its
+                        // length, or no last chunk).
+                        tracing::debug!(error = %e, "response body failed: closing");
+                        cut = true;
+                        break;
+                    }
+                    Poll::Pending => {
+                        waiting = true;
+                        break;
+                    }
+                }
+            }
+            match out.poll_write(cx, io) {
+                Poll::Ready(Ok(true)) => return Poll::Ready(true),
+                Poll::Ready(Ok(false)) if cut => return Poll::Ready(false),
+                Poll::Ready(Ok(false)) if !waiting => continue,
+                Poll::Ready(Ok(false)) | Poll::Pending => break,
+                Poll::Ready(Err(_)) => return Poll::Ready(false),
+            }
+        }
+        // Waiting for the body or the client: notice a client that left.
+        if out.queued == 0 && feed.done() && poll_gone(cx, io, rbuf).is_ready() {
+            return Poll::Ready(false);
+        }
+        Poll::Pending
+    })
+    .await;
+    drop(rbody);
+    if !ok {
+        return Done::Close;
+    }
+    if !feed.done() {
+        keep = false;
+    }
+    if !keep {
+        if feed.done() && rbuf.is_empty() {
+            return Done::Shutdown;
+        }
+        return Done::Linger;
+    }
+    Done::Keep
 }
 
 /// The type of response bodies the loop writes.
@@ -794,7 +862,7 @@ impl Out {
 
 /// Joins the client and server connections until either side closes,
 /// nothing moves for `idle`, or a kill fires.
-async fn tunnel<S: ClientStream>(mut client: S, client_buf: BytesMut, t: Tunnel, idle: Duration) {
+async fn tunnel<S: ClientStream>(client: &mut S, client_buf: BytesMut, t: Tunnel, idle: Duration) {
     let Tunnel {
         mut server,
         server_buf,
@@ -812,8 +880,8 @@ async fn tunnel<S: ClientStream>(mut client: S, client_buf: BytesMut, t: Tunnel,
                 return Poll::Ready(());
             }
         }
-        let a = up.poll(cx, &mut client, &mut server);
-        let b = down.poll(cx, &mut server, &mut client);
+        let a = up.poll(cx, &mut *client, &mut server);
+        let b = down.poll(cx, &mut server, &mut *client);
         if up.moved || down.moved {
             up.moved = false;
             down.moved = false;
