@@ -4,13 +4,7 @@
 //! Each target also checks invariants, not just "no panic".
 #![forbid(unsafe_code)]
 
-use std::convert::Infallible;
 use std::sync::OnceLock;
-
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::AsyncWriteExt;
 
 /// A listener config with routes of every kind, for `http_request`.
 fn listener() -> &'static convoy_config::Listener {
@@ -35,6 +29,14 @@ cost = 3
 [[listeners.routes]]
 name = "exact"
 path = "/exact"
+[[listeners.routes]]
+name = "cookie"
+cookie = "session=gold"
+priority = 2
+[[listeners.routes]]
+name = "net"
+client = "192.0.2.0/24"
+cost = 2
 [pools.web]
 [[pools.web.servers]]
 address = "127.0.0.1:2"
@@ -46,82 +48,146 @@ address = "127.0.0.1:2"
     })
 }
 
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-    })
+/// Bytes from a client, on the path convoy's HTTP/1 listeners use: request
+/// heads parsed by convoy's own codec one after the other (pipelining),
+/// each body taken by its framing (length, or chunked through the chunked
+/// decoder), every request routed and its fields rewritten. Checks: a
+/// parsed head took bytes off the buffer; no field value convoy passes on
+/// holds CR, LF or NUL; an ambiguous framing (Content-Length with
+/// Transfer-Encoding) is never accepted; the forwarding lines are
+/// well-formed; a decoded chunked body is never longer than its input.
+pub fn http_request(data: &[u8]) {
+    use convoy_http::h1::parse::{self, ChunkedDecoder, Decoded, Framing};
+    let mut buf = bytes::BytesMut::from(data);
+    let info =
+        convoy_http::headers::ClientInfo::new("192.0.2.1:4000".parse().expect("addr"), "http");
+    for _ in 0..64 {
+        let before = buf.len();
+        let head = match parse::parse_request(&mut buf, parse::Limits::default()) {
+            Ok(Some(h)) => h,
+            Ok(None) | Err(_) => return,
+        };
+        assert!(buf.len() < before, "a head takes bytes");
+        let parse::RequestHead {
+            mut parts,
+            framing,
+            hop,
+            ..
+        } = head;
+        let h = &parts.headers;
+        assert!(
+            !(h.contains_key(http::header::CONTENT_LENGTH)
+                && h.contains_key(http::header::TRANSFER_ENCODING)),
+            "ambiguous framing accepted"
+        );
+        let req = http::Request::from_parts(parts, ());
+        let d = convoy_http::route::decide_from(listener(), &req, Some([192, 0, 2, 1].into()));
+        assert!(d.class <= 7 && d.cost >= 1);
+        parts = req.into_parts().0;
+        parse::strip_hop(&mut parts.headers, hop);
+        let host = parts.headers.get(http::header::HOST).cloned();
+        if convoy_http::headers::has_forwarding(&parts.headers) {
+            convoy_http::headers::add_forwarding(
+                &mut parts.headers,
+                &info,
+                host.as_ref(),
+                parts.version,
+            );
+        } else {
+            let lines = info.lines(host.as_ref(), parts.version);
+            for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                let line = line.strip_suffix(b"\r").expect("CRLF line");
+                assert!(line.windows(2).any(|w| w == b": "), "name: value");
+                assert!(!line.iter().any(|&b| b == b'\r' || b == 0));
+            }
+        }
+        for (name, v) in &parts.headers {
+            assert!(
+                !v.as_bytes().iter().any(|b| matches!(*b, b'\r' | b'\n' | 0)),
+                "CR/LF/NUL in {name}"
+            );
+        }
+        if let Some(ae) = parts
+            .headers
+            .get(http::header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+        {
+            let _ = convoy_http::compress::negotiate(
+                ae,
+                &[
+                    convoy_http::compress::Coding::Br,
+                    convoy_http::compress::Coding::Gzip,
+                ],
+            );
+        }
+        match framing {
+            Framing::Empty | Framing::Close => {}
+            Framing::Length(n) => {
+                if (buf.len() as u64) < n {
+                    return;
+                }
+                let _ = buf.split_to(n as usize);
+            }
+            Framing::Chunked => {
+                let input = buf.len();
+                let mut dec = ChunkedDecoder::default();
+                let mut out = 0usize;
+                loop {
+                    match dec.decode(&mut buf) {
+                        Ok(Decoded::Data(d)) => out += d.len(),
+                        Ok(Decoded::End) => break,
+                        Ok(Decoded::NeedMore) | Err(_) => return,
+                    }
+                }
+                assert!(out <= input, "decoded more than was read");
+            }
+        }
+    }
 }
 
-/// Bytes from a client: parsed by hyper (HTTP/1.1, or HTTP/2 after the
-/// preface) exactly as convoy's listeners parse them, then routed and
-/// rewritten by convoy's header code, and the body (chunked or not) read
-/// to its end under a limit.
-pub fn http_request(data: &[u8]) {
-    let data = data.to_vec();
-    runtime().block_on(async move {
-        let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let svc =
-            hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                let l = listener();
-                let d = convoy_http::route::decide(l, &req);
-                assert!(d.class <= 7 && d.cost >= 1);
-                let (mut parts, body) = req.into_parts();
-                convoy_http::headers::strip_hop_by_hop(&mut parts.headers);
-                let info = convoy_http::headers::ClientInfo::new(
-                    "192.0.2.1:4000".parse().expect("addr"),
-                    "http",
-                );
-                let host = parts.headers.get(http::header::HOST).cloned();
-                convoy_http::headers::add_forwarding(
-                    &mut parts.headers,
-                    &info,
-                    host.as_ref(),
-                    parts.version,
-                );
-                for (name, v) in &parts.headers {
-                    assert!(
-                        !v.as_bytes().iter().any(|b| *b == b'\r' || *b == b'\n'),
-                        "CR/LF in {name}"
-                    );
-                }
-                if let Some(ae) = parts
-                    .headers
-                    .get(http::header::ACCEPT_ENCODING)
-                    .and_then(|v| v.to_str().ok())
-                {
-                    let _ = convoy_http::compress::negotiate(
-                        ae,
-                        &[
-                            convoy_http::compress::Coding::Br,
-                            convoy_http::compress::Coding::Gzip,
-                        ],
-                    );
-                }
-                let _ = Limited::new(body, 64 * 1024).collect().await;
-                Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
-            });
-        let conn = tokio::spawn(async move {
-            let b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let _ = b
-                .serve_connection_with_upgrades(TokioIo::new(server), svc)
-                .await;
-        });
-        let _ = client.write_all(&data).await;
-        let _ = client.shutdown().await;
-        // Drain what the server answers so it is never blocked writing.
-        let mut sink = Vec::new();
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(2),
-            tokio::io::AsyncReadExt::read_to_end(&mut client, &mut sink),
-        )
-        .await;
-        drop(client);
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn).await;
-    });
+/// Bytes from a server, on the path convoy's HTTP/1 client uses: a
+/// response head for a GET or a HEAD, then its body by its framing.
+/// Checks: informational answers are skipped, a HEAD response has no
+/// body, a response with a body beside a transfer coding is not kept
+/// alive, no field holds CR/LF/NUL.
+pub fn http_response(data: &[u8]) {
+    use convoy_http::h1::parse::{self, ChunkedDecoder, Decoded, Framing};
+    for method in [http::Method::GET, http::Method::HEAD] {
+        let mut buf = bytes::BytesMut::from(data);
+        let Ok(Some(h)) = parse::parse_response(&mut buf, &method, 64 * 1024) else {
+            continue;
+        };
+        let st = h.parts.status;
+        assert!(!st.is_informational() || st == http::StatusCode::SWITCHING_PROTOCOLS);
+        if method == http::Method::HEAD {
+            assert_eq!(h.framing, Framing::Empty);
+        }
+        if h.parts
+            .headers
+            .contains_key(http::header::TRANSFER_ENCODING)
+            && h.parts.headers.contains_key(http::header::CONTENT_LENGTH)
+        {
+            assert!(!h.keep_alive);
+        }
+        let mut headers = h.parts.headers;
+        parse::strip_hop(&mut headers, h.hop);
+        assert!(!headers.contains_key(http::header::CONNECTION));
+        for (name, v) in &headers {
+            assert!(
+                !v.as_bytes().iter().any(|b| matches!(*b, b'\r' | b'\n' | 0)),
+                "CR/LF/NUL in {name}"
+            );
+        }
+        if h.framing == Framing::Chunked {
+            let mut dec = ChunkedDecoder::default();
+            let input = buf.len();
+            let mut out = 0;
+            while let Ok(Decoded::Data(d)) = dec.decode(&mut buf) {
+                out += d.len();
+            }
+            assert!(out <= input);
+        }
+    }
 }
 
 /// A PROXY protocol header: parsing never panics, and a parsed header

@@ -23,6 +23,11 @@ fn http_request_corpus() {
 }
 
 #[test]
+fn http_response_corpus() {
+    assert!(replay("http_response", convoy_fuzz::http_response) >= 5);
+}
+
+#[test]
 fn proxy_protocol_corpus() {
     assert!(replay("proxy_protocol", convoy_fuzz::proxy_protocol) >= 3);
 }
