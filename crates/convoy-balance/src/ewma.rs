@@ -38,6 +38,14 @@ impl PeakEwma {
     pub fn get(&self) -> f64 {
         self.value_us
     }
+
+    /// Sets the estimate (state taken over from another process).
+    pub fn set(&mut self, value_us: f64, now_ms: u64) {
+        if value_us.is_finite() && value_us >= 0.0 {
+            self.value_us = value_us;
+            self.last_ms = now_ms;
+        }
+    }
 }
 
 /// How much each request in flight adds to a server's expected latency,

@@ -36,6 +36,21 @@ impl OutlierState {
         self.ejections
     }
 
+    /// Milliseconds of ejection left at `now_ms`.
+    pub fn ejected_for(&self, now_ms: u64) -> u64 {
+        self.ejected_until.saturating_sub(now_ms)
+    }
+
+    /// Takes over an ejection from another process: `left_ms` still to
+    /// run, after `ejections` ejections (so the next one lasts longer).
+    pub fn resume(&mut self, ejections: u32, left_ms: u64, now_ms: u64) {
+        self.ejections = ejections;
+        if left_ms > 0 {
+            self.ejected_until = now_ms + left_ms;
+            self.last_ejection = now_ms;
+        }
+    }
+
     /// Records a request's outcome; returns the end of a new ejection if
     /// this outcome ejects the server (and `allowed` says the pool may lose
     /// one more server).

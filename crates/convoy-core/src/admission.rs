@@ -437,7 +437,7 @@ impl PoolRuntime {
             })
         });
         serde_json::json!({
-            "at_ms": d.at_ms,
+            "ago_ms": clock::now_ms().saturating_sub(d.at_ms),
             "outcome": d.outcome,
             "server": server,
             "class": d.class,

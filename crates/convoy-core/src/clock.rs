@@ -8,9 +8,13 @@ use tokio::time::Instant;
 
 static BASE: OnceLock<Instant> = OnceLock::new();
 
-/// Milliseconds since the first call in this process (never 0 once
-/// started, so 0 can mean "never").
+/// Where the clock starts: far from 0, so that moments before this
+/// process started (state taken over from the process it replaced) are
+/// still representable, and 0 can mean "never".
+pub const START_MS: u64 = 1 << 40;
+
+/// Milliseconds since the first call in this process, plus [`START_MS`].
 pub fn now_ms() -> u64 {
     let base = *BASE.get_or_init(Instant::now);
-    Instant::now().duration_since(base).as_millis() as u64 + 1
+    Instant::now().duration_since(base).as_millis() as u64 + START_MS
 }

@@ -60,6 +60,31 @@ pub struct ServerState {
     pub latency: crate::hist::Histogram,
     errors: [AtomicU64; 4],
     ejections: AtomicU64,
+    /// Requests in flight (and their cost) that another process still
+    /// serves on this server: the process this one replaced, while it
+    /// drains after a binary upgrade.
+    foreign_in_flight: AtomicU64,
+    foreign_cost: AtomicU64,
+}
+
+/// A server's live state as one process hands it to the next (binary
+/// upgrade).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Handover {
+    /// Healthy.
+    pub up: bool,
+    /// Milliseconds since it came up (slow start), if it came up lately.
+    pub up_for_ms: Option<u64>,
+    /// Latency EWMA, µs.
+    pub latency_us: f64,
+    /// Error rate, 0..1.
+    pub error_rate: f64,
+    /// Consecutive connect failures.
+    pub consecutive_failures: u32,
+    /// Outlier ejection: milliseconds left, and ejections so far.
+    pub ejected_for_ms: u64,
+    /// Ejections so far (the next lasts longer).
+    pub ejections: u32,
 }
 
 /// Kinds of failed HTTP requests, counted per server.
@@ -131,6 +156,8 @@ impl ServerState {
             latency: Default::default(),
             errors: Default::default(),
             ejections: AtomicU64::new(0),
+            foreign_in_flight: AtomicU64::new(0),
+            foreign_cost: AtomicU64::new(0),
             qos: std::sync::Mutex::new(Qos {
                 latency: convoy_balance::ewma::PeakEwma::new(1000.0, 1_000, clock::now_ms()),
                 error_rate: 0.0,
@@ -268,14 +295,76 @@ impl ServerState {
 }
 
 impl ServerState {
-    /// Requests in flight (HTTP).
+    /// Requests in flight (HTTP), this process's and those a replaced
+    /// process still serves.
     pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Acquire)
+        self.in_flight.load(Ordering::Acquire) + self.foreign_in_flight.load(Ordering::Acquire)
     }
 
-    /// Sum of the costs of the requests in flight.
+    /// Sum of the costs of the requests in flight (both processes').
     pub fn outstanding_cost(&self) -> u64 {
-        self.cost.load(Ordering::Acquire)
+        self.cost.load(Ordering::Acquire) + self.foreign_cost.load(Ordering::Acquire)
+    }
+
+    /// This process's own requests in flight and their cost.
+    pub fn own_load(&self) -> (u64, u64) {
+        (
+            self.in_flight.load(Ordering::Acquire),
+            self.cost.load(Ordering::Acquire),
+        )
+    }
+
+    /// What the replaced process still has in flight on this server.
+    pub fn set_foreign_load(&self, in_flight: u64, cost: u64) {
+        self.foreign_in_flight.store(in_flight, Ordering::Release);
+        self.foreign_cost.store(cost, Ordering::Release);
+    }
+
+    /// The state to hand to a process that takes over.
+    pub fn handover(&self) -> Handover {
+        let now = clock::now_ms();
+        let (latency_us, error_rate) = self.qos();
+        let o = self.outlier.lock().unwrap_or_else(|e| e.into_inner());
+        Handover {
+            up: self.is_up(),
+            up_for_ms: self.up_for_ms(),
+            latency_us,
+            error_rate,
+            consecutive_failures: self.consecutive_failures.load(Ordering::Acquire),
+            ejected_for_ms: self
+                .ejected_until_ms
+                .load(Ordering::Acquire)
+                .saturating_sub(now),
+            ejections: o.ejections(),
+        }
+    }
+
+    /// Takes over the state a replaced process handed over.
+    pub fn take_over(&self, h: &Handover) {
+        let now = clock::now_ms();
+        self.up.store(h.up, Ordering::Release);
+        // Slow start goes on where it was.
+        self.up_since_ms.store(
+            h.up_for_ms.map_or(0, |d| now.saturating_sub(d).max(1)),
+            Ordering::Release,
+        );
+        // (The clock starts at START_MS, so a recent moment of the old
+        // process is still a moment of this one.)
+        self.consecutive_failures
+            .store(h.consecutive_failures, Ordering::Release);
+        {
+            let mut q = self.qos.lock().unwrap_or_else(|e| e.into_inner());
+            q.latency.set(h.latency_us, now);
+            if h.error_rate.is_finite() {
+                q.error_rate = h.error_rate.clamp(0.0, 1.0);
+            }
+        }
+        let mut o = self.outlier.lock().unwrap_or_else(|e| e.into_inner());
+        o.resume(h.ejections, h.ejected_for_ms, now);
+        if h.ejected_for_ms > 0 {
+            self.ejected_until_ms
+                .store(now + h.ejected_for_ms, Ordering::Release);
+        }
     }
 
     /// HTTP requests since start.

@@ -141,7 +141,59 @@ struct Overrides {
     listener_admin: HashMap<String, AdminState>,
 }
 
+fn admin_of(s: &str) -> Option<AdminState> {
+    match s {
+        "enabled" => Some(AdminState::Enabled),
+        "draining" => Some(AdminState::Draining),
+        "disabled" => Some(AdminState::Disabled),
+        _ => None,
+    }
+}
+
 impl Overrides {
+    /// For a process that takes over (binary upgrade).
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "server_admin": self.server_admin.iter().map(|((p, s), (e, d))| serde_json::json!([p, s, e, d])).collect::<Vec<_>>(),
+            "server_weight": self.server_weight.iter().map(|((p, s), w)| serde_json::json!([p, s, w])).collect::<Vec<_>>(),
+            "route": self.route.iter().map(|((l, r), (p, c))| serde_json::json!([l, r, p, c])).collect::<Vec<_>>(),
+            "listener_admin": self.listener_admin.iter().map(|(l, a)| serde_json::json!([l, a.as_str()])).collect::<Vec<_>>(),
+        })
+    }
+
+    /// What [`Overrides::to_json`] wrote; entries that do not read are
+    /// skipped.
+    fn from_json(v: &serde_json::Value) -> Overrides {
+        let rows = |k: &str| v[k].as_array().cloned().unwrap_or_default();
+        let text = |r: &serde_json::Value, i: usize| r[i].as_str().map(String::from);
+        let mut o = Overrides::default();
+        for r in rows("server_admin") {
+            if let (Some(p), Some(s), Some(e), Some(d)) =
+                (text(&r, 0), text(&r, 1), r[2].as_bool(), r[3].as_bool())
+            {
+                o.server_admin.insert((p, s), (e, d));
+            }
+        }
+        for r in rows("server_weight") {
+            if let (Some(p), Some(s), Some(w)) = (text(&r, 0), text(&r, 1), r[2].as_u64()) {
+                o.server_weight.insert((p, s), w as u32);
+            }
+        }
+        for r in rows("route") {
+            if let (Some(l), Some(n)) = (text(&r, 0), text(&r, 1)) {
+                let p = r[2].as_u64().map(|p| p.min(7) as u8);
+                let c = r[3].as_u64().map(|c| c.max(1) as u32);
+                o.route.insert((l, n), (p, c));
+            }
+        }
+        for r in rows("listener_admin") {
+            if let (Some(l), Some(a)) = (text(&r, 0), r[1].as_str().and_then(admin_of)) {
+                o.listener_admin.insert(l, a);
+            }
+        }
+        o
+    }
+
     /// The file's config with the operator's changes.
     fn apply(&self, base: &Config) -> Config {
         let mut c = base.clone();
@@ -170,6 +222,32 @@ impl Overrides {
             }
         }
         c
+    }
+}
+
+/// Counts what the replaced process still has in flight on each server;
+/// servers it no longer lists have nothing there. Queued requests are
+/// woken where load went down.
+fn take_foreign_load(snap: &ArcSwap<Snapshot>, load: &[(String, String, u64, u64)]) {
+    let by: HashMap<(&str, &str), (u64, u64)> = load
+        .iter()
+        .map(|(p, s, n, c)| ((p.as_str(), s.as_str()), (*n, *c)))
+        .collect();
+    let snap = snap.load();
+    for p in snap.pools.values() {
+        let mut lower = false;
+        for s in &p.servers {
+            let (n, c) = by
+                .get(&(p.name.as_str(), s.cfg.name.as_str()))
+                .copied()
+                .unwrap_or((0, 0));
+            let before = s.state.in_flight();
+            s.state.set_foreign_load(n, c);
+            lower |= s.state.in_flight() < before;
+        }
+        if lower {
+            p.wake_any();
+        }
     }
 }
 
@@ -234,12 +312,44 @@ pub async fn run(
         (Some(p), false) => Some(crate::upgrade::bind(p)?),
         _ => None,
     };
+    // After an upgrade: the operator's changes, server states and the
+    // serving state of the process this one replaces.
+    let handed = inherited.take_state();
+    let overrides = handed
+        .as_ref()
+        .map(|h| Overrides::from_json(&h["overrides"]))
+        .unwrap_or_default();
     let base = cfg.clone();
-    let cfg = Arc::new(cfg);
+    let cfg = Arc::new(overrides.apply(&cfg));
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
         Arc::clone(&cfg),
         None,
     )));
+    if let Some(h) = &handed {
+        let snap = snapshot.load();
+        let mut taken = 0;
+        for row in h["servers"].as_array().into_iter().flatten() {
+            let (Some(p), Some(s)) = (row[0].as_str(), row[1].as_str()) else {
+                continue;
+            };
+            let Ok(state) = serde_json::from_value::<convoy_core::state::Handover>(row[2].clone())
+            else {
+                continue;
+            };
+            if let Some(sv) = snap.pools.get(p).and_then(|pool| pool.server(s)) {
+                sv.state.take_over(&state);
+                taken += 1;
+            }
+        }
+        for p in snap.pools.values() {
+            p.rebuild();
+        }
+        info!(
+            event = "upgrade_state_taken_over",
+            servers = taken,
+            "server states, operator changes and node state of the previous process"
+        );
+    }
     let access = match &cfg.node.access_log {
         Some(dest) => Some(Arc::new(
             convoy_core::access::AccessLog::open(dest)
@@ -277,7 +387,7 @@ pub async fn run(
         converging_until: now,
         drain: None,
         base,
-        overrides: Overrides::default(),
+        overrides,
         reloads_applied: 0,
         reloads_refused: 0,
         started: now,
@@ -314,9 +424,33 @@ pub async fn run(
             admin_tx.clone(),
         )));
     }
+    node.reapply_listener_admin();
     if upgrading {
         let unused = node.inherited.unused();
-        node.inherited.ready();
+        let snap = Arc::clone(&node.snapshot);
+        node.inherited
+            .ready(move |load| take_foreign_load(&snap, load));
+        match handed.as_ref().and_then(|h| h["state"].as_str()) {
+            Some("stopped") => {
+                node.stop_listeners();
+                node.state = NodeState::Stopped;
+                info!(
+                    event = "stopped",
+                    by = "upgrade",
+                    "the previous process was stopped: so is this one"
+                );
+            }
+            Some("suspended") => {
+                node.stop_listeners();
+                node.state = NodeState::Suspended;
+                warn!(
+                    event = "suspended",
+                    by = "upgrade",
+                    "the previous process was suspended: so is this one"
+                );
+            }
+            _ => {}
+        }
         info!(
             event = "upgrade_took_over",
             unused_sockets = unused,
@@ -364,7 +498,10 @@ pub async fn run(
             Some(req) = admin_rx.recv() => node.on_command(req),
             Some(m) = upgrade_rx.recv() => match m {
                 crate::upgrade::UpgradeMsg::Sockets(reply) => {
-                    let _ = reply.send(node.sockets_for_upgrade());
+                    let _ = reply.send((node.sockets_for_upgrade(), node.handover_state()));
+                }
+                crate::upgrade::UpgradeMsg::Load(reply) => {
+                    let _ = reply.send(node.own_load());
                 }
                 crate::upgrade::UpgradeMsg::HandedOver => node.begin_drainstop("upgrade", true),
             },
@@ -1115,6 +1252,42 @@ impl Node {
             }
         }
         out
+    }
+
+    /// What a process taking over needs: the serving state, the
+    /// operator's changes and every server's live state.
+    fn handover_state(&self) -> serde_json::Value {
+        let snap = self.snap();
+        let servers: Vec<serde_json::Value> = snap
+            .pools
+            .values()
+            .flat_map(|p| {
+                p.servers
+                    .iter()
+                    .map(move |s| serde_json::json!([p.name, s.cfg.name, s.state.handover()]))
+            })
+            .collect();
+        serde_json::json!({
+            "state": self.state.as_str(),
+            "overrides": self.overrides.to_json(),
+            "servers": servers,
+        })
+    }
+
+    /// What this process has in flight on each server (for the process
+    /// that took over).
+    fn own_load(&self) -> crate::upgrade::LoadLine {
+        let snap = self.snap();
+        let mut load = Vec::new();
+        for p in snap.pools.values() {
+            for s in &p.servers {
+                let (n, cost) = s.state.own_load();
+                if n > 0 {
+                    load.push((p.name.clone(), s.cfg.name.clone(), n, cost));
+                }
+            }
+        }
+        crate::upgrade::LoadLine { load }
     }
 
     /// Stops accepting; with `exit`, the process exits when the last

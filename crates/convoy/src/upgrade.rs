@@ -11,9 +11,20 @@
 //!    and address, in the order of the descriptors.
 //! 4. The new node builds its listeners on those sockets (binding only
 //!    what is new), starts serving, and sends `READY\n`.
+//!    The last frame also carries the node's state: its serving state,
+//!    the operator's changes (admin states, weights, route classes) and
+//!    each server's live state (health, latency EWMA, error rate,
+//!    ejection, slow start), which the new node takes over before it
+//!    serves.
 //! 5. The old node then drain-stops: it stops accepting (the sockets stay
 //!    open in the new process), lets its connections finish and exits.
 //!    If the new process fails before `READY`, the old one carries on.
+//! 6. While it drains, the old node sends a line of JSON every 100 ms with
+//!    what it still has in flight on each server (`{"load":[[pool,
+//!    server, requests, cost], ...]}`): the new node counts those requests
+//!    against the servers' high-water marks and loads until the line
+//!    stops (the old process exited), so no server gets more than its
+//!    `max_in_flight` across the two processes.
 
 use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut, Read, Write};
@@ -52,6 +63,9 @@ pub enum Kind {
 struct Frame {
     entries: Vec<(Kind, SocketAddr)>,
     last: bool,
+    /// The node's state (last frame only).
+    #[serde(default)]
+    state: Option<serde_json::Value>,
 }
 
 /// Sockets received from the old process, taken as the new node binds.
@@ -59,6 +73,7 @@ struct Frame {
 pub struct Inherited {
     socks: HashMap<(Kind, SocketAddr), OwnedFd>,
     conn: Option<UnixStream>,
+    state: Option<serde_json::Value>,
 }
 
 impl Inherited {
@@ -77,14 +92,38 @@ impl Inherited {
         self.socks.remove(&key).map(|fd| (key.1, fd))
     }
 
+    /// The state the old node handed over.
+    pub fn take_state(&mut self) -> Option<serde_json::Value> {
+        self.state.take()
+    }
+
     /// Tells the old process that this one serves; it then drain-stops.
-    /// Sockets the new config did not use are closed.
-    pub fn ready(&mut self) {
+    /// Sockets the new config did not use are closed. What the old
+    /// process still has in flight is passed to `on_load` as it reports
+    /// it, and once more with an empty list when it has exited.
+    pub fn ready(&mut self, on_load: impl Fn(&[(String, String, u64, u64)]) + Send + 'static) {
         self.socks.clear();
         if let Some(mut c) = self.conn.take() {
             if let Err(e) = c.write_all(b"READY\n") {
                 warn!(event = "upgrade_ready_failed", error = %e, "could not tell the old process");
+                return;
             }
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                let mut r = std::io::BufReader::new(c);
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    match r.read_line(&mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                    if let Ok(u) = serde_json::from_str::<LoadLine>(&line) {
+                        on_load(&u.load);
+                    }
+                }
+                on_load(&[]);
+            });
         }
     }
 
@@ -118,6 +157,7 @@ pub fn take_over(path: &Path) -> anyhow::Result<Inherited> {
             inh.socks.insert(e, fd);
         }
         if frame.last {
+            inh.state = frame.state;
             break;
         }
     }
@@ -163,7 +203,11 @@ fn recv_frame(c: &UnixStream) -> anyhow::Result<(Frame, Vec<OwnedFd>)> {
     Ok((frame, fds))
 }
 
-fn send_frames(c: &UnixStream, socks: &[(Kind, SocketAddr, OwnedFd)]) -> anyhow::Result<()> {
+fn send_frames(
+    c: &UnixStream,
+    socks: &[(Kind, SocketAddr, OwnedFd)],
+    state: serde_json::Value,
+) -> anyhow::Result<()> {
     let chunks: Vec<&[(Kind, SocketAddr, OwnedFd)]> = if socks.is_empty() {
         vec![&[]]
     } else {
@@ -171,9 +215,11 @@ fn send_frames(c: &UnixStream, socks: &[(Kind, SocketAddr, OwnedFd)]) -> anyhow:
     };
     let n = chunks.len();
     for (i, chunk) in chunks.into_iter().enumerate() {
+        let last = i + 1 == n;
         let frame = Frame {
             entries: chunk.iter().map(|(k, a, _)| (*k, *a)).collect(),
-            last: i + 1 == n,
+            last,
+            state: last.then(|| state.clone()),
         };
         let json = serde_json::to_vec(&frame)?;
         let mut data = (json.len() as u32).to_be_bytes().to_vec();
@@ -195,8 +241,16 @@ fn send_frames(c: &UnixStream, socks: &[(Kind, SocketAddr, OwnedFd)]) -> anyhow:
 }
 
 /// Old process: a request for the node's sockets, answered by the control
-/// loop with duplicates of every listening descriptor.
-pub type SocketsRequest = oneshot::Sender<Vec<(Kind, SocketAddr, OwnedFd)>>;
+/// loop with duplicates of every listening descriptor and the node's
+/// state.
+pub type SocketsRequest = oneshot::Sender<(Vec<(Kind, SocketAddr, OwnedFd)>, serde_json::Value)>;
+
+/// One line of what the old process still has in flight.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LoadLine {
+    /// (pool, server, requests in flight, their cost).
+    pub load: Vec<(String, String, u64, u64)>,
+}
 
 /// What the upgrade listener tells the control loop.
 #[derive(Debug)]
@@ -205,6 +259,8 @@ pub enum UpgradeMsg {
     Sockets(SocketsRequest),
     /// The new process serves: drain-stop and exit.
     HandedOver,
+    /// What this process still has in flight (for the new process).
+    Load(oneshot::Sender<LoadLine>),
 }
 
 /// Binds the upgrade socket at `path`, replacing a stale file (one no
@@ -243,7 +299,7 @@ pub async fn serve(l: tokio::net::UnixListener, tx: mpsc::Sender<UpgradeMsg>) {
         if tx.send(UpgradeMsg::Sockets(reply)).await.is_err() {
             return;
         }
-        let Ok(socks) = rx.await else {
+        let Ok((socks, state)) = rx.await else {
             return;
         };
         let count = socks.len();
@@ -254,7 +310,7 @@ pub async fn serve(l: tokio::net::UnixListener, tx: mpsc::Sender<UpgradeMsg>) {
                 continue;
             }
         };
-        let res = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let res = tokio::task::spawn_blocking(move || -> anyhow::Result<UnixStream> {
             std.set_nonblocking(false)?;
             std.set_read_timeout(Some(Duration::from_secs(10)))?;
             let mut line = [0u8; 9];
@@ -262,7 +318,7 @@ pub async fn serve(l: tokio::net::UnixListener, tx: mpsc::Sender<UpgradeMsg>) {
             if &line != b"TAKEOVER\n" {
                 bail!("unexpected request");
             }
-            send_frames(&std, &socks)?;
+            send_frames(&std, &socks, state)?;
             // The new process may take a while to start serving.
             std.set_read_timeout(Some(Duration::from_secs(120)))?;
             let mut ready = [0u8; 6];
@@ -270,17 +326,18 @@ pub async fn serve(l: tokio::net::UnixListener, tx: mpsc::Sender<UpgradeMsg>) {
             if &ready != b"READY\n" {
                 bail!("the new process did not confirm");
             }
-            Ok(())
+            Ok(std)
         })
         .await;
         match res {
-            Ok(Ok(())) => {
+            Ok(Ok(std)) => {
                 info!(
                     event = "upgrade_handover",
                     sockets = count,
                     "the new process serves: draining this one"
                 );
                 let _ = tx.send(UpgradeMsg::HandedOver).await;
+                report_load(std, tx).await;
                 return;
             }
             Ok(Err(e)) => {
@@ -288,5 +345,35 @@ pub async fn serve(l: tokio::net::UnixListener, tx: mpsc::Sender<UpgradeMsg>) {
             }
             Err(e) => error!(event = "upgrade_failed", error = %e),
         }
+    }
+}
+
+/// Old process, after the handover: tells the new process every 100 ms
+/// what this one still has in flight, until the new process goes away or
+/// this one exits (which closes the connection).
+async fn report_load(std: UnixStream, tx: mpsc::Sender<UpgradeMsg>) {
+    use tokio::io::AsyncWriteExt;
+    if std.set_nonblocking(true).is_err() {
+        return;
+    }
+    let Ok(mut c) = tokio::net::UnixStream::from_std(std) else {
+        return;
+    };
+    loop {
+        let (reply, rx) = oneshot::channel();
+        if tx.send(UpgradeMsg::Load(reply)).await.is_err() {
+            return;
+        }
+        let Ok(load) = rx.await else {
+            return;
+        };
+        let Ok(mut line) = serde_json::to_vec(&load) else {
+            return;
+        };
+        line.push(b'\n');
+        if c.write_all(&line).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

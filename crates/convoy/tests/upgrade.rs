@@ -180,3 +180,159 @@ async fn a_draining_node_frees_its_addresses_for_the_next_one() {
     assert_eq!(old.wait_exit(Duration::from_secs(10)).await, Some(0));
     tcp_echo(tport).await.unwrap();
 }
+
+fn query(admin: &str) -> serde_json::Value {
+    let o = std::process::Command::new(BIN)
+        .args(["ctl", "--admin", admin, "--json", "query"])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+fn server<'a>(q: &'a serde_json::Value, pool: &str, name: &str) -> &'a serde_json::Value {
+    q["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == pool)
+        .flat_map(|p| p["zones"].as_array().unwrap())
+        .flat_map(|z| z["servers"].as_array().unwrap())
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no server {pool}/{name} in {q}"))
+}
+
+fn ctl(admin: &str, args: &[&str]) {
+    let o = std::process::Command::new(BIN)
+        .args(["ctl", "--admin", admin])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The new process takes over what the old one knew: the operator's
+/// changes (a weight, a disabled server), each server's latency EWMA, and
+/// the requests the old one still has in flight, which count against the
+/// high-water mark until they end: a server with `max_in_flight = 1`
+/// never sees two requests at once across the two processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_hands_over_server_state_and_load() {
+    let a = HttpOrigin::start("a", Duration::from_millis(20)).await;
+    let b = HttpOrigin::start("b", Duration::ZERO).await;
+    let one = HttpOrigin::start("one", Duration::ZERO).await;
+    let (port, port1) = (free_port(), free_port());
+    let sock = temp_dir("upgrade-state").join("convoy.sock");
+    let cfg = format!(
+        "[node]\nupgrade_socket = \"{}\"\ndrain_timeout = \"10s\"\n\n\
+         [[listeners]]\nname = \"web\"\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\
+         [[listeners]]\nname = \"one\"\nprotocol = \"http\"\naddress = \"127.0.0.1:{port1}\"\npool = \"one\"\n\n\
+         [pools.web]\nslow_start = \"0s\"\n\
+         [[pools.web.servers]]\nname = \"a\"\naddress = \"{}\"\n\
+         [[pools.web.servers]]\nname = \"b\"\naddress = \"{}\"\n\
+         [pools.one]\nmax_in_flight = 1\nqueue_timeout = \"10s\"\n\
+         [[pools.one.servers]]\nname = \"s\"\naddress = \"{}\"\n",
+        sock.display(),
+        a.addr,
+        b.addr,
+        one.addr
+    );
+    let mut old = Convoy::start(BIN, &cfg).await;
+    let admin = old.admin_addr();
+    for _ in 0..20 {
+        assert_eq!(http_get(port).await, Ok(200));
+    }
+    ctl(&admin, &["weight", "web", "b", "7"]);
+    ctl(&admin, &["server", "web", "a", "disable"]);
+    let before = query(&admin);
+    let lat_a = server(&before, "web", "a")["latency_us"].as_f64().unwrap();
+    assert!(lat_a > 10_000.0, "a's EWMA reflects its 20 ms: {lat_a}");
+
+    // A long request on the old process holds the one slot of `one/s`.
+    let slow = tokio::spawn(async move {
+        let c: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let t = tokio::time::Instant::now();
+        let r = c
+            .get(
+                format!("http://127.0.0.1:{port1}/?sleep_ms=1500")
+                    .parse()
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        r.into_body().collect().await.unwrap();
+        t.elapsed()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let new = old.start_upgrade(BIN).await;
+    assert!(
+        new.wait_event("upgrade_took_over", Duration::from_secs(5))
+            .await
+    );
+    assert!(
+        new.wait_event("upgrade_state_taken_over", Duration::from_secs(1))
+            .await,
+        "{}",
+        new.stderr()
+    );
+    // The admin API is the new process's now.
+    let after = query(&admin);
+    assert_eq!(server(&after, "web", "b")["weight"], 7, "{after}");
+    assert_eq!(server(&after, "web", "a")["admin"], "disabled", "{after}");
+    let lat_a2 = server(&after, "web", "a")["latency_us"].as_f64().unwrap();
+    assert!(
+        (lat_a2 - lat_a).abs() < lat_a * 0.5,
+        "EWMA carried: {lat_a} then {lat_a2}"
+    );
+    // The old process's request counts on the new one's high-water mark.
+    assert!(
+        convoy_testkit::wait_until(Duration::from_secs(2), || server(
+            &query(&admin),
+            "one",
+            "s"
+        )["in_flight"]
+            == 1)
+        .await,
+        "the old process's request is counted: {}",
+        query(&admin)
+    );
+    let t = tokio::time::Instant::now();
+    assert_eq!(http_get(port1).await, Ok(200));
+    let waited = t.elapsed();
+    let first = slow.await.unwrap();
+    assert!(first >= Duration::from_millis(1400), "{first:?}");
+    assert!(
+        waited >= Duration::from_millis(600),
+        "the new request waited for the old one's slot: {waited:?}"
+    );
+    assert_eq!(
+        one.seen.peak.load(Ordering::SeqCst),
+        1,
+        "never two requests at once on a server with max_in_flight = 1"
+    );
+    // The disabled server stays out for new requests.
+    let a_before = a.seen.count.load(Ordering::SeqCst);
+    for _ in 0..10 {
+        assert_eq!(http_get(port).await, Ok(200));
+    }
+    assert_eq!(
+        a.seen.count.load(Ordering::SeqCst),
+        a_before,
+        "a takes nothing new"
+    );
+    assert_eq!(old.wait_exit(Duration::from_secs(15)).await, Some(0));
+    // Once the old process is gone, its load is gone too.
+    assert!(
+        convoy_testkit::wait_until(Duration::from_secs(2), || server(
+            &query(&admin),
+            "one",
+            "s"
+        )["in_flight"]
+            == 0)
+        .await
+    );
+    drop(new);
+}
