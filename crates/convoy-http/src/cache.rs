@@ -240,7 +240,12 @@ impl Directives {
                     d.public = true;
                     d.auth_ok = true;
                 }
-                "s-maxage" => d.auth_ok = true,
+                // s-maxage implies proxy-revalidate for a shared cache
+                // (RFC 9111 §5.2.2.10).
+                "s-maxage" => {
+                    d.auth_ok = true;
+                    d.no_stale = true;
+                }
                 _ => {}
             }
         }
@@ -394,6 +399,19 @@ impl Inner {
         ids.iter().rev().find_map(|&id| {
             let e = self.entries.get(&id)?;
             match e.policy.before_request(norm, now) {
+                // A client's max-stale does not reach past the response's
+                // must-revalidate, proxy-revalidate, no-cache or s-maxage
+                // (RFC 9111 §4.2.4, §5.2.2.2).
+                BeforeRequest::Fresh(_) if e.dir.no_stale && e.policy.is_stale(now) => {
+                    match e.policy.before_request(&without_max_stale(norm), now) {
+                        BeforeRequest::Stale {
+                            request,
+                            matches: true,
+                        } => Some((id, Some(request))),
+                        BeforeRequest::Fresh(_) => Some((id, None)),
+                        BeforeRequest::Stale { .. } => None,
+                    }
+                }
                 BeforeRequest::Fresh(_) => Some((id, None)),
                 BeforeRequest::Stale {
                     request,
@@ -788,6 +806,19 @@ impl Cache {
         })
     }
 
+    /// Counts a miss found after the lookup (a revalidation that brought
+    /// a full response instead of a 304).
+    pub fn count_miss(&self) {
+        self.lock().stats.misses += 1;
+    }
+
+    /// Takes back the miss of a lookup whose request then waited for a
+    /// coalesced fetch (it looks again, and that look counts).
+    pub fn uncount_miss(&self) {
+        let mut inner = self.lock();
+        inner.stats.misses = inner.stats.misses.saturating_sub(1);
+    }
+
     /// Counters and gauges.
     pub fn stats(&self) -> CacheStats {
         let inner = self.lock();
@@ -1012,6 +1043,25 @@ fn merge_304(stored: &HeaderMap, fresh: &HeaderMap) -> HeaderMap {
 }
 
 /// Request directives that rule out serving stale while revalidating.
+/// The request without `max-stale` in its Cache-Control.
+fn without_max_stale(req: &request::Parts) -> request::Parts {
+    let kept: Vec<String> = cache_control(&req.headers)
+        .filter(|(k, _)| k != "max-stale")
+        .map(|(k, v)| match v {
+            Some(v) => format!("{k}={v}"),
+            None => k,
+        })
+        .collect();
+    let mut headers = req.headers.clone();
+    headers.remove(header::CACHE_CONTROL);
+    if !kept.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&kept.join(", ")) {
+            headers.insert(header::CACHE_CONTROL, v);
+        }
+    }
+    request_parts(req.method.clone(), req.uri.clone(), req.version, headers)
+}
+
 fn request_demands_validation(h: &HeaderMap) -> bool {
     cache_control(h).any(|(k, _)| k == "no-cache" || k == "max-age" || k == "min-fresh")
         || comma_values(h.get_all(header::PRAGMA)).any(|p| p.eq_ignore_ascii_case("no-cache"))

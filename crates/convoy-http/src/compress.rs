@@ -59,7 +59,10 @@ pub fn negotiate(accept: &str, enabled: &[Coding]) -> Option<Coding> {
             let mut parts = item.split(';');
             let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
             let q = parts
-                .filter_map(|p| p.trim().strip_prefix("q="))
+                .filter_map(|p| {
+                    let p = p.trim();
+                    p.strip_prefix("q=").or_else(|| p.strip_prefix("Q="))
+                })
                 .filter_map(|v| v.trim().parse::<f32>().ok())
                 .next()
                 .unwrap_or(1.0);
@@ -128,6 +131,35 @@ impl Policy {
         method: &http::Method,
         resp: &http::response::Parts,
     ) -> Option<Coding> {
+        if !self.qualifies(req, method, resp) {
+            return None;
+        }
+        let accept: Vec<&str> = req
+            .get_all(ACCEPT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        negotiate(&accept.join(","), &self.codings)
+    }
+
+    /// Whether the response would be compressed for a client that accepts
+    /// a coding: then its representation varies with `Accept-Encoding`,
+    /// also when this client gets it uncompressed.
+    pub fn qualifies(
+        &self,
+        req: &http::HeaderMap,
+        method: &http::Method,
+        resp: &http::response::Parts,
+    ) -> bool {
+        self.qualifies_inner(req, method, resp).is_some()
+    }
+
+    fn qualifies_inner(
+        &self,
+        req: &http::HeaderMap,
+        method: &http::Method,
+        resp: &http::response::Parts,
+    ) -> Option<()> {
         if method == http::Method::HEAD
             || resp.status != http::StatusCode::OK
             || req.contains_key(RANGE)
@@ -156,12 +188,24 @@ impl Policy {
         if len.is_some_and(|n| n < self.min_size) {
             return None;
         }
-        let accept: Vec<&str> = req
-            .get_all(ACCEPT_ENCODING)
+        Some(())
+    }
+
+    /// Adds `Vary: Accept-Encoding` unless the response already varies on
+    /// it (or on everything).
+    pub fn add_vary(h: &mut http::HeaderMap) {
+        let has_vary = h
+            .get_all(VARY)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .collect();
-        negotiate(&accept.join(","), &self.codings)
+            .flat_map(|v| v.split(','))
+            .any(|v| {
+                let v = v.trim();
+                v == "*" || v.eq_ignore_ascii_case("accept-encoding")
+            });
+        if !has_vary {
+            h.append(VARY, HeaderValue::from_static("accept-encoding"));
+        }
     }
 
     /// Rewrites the response head for `coding` and wraps its body.
@@ -176,18 +220,7 @@ impl Policy {
         h.remove(CONTENT_LENGTH);
         h.remove(ACCEPT_RANGES);
         h.insert(CONTENT_ENCODING, HeaderValue::from_static(coding.token()));
-        let has_vary = h
-            .get_all(VARY)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|v| {
-                let v = v.trim();
-                v == "*" || v.eq_ignore_ascii_case("accept-encoding")
-            });
-        if !has_vary {
-            h.append(VARY, HeaderValue::from_static("accept-encoding"));
-        }
+        Policy::add_vary(h);
         if let Some(tag) = h.get(ETAG).and_then(|v| v.to_str().ok()) {
             if tag.starts_with('"') {
                 if let Ok(v) = HeaderValue::from_str(&format!("W/{tag}")) {
@@ -411,6 +444,22 @@ mod tests {
         assert_eq!(
             p.choose(&ranged, &get, &resp("text/plain", Some(5000))),
             None
+        );
+        // A client that accepts nothing gets the identity, but the
+        // response still qualifies: it varies on Accept-Encoding.
+        let none = http::HeaderMap::new();
+        let text = resp("text/plain", Some(5000));
+        assert_eq!(p.choose(&none, &get, &text), None);
+        assert!(p.qualifies(&none, &get, &text));
+        assert!(!p.qualifies(&none, &get, &resp("image/png", Some(5000))));
+        let mut h = http::HeaderMap::new();
+        h.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+        Policy::add_vary(&mut h);
+        assert_eq!(h.get_all(VARY).iter().count(), 1, "not twice");
+        // q-values in either case.
+        assert_eq!(
+            negotiate("gzip;Q=0, br;q=0.5", &[Coding::Gzip, Coding::Br]),
+            Some(Coding::Br)
         );
     }
 

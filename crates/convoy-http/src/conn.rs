@@ -1,5 +1,6 @@
-//! A client connection's socket with convoy's own client timeouts, for
-//! HTTP/1.1 and HTTP/2 alike:
+//! An HTTP/2 client connection's socket with convoy's own client timeouts
+//! (HTTP/1.1 connections run on convoy's own loop, `h1::server`, which
+//! keeps these clocks itself):
 //!
 //! - **header timeout**: once a request head has started (its first byte,
 //!   or the connection's start), the whole head must arrive within

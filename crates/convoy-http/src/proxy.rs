@@ -1173,7 +1173,12 @@ async fn handle(
     };
     if let Some(cache) = &sh.cache {
         let method_ok = parts.method == http::Method::GET || parts.method == http::Method::HEAD;
-        if d.cache && upgrade.is_none() && replayable && method_ok {
+        // Range requests pass the cache by: it stores whole responses only,
+        // and a 206 must neither be served for a GET nor displace a copy.
+        let ranged = parts.headers.contains_key(http::header::RANGE);
+        // (Only bodiless requests: a GET's body would not reach a server.)
+        let bodiless = matches!(out_body, Outgoing::None);
+        if d.cache && upgrade.is_none() && bodiless && method_ok && !ranged {
             // Boxed: the common path's future stays small.
             return Box::pin(cached(sh, cache, &first_pool, &parts, &rc, d.hot, rec)).await;
         }
@@ -1588,6 +1593,9 @@ fn finish(
         // (convoy's HTTP/1 client removed them while parsing.)
         strip_hop_by_hop(&mut rparts.headers);
     }
+    // The cache keeps the server's response, not what convoy adds for
+    // this client (its sticky cookie, an operator's explanation).
+    let stored_parts = store.as_ref().map(|_| rparts.clone());
     if let Some(name) = &pool.cfg.sticky_cookie {
         if rc.aff.prefer != Some(idx) {
             let c = format!("{name}={}; Path=/; HttpOnly", pool.sticky_value(idx));
@@ -1611,7 +1619,7 @@ fn finish(
     };
     match store {
         Some(mut tee) => {
-            tee.parts = Some(rparts.clone());
+            tee.parts = stored_parts;
             let teed = Teed {
                 inner: guarded,
                 tee: Some(tee),
@@ -1636,6 +1644,11 @@ where
         if let Some(c) = p.choose(&parts.headers, &parts.method, &rparts) {
             let body = p.apply(c, &mut rparts, body);
             return Response::from_parts(rparts, body.boxed_unsync());
+        }
+        // Sent as it is to this client, but compressed to others: caches
+        // on the way must keep the two apart.
+        if p.qualifies(&parts.headers, &parts.method, &rparts) {
+            crate::compress::Policy::add_vary(&mut rparts.headers);
         }
     }
     Response::from_parts(rparts, body.boxed_unsync())
@@ -1787,9 +1800,31 @@ async fn cached(
                         match cache.revalidated(parts, &rp, std::time::SystemTime::now()) {
                             Some(c2) => return from_cache(sh, parts, c2, "REVALIDATED"),
                             None => {
-                                let mut r = Response::from_parts(rp, empty());
-                                cache_status(sh, r.headers_mut(), "MISS");
-                                return r;
+                                // The 304 does not match the stored copy (it
+                                // changed or went meanwhile): ask once more,
+                                // with the client's own request only.
+                                let fault = std::sync::atomic::AtomicU8::new(FAULT_NONE);
+                                return match fetch(
+                                    sh,
+                                    pool,
+                                    parts,
+                                    &mut Outgoing::None,
+                                    rc,
+                                    &fault,
+                                    rec,
+                                )
+                                .await
+                                {
+                                    Ok(f) => {
+                                        let tee = tee_for(cache, parts, None);
+                                        let mut r = finish(sh, f, parts, rc, tee);
+                                        // The stored copy could not serve: a miss.
+                                        cache.count_miss();
+                                        cache_status(sh, r.headers_mut(), "MISS");
+                                        r
+                                    }
+                                    Err(r) => r,
+                                };
                             }
                         }
                     }
@@ -1799,6 +1834,8 @@ async fn cached(
                     Ok(f) => {
                         let tee = tee_for(cache, parts, None);
                         let mut r = finish(sh, f, parts, rc, tee);
+                        // The stored copy could not serve: a miss.
+                        cache.count_miss();
                         cache_status(sh, r.headers_mut(), "MISS");
                         return r;
                     }
@@ -1817,7 +1854,9 @@ async fn cached(
                         Coalesce::Lead(g) => Some(g),
                         Coalesce::Wait(w) => {
                             // Another request fetches this key: wait for it,
-                            // then look again (once).
+                            // then look again (once). Only that second
+                            // look counts as a hit or a miss.
+                            cache.uncount_miss();
                             let _ =
                                 tokio::time::timeout(pool.cfg.queue_timeout.get(), w.wait()).await;
                             waited = true;

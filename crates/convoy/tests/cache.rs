@@ -106,6 +106,35 @@ async fn origin() -> (Arc<Origin>, std::net::SocketAddr) {
                                     b = b.header("cache-control", "max-age=1, stale-if-error=60");
                                     format!("sie #{n}")
                                 }
+                                "/odd304" => {
+                                    // Any conditional request gets a 304
+                                    // naming another version.
+                                    b = b.header("cache-control", "max-age=1");
+                                    if inm.is_some() {
+                                        b = b.status(304).header("etag", "\"other\"");
+                                        return Ok(b.body(Full::new(Bytes::new())).unwrap());
+                                    }
+                                    b = b.header("etag", "\"v1\"");
+                                    format!("odd #{n}")
+                                }
+                                "/ranged" => {
+                                    b = b.header("cache-control", "max-age=60");
+                                    if req.headers().contains_key("range") {
+                                        b = b.status(206).header("content-range", "bytes 0-1/9");
+                                        return Ok(b.body(Full::new(Bytes::from("ra"))).unwrap());
+                                    }
+                                    format!("ranged #{n}")
+                                }
+                                "/mr" => {
+                                    b = b
+                                        .header("cache-control", "max-age=1, must-revalidate")
+                                        .header("etag", "\"m1\"");
+                                    if inm.as_deref() == Some("\"m1\"") {
+                                        b = b.status(304);
+                                        return Ok(b.body(Full::new(Bytes::new())).unwrap());
+                                    }
+                                    format!("mr #{n}")
+                                }
                                 _ => format!("other #{n}"),
                             };
                             Ok(b.body(Full::new(Bytes::from(body))).unwrap())
@@ -255,4 +284,101 @@ async fn caching_revalidation_variants_coalescing_stale_and_purge() {
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     assert!(hits >= 6, "{text}");
+}
+
+fn metric(admin: &str, name: &str) -> u64 {
+    let m = std::process::Command::new(BIN)
+        .args(["ctl", "--admin", admin, "metrics"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&m.stdout).into_owned();
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{listener=\"web\"}}")))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// What the cache must not do: store convoy's own per-client headers,
+/// hand a client a 304 it did not ask for, let a Range request knock a
+/// copy out, serve past must-revalidate because the client allows
+/// staleness, or count a coalesced wait as a miss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_keeps_to_the_rules() {
+    let (o, addr) = origin().await;
+    let port = free_port();
+    let cfg = format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n\n\
+         [[listeners]]\nname = \"web\"\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\
+         cache = {{ max_bytes = 1000000 }}\n\n\
+         [pools.web]\nsticky_cookie = \"lb\"\nhealth = {{ check = \"none\" }}\n[[pools.web.servers]]\nname = \"o\"\naddress = \"{addr}\"\n"
+    );
+    let c = Convoy::start(BIN, &cfg).await;
+    let admin = c.admin_addr();
+    let mut misses_seen = 0;
+    let mut note = |h: &http::HeaderMap| {
+        if xcache(h) == "MISS" {
+            misses_seen += 1;
+        }
+    };
+
+    // The first client gets convoy's sticky cookie; the copy stored is the
+    // server's response without it, and the next client gets a hit
+    // without anyone else's cookie.
+    let (_, _, h) = get(port, "/max60", &[]).await;
+    note(&h);
+    assert!(
+        h.contains_key("set-cookie"),
+        "sticky cookie for the first client"
+    );
+    let (_, body, h) = get(port, "/max60", &[]).await;
+    note(&h);
+    assert_eq!((body.as_str(), xcache(&h)), ("max60 #1", "HIT"));
+    assert!(
+        !h.contains_key("set-cookie"),
+        "no stored sticky cookie: {h:?}"
+    );
+
+    // A 304 that does not match the stored copy is not passed on: the
+    // client that sent a plain GET gets the full response.
+    let (_, body, h) = get(port, "/odd304", &[]).await;
+    note(&h);
+    assert_eq!(body, "odd #1");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let (st, body, h) = get(port, "/odd304", &[]).await;
+    note(&h);
+    assert_eq!((st, body.as_str()), (200, "odd #3"), "{h:?}");
+
+    // Range requests pass by and leave the stored copy alone.
+    let (_, _, h) = get(port, "/ranged", &[]).await;
+    note(&h);
+    let (st, body, _) = get(port, "/ranged", &[("range", "bytes=0-1")]).await;
+    assert_eq!((st, body.as_str()), (206, "ra"));
+    let (_, body, h) = get(port, "/ranged", &[]).await;
+    note(&h);
+    assert_eq!((body.as_str(), xcache(&h)), ("ranged #1", "HIT"));
+    assert_eq!(o.count("/ranged"), 2);
+
+    // must-revalidate wins over a client's max-stale.
+    let (_, _, h) = get(port, "/mr", &[]).await;
+    note(&h);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let (_, body, h) = get(port, "/mr", &[("cache-control", "max-stale=60")]).await;
+    note(&h);
+    assert_eq!((body.as_str(), xcache(&h)), ("mr #1", "REVALIDATED"));
+    assert_eq!(o.count("/mr"), 2);
+
+    // Coalesced waits are hits, not misses: the counter matches what
+    // clients saw.
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        tasks.push(tokio::spawn(get(port, "/slow", &[])));
+    }
+    for t in tasks {
+        let (_, _, h) = t.await.unwrap();
+        note(&h);
+    }
+    assert_eq!(o.count("/slow"), 1);
+    assert_eq!(metric(&admin, "convoy_cache_misses_total"), misses_seen);
 }

@@ -505,7 +505,9 @@ fn parse_response_in(
             }
         };
         let keep_alive = framing != Framing::Close
-            && !(f.te_tokens > 0 && f.length.is_some())
+            // A length field beside a transfer coding (valid or not):
+            // the message is suspect, the connection is not reused.
+            && !(f.te_tokens > 0 && (f.length.is_some() || f.bad_length || f.lengths_differ))
             && match version {
                 Version::HTTP_10 => f.keep_alive && !f.close,
                 _ => !f.close,
