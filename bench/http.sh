@@ -122,6 +122,9 @@ latency() { # name -> "p50_ms p99_ms"
   local pid=""
   if [ "$1" != direct ]; then start_proxy "$1"; pid=$PID; fi
   rm -f "$W/lat.log"   # h2load appends to an existing log
+  # Warm up first (connections to the origin made, caches warm), as for
+  # the other figures: the fixed-rate run measures steady state.
+  h2load --h1 -c 10 -t 1 -n 4000 "http://127.0.0.1:$(port_of "$1")/" >/dev/null 2>&1
   h2load --h1 -c 10 -t 1 --rps 200 -D 10 --log-file "$W/lat.log" "http://127.0.0.1:$(port_of "$1")/" >/dev/null 2>&1
   [ -n "$pid" ] && stop_proxy
   awk '{print $3}' "$W/lat.log" | sort -n | awk '{a[NR]=$1} END {printf "%.3f %.3f\n", a[int(NR*0.5)]/1000, a[int(NR*0.99)]/1000}'

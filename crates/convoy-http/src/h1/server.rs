@@ -785,6 +785,13 @@ impl Out {
         if d.is_empty() {
             return;
         }
+        if !self.chunked && self.pending.is_empty() && self.head_off == 0 && d.len() <= 2048 {
+            // A small body right behind a head not yet written: one
+            // buffer, one plain write.
+            self.head.extend_from_slice(&d);
+            self.queued += d.len();
+            return;
+        }
         if self.chunked {
             self.push(parse::chunk_head(d.len()));
             self.push(d);
