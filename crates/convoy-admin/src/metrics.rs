@@ -380,6 +380,22 @@ impl NodeCollector {
             ls.iter()
                 .filter(|l| l.cfg.protocol == Protocol::Http)
                 .map(|l| (labels(l), l.rate_limited())),
+        )?;
+        const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        counters(
+            enc,
+            "listener_responses",
+            "HTTP responses sent by the listener, by status class (convoy's own answers included).",
+            None,
+            ls.iter()
+                .filter(|l| l.cfg.protocol == Protocol::Http)
+                .flat_map(|l| {
+                    let r = l.responses();
+                    (0..5).map(move |i| {
+                        let [a, b] = labels(l);
+                        ([a, b, ("code", Esc(CLASSES[i]))], r[i])
+                    })
+                }),
         )
     }
 
@@ -707,6 +723,9 @@ address = "127.0.0.1:9003"
         let front = &f.listeners[0];
         assert!(front.admit());
         front.count_request();
+        front.count_response(503);
+        front.count_response(200);
+        front.count_response(204);
         front.count_failed();
 
         let out = render(&f.snap, &f.listeners, &figures());
@@ -762,6 +781,18 @@ address = "127.0.0.1:9003"
         assert_line(&out, &format!("convoy_listener_requests_total{front} 1"));
         // Requests are an HTTP figure.
         assert!(!out.contains(&format!("convoy_listener_requests_total{db}")));
+        assert_line(
+            &out,
+            r#"convoy_listener_responses_total{listener="front",protocol="http",code="2xx"} 2"#,
+        );
+        assert_line(
+            &out,
+            r#"convoy_listener_responses_total{listener="front",protocol="http",code="5xx"} 1"#,
+        );
+        assert_line(
+            &out,
+            r#"convoy_listener_responses_total{listener="front",protocol="http",code="4xx"} 0"#,
+        );
 
         assert_line(&out, r#"convoy_pool_queue_length{pool="web"} 0"#);
         assert_line(&out, r#"convoy_pool_servers_available{pool="web"} 1"#);
@@ -1089,6 +1120,7 @@ address = "127.0.0.1:9003"
             "convoy_listener_no_server",
             "convoy_listener_requests",
             "convoy_listener_rate_limited",
+            "convoy_listener_responses",
             "convoy_pool_queue_length",
             "convoy_pool_servers_available",
             "convoy_pool_queue_wait_seconds",
@@ -1123,7 +1155,7 @@ address = "127.0.0.1:9003"
         ] {
             assert!(families.contains(name), "no family {name}");
         }
-        assert_eq!(families.len(), 40, "{families:?}");
+        assert_eq!(families.len(), 41, "{families:?}");
         assert!(out.contains("convoy_cache_hits_total{listener=\"front\"} 7"));
         assert!(out.contains("convoy_cache_stored_bytes{listener=\"front\"} 1234"));
         // Three servers, 17 histogram samples each (sum, count, 17 buckets).

@@ -345,8 +345,13 @@ impl PoolRuntime {
             .map(|(i, e)| {
                 let st = &e.state;
                 let mut why_not = Vec::new();
+                let (down_why, eject_why) = st.reasons();
                 if !st.is_up() {
-                    why_not.push("down".to_string());
+                    why_not.push(if down_why.is_empty() {
+                        "down".to_string()
+                    } else {
+                        format!("down: {down_why}")
+                    });
                 }
                 match st.admin() {
                     crate::AdminState::Enabled => {}
@@ -354,7 +359,11 @@ impl PoolRuntime {
                     crate::AdminState::Disabled => why_not.push("disabled".into()),
                 }
                 if st.is_ejected() {
-                    why_not.push("ejected as an outlier".into());
+                    let why = if eject_why.is_empty() { "errors" } else { eject_why };
+                    why_not.push(format!(
+                        "ejected as an outlier ({why}) for {} ms more",
+                        st.ejected_for_ms()
+                    ));
                 }
                 if !self.standby_allows(i) {
                     why_not.push("standby server, switched off".into());

@@ -52,6 +52,8 @@ pub struct ListenerRuntime {
     sticky: Mutex<HashMap<u64, (Arc<ServerState>, u64)>>,
     requests: AtomicU64,
     rate_limited: AtomicU64,
+    /// HTTP responses by status class (1xx to 5xx), convoy's own included.
+    responses: [AtomicU64; 5],
     /// Operator state: 0 enabled, 1 draining (no new connections),
     /// 2 disabled (no new connections, open ones closed).
     admin: std::sync::atomic::AtomicU8,
@@ -139,6 +141,7 @@ impl ListenerRuntime {
             sticky: Mutex::new(HashMap::new()),
             requests: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
+            responses: Default::default(),
             admin: std::sync::atomic::AtomicU8::new(0),
             kill: tokio::sync::watch::Sender::new(0),
             per_ip: (0..IP_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
@@ -297,6 +300,17 @@ impl ListenerRuntime {
     /// HTTP requests refused by the rate limit since start.
     pub fn rate_limited(&self) -> u64 {
         self.rate_limited.load(Ordering::Relaxed)
+    }
+
+    /// Counts an HTTP response of `status`.
+    pub fn count_response(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// HTTP responses since start, by status class (1xx to 5xx).
+    pub fn responses(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.responses[i].load(Ordering::Relaxed))
     }
 
     /// Counts an HTTP request.

@@ -65,6 +65,9 @@ pub struct ServerState {
     /// drains after a binary upgrade.
     foreign_in_flight: AtomicU64,
     foreign_cost: AtomicU64,
+    /// Why the server is down (the last failed check or passive signal),
+    /// and why it was last ejected, for `explain`.
+    why: std::sync::Mutex<(String, &'static str)>,
 }
 
 /// A server's live state as one process hands it to the next (binary
@@ -158,6 +161,7 @@ impl ServerState {
             ejections: AtomicU64::new(0),
             foreign_in_flight: AtomicU64::new(0),
             foreign_cost: AtomicU64::new(0),
+            why: std::sync::Mutex::new((String::new(), "")),
             qos: std::sync::Mutex::new(Qos {
                 latency: convoy_balance::ewma::PeakEwma::new(1000.0, 1_000, clock::now_ms()),
                 error_rate: 0.0,
@@ -410,6 +414,27 @@ impl ServerState {
     /// Times the server was ejected as an outlier.
     pub fn ejections(&self) -> u64 {
         self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Notes why the server went down.
+    pub fn set_down_reason(&self, why: &str) {
+        self.why.lock().unwrap_or_else(|e| e.into_inner()).0 = why.to_string();
+    }
+
+    /// Notes why the server was ejected.
+    pub fn set_ejection_reason(&self, why: &'static str) {
+        self.why.lock().unwrap_or_else(|e| e.into_inner()).1 = why;
+    }
+
+    /// (why down, why ejected), as last noted.
+    pub fn reasons(&self) -> (String, &'static str) {
+        self.why.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Milliseconds of outlier ejection left (0: not ejected).
+    pub fn ejected_for_ms(&self) -> u64 {
+        let until = self.ejected_until_ms.load(Ordering::Acquire);
+        until.saturating_sub(clock::now_ms())
     }
 
     /// Ejected as an outlier now.

@@ -927,6 +927,7 @@ async fn respond(
         },
         None => fut.await,
     };
+    sh.listener.count_response(resp.status().as_u16());
     if rec.is_none() && guard.is_none() {
         return resp;
     }
@@ -1482,6 +1483,7 @@ async fn fetch(
                     .observe(started.elapsed().as_micros() as f64, true);
                 server.state.count_error(ErrorKind::Timeout);
                 if let Some(ms) = pool.record_outcome(idx, false) {
+                    server.state.set_ejection_reason("response timeouts");
                     warn!(event = "server_ejected", pool = %pool.name, server = %server.cfg.name, ejection_ms = ms, reason = "response timeouts");
                 }
                 debug!(server = %server.cfg.name, "response timeout");
@@ -1505,6 +1507,7 @@ async fn fetch(
                     server.state.count_error(ErrorKind::Status5xx);
                 }
                 if let Some(ms) = pool.record_outcome(idx, !failed) {
+                    server.state.set_ejection_reason("consecutive 5xx");
                     warn!(event = "server_ejected", pool = %pool.name, server = %server.cfg.name, ejection_ms = ms, reason = "consecutive 5xx");
                 }
                 // The server answered: its passive failure count restarts.
@@ -1530,6 +1533,7 @@ async fn fetch(
                     .state
                     .observe(started.elapsed().as_micros() as f64, true);
                 if let Some(ms) = pool.record_outcome(idx, false) {
+                    server.state.set_ejection_reason("consecutive errors");
                     warn!(event = "server_ejected", pool = %pool.name, server = %server.cfg.name, ejection_ms = ms, reason = "consecutive errors");
                 }
                 let connect = e.is_connect();

@@ -747,6 +747,7 @@ impl Node {
         if up {
             info!(event = "server_up", pool = %server.pool, server = %server.name, zone = %zone, source, detail, slow_start = %pool.cfg.slow_start);
         } else {
+            server.set_down_reason(&format!("{source}: {detail}"));
             warn!(event = "server_down", pool = %server.pool, server = %server.name, zone = %zone, source, detail);
         }
         pool.rebuild();

@@ -580,3 +580,95 @@ async fn refused_reloads_and_commands_leave_no_trace() {
     assert_eq!(server(&q, "b")["weight"], 1);
     assert_eq!(get(port, "/").await.map(|r| r.0), Ok(200));
 }
+
+/// The token comes from the file, an environment variable or a token file;
+/// `convoy ctl` takes it from `--token`, `--token-file` or `CONVOY_TOKEN`;
+/// the token never appears in the node's logs; an admin address off
+/// loopback without a token is refused before anything starts; a good
+/// `ctl reload` succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_sources_ctl_credentials_and_refusals() {
+    let o = HttpOrigin::start("o", Duration::ZERO).await;
+    let port = free_port();
+    let body = |admin: &str| {
+        format!(
+            "[admin]\naddress = \"127.0.0.1:0\"\n{admin}\n\n\
+             [[listeners]]\nname = \"web\"\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n\
+             [pools.web]\n[[pools.web.servers]]\nname = \"o\"\naddress = \"{}\"\n",
+            o.addr
+        )
+    };
+    // From an environment variable (the node inherits the test's
+    // environment; the name is this test's own).
+    let secret = "env-secret-7731-abc";
+    std::env::set_var("CONVOY_TEST_TOKEN_7731", secret);
+    let c = Convoy::start(BIN, &body("token_env = \"CONVOY_TEST_TOKEN_7731\"")).await;
+    let admin = c.admin_addr();
+    let (code, _, _) = ctl(&admin, Some(secret), &["query"]);
+    assert_eq!(code, 0);
+    let (code, _, _) = ctl(&admin, Some("wrong-token-123"), &["query"]);
+    assert_eq!(code, 4, "unauthorized");
+    // ctl: CONVOY_TOKEN and --token-file.
+    let o1 = Command::new(BIN)
+        .args(["ctl", "--admin", &admin, "query"])
+        .env("CONVOY_TOKEN", secret)
+        .output()
+        .unwrap();
+    assert!(
+        o1.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o1.stderr)
+    );
+    let tf = convoy_testkit::write_temp("ctl-token", &format!("{secret}\n"));
+    let o2 = Command::new(BIN)
+        .args(["ctl", "--admin", &admin, "--token-file"])
+        .arg(&tf)
+        .arg("query")
+        .env_remove("CONVOY_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        o2.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o2.stderr)
+    );
+    // A good reload through ctl.
+    c.write_config(&body("token_env = \"CONVOY_TEST_TOKEN_7731\""));
+    let (code, out, err) = ctl(&admin, Some(secret), &["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(c.wait_event("reload_applied", Duration::from_secs(5)).await);
+    assert!(!c.stderr().contains(secret), "the token was logged");
+    drop(c);
+
+    // From a token file (surrounding whitespace ignored).
+    let file_secret = "file-secret-5521-xyz";
+    let f = convoy_testkit::write_temp("admin-token", &format!("  {file_secret}\n"));
+    let c = Convoy::start(BIN, &body(&format!("token_file = \"{}\"", f.display()))).await;
+    let admin = c.admin_addr();
+    let (code, _, _) = ctl(&admin, Some(file_secret), &["query"]);
+    assert_eq!(code, 0);
+    let (code, _, _) = ctl(&admin, None, &["query"]);
+    assert_eq!(code, 4);
+    assert!(!c.stderr().contains(file_secret), "the token was logged");
+    drop(c);
+
+    // Off loopback without a token: refused (`check` and `run` load the
+    // file through the same validation).
+    let open = format!(
+        "[admin]\naddress = \"0.0.0.0:0\"\n\n\
+         [[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\n\
+         [pools.p]\n[[pools.p.servers]]\naddress = \"{}\"\n",
+        o.addr
+    );
+    let p = convoy_testkit::write_temp("open-admin.toml", &open);
+    for cmd in ["check"] {
+        let out = Command::new(BIN)
+            .args([cmd, "-c"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cmd} accepted an open admin API");
+        assert!(err.contains("not a loopback address"), "{cmd}: {err}");
+    }
+}

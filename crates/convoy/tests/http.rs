@@ -461,6 +461,23 @@ async fn failing_server_is_ejected_and_returns() {
             .wait_event("server_ejected", Duration::from_secs(2))
             .await
     );
+    // Explain says why, and for how long.
+    let out = std::process::Command::new(BIN)
+        .args([
+            "ctl",
+            "--admin",
+            &c_node.admin_addr(),
+            "--json",
+            "explain",
+            "web",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("ejected as an outlier (consecutive 5xx) for "),
+        "{text}"
+    );
     for _ in 0..60 {
         assert_eq!(get(&c, &url, &[]).await.status, 200);
     }
