@@ -263,6 +263,8 @@ struct Entry {
     size: u64,
     /// When the freshness lifetime runs out.
     stale_at: SystemTime,
+    /// A plain hit needs no policy check: computed when stored.
+    fast: Fast,
     dir: Directives,
     rank: (u64, u64),
     inserted: u64,
@@ -271,7 +273,80 @@ struct Entry {
     lfu_key: u64,
 }
 
+/// What a plain hit needs, computed when the entry is stored or
+/// refreshed: the request fields its `Vary` names (first values, as the
+/// policy compares them), its age then, and whether a fresh copy may be
+/// served without asking the policy (not for a response's `no-cache`).
+#[derive(Debug, Clone)]
+struct Fast {
+    ok: bool,
+    vary: Vec<(HeaderName, Option<HeaderValue>)>,
+    stored_at: SystemTime,
+    age_then: Duration,
+}
+
+impl Fast {
+    fn of(
+        stored_req: &request::Parts,
+        resp_headers: &HeaderMap,
+        policy: &CachePolicy,
+        now: SystemTime,
+    ) -> Fast {
+        let mut vary = Vec::new();
+        let mut ok = !cache_control(resp_headers).any(|(k, _)| k == "no-cache");
+        for name in comma_values(resp_headers.get_all(header::VARY)) {
+            match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(n) => {
+                    let v = stored_req.headers.get(&n).cloned();
+                    vary.push((n, v));
+                }
+                Err(_) => ok = false,
+            }
+        }
+        Fast {
+            ok,
+            vary,
+            stored_at: now,
+            age_then: policy.age(now),
+        }
+    }
+
+    /// Whether a request's fields select this variant.
+    fn matches(&self, h: &HeaderMap) -> bool {
+        self.vary.iter().all(|(n, v)| h.get(n) == v.as_ref())
+    }
+}
+
+/// A request that only a plain hit can answer: no `Cache-Control`,
+/// `Pragma` or `Authorization` of its own.
+fn plain_request(h: &HeaderMap) -> bool {
+    !h.contains_key(header::CACHE_CONTROL)
+        && !h.contains_key(header::PRAGMA)
+        && !h.contains_key(header::AUTHORIZATION)
+}
+
 impl Entry {
+    /// A fresh entry served to a plain request, without the policy.
+    fn cached_fast(&self, now: SystemTime, head: bool) -> Cached {
+        let age = self.fast.age_then + now.duration_since(self.fast.stored_at).unwrap_or_default();
+        let mut headers = self.headers.clone();
+        headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
+        Cached {
+            parts: response_parts(self.status, self.version, headers),
+            body: if head {
+                Bytes::new()
+            } else {
+                self.body.clone()
+            },
+            age,
+            ttl: self.stale_at.duration_since(now).unwrap_or_default(),
+            staleness: Duration::ZERO,
+            key: self.key.clone(),
+            stale_at: self.stale_at,
+            stale_if_error: self.dir.sie,
+        }
+    }
+
     fn cached(&self, now: SystemTime, head: bool) -> Cached {
         let age = self.policy.age(now);
         let mut headers = self.headers.clone();
@@ -476,16 +551,40 @@ impl Cache {
     /// `must-revalidate`). Request `no-cache`, `max-age`, `min-fresh` and
     /// `Pragma: no-cache` are honoured (→ `Revalidate`), `max-stale` too.
     pub fn lookup(&self, req: &request::Parts, now: SystemTime) -> Lookup {
+        self.lookup_keyed(req, &self.key(req), now)
+    }
+
+    /// [`Cache::lookup`] with the request's key already computed
+    /// ([`Cache::key`]).
+    pub fn lookup_keyed(&self, req: &request::Parts, key: &str, now: SystemTime) -> Lookup {
         let head = req.method == Method::HEAD;
         if req.method != Method::GET && !head {
             return Lookup::Miss;
         }
-        let host = request_host(req);
-        let key = key_of(&host, &req.uri);
-        let norm = policy_request(req, &host);
         let eviction = self.cfg.eviction;
         let mut inner = self.lock();
-        let Some((id, revalidation)) = inner.find(&key, &norm, now) else {
+        // A plain request and a fresh variant: a hit without the policy
+        // (which parses the stored fields again on every call).
+        if plain_request(&req.headers) {
+            let found = inner.index.get(key).and_then(|ids| {
+                ids.iter().rev().find_map(|&id| {
+                    let e = inner.entries.get(&id)?;
+                    e.fast
+                        .matches(&req.headers)
+                        .then_some((id, e.fast.ok && now < e.stale_at))
+                })
+            });
+            if let Some((id, true)) = found {
+                if let Some(e) = inner.entries.get(&id) {
+                    let c = e.cached_fast(now, head);
+                    inner.touch(id, eviction);
+                    inner.stats.hits += 1;
+                    return Lookup::Fresh(c);
+                }
+            }
+        }
+        let norm = policy_request(req, &request_host(req));
+        let Some((id, revalidation)) = inner.find(key, &norm, now) else {
             inner.stats.misses += 1;
             return Lookup::Miss;
         };
@@ -635,8 +734,10 @@ impl Cache {
         if size > self.cfg.max_bytes {
             return None;
         }
+        let fast = Fast::of(&stored_req, &stored_resp.headers, &policy, now);
         Some(Entry {
             key,
+            fast,
             policy,
             status: stored_resp.status,
             version: stored_resp.version,
@@ -691,6 +792,7 @@ impl Cache {
             && !comma_values(merged.headers.get_all(header::VARY)).any(|v| v == "*");
         e.policy = CachePolicy::new_options(&stored_req, &merged, now, self.opts);
         e.stale_at = now + e.policy.time_to_live(now);
+        e.fast = Fast::of(&stored_req, &merged.headers, &e.policy, now);
         e.dir = dir;
         e.size = entry_size(&e.key, &stored_req.headers, &merged.headers, &e.body);
         e.headers = merged.headers;
@@ -1223,6 +1325,61 @@ mod tests {
         assert!(!matches!(c.lookup(&r2, at(71)), Lookup::Fresh(_)));
         let s = c.stats();
         assert_eq!((s.hits, s.misses, s.entries), (3, 2, 1));
+    }
+
+    #[test]
+    fn plain_hits_agree_with_the_policy() {
+        // The same lookups answered by the fast path (plain requests) and
+        // by the policy (a request with its own Cache-Control that changes
+        // nothing): the same age, freshness and variant.
+        let c = cache();
+        let r = get("http://example.com/v");
+        let accept = |lang: &str| {
+            let mut r = r.clone();
+            r.headers
+                .insert("accept-language", HeaderValue::from_str(lang).unwrap());
+            r
+        };
+        let en = accept("en");
+        let fr = accept("fr");
+        let varied = resp(
+            200,
+            &[
+                ("cache-control", "max-age=100"),
+                ("vary", "Accept-Language"),
+            ],
+        );
+        assert!(c.store(&en, &varied, Bytes::from_static(b"hello"), at(0)));
+        assert!(c.store(&fr, &varied, Bytes::from_static(b"bonjour"), at(0)));
+        for t in [1, 50, 99] {
+            for (req, body) in [(&en, "hello"), (&fr, "bonjour")] {
+                let plain = fresh(c.lookup(req, at(t)));
+                let mut asked = req.clone();
+                asked
+                    .headers
+                    .insert("cache-control", HeaderValue::from_static("max-stale=0"));
+                let policy = fresh(c.lookup(&asked, at(t)));
+                assert_eq!(
+                    (plain.body.clone(), plain.age, plain.ttl),
+                    (Bytes::from(body), policy.age, policy.ttl)
+                );
+            }
+        }
+        // Expired: not a plain hit.
+        assert!(!matches!(c.lookup(&en, at(101)), Lookup::Fresh(_)));
+        // A variant nobody stored: no hit.
+        assert!(!matches!(c.lookup(&accept("de"), at(5)), Lookup::Fresh(_)));
+        // A response's no-cache is never a plain hit: it is revalidated.
+        let r2 = get("http://example.com/nc");
+        let nc = resp(
+            200,
+            &[
+                ("cache-control", "no-cache, max-age=100"),
+                ("etag", "\"x\""),
+            ],
+        );
+        assert!(c.store(&r2, &nc, Bytes::from_static(b"x"), at(0)));
+        assert!(matches!(c.lookup(&r2, at(1)), Lookup::Revalidate(..)));
     }
 
     #[test]

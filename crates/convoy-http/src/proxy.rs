@@ -1778,7 +1778,7 @@ async fn cached(
     let mut waited = false;
     loop {
         let now = std::time::SystemTime::now();
-        match cache.lookup(parts, now) {
+        match cache.lookup_keyed(parts, &key, now) {
             Lookup::Fresh(c) => {
                 // Hot routes: refresh in the background during the last
                 // quarter of the lifetime, so clients never see it expire.
