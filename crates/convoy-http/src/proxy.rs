@@ -1106,6 +1106,26 @@ async fn handle(
             Err(_) => return client_timeout(),
         }
     };
+    // Whether the listener's cache answers this request: GET or HEAD,
+    // bodiless, no Range (the cache keeps whole responses only, and a 206
+    // must neither be served for a GET nor displace a copy), no upgrade.
+    let use_cache = sh.cache.is_some()
+        && d.cache
+        && upgrade.is_none()
+        && first.is_none()
+        && body.is_end_stream()
+        && (parts.method == http::Method::GET || parts.method == http::Method::HEAD)
+        && !parts.headers.contains_key(http::header::RANGE);
+    // A fresh hit is answered before anything a server would need is
+    // built (hot routes go the long way: a hit may refresh them).
+    let mut looked = None;
+    if let (true, Some(cache)) = (use_cache && !d.hot, &sh.cache) {
+        let key = cache.key(&parts);
+        match cache.lookup_keyed(&parts, &key, std::time::SystemTime::now()) {
+            crate::cache::Lookup::Fresh(c) => return from_cache(sh, &parts, c, "HIT"),
+            other => looked = Some((key, other)),
+        }
+    }
     // A body that came whole with its first piece (most small uploads) is
     // kept: it can be sent again if a connection fails under it.
     let whole = match &first {
@@ -1171,18 +1191,11 @@ async fn handle(
         path,
         replayable,
         fwd,
+        hot: d.hot,
     };
-    if let Some(cache) = &sh.cache {
-        let method_ok = parts.method == http::Method::GET || parts.method == http::Method::HEAD;
-        // Range requests pass the cache by: it stores whole responses only,
-        // and a 206 must neither be served for a GET nor displace a copy.
-        let ranged = parts.headers.contains_key(http::header::RANGE);
-        // (Only bodiless requests: a GET's body would not reach a server.)
-        let bodiless = matches!(out_body, Outgoing::None);
-        if d.cache && upgrade.is_none() && bodiless && method_ok && !ranged {
-            // Boxed: the common path's future stays small.
-            return Box::pin(cached(sh, cache, &first_pool, &parts, &rc, d.hot, rec)).await;
-        }
+    if let (true, Some(cache)) = (use_cache, &sh.cache) {
+        // Boxed: the common path's future stays small.
+        return Box::pin(cached(sh, cache, &first_pool, &parts, &rc, rec, looked)).await;
     }
     let f = match fetch(sh, &first_pool, &parts, &mut out_body, &rc, &fault, rec).await {
         Ok(f) => f,
@@ -1270,6 +1283,8 @@ struct ReqCtx {
     /// Forwarding header lines to add (empty when they were merged into
     /// the request's fields).
     fwd: Bytes,
+    /// The route is hot: cached copies are refreshed ahead of expiry.
+    hot: bool,
     class: usize,
     cost: u32,
     aff: Affinity,
@@ -1770,15 +1785,23 @@ async fn cached(
     pool: &Arc<PoolRuntime>,
     parts: &http::request::Parts,
     rc: &ReqCtx,
-    hot: bool,
     rec: &mut Option<Box<AccessRec>>,
+    looked: Option<(String, crate::cache::Lookup)>,
 ) -> Response<RespBody> {
+    let hot = rc.hot;
     use crate::cache::{Coalesce, Lookup};
-    let key = cache.key(parts);
+    let (key, mut first) = match looked {
+        Some((k, l)) => (k, Some(l)),
+        None => (cache.key(parts), None),
+    };
     let mut waited = false;
     loop {
         let now = std::time::SystemTime::now();
-        match cache.lookup_keyed(parts, &key, now) {
+        let found = match first.take() {
+            Some(l) => l,
+            None => cache.lookup_keyed(parts, &key, now),
+        };
+        match found {
             Lookup::Fresh(c) => {
                 // Hot routes: refresh in the background during the last
                 // quarter of the lifetime, so clients never see it expire.
@@ -1919,6 +1942,7 @@ fn background(
         path: rc.path.clone(),
         replayable: true,
         fwd: rc.fwd.clone(),
+        hot: false,
     };
     tokio::spawn(async move {
         let fault = std::sync::atomic::AtomicU8::new(FAULT_NONE);
