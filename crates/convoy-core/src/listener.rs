@@ -49,7 +49,7 @@ pub struct ListenerRuntime {
     refused: AtomicU64,
     failed: AtomicU64,
     current: Mutex<Option<Arc<ServerState>>>,
-    sticky: Mutex<HashMap<u64, (Arc<ServerState>, u64)>>,
+    sticky: Arc<Mutex<StickyMap>>,
     requests: AtomicU64,
     rate_limited: AtomicU64,
     /// HTTP responses by status class (1xx to 5xx), convoy's own included.
@@ -60,7 +60,7 @@ pub struct ListenerRuntime {
     kill: tokio::sync::watch::Sender<u64>,
     /// Per client address: open connections and the rate bucket (only
     /// used when a per-address limit is set), in shards.
-    per_ip: Vec<Mutex<HashMap<IpAddr, IpEntry>>>,
+    per_ip: Arc<Vec<Mutex<HashMap<IpAddr, IpEntry>>>>,
     node: Arc<NodeConns>,
 }
 
@@ -117,6 +117,9 @@ impl Refusal {
 
 const IP_SHARDS: usize = 16;
 
+/// Affinity memory: client key → (server, last seen ms).
+type StickyMap = HashMap<u64, (Arc<ServerState>, u64)>;
+
 /// Why no server was chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NoServer {
@@ -138,14 +141,42 @@ impl ListenerRuntime {
             refused: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             current: Mutex::new(None),
-            sticky: Mutex::new(HashMap::new()),
+            sticky: Arc::new(Mutex::new(HashMap::new())),
             requests: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
             responses: Default::default(),
             admin: std::sync::atomic::AtomicU8::new(0),
             kill: tokio::sync::watch::Sender::new(0),
-            per_ip: (0..IP_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_ip: Arc::new((0..IP_SHARDS).map(|_| Mutex::new(HashMap::new())).collect()),
             node: Arc::new(NodeConns::default()),
+        }
+    }
+
+    /// Takes over from the listener this one replaces (same name, changed
+    /// settings): its counters go on from where they were, and, when the
+    /// limits and the pool are the same, it shares the per-address state
+    /// (connections, rate buckets: a client's open connections on the old
+    /// listener still count) and the affinity memory.
+    pub fn carry_from(&mut self, old: &ListenerRuntime) {
+        for (a, b) in [
+            (&self.accepted, &old.accepted),
+            (&self.refused, &old.refused),
+            (&self.failed, &old.failed),
+            (&self.requests, &old.requests),
+            (&self.rate_limited, &old.rate_limited),
+        ] {
+            a.store(b.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        for (a, b) in self.responses.iter().zip(old.responses.iter()) {
+            a.store(b.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        if self.cfg.max_connections_per_ip == old.cfg.max_connections_per_ip
+            && self.cfg.rate_limit == old.cfg.rate_limit
+        {
+            self.per_ip = Arc::clone(&old.per_ip);
+        }
+        if self.cfg.pool == old.cfg.pool && self.cfg.affinity == old.cfg.affinity {
+            self.sticky = Arc::clone(&old.sticky);
         }
     }
 
@@ -275,7 +306,7 @@ impl ListenerRuntime {
         // Without a rate limit, entries only count connections.
         let (rate, burst) = self.bucket().unwrap_or((1.0, 0.0));
         let now = clock::now_ms();
-        for shard in &self.per_ip {
+        for shard in self.per_ip.iter() {
             let mut m = shard.lock().unwrap_or_else(|e| e.into_inner());
             m.retain(|_, e| {
                 let dt = now.saturating_sub(e.last_ms) as f64 / 1000.0;

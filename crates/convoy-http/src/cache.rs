@@ -329,26 +329,22 @@ impl Entry {
     /// A fresh entry served to a plain request, without the policy.
     fn cached_fast(&self, now: SystemTime, head: bool) -> Cached {
         let age = self.fast.age_then + now.duration_since(self.fast.stored_at).unwrap_or_default();
-        let mut headers = self.headers.clone();
-        headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
-        Cached {
-            parts: response_parts(self.status, self.version, headers),
-            body: if head {
-                Bytes::new()
-            } else {
-                self.body.clone()
-            },
-            age,
-            ttl: self.stale_at.duration_since(now).unwrap_or_default(),
-            staleness: Duration::ZERO,
-            key: self.key.clone(),
-            stale_at: self.stale_at,
-            stale_if_error: self.dir.sie,
-        }
+        let ttl = self.stale_at.duration_since(now).unwrap_or_default();
+        self.answer(age, ttl, Duration::ZERO, head)
     }
 
     fn cached(&self, now: SystemTime, head: bool) -> Cached {
-        let age = self.policy.age(now);
+        let staleness = now.duration_since(self.stale_at).unwrap_or_default();
+        self.answer(
+            self.policy.age(now),
+            self.policy.time_to_live(now),
+            staleness,
+            head,
+        )
+    }
+
+    /// The stored response with its `Age`.
+    fn answer(&self, age: Duration, ttl: Duration, staleness: Duration, head: bool) -> Cached {
         let mut headers = self.headers.clone();
         headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
         Cached {
@@ -359,8 +355,8 @@ impl Entry {
                 self.body.clone()
             },
             age,
-            ttl: self.policy.time_to_live(now),
-            staleness: now.duration_since(self.stale_at).unwrap_or_default(),
+            ttl,
+            staleness,
             key: self.key.clone(),
             stale_at: self.stale_at,
             stale_if_error: self.dir.sie,

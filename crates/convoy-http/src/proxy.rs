@@ -79,31 +79,38 @@ pub enum InBody {
     H2(Incoming),
 }
 
-impl Body for InBody {
-    type Data = Bytes;
-    type Error = BoxError;
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut TaskCx<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            InBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
-            InBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+/// `Body` for an enum of two bodies, by delegation.
+macro_rules! either_body {
+    ($t:ident, $a:ident, $b:ident) => {
+        impl Body for $t {
+            type Data = Bytes;
+            type Error = BoxError;
+            fn poll_frame(
+                self: Pin<&mut Self>,
+                cx: &mut TaskCx<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+                match self.get_mut() {
+                    $t::$a(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+                    $t::$b(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+                }
+            }
+            fn is_end_stream(&self) -> bool {
+                match self {
+                    $t::$a(b) => b.is_end_stream(),
+                    $t::$b(b) => b.is_end_stream(),
+                }
+            }
+            fn size_hint(&self) -> SizeHint {
+                match self {
+                    $t::$a(b) => b.size_hint(),
+                    $t::$b(b) => b.size_hint(),
+                }
+            }
         }
-    }
-    fn is_end_stream(&self) -> bool {
-        match self {
-            InBody::H1(b) => b.is_end_stream(),
-            InBody::H2(b) => b.is_end_stream(),
-        }
-    }
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            InBody::H1(b) => b.size_hint(),
-            InBody::H2(b) => b.size_hint(),
-        }
-    }
+    };
 }
+
+either_body!(InBody, H1, H2);
 
 /// A server's response body: from convoy's own HTTP/1 client, or from
 /// hyper (HTTP/2 to servers).
@@ -114,31 +121,7 @@ pub enum UpResp {
     H2(Incoming),
 }
 
-impl Body for UpResp {
-    type Data = Bytes;
-    type Error = BoxError;
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut TaskCx<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            UpResp::H1(b) => Pin::new(b).poll_frame(cx),
-            UpResp::H2(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
-        }
-    }
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpResp::H1(b) => b.is_end_stream(),
-            UpResp::H2(b) => b.is_end_stream(),
-        }
-    }
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpResp::H1(b) => b.size_hint(),
-            UpResp::H2(b) => b.size_hint(),
-        }
-    }
-}
+either_body!(UpResp, H1, H2);
 
 /// Why a request to a server got no response head.
 enum UpErr {

@@ -405,7 +405,7 @@ pub async fn run(
         let bound = node
             .bind_listener(l)
             .with_context(|| format!("listener {}", l.name))?;
-        let running = node.spawn_listener(l, bound);
+        let running = node.spawn_listener(l, bound, None);
         node.listeners.push(running);
     }
     node.sync_probes();
@@ -626,12 +626,20 @@ impl Node {
         Some(c)
     }
 
-    fn spawn_listener(&mut self, l: &Listener, (bound, tls): Prepared) -> RunningListener {
+    /// Starts serving a listener; `previous`: the runtime of the listener
+    /// it replaces, whose counters and per-client state carry over.
+    fn spawn_listener(
+        &mut self,
+        l: &Listener,
+        (bound, tls): Prepared,
+        previous: Option<&ListenerRuntime>,
+    ) -> RunningListener {
         let cache = self.cache_for(l);
-        let rt = Arc::new(ListenerRuntime::with_node(
-            l.clone(),
-            Arc::clone(&self.conns),
-        ));
+        let mut rt = ListenerRuntime::with_node(l.clone(), Arc::clone(&self.conns));
+        if let Some(p) = previous {
+            rt.carry_from(p);
+        }
+        let rt = Arc::new(rt);
         let (stop, stop_rx) = watch::channel(false);
         match bound.clone() {
             Bound::Tcp(socks) => {
@@ -1097,15 +1105,18 @@ impl Node {
             .listeners
             .drain(..)
             .partition(|r| new.listeners.contains(&r.rt.cfg));
+        let mut replaced: HashMap<String, Arc<ListenerRuntime>> = HashMap::new();
         for r in gone {
             info!(event = "listener_stopped", listener = %r.rt.cfg.name);
             let _ = r.stop.send(true);
+            replaced.insert(r.rt.cfg.name.clone(), Arc::clone(&r.rt));
             // Its open connections still count for drain-stop and stop.
             self.retired.push(r.rt);
         }
         self.listeners = kept;
         for (l, b) in bound {
-            let r = self.spawn_listener(&l, b);
+            let prev = replaced.get(&l.name).cloned();
+            let r = self.spawn_listener(&l, b, prev.as_deref());
             self.listeners.push(r);
         }
         self.server_changes(&old, &snap, &before);
@@ -1398,7 +1409,7 @@ impl Node {
             self.retired.push(old.rt);
         }
         for (l, b) in bound {
-            let r = self.spawn_listener(&l, b);
+            let r = self.spawn_listener(&l, b, None);
             self.listeners.push(r);
         }
         self.reapply_listener_admin();

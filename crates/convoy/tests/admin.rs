@@ -193,13 +193,24 @@ async fn ctl_commands_auth_and_suspend() {
     );
     assert_eq!(server(&query(&admin), "a")["weight"], 3);
 
-    // Route classes at run time.
+    // Route classes at run time. The listener's figures go on across
+    // the change (it is rebuilt with the new routes).
+    for _ in 0..3 {
+        assert!(get(port, "/").await.is_ok());
+    }
+    let listener_requests = |q: &Value| q["listeners"][0]["requests"].as_u64().unwrap();
+    let before = listener_requests(&query(&admin));
+    assert!(before >= 3);
     let (code, out, err) = ctl(
         &admin,
         Some(TOKEN),
         &["route", "web", "api", "--priority", "0", "--cost", "5"],
     );
     assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        listener_requests(&query(&admin)) >= before,
+        "the listener's counters were reset by a route change"
+    );
     let (code, _, err) = ctl(
         &admin,
         Some(TOKEN),

@@ -340,9 +340,17 @@ async fn qos_sends_a_slow_server_little_and_cuts_the_tail() {
         Some(&200),
         "round robin gives it a quarter: {rr_by:?}"
     );
+    // The tail: round robin sends a quarter of the requests to the slow
+    // server, so its p90 is the slow server's latency; qos sends it
+    // under 5%, so its p90 is a fast server's. (The p99 depends on
+    // whether that share is under 1%, which on a loaded test machine it
+    // need not be: bench/quality.sh measures the p99 against HAProxy.)
+    let p90 = |v: &Vec<Duration>| v[v.len() * 90 / 100];
     assert!(
-        p99(&q_lat) * 2 < p99(&rr_lat),
-        "qos p99 {:?} vs round robin p99 {:?}",
+        p90(&q_lat) * 2 < p90(&rr_lat),
+        "qos p90 {:?} vs round robin p90 {:?} (p99 {:?} vs {:?})",
+        p90(&q_lat),
+        p90(&rr_lat),
         p99(&q_lat),
         p99(&rr_lat)
     );

@@ -563,6 +563,22 @@ async fn write_all2(io: &mut UpIo, mut a: &[u8], mut b: &[u8]) -> io::Result<()>
     Ok(())
 }
 
+/// Takes `n` written bytes off the front of a write queue.
+pub fn consume(pending: &mut VecDeque<Bytes>, n: &mut usize) {
+    while *n > 0 {
+        let Some(front) = pending.front_mut() else {
+            break;
+        };
+        if *n >= front.len() {
+            *n -= front.len();
+            pending.pop_front();
+        } else {
+            let _ = front.split_to(*n);
+            *n = 0;
+        }
+    }
+}
+
 enum PumpError {
     Body(BoxError),
     Io(io::Error),
@@ -611,18 +627,7 @@ impl Pump {
                     Ok(n) => n,
                     Err(e) => return Poll::Ready(Err(PumpError::Io(e))),
                 };
-                while n > 0 {
-                    let Some(front) = self.pending.front_mut() else {
-                        break;
-                    };
-                    if n >= front.len() {
-                        n -= front.len();
-                        self.pending.pop_front();
-                    } else {
-                        let _ = front.split_to(n);
-                        n = 0;
-                    }
-                }
+                consume(&mut self.pending, &mut n);
             }
             if self.ended {
                 if let Err(e) = ready!(Pin::new(&mut *io).poll_flush(cx)) {

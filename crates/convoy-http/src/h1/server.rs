@@ -846,18 +846,7 @@ impl Out {
             let in_head = (self.head.len() - self.head_off).min(n);
             self.head_off += in_head;
             n -= in_head;
-            while n > 0 {
-                let Some(front) = self.pending.front_mut() else {
-                    break;
-                };
-                if n >= front.len() {
-                    n -= front.len();
-                    self.pending.pop_front();
-                } else {
-                    let _ = front.split_to(n);
-                    n = 0;
-                }
-            }
+            super::client::consume(&mut self.pending, &mut n);
         }
         if self.ended {
             std::task::ready!(Pin::new(&mut *io).poll_flush(cx))?;
