@@ -21,36 +21,9 @@ W=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; sleep 0.3; rm -rf "$W"' EXIT
 ORIGIN=18281; HAP=18282; CONVOY=18283
 
-cat > "$W/nginx.conf" <<NG
-worker_processes 1;
-daemon off;
-pid $W/nginx.pid;
-error_log $W/nginx.err;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$ORIGIN; location / { return 200 "hello\n"; } }
-}
-NG
-cat > "$W/haproxy.cfg" <<HA
-global
-  nbthread 1
-  maxconn 9990
-  fd-hard-limit 20000
-defaults
-  mode http
-  http-reuse always
-  timeout connect 3s
-  timeout client 120s
-  timeout server 120s
-  timeout http-keep-alive 120s
-frontend f
-  bind 127.0.0.1:$HAP
-  default_backend b
-backend b
-  server o 127.0.0.1:$ORIGIN
-HA
+. bench/lib.sh
+origin_conf "$W" $ORIGIN
+haproxy_http_conf "$W" $HAP $ORIGIN 9990 "  fd-hard-limit 20000"
 cat > "$W/convoy.toml" <<CV
 [node]
 workers = 1

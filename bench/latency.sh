@@ -26,34 +26,9 @@ W=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; sleep 0.3; rm -rf "$W"' EXIT
 ORIGIN=18601; HAP=18602; CONVOY=18603
 
-cat > "$W/nginx.conf" <<NG
-worker_processes 1;
-daemon off;
-pid $W/nginx.pid;
-error_log $W/nginx.err;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$ORIGIN; location / { return 200 "hello\n"; } }
-}
-NG
-cat > "$W/haproxy.cfg" <<HA
-global
-  nbthread 1
-  maxconn 4000
-defaults
-  mode http
-  http-reuse always
-  timeout connect 3s
-  timeout client 60s
-  timeout server 60s
-frontend f
-  bind 127.0.0.1:$HAP
-  default_backend b
-backend b
-  server o 127.0.0.1:$ORIGIN
-HA
+. bench/lib.sh
+origin_conf "$W" $ORIGIN
+haproxy_http_conf "$W" $HAP $ORIGIN
 cat > "$W/convoy.toml" <<CV
 [node]
 workers = 1
@@ -73,7 +48,6 @@ health = { check = "none" }
 address = "127.0.0.1:$ORIGIN"
 CV
 
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not up"; exit 1; }
 nginx -c "$W/nginx.conf" &
 haproxy -f "$W/haproxy.cfg" -db >/dev/null 2>&1 &
 CONVOY_LOG=warn "$BIN" run -c "$W/convoy.toml" >/dev/null 2>&1 &

@@ -447,12 +447,27 @@ mod tests {
         token: Option<&str>,
         body: &str,
     ) -> (StatusCode, String) {
-        let mut b = axum::http::Request::builder().method(method).uri(uri);
-        if let Some(t) = token {
-            b = b.header("authorization", format!("Bearer {t}"));
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut h: Vec<(&str, &str)> = Vec::new();
+        if let Some(a) = &auth {
+            h.push(("authorization", a));
         }
         if !body.is_empty() {
-            b = b.header("content-type", "application/json");
+            h.push(("content-type", "application/json"));
+        }
+        send(app, method, uri, &h, body).await
+    }
+
+    async fn send(
+        app: &Router,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (StatusCode, String) {
+        let mut b = axum::http::Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
         }
         let resp = app
             .clone()
@@ -559,18 +574,7 @@ mod tests {
         uri: &str,
         headers: &[(&str, &str)],
     ) -> (StatusCode, String) {
-        let mut b = axum::http::Request::builder().method(method).uri(uri);
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        let resp = app
-            .clone()
-            .oneshot(b.body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let st = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (st, String::from_utf8_lossy(&bytes).into_owned())
+        send(app, method, uri, headers, "").await
     }
 
     #[tokio::test]
