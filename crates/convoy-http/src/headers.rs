@@ -57,14 +57,14 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-/// What the forwarding headers say about one client connection, built
-/// once per connection.
+/// What the forwarding headers say about one client connection: its
+/// address (an IPv4-mapped IPv6 address as IPv4) and whether it came
+/// over TLS, and the forwarding lines last built for it. Kept small: it
+/// lives as long as the connection.
 #[derive(Debug)]
 pub struct ClientInfo {
-    ip: String,
-    xff: HeaderValue,
-    forwarded: String,
-    proto: HeaderValue,
+    ip: IpAddr,
+    https: bool,
     /// The last forwarding lines built, with the Host and version they
     /// were built for.
     lines: std::sync::Mutex<Option<(Option<HeaderValue>, http::Version, bytes::Bytes)>>,
@@ -77,17 +77,26 @@ impl ClientInfo {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
             v4 => v4,
         };
-        let ip_s = ip.to_string();
-        let node = match ip {
-            IpAddr::V4(_) => ip_s.clone(),
-            IpAddr::V6(_) => format!("\"[{ip_s}]\""),
-        };
         ClientInfo {
-            xff: HeaderValue::from_str(&ip_s).unwrap_or(HeaderValue::from_static("unknown")),
-            ip: ip_s,
-            forwarded: format!("for={node};proto={proto}"),
-            proto: HeaderValue::from_static(if proto == "https" { "https" } else { "http" }),
+            ip,
+            https: proto == "https",
             lines: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn proto(&self) -> &'static str {
+        if self.https {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// `for=...;proto=...` of the `Forwarded` field.
+    fn forwarded(&self) -> String {
+        match self.ip {
+            IpAddr::V4(ip) => format!("for={ip};proto={}", self.proto()),
+            IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto={}", self.proto()),
         }
     }
 
@@ -160,30 +169,32 @@ pub fn add_forwarding(
     host: Option<&HeaderValue>,
     version: http::Version,
 ) {
+    let ip = c.ip.to_string();
     let mut prev = h.get_all(&XFF).iter().filter_map(|v| v.to_str().ok());
     let xff = match prev.next() {
         Some(first) => {
-            let mut s = String::with_capacity(first.len() + 2 + c.ip.len());
+            let mut s = String::with_capacity(first.len() + 2 + ip.len());
             s.push_str(first);
             for more in prev {
                 s.push_str(", ");
                 s.push_str(more);
             }
             s.push_str(", ");
-            s.push_str(&c.ip);
+            s.push_str(&ip);
             HeaderValue::from_str(&s).ok()
         }
-        None => Some(c.xff.clone()),
+        None => HeaderValue::from_str(&ip).ok(),
     };
     if let Some(v) = xff {
         h.insert(&XFF, v);
     }
-    h.insert(&XFP, c.proto.clone());
+    h.insert(&XFP, HeaderValue::from_static(c.proto()));
     let host = host.filter(|v| v.to_str().is_ok_and(host_ok));
+    let forwarded = c.forwarded();
     let fwd = match host.and_then(|v| v.to_str().ok()) {
         Some(hs) => {
-            let mut s = String::with_capacity(c.forwarded.len() + 8 + hs.len());
-            s.push_str(&c.forwarded);
+            let mut s = String::with_capacity(forwarded.len() + 8 + hs.len());
+            s.push_str(&forwarded);
             // A host with a port (or an IPv6 literal) is not an RFC 7239
             // token: quote it.
             if hs.contains(':') {
@@ -196,7 +207,7 @@ pub fn add_forwarding(
             }
             HeaderValue::from_str(&s).ok()
         }
-        None => HeaderValue::from_str(&c.forwarded).ok(),
+        None => HeaderValue::from_str(&forwarded).ok(),
     };
     match host {
         Some(host) => {
