@@ -58,6 +58,7 @@ pub struct ListenerRuntime {
     /// 2 disabled (no new connections, open ones closed).
     admin: std::sync::atomic::AtomicU8,
     kill: tokio::sync::watch::Sender<u64>,
+    wake: Arc<tokio::sync::Notify>,
     /// Per client address: open connections and the rate bucket (only
     /// used when a per-address limit is set), in shards.
     per_ip: Arc<Vec<Mutex<HashMap<IpAddr, IpEntry>>>>,
@@ -147,6 +148,7 @@ impl ListenerRuntime {
             responses: Default::default(),
             admin: std::sync::atomic::AtomicU8::new(0),
             kill: tokio::sync::watch::Sender::new(0),
+            wake: Arc::new(tokio::sync::Notify::new()),
             per_ip: Arc::new((0..IP_SHARDS).map(|_| Mutex::new(HashMap::new())).collect()),
             node: Arc::new(NodeConns::default()),
         }
@@ -368,6 +370,7 @@ impl ListenerRuntime {
         self.admin.store(a as u8, Ordering::Relaxed);
         if a == crate::AdminState::Disabled {
             self.kill.send_modify(|v| *v += 1);
+            self.wake_connections();
         }
     }
 
@@ -379,6 +382,19 @@ impl ListenerRuntime {
     /// Changes when the listener's open connections must close.
     pub fn kill_signal(&self) -> tokio::sync::watch::Receiver<u64> {
         self.kill.subscribe()
+    }
+
+    /// What the listener's HTTP/1 connections wait on while idle: notified
+    /// whenever one of their signals (stop, listener or node kill) may
+    /// have changed; they then look at the signals themselves. One small
+    /// wait per connection instead of one per signal.
+    pub fn connection_wake(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.wake)
+    }
+
+    /// Wakes the listener's connections to look at their signals again.
+    pub fn wake_connections(&self) {
+        self.wake.notify_waiters();
     }
 
     fn affinity(&self) -> AffinityKind {

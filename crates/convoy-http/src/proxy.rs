@@ -809,8 +809,11 @@ async fn serve_conn<S>(
             idle_timeout: sh.idle_timeout,
             limits: Default::default(),
         };
-        let sig =
-            crate::h1::server::Signals::new(stop, [sh.ctx.kill.clone(), sh.listener.kill_signal()]);
+        let sig = crate::h1::server::Signals::new(
+            stop,
+            [sh.ctx.kill.clone(), sh.listener.kill_signal()],
+            sh.listener.connection_wake(),
+        );
         let handler = |req: Request<crate::h1::body::ReqBody>, meta: crate::h1::server::Meta| {
             let sh = Arc::clone(sh);
             let info = Arc::clone(&info);

@@ -1109,6 +1109,7 @@ impl Node {
         for r in gone {
             info!(event = "listener_stopped", listener = %r.rt.cfg.name);
             let _ = r.stop.send(true);
+            r.rt.wake_connections();
             replaced.insert(r.rt.cfg.name.clone(), Arc::clone(&r.rt));
             // Its open connections still count for drain-stop and stop.
             self.retired.push(r.rt);
@@ -1213,6 +1214,7 @@ impl Node {
     fn stop_listeners(&mut self) {
         for l in &mut self.listeners {
             let _ = l.stop.send(true);
+            l.rt.wake_connections();
             l.sockets = match l.sockets {
                 Bound::Tcp(_) => Bound::Tcp(Vec::new()),
                 Bound::Udp(_) => Bound::Udp(Vec::new()),
@@ -1342,6 +1344,14 @@ impl Node {
     /// Closes every open connection of the node.
     fn close_all(&mut self) {
         self.kill.send_modify(|v| *v += 1);
+        for rt in self
+            .listeners
+            .iter()
+            .map(|l| &l.rt)
+            .chain(self.retired.iter())
+        {
+            rt.wake_connections();
+        }
     }
 
     async fn stop(mut self, by: &str) -> anyhow::Result<()> {
@@ -1406,6 +1416,7 @@ impl Node {
         }
         for old in self.listeners.drain(..) {
             let _ = old.stop.send(true);
+            old.rt.wake_connections();
             self.retired.push(old.rt);
         }
         for (l, b) in bound {

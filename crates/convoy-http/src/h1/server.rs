@@ -70,14 +70,20 @@ pub struct Settings {
 pub struct Signals {
     stop: watch::Receiver<bool>,
     kills: [watch::Receiver<u64>; 2],
-    waiter: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    wake: Arc<tokio::sync::Notify>,
+    waiter: Option<Pin<Box<tokio::sync::futures::OwnedNotified>>>,
     stopping: bool,
 }
 
 impl Signals {
     /// From the graceful-stop flag and the kill counters (each a change
     /// from now on is a kill).
-    pub fn new(stop: watch::Receiver<bool>, mut kills: [watch::Receiver<u64>; 2]) -> Signals {
+    /// `wake` is notified whenever a signal may have changed.
+    pub fn new(
+        stop: watch::Receiver<bool>,
+        mut kills: [watch::Receiver<u64>; 2],
+        wake: Arc<tokio::sync::Notify>,
+    ) -> Signals {
         for k in kills.iter_mut() {
             k.mark_unchanged();
         }
@@ -86,52 +92,37 @@ impl Signals {
             stopping,
             stop,
             kills,
+            wake,
             waiter: None,
         }
     }
 
-    fn arm(&mut self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        let [mut a, mut b] = self.kills.clone();
-        let stop = (!self.stopping).then(|| self.stop.clone());
-        Box::pin(async move {
-            match stop {
-                Some(mut s) => {
-                    tokio::select! {
-                        _ = a.changed() => {}
-                        _ = b.changed() => {}
-                        _ = s.wait_for(|v| *v) => {}
-                    }
-                }
-                None => {
-                    tokio::select! {
-                        _ = a.changed() => {}
-                        _ = b.changed() => {}
-                    }
-                }
-            }
-        })
-    }
-
-    /// `Ready(())`: kill. A stop only sets `stopping`.
+    /// `Ready(())`: kill. A stop only sets `stopping`. The wait is polled
+    /// only when it is new (to register this connection's waker): every
+    /// notification comes with a change of a signal, which the checks
+    /// then see, so a registered wait need not be polled again until a
+    /// change was seen.
     fn poll_kill(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.kills.iter().any(|k| k.has_changed().unwrap_or(false)) {
-            return Poll::Ready(());
-        }
-        if !self.stopping && self.stop.has_changed().unwrap_or(false) && *self.stop.borrow() {
-            self.stopping = true;
-            // Re-armed for kills only.
-            self.waiter = None;
-        }
-        if self.waiter.is_none() {
-            let mut w = self.arm();
-            if w.as_mut().poll(cx).is_ready() {
-                // Changed meanwhile: look again at the next poll.
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
+        loop {
+            if self.waiter.is_none() {
+                let mut w = Box::pin(Arc::clone(&self.wake).notified_owned());
+                // Registered before the checks below, so that a change
+                // made after them still wakes this connection.
+                let _ = w.as_mut().poll(cx);
+                self.waiter = Some(w);
             }
-            self.waiter = Some(w);
+            if self.kills.iter().any(|k| k.has_changed().unwrap_or(false)) {
+                return Poll::Ready(());
+            }
+            if !self.stopping && self.stop.has_changed().unwrap_or(false) && *self.stop.borrow() {
+                // The wait was used up by this change: a new one for the
+                // kills still to come.
+                self.stopping = true;
+                self.waiter = None;
+                continue;
+            }
+            return Poll::Pending;
         }
-        Poll::Pending
     }
 }
 
