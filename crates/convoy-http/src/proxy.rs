@@ -844,8 +844,10 @@ async fn serve_h2<S>(
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let (sh, info) = (Arc::clone(&sh), Arc::clone(&info));
             let req_guard = InProgress::new(&st);
-            async move {
-                Ok::<_, Infallible>(
+            // Boxed: hyper runs each stream as a task and moves its future
+            // a few times; a pointer moves cheaper than the request path.
+            let fut: Pin<Box<dyn Future<Output = Response<RespBody>> + Send>> =
+                Box::pin(async move {
                     respond(
                         &sh,
                         req.map(InBody::H2),
@@ -854,9 +856,9 @@ async fn serve_h2<S>(
                         Some(req_guard),
                         false,
                     )
-                    .await,
-                )
-            }
+                    .await
+                });
+            async move { Ok::<_, Infallible>(fut.await) }
         })
     };
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
