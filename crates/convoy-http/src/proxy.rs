@@ -742,12 +742,6 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Rewind<S> {
     }
 }
 
-impl<S: crate::conn::RawWrite> crate::conn::RawWrite for Rewind<S> {
-    fn try_write_raw(&self, b: &[u8]) {
-        self.s.try_write_raw(b)
-    }
-}
-
 /// The future that completes when the node or the listener closes its
 /// connections.
 fn kill_future(sh: &Shared) -> Pin<Box<dyn Future<Output = ()> + Send>> {
@@ -775,7 +769,7 @@ async fn serve_conn<S>(
     stop: watch::Receiver<bool>,
     alpn_h2: bool,
 ) where
-    S: crate::h1::server::ClientStream + crate::conn::RawWrite,
+    S: crate::h1::server::ClientStream,
 {
     let info = Arc::new(ClientInfo::new(peer, proto));
     let mut rbuf = bytes::BytesMut::new();
@@ -835,7 +829,7 @@ async fn serve_h2<S>(
     info: Arc<ClientInfo>,
     mut stop: watch::Receiver<bool>,
 ) where
-    S: crate::h1::server::ClientStream + crate::conn::RawWrite,
+    S: crate::h1::server::ClientStream,
 {
     let st = Arc::new(ConnState::default());
     let svc = {
