@@ -238,7 +238,12 @@ mod tests {
         let f = body.frame().await.unwrap().unwrap();
         assert_eq!(f.into_data().unwrap().len(), HIGH_WATER);
         assert!(ch.has_room(&mut cx));
-        assert!(ch.wanted() || !ch.wanted());
+        // The reader asks for more once it finds nothing waiting.
+        let wait = Chan::new(None);
+        let mut quiet = ReqBody(Some(wait.clone()));
+        assert!(!wait.wanted(), "nobody has asked yet");
+        assert!(Pin::new(&mut quiet).poll_frame(&mut cx).is_pending());
+        assert!(wait.wanted(), "an empty poll says the body is wanted");
         ch.push(Bytes::from_static(b"0123456789"));
         ch.finish();
         assert_eq!(body.size_hint().exact(), Some(10));

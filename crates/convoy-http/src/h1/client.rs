@@ -398,24 +398,24 @@ impl Pool {
             };
             match exchange(&mut c, &head, full.as_ref(), pump.as_mut(), method).await {
                 Ok(resp) => return Ok(self.response(key, c, resp, pump)),
-                Err(Failure::Send(SendError::Reset {
+                Err(SendError::Reset {
                     error,
                     partial: false,
                     ..
-                })) if reused && pump.as_ref().is_none_or(|p| !p.started) => {
+                }) if reused && pump.as_ref().is_none_or(|p| !p.started) => {
                     // The keep-alive race: once more on a new connection.
                     tracing::debug!(server = %t.addr, error = %error, "reused connection failed: sending again on a new one");
                     fresh = true;
                     continue;
                 }
-                Err(Failure::Send(SendError::Reset { error, partial, .. })) => {
+                Err(SendError::Reset { error, partial, .. }) => {
                     return Err(SendError::Reset {
                         error,
                         reused,
                         partial,
                     })
                 }
-                Err(Failure::Send(e)) => return Err(e),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -466,16 +466,12 @@ fn expects_body(m: &Method) -> bool {
     *m == Method::POST || *m == Method::PUT || *m == Method::PATCH
 }
 
-enum Failure {
-    Send(SendError),
-}
-
-fn reset(error: io::Error, partial: bool) -> Failure {
-    Failure::Send(SendError::Reset {
+fn reset(error: io::Error, partial: bool) -> SendError {
+    SendError::Reset {
         error,
         reused: false,
         partial,
-    })
+    }
 }
 
 /// Writes the request (head, whole body, or the start of a streamed body)
@@ -486,7 +482,7 @@ async fn exchange(
     full: Option<&Bytes>,
     mut pump: Option<&mut Pump>,
     method: &Method,
-) -> Result<parse::ResponseHead, Failure> {
+) -> Result<parse::ResponseHead, SendError> {
     // Head and whole body in one write.
     let body: &[u8] = full.map_or(&[], |b| &b[..]);
     if let Err(e) = write_all2(&mut c.io, head, body).await {
@@ -499,7 +495,7 @@ async fn exchange(
                 match p.poll(cx, &mut c.io) {
                     Poll::Ready(Ok(())) | Poll::Pending => {}
                     Poll::Ready(Err(PumpError::Body(e))) => {
-                        return Poll::Ready(Err(Failure::Send(SendError::Body(e))))
+                        return Poll::Ready(Err(SendError::Body(e)))
                     }
                     // The server may have answered and closed (413, 401...):
                     // its response is read below.
@@ -513,12 +509,10 @@ async fn exchange(
                     Ok(Some(h)) => return Poll::Ready(Ok(h)),
                     Ok(None) => {}
                     Err(parse::ResponseError::Bad(why)) => {
-                        return Poll::Ready(Err(Failure::Send(SendError::BadResponse(why))))
+                        return Poll::Ready(Err(SendError::BadResponse(why)))
                     }
                     Err(parse::ResponseError::TooLarge) => {
-                        return Poll::Ready(Err(Failure::Send(SendError::BadResponse(
-                            "response head too large",
-                        ))))
+                        return Poll::Ready(Err(SendError::BadResponse("response head too large")))
                     }
                 }
             }
@@ -744,10 +738,8 @@ impl Body for UpBody {
         let this = &mut *self;
         loop {
             let Some(c) = this.conn.as_mut() else {
-                return match this.state {
-                    BodyState::Failed => Poll::Ready(None),
-                    _ => Poll::Ready(None),
-                };
+                // Ended, failed or handed over: nothing more comes.
+                return Poll::Ready(None);
             };
             if let Some(p) = this.pump.as_mut() {
                 match p.poll(cx, &mut c.io) {
