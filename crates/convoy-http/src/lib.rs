@@ -12,6 +12,7 @@ pub mod compress;
 pub mod conn;
 pub mod h1;
 pub mod headers;
+pub mod http2;
 pub mod proxy;
 pub mod route;
 pub mod tls;

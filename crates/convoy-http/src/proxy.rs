@@ -24,7 +24,7 @@ use http_body_util::{BodyExt, Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -76,7 +76,7 @@ pub enum InBody {
     /// HTTP/1.
     H1(crate::h1::body::ReqBody),
     /// HTTP/2.
-    H2(Incoming),
+    H2(crate::http2::H2Body),
 }
 
 /// `Body` for an enum of two bodies, by delegation.
@@ -820,7 +820,8 @@ async fn serve_conn<S>(
     Box::pin(serve_h2(sh, stream, rbuf, peer, info, stop)).await;
 }
 
-/// An HTTP/2 connection, on hyper.
+/// An HTTP/2 connection, on the `h2` crate ([`crate::http2`]): its
+/// streams run inside this connection's task.
 async fn serve_h2<S>(
     sh: &Arc<Shared>,
     stream: S,
@@ -832,31 +833,6 @@ async fn serve_h2<S>(
     S: crate::h1::server::ClientStream,
 {
     let st = Arc::new(ConnState::default());
-    let svc = {
-        let sh = Arc::clone(sh);
-        let st = Arc::clone(&st);
-        hyper::service::service_fn(move |req: Request<Incoming>| {
-            let (sh, info) = (Arc::clone(&sh), Arc::clone(&info));
-            let req_guard = InProgress::new(&st);
-            // Boxed: hyper runs each stream as a task and moves its future
-            // a few times; a pointer moves cheaper than the request path.
-            let fut: Pin<Box<dyn Future<Output = Response<RespBody>> + Send>> =
-                Box::pin(async move {
-                    respond(
-                        &sh,
-                        req.map(InBody::H2),
-                        peer,
-                        &info,
-                        Some(req_guard),
-                        false,
-                    )
-                    .await
-                });
-            async move { Ok::<_, Infallible>(fut.await) }
-        })
-    };
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder.timer(TokioTimer::new());
     let io = ConnIo::new(
         Rewind {
             pre: rbuf.freeze(),
@@ -866,23 +842,18 @@ async fn serve_h2<S>(
         sh.header_timeout,
         sh.idle_timeout,
     );
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    let mut kill = kill_future(sh);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                debug!(client = %peer, error = %e, "http connection ended with an error");
-            }
-        }
-        _ = async { let _ = stop.wait_for(|s| *s).await; } => {
-            conn.as_mut().graceful_shutdown();
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = kill.as_mut() => {}
-            }
-        }
-        _ = kill.as_mut() => {}
+    let handler = |req: Request<crate::http2::H2Body>| {
+        let (sh, info) = (Arc::clone(sh), Arc::clone(&info));
+        // Counted until the response body ends (the idle clock waits).
+        let guard = InProgress::new(&st);
+        async move { respond(&sh, req.map(InBody::H2), peer, &info, Some(guard), false).await }
+    };
+    let stopped = async {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let set = crate::http2::Settings::default();
+    if let Err(e) = crate::http2::serve(io, &set, stopped, kill_future(sh), handler).await {
+        debug!(client = %peer, error = %e, "http connection ended with an error");
     }
 }
 

@@ -385,3 +385,64 @@ async fn running_out_of_descriptors_backs_off_and_recovers() {
     .await;
     assert!(ok, "service resumed: {}", c.stderr());
 }
+
+/// HTTP/2 from a client: 50 requests multiplexed on one connection all
+/// answered; a stream the client resets mid-request frees its server slot
+/// at once while the connection goes on serving; nothing stays counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_multiplex_and_a_reset_stream_frees_its_slot() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let o = HttpOrigin::start("o", Duration::ZERO).await;
+    let port = free_port();
+    let c = Convoy::start(BIN, &one_server(port, o.addr, "")).await;
+    let admin = c.admin_addr();
+    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let get = |path: &str| {
+        let (client, url) = (client.clone(), format!("http://127.0.0.1:{port}{path}"));
+        async move {
+            let r = client
+                .request(http::Request::get(url).body(Empty::new()).unwrap())
+                .await
+                .expect("request");
+            let v = r.version();
+            let status = r.status().as_u16();
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            (v, status, body)
+        }
+    };
+    let all: Vec<_> = (0..50)
+        .map(|i| tokio::spawn(get(&format!("/m{i}?sleep_ms=50"))))
+        .collect();
+    for t in all {
+        let (v, status, body) = t.await.unwrap();
+        assert_eq!(
+            (v, status, &body[..]),
+            (http::Version::HTTP_2, 200, &b"o"[..])
+        );
+    }
+    assert_eq!(busy(&admin), (0, 1), "one connection carried them all");
+    assert!(o.seen.peak.load(std::sync::atomic::Ordering::SeqCst) > 1);
+
+    // A stream reset while its request waits on the server.
+    let slow = tokio::spawn(get("/slow?sleep_ms=4000"));
+    assert!(
+        wait_until(Duration::from_secs(3), || busy(&admin).0 == 1).await,
+        "the slow request reaches the server"
+    );
+    slow.abort(); // hyper resets the stream (RST_STREAM CANCEL)
+    assert!(
+        wait_until(Duration::from_secs(2), || busy(&admin).0 == 0).await,
+        "the reset stream still holds its slot: {:?}",
+        busy(&admin)
+    );
+    // The connection goes on.
+    let (_, status, body) = get("/after").await;
+    assert_eq!((status, &body[..]), (200, &b"o"[..]));
+    assert_eq!(busy(&admin), (0, 1));
+    drop(client);
+    settles(&admin, "http2 client").await;
+}

@@ -576,6 +576,16 @@ fn fold(mut h: u64, data: &[u8]) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_100_mb_up_and_down() {
+    stream_100_mb(false).await;
+}
+
+/// The same over HTTP/2 (prior knowledge): flow control both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_100_mb_up_and_down_over_http2() {
+    stream_100_mb(true).await;
+}
+
+async fn stream_100_mb(h2: bool) {
     let o = HttpOrigin::start("o", Duration::ZERO).await;
     let port = free_port();
     let cfg = format!(
@@ -583,7 +593,9 @@ async fn streams_100_mb_up_and_down() {
         servers("web", &[&o], "")
     );
     let node = Convoy::start(BIN, &cfg).await;
-    let c: Client<_, Gen> = Client::builder(TokioExecutor::new()).build_http();
+    let c: Client<_, Gen> = Client::builder(TokioExecutor::new())
+        .http2_only(h2)
+        .build_http();
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0xcbf2_9ce4_8422_2325));
     let size = 100 * 1024 * 1024;
     let body = Gen {
@@ -599,6 +611,12 @@ async fn streams_100_mb_up_and_down() {
         .unwrap();
     let resp = resp.unwrap_or_else(|e| panic!("{e:?}\n{}", node.stderr()));
     assert_eq!(resp.status(), 200);
+    let want = if h2 {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    };
+    assert_eq!(resp.version(), want);
     let mut body = resp.into_body();
     let mut got = 0usize;
     let mut h = 0xcbf2_9ce4_8422_2325u64;
