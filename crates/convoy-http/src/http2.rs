@@ -21,7 +21,9 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use ::h2::server::SendResponse;
 use ::h2::{Reason, RecvStream, SendStream};
@@ -31,6 +33,8 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::conn::{ConnIo, ConnState, InProgress};
 
 /// Limits of an HTTP/2 connection (hyper's defaults, which convoy used
 /// before).
@@ -46,6 +50,10 @@ pub struct Settings {
     pub max_header_list: u32,
     /// Response bytes buffered per stream before waiting for the client.
     pub max_send_buffer: usize,
+    /// Time for a new connection's first bytes.
+    pub header_timeout: Duration,
+    /// Time without a stream in progress or a byte from the client.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -56,6 +64,8 @@ impl Default for Settings {
             conn_window: 1024 * 1024,
             max_header_list: 16 * 1024,
             max_send_buffer: 400 * 1024,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -138,6 +148,22 @@ const CONNECTION_FIELDS: [HeaderName; 4] = [
 
 /// Removes the fields HTTP/2 forbids, adds `date` when missing.
 fn h2_head(h: &mut HeaderMap) {
+    // One pass over the names first: servers rarely send any of these.
+    let forbidden = |k: &HeaderName| {
+        k == http::header::CONNECTION || k == http::header::TE || CONNECTION_FIELDS.contains(k)
+    };
+    if h.keys().any(forbidden) {
+        strip_forbidden(h);
+    }
+    if !h.contains_key(http::header::DATE) {
+        let d = crate::h1::server::date();
+        if let Ok(v) = HeaderValue::from_bytes(&d) {
+            h.insert(http::header::DATE, v);
+        }
+    }
+}
+
+fn strip_forbidden(h: &mut HeaderMap) {
     if let Some(c) = h.remove(http::header::CONNECTION) {
         // Fields the server listed as hop-by-hop go too.
         for name in c.to_str().unwrap_or("").split(',') {
@@ -151,17 +177,13 @@ fn h2_head(h: &mut HeaderMap) {
         h.remove(f);
     }
     h.remove(http::header::TE);
-    if !h.contains_key(http::header::DATE) {
-        let d = crate::h1::server::date();
-        if let Ok(v) = HeaderValue::from_bytes(&d) {
-            h.insert(http::header::DATE, v);
-        }
-    }
 }
 
 /// Serves one HTTP/2 connection until it closes or `stop` (GOAWAY, then
 /// the open streams finish) or `kill` (closed at once) completes.
-/// `handler` answers each request.
+/// `handler` answers each request. The connection's clocks
+/// ([`crate::conn`]) count a stream in progress until its response has
+/// been sent or the stream was reset.
 pub async fn serve<S, H, F, B>(
     io: S,
     set: &Settings,
@@ -176,6 +198,8 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
+    let st = Arc::new(ConnState::default());
+    let io = ConnIo::new(io, Arc::clone(&st), set.header_timeout, set.idle_timeout);
     let mut conn = ::h2::server::Builder::new()
         .max_concurrent_streams(set.max_concurrent_streams)
         .initial_window_size(set.stream_window)
@@ -204,8 +228,9 @@ where
                 Poll::Ready(Some(Ok((req, respond)))) => {
                     let (parts, rx) = req.into_parts();
                     let body = H2Body::new(rx, &parts.headers);
+                    let busy = InProgress::new(&st);
                     let fut = handler(Request::from_parts(parts, body));
-                    streams.push(stream(fut, respond));
+                    streams.push(stream(fut, respond, busy));
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
                 Poll::Ready(None) => return Poll::Ready(Ok(())),
@@ -216,8 +241,9 @@ where
     .await
 }
 
-/// One stream: the response once the handler has it, then its body.
-async fn stream<F, B>(fut: F, mut respond: SendResponse<Bytes>)
+/// One stream: the response once the handler has it, then its body
+/// (`busy` is dropped with the stream).
+async fn stream<F, B>(fut: F, mut respond: SendResponse<Bytes>, busy: InProgress)
 where
     F: Future<Output = Response<B>>,
     B: Body<Data = Bytes> + Unpin,
@@ -245,6 +271,7 @@ where
     if !end {
         send_body(tx, &mut body).await;
     }
+    drop(busy);
 }
 
 /// Sends `body` on `tx` as the client's window allows.

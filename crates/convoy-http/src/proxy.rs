@@ -30,7 +30,6 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::conn::{ConnIo, ConnState, InProgress};
 use crate::headers::{add_forwarding, strip_hop_by_hop, ClientInfo};
 use crate::route::decide_from;
 
@@ -395,12 +394,10 @@ impl Body for Guarded {
     }
 }
 
-/// A response body that counts its request as in progress on the client
-/// connection until it ends (for the connection's idle timeout), and
-/// writes the request's access-log line when it ends.
+/// A response body that writes the request's access-log line when it
+/// ends.
 struct Tracked {
     inner: RespBody,
-    _req: Option<InProgress>,
     rec: Option<Box<AccessRec>>,
     access: Option<Arc<convoy_core::access::AccessLog>>,
 }
@@ -811,7 +808,7 @@ async fn serve_conn<S>(
         let handler = |req: Request<crate::h1::body::ReqBody>, meta: crate::h1::server::Meta| {
             let sh = Arc::clone(sh);
             let info = Arc::clone(&info);
-            async move { respond(&sh, req.map(InBody::H1), peer, &info, None, meta.stripped).await }
+            async move { respond(&sh, req.map(InBody::H1), peer, &info, meta.stripped).await }
         };
         crate::h1::server::serve(stream, rbuf, set, sig, handler).await;
         return;
@@ -832,26 +829,26 @@ async fn serve_h2<S>(
 ) where
     S: crate::h1::server::ClientStream,
 {
-    let st = Arc::new(ConnState::default());
-    let io = ConnIo::new(
-        Rewind {
-            pre: rbuf.freeze(),
-            s: stream,
-        },
-        Arc::clone(&st),
-        sh.header_timeout,
-        sh.idle_timeout,
-    );
+    let io = Rewind {
+        pre: rbuf.freeze(),
+        s: stream,
+    };
     let handler = |req: Request<crate::http2::H2Body>| {
         let (sh, info) = (Arc::clone(sh), Arc::clone(&info));
-        // Counted until the response body ends (the idle clock waits).
-        let guard = InProgress::new(&st);
-        async move { respond(&sh, req.map(InBody::H2), peer, &info, Some(guard), false).await }
+        // Boxed: the stream's future is moved into the stream set, and a
+        // pointer moves cheaper than the request path.
+        let fut: Pin<Box<dyn Future<Output = Response<RespBody>> + Send>> =
+            Box::pin(async move { respond(&sh, req.map(InBody::H2), peer, &info, false).await });
+        fut
     };
     let stopped = async {
         let _ = stop.wait_for(|s| *s).await;
     };
-    let set = crate::http2::Settings::default();
+    let set = crate::http2::Settings {
+        header_timeout: sh.header_timeout,
+        idle_timeout: sh.idle_timeout,
+        ..Default::default()
+    };
     if let Err(e) = crate::http2::serve(io, &set, stopped, kill_future(sh), handler).await {
         debug!(client = %peer, error = %e, "http connection ended with an error");
     }
@@ -864,7 +861,6 @@ async fn respond(
     req: Request<InBody>,
     peer: SocketAddr,
     info: &ClientInfo,
-    guard: Option<InProgress>,
     stripped: bool,
 ) -> Response<RespBody> {
     let mut rec = sh
@@ -881,7 +877,7 @@ async fn respond(
         None => fut.await,
     };
     sh.listener.count_response(resp.status().as_u16());
-    if rec.is_none() && guard.is_none() {
+    if rec.is_none() {
         return resp;
     }
     if let Some(r) = &mut rec {
@@ -890,7 +886,6 @@ async fn respond(
     let (parts, body) = resp.into_parts();
     let body = Tracked {
         inner: body,
-        _req: guard,
         rec,
         access: sh.ctx.access.clone(),
     };
