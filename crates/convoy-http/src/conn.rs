@@ -5,13 +5,14 @@
 //! - **header timeout**: a new connection must send its first bytes (the
 //!   preface) within `header_timeout`, or it is closed quietly.
 //! - **idle timeout**: a connection with no stream in progress and no
-//!   byte from the client for `idle_timeout` is closed (hyper would
-//!   otherwise keep it forever).
+//!   byte from the client for `idle_timeout` is closed (the `h2` crate
+//!   would otherwise keep it forever).
 //!
-//! The timers live in the socket wrapper itself: hyper polls the socket for
-//! reading whenever it waits, so the wrapper's `poll_read` sees the
-//! deadline pass and ends the stream. Streams in progress are counted in
-//! [`ConnState`] by the request handler and the response body.
+//! The timers live in the socket wrapper itself: the `h2` connection polls
+//! the socket for reading whenever it waits, so the wrapper's `poll_read`
+//! sees the deadline pass and ends the stream. Streams in progress are
+//! counted in [`ConnState`] by [`crate::http2`], from accept until the
+//! response has been sent.
 
 use std::future::Future;
 use std::io;

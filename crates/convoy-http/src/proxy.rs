@@ -1,5 +1,6 @@
-//! The HTTP listener: accept loop, hyper connection (HTTP/1.1 with
-//! keep-alive, or HTTP/2 when the client starts with the h2 preface), and
+//! The HTTP listener: accept loop, the client connection (HTTP/1.1 with
+//! keep-alive on [`crate::h1::server`], or HTTP/2 on [`crate::http2`] when
+//! ALPN says `h2` or the client starts with the HTTP/2 preface), and
 //! the per-request path: route → admission (slot or queue) → forward over
 //! the keep-alive pool → stream the response back, holding the slot until
 //! the response body ends.
@@ -69,8 +70,8 @@ const FAULT_SLOW: u8 = 3;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A client's request body: from convoy's own HTTP/1 loop, or from hyper
-/// (HTTP/2).
+/// A client's request body: from convoy's own HTTP/1 loop, or from an
+/// HTTP/2 stream.
 pub enum InBody {
     /// HTTP/1.
     H1(crate::h1::body::ReqBody),
@@ -757,7 +758,7 @@ fn kill_future(sh: &Shared) -> Pin<Box<dyn Future<Output = ()> + Send>> {
 /// Serves one client connection (plain or TLS) until it ends, the
 /// listener stops (graceful) or the node or listener kills it: HTTP/1.1
 /// on convoy's own loop, HTTP/2 (ALPN `h2`, or the prior-knowledge
-/// preface) on hyper.
+/// preface) on the `h2` crate.
 async fn serve_conn<S>(
     sh: &Arc<Shared>,
     mut stream: S,
@@ -813,7 +814,7 @@ async fn serve_conn<S>(
         crate::h1::server::serve(stream, rbuf, set, sig, handler).await;
         return;
     }
-    // Boxed: HTTP/1 connections (most) do not carry hyper's HTTP/2 state.
+    // Boxed: HTTP/1 connections (most) do not carry the HTTP/2 state.
     Box::pin(serve_h2(sh, stream, rbuf, peer, info, stop)).await;
 }
 
@@ -1026,10 +1027,11 @@ async fn handle(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    // Framing: hyper refuses differing Content-Lengths (400) and, given
-    // both Transfer-Encoding and Content-Length, frames by the former and
-    // drops the latter (RFC 9112 §6.3); the request is re-framed towards the
-    // server, so nothing can be smuggled past convoy.
+    // Framing: the HTTP/1 codec refuses differing Content-Lengths and
+    // Content-Length beside Transfer-Encoding (400); HTTP/2 bodies are DATA
+    // frames, checked by h2 against a Content-Length; either way the
+    // request is re-framed towards the server, so nothing can be smuggled
+    // past convoy.
     // Protocol upgrade (WebSocket and others, HTTP/1.1): the Upgrade and
     // Connection headers go to the server, and on its 101 the two
     // connections are joined into a byte tunnel.
@@ -1660,7 +1662,8 @@ where
                         t.buf.extend_from_slice(d);
                     }
                 }
-                // hyper stops polling once the body says it has ended.
+                // The client connection stops polling once the body says
+                // it has ended.
                 done = self.inner.is_end_stream();
             }
             Poll::Ready(None) => done = true,
