@@ -19,8 +19,26 @@ static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Removes hop-by-hop headers.
+/// Removes hop-by-hop headers. One pass over the names first: most
+/// messages have none (HTTP/2 requests cannot carry most of them).
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let hop = |k: &HeaderName| {
+        k == CONNECTION
+            || k == TE
+            || k == TRANSFER_ENCODING
+            || k == UPGRADE
+            || k == TRAILER
+            || k == PROXY_AUTHORIZATION
+            || k == PROXY_AUTHENTICATE
+            || k == KEEP_ALIVE
+            || k == PROXY_CONNECTION
+    };
+    if h.keys().any(hop) {
+        strip_all(h);
+    }
+}
+
+fn strip_all(h: &mut HeaderMap) {
     if let Some(conn) = h.remove(CONNECTION) {
         // Headers named in Connection are hop-by-hop too (only the first
         // Connection value is kept by `remove`; read all before removing).
@@ -246,6 +264,23 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
+        // Each one alone, without a Connection field, goes too.
+        for name in [
+            "te",
+            "transfer-encoding",
+            "upgrade",
+            "trailer",
+            "proxy-authorization",
+            "proxy-authenticate",
+            "keep-alive",
+            "proxy-connection",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static("x"));
+            h.insert("x-keep", HeaderValue::from_static("yes"));
+            strip_hop_by_hop(&mut h);
+            assert_eq!(h.len(), 1, "{name} stayed");
+        }
     }
 
     #[test]
