@@ -1418,18 +1418,17 @@ async fn fetch(
                     tls: tls.as_deref(),
                     connect_timeout,
                 };
-                let headers;
-                let hs = match extra_host {
-                    Some(h) => {
-                        let mut hm = parts.headers.clone();
-                        hm.insert(http::header::HOST, h);
-                        headers = hm;
-                        &headers
-                    }
-                    None => &parts.headers,
+                // Written as its own line: the client's fields are not
+                // copied to add one.
+                let head = crate::h1::client::ReqHead {
+                    method: &method,
+                    target: &rc.path,
+                    host: extra_host.as_ref(),
+                    headers: &parts.headers,
+                    extra: &rc.fwd,
                 };
                 pool_h1
-                    .send(&t, &method, &rc.path, hs, &rc.fwd, out_body)
+                    .send(&t, &head, out_body)
                     .await
                     .map(|r| r.map(UpResp::H1))
                     .map_err(UpErr::H1)

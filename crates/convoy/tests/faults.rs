@@ -439,9 +439,21 @@ async fn http2_streams_multiplex_and_a_reset_stream_frees_its_slot() {
         "the reset stream still holds its slot: {:?}",
         busy(&admin)
     );
-    // The connection goes on.
-    let (_, status, body) = get("/after").await;
-    assert_eq!((status, &body[..]), (200, &b"o"[..]));
+    // The connection goes on; the server got the :authority as Host.
+    let r = client
+        .request(
+            http::Request::get(format!("http://127.0.0.1:{port}/after"))
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    let authority = format!("127.0.0.1:{port}");
+    assert_eq!(r.headers()["x-seen-host"], authority.as_str());
+    assert_eq!(r.headers()["x-seen-x-forwarded-host"], authority.as_str());
+    assert_eq!(r.headers()["x-seen-version"], "1.1");
+    drop(r);
     assert_eq!(busy(&admin), (0, 1));
     drop(client);
     settles(&admin, "http2 client").await;

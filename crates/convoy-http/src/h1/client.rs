@@ -21,7 +21,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Method, Response};
+use http::{HeaderMap, HeaderValue, Method, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -148,6 +148,22 @@ pub struct TlsTarget {
     pub name: Option<rustls::pki_types::ServerName<'static>>,
     /// Pool key part.
     pub id: u64,
+}
+
+/// The head of a request to a server.
+#[derive(Debug, Clone, Copy)]
+pub struct ReqHead<'a> {
+    /// Its method.
+    pub method: &'a Method,
+    /// The request target (path and query).
+    pub target: &'a str,
+    /// A Host line written first, for a request that has no Host field
+    /// (HTTP/2 from the client: its `:authority`).
+    pub host: Option<&'a HeaderValue>,
+    /// The fields sent as they are.
+    pub headers: &'a HeaderMap,
+    /// More field lines, written as they are.
+    pub extra: &'a [u8],
 }
 
 /// Where a request goes.
@@ -357,19 +373,21 @@ impl Pool {
         })
     }
 
-    /// Sends one request and reads the response head. `target` is the
-    /// request target (path and query); `headers` are sent as they are,
-    /// except for the body fields, which follow `body`; `extra`: more
-    /// header lines, written as they are.
+    /// Sends one request and reads the response head: `req`'s fields are
+    /// sent as they are, except for the body fields, which follow `body`.
     pub async fn send(
         self: &Arc<Self>,
         t: &Target<'_>,
-        method: &Method,
-        target: &str,
-        headers: &HeaderMap,
-        extra: &[u8],
+        req: &ReqHead<'_>,
         body: OutBody,
     ) -> Result<Response<UpBody>, SendError> {
+        let ReqHead {
+            method,
+            target,
+            host,
+            headers,
+            extra,
+        } = *req;
         let key = Key {
             addr: t.addr,
             tls: t.tls.map_or(0, |t| t.id),
@@ -384,7 +402,7 @@ impl Pool {
             },
         };
         let mut head = Vec::with_capacity(256 + extra.len() + 32 * headers.len());
-        parse::write_request_head(&mut head, method, target, headers, extra, framing);
+        parse::write_request_head(&mut head, method, target, host, headers, extra, framing);
         let (mut pump, full) = match body {
             OutBody::Stream(b) => (Some(Pump::new(b, framing == Framing::Chunked)), None),
             OutBody::Full(b) => (None, Some(b)),

@@ -777,6 +777,7 @@ pub fn write_request_head(
     out: &mut Vec<u8>,
     method: &Method,
     target: &str,
+    host: Option<&HeaderValue>,
     h: &HeaderMap,
     extra: &[u8],
     framing: Framing,
@@ -785,6 +786,11 @@ pub fn write_request_head(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(v) = host {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     write_fields(out, h);
     out.extend_from_slice(extra);
     match framing {
@@ -1165,6 +1171,7 @@ mod tests {
             &mut out,
             &Method::POST,
             "/p?q",
+            None,
             &h,
             b"via: 1.1 convoy\r\n",
             Framing::Length(5),
@@ -1172,6 +1179,23 @@ mod tests {
         assert_eq!(
             out,
             b"POST /p?q HTTP/1.1\r\nhost: x\r\nvia: 1.1 convoy\r\ncontent-length: 5\r\n\r\n"
+        );
+        // The Host of an HTTP/2 request (its :authority) comes first.
+        let mut out = Vec::new();
+        let mut h2 = HeaderMap::new();
+        h2.insert("accept", HeaderValue::from_static("*/*"));
+        write_request_head(
+            &mut out,
+            &Method::GET,
+            "/",
+            Some(&HeaderValue::from_static("example.com")),
+            &h2,
+            b"",
+            Framing::Empty,
+        );
+        assert_eq!(
+            out,
+            b"GET / HTTP/1.1\r\nhost: example.com\r\naccept: */*\r\n\r\n"
         );
         let mut out = Vec::new();
         ResponseWrite {
