@@ -233,3 +233,85 @@ pub fn config(data: &[u8]) {
         }
     }
 }
+
+/// Bytes from an HTTP/2 client (after the connection preface) into
+/// convoy's HTTP/2 server (`convoy_http::http2::serve`) over an in-memory
+/// pipe, with a handler that reads each request's body and answers with
+/// a field HTTP/2 forbids. Invariants: no request reaches the handler
+/// with a connection-specific field, every request is HTTP/2, and the
+/// connection always ends (by its idle clock: time is paused and
+/// advances when all is idle).
+pub fn http2_conn(data: &[u8]) {
+    use http_body_util::{BodyExt, Full};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (mut rd, mut wr) = tokio::io::split(client);
+        let mut input = Vec::with_capacity(24 + data.len());
+        input.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        input.extend_from_slice(data);
+        // The client stays connected after its bytes (an end of stream
+        // at once would close the connection before any stream is
+        // served): the connection ends by its idle clock.
+        let feed = async move {
+            let _ = wr.write_all(&input).await;
+            std::future::pending::<()>().await;
+        };
+        let drain = async move {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = rd.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        let set = convoy_http::http2::Settings {
+            header_timeout: std::time::Duration::from_secs(1),
+            idle_timeout: std::time::Duration::from_secs(2),
+            ..Default::default()
+        };
+        let handler = |req: http::Request<convoy_http::http2::H2Body>| async move {
+            assert_eq!(req.version(), http::Version::HTTP_2);
+            for f in [
+                "connection",
+                "transfer-encoding",
+                "upgrade",
+                "keep-alive",
+                "proxy-connection",
+            ] {
+                assert!(!req.headers().contains_key(f), "{f} reached the handler");
+            }
+            if let Some(te) = req.headers().get("te") {
+                assert_eq!(te, "trailers");
+            }
+            let _ = req.into_body().collect().await;
+            let mut r = http::Response::new(Full::new(bytes::Bytes::from_static(b"fuzz")));
+            r.headers_mut()
+                .insert("connection", http::HeaderValue::from_static("close"));
+            r
+        };
+        let serve = async {
+            let _ = convoy_http::http2::serve(
+                server,
+                &set,
+                std::future::pending::<()>(),
+                std::future::pending::<()>(),
+                handler,
+            )
+            .await;
+        };
+        let all = async {
+            tokio::select! {
+                _ = feed => {}
+                _ = async { tokio::join!(drain, serve) } => {}
+            }
+        };
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(600), all).await;
+        assert!(ended.is_ok(), "the HTTP/2 connection never ended");
+    });
+}

@@ -36,3 +36,8 @@ fn proxy_protocol_corpus() {
 fn config_corpus() {
     assert!(replay("config", convoy_fuzz::config) >= 3);
 }
+
+#[test]
+fn http2_conn_corpus() {
+    assert!(replay("http2_conn", convoy_fuzz::http2_conn) >= 3);
+}
