@@ -237,7 +237,8 @@ pub fn config(data: &[u8]) {
 /// Bytes from an HTTP/2 client (after the connection preface) into
 /// convoy's HTTP/2 server (`convoy_http::http2::serve`) over an in-memory
 /// pipe, with a handler that reads each request's body and answers with
-/// a field HTTP/2 forbids. Invariants: no request reaches the handler
+/// a field HTTP/2 forbids (a body that stalls is given up after 30 s, as
+/// `body_timeout` does). Invariants: no request reaches the handler
 /// with a connection-specific field, every request is HTTP/2, and the
 /// connection always ends (by its idle clock: time is paused and
 /// advances when all is idle).
@@ -289,7 +290,9 @@ pub fn http2_conn(data: &[u8]) {
             if let Some(te) = req.headers().get("te") {
                 assert_eq!(te, "trailers");
             }
-            let _ = req.into_body().collect().await;
+            // As convoy's body_timeout would (30 s by default).
+            let body = req.into_body().collect();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), body).await;
             let mut r = http::Response::new(Full::new(bytes::Bytes::from_static(b"fuzz")));
             r.headers_mut()
                 .insert("connection", http::HeaderValue::from_static("close"));

@@ -230,7 +230,7 @@ where
                     let body = H2Body::new(rx, &parts.headers);
                     let busy = InProgress::new(&st);
                     let fut = handler(Request::from_parts(parts, body));
-                    streams.push(stream(fut, respond, busy));
+                    streams.push(stream(fut, respond, busy, set.idle_timeout));
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
                 Poll::Ready(None) => return Poll::Ready(Ok(())),
@@ -243,7 +243,7 @@ where
 
 /// One stream: the response once the handler has it, then its body
 /// (`busy` is dropped with the stream).
-async fn stream<F, B>(fut: F, mut respond: SendResponse<Bytes>, busy: InProgress)
+async fn stream<F, B>(fut: F, mut respond: SendResponse<Bytes>, busy: InProgress, stall: Duration)
 where
     F: Future<Output = Response<B>>,
     B: Body<Data = Bytes> + Unpin,
@@ -269,13 +269,16 @@ where
         return;
     };
     if !end {
-        send_body(tx, &mut body).await;
+        send_body(tx, &mut body, stall).await;
     }
     drop(busy);
 }
 
-/// Sends `body` on `tx` as the client's window allows.
-async fn send_body<B>(mut tx: SendStream<Bytes>, body: &mut B)
+/// Sends `body` on `tx` as the client's window allows. A client that
+/// gives no window for `stall` (it stopped reading, or announced a
+/// window of 0) gets the stream reset: it would otherwise hold the
+/// server's slot for as long as it likes.
+async fn send_body<B>(mut tx: SendStream<Bytes>, body: &mut B, stall: Duration)
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -320,10 +323,17 @@ where
             tx.reserve_capacity(data.len());
             let mut room = tx.capacity();
             if room == 0 {
-                match poll_fn(|cx| tx.poll_capacity(cx)).await {
-                    Some(Ok(n)) => room = n,
+                match tokio::time::timeout(stall, poll_fn(|cx| tx.poll_capacity(cx))).await {
+                    Ok(Some(Ok(n))) => room = n,
                     // Reset or connection gone.
-                    _ => return,
+                    Ok(_) => return,
+                    Err(_) => {
+                        tracing::debug!(
+                            "client took no response bytes for the idle timeout: stream reset"
+                        );
+                        tx.send_reset(Reason::CANCEL);
+                        return;
+                    }
                 }
                 if room == 0 {
                     continue;

@@ -458,3 +458,44 @@ async fn http2_streams_multiplex_and_a_reset_stream_frees_its_slot() {
     drop(client);
     settles(&admin, "http2 client").await;
 }
+
+/// An HTTP/2 client that stops reading a large response (its window
+/// stays shut) does not hold the server's slot: after `idle_timeout`
+/// without room the stream is reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_client_that_stops_reading_loses_its_stream() {
+    use http_body_util::Empty;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let o = HttpOrigin::start("o", Duration::ZERO).await;
+    let port = free_port();
+    let c = Convoy::start(BIN, &one_server(port, o.addr, "idle_timeout = \"1s\"")).await;
+    let admin = c.admin_addr();
+    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let r = client
+        .request(
+            http::Request::get(format!("http://127.0.0.1:{port}/text/50000000"))
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    // The body is never read: hyper gives no window back.
+    assert_eq!(
+        busy(&admin).0,
+        1,
+        "the download holds its slot while it runs"
+    );
+    assert!(
+        wait_until(Duration::from_secs(6), || busy(&admin).0 == 0).await,
+        "a client that reads nothing keeps the slot: {:?}",
+        busy(&admin)
+    );
+    assert!(!c.stderr().contains("panicked"), "{}", c.stderr());
+    drop(r);
+    drop(client);
+    settles(&admin, "stalled http2 client").await;
+}
