@@ -499,3 +499,28 @@ async fn http2_client_that_stops_reading_loses_its_stream() {
     drop(client);
     settles(&admin, "stalled http2 client").await;
 }
+
+/// The same over HTTP/1.1: a client that stops reading a large response
+/// is closed after `idle_timeout` without progress, and its slot freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_client_that_stops_reading_is_closed() {
+    let o = HttpOrigin::start("o", Duration::ZERO).await;
+    let port = free_port();
+    let c = Convoy::start(BIN, &one_server(port, o.addr, "idle_timeout = \"1s\"")).await;
+    let admin = c.admin_addr();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"GET /text/50000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Nothing is read: the socket buffers fill and convoy's writes stop.
+    assert!(
+        wait_until(Duration::from_secs(3), || busy(&admin).0 == 1).await,
+        "the download starts"
+    );
+    assert!(
+        wait_until(Duration::from_secs(6), || busy(&admin) == (0, 0)).await,
+        "a client that reads nothing keeps its slot and connection: {:?}",
+        busy(&admin)
+    );
+    drop(s);
+}

@@ -5,8 +5,9 @@
 //!
 //! - **Timeouts**: a head must arrive whole within `header_timeout` of
 //!   its first byte (408 otherwise: slowloris); a connection with no
-//!   request for `idle_timeout` is closed; a new connection that sends
-//!   nothing is closed after `header_timeout`.
+//!   request for `idle_timeout` is closed, and so is one whose client
+//!   takes no response byte for `idle_timeout` (it stopped reading); a
+//!   new connection that sends nothing is closed after `header_timeout`.
 //! - **The client leaves**: its end of stream or an error at any time
 //!   drops the request in progress at once (its server slot is freed).
 //! - **Bad input** gets its status (400, 405, 431, 501, 505) and the
@@ -671,6 +672,9 @@ where
     .write(&mut out.head);
     out.start(framing == Framing::Chunked);
     let mut cut = false;
+    // A client that takes no response bytes for `idle_timeout` (it
+    // stopped reading) is closed: it would hold the server's slot.
+    let mut stall: Option<(Pin<Box<Sleep>>, u64)> = None;
     let ok = poll_fn(|cx| {
         if sig.poll_kill(cx).is_ready() {
             return Poll::Ready(false);
@@ -721,6 +725,33 @@ where
         if out.queued == 0 && feed.done() && poll_gone(cx, io, rbuf).is_ready() {
             return Poll::Ready(false);
         }
+        if out.queued == 0 {
+            // Waiting for the server: its clocks are the request path's.
+            stall = None;
+        } else {
+            let deadline = Instant::now() + set.idle_timeout;
+            match &mut stall {
+                Some((t, at)) if *at == out.written => {
+                    if t.as_mut().poll(cx).is_ready() {
+                        tracing::debug!(
+                            "client took no response bytes for the idle timeout: closing"
+                        );
+                        return Poll::Ready(false);
+                    }
+                }
+                Some((t, at)) => {
+                    // Progress since: the clock starts again.
+                    *at = out.written;
+                    t.as_mut().reset(deadline);
+                    let _ = t.as_mut().poll(cx);
+                }
+                None => {
+                    let mut t = Box::pin(tokio::time::sleep_until(deadline));
+                    let _ = t.as_mut().poll(cx);
+                    stall = Some((t, out.written));
+                }
+            }
+        }
         Poll::Pending
     })
     .await;
@@ -751,6 +782,8 @@ struct Out {
     head_off: usize,
     pending: std::collections::VecDeque<Bytes>,
     queued: usize,
+    /// Bytes written so far (to see a client that stopped reading).
+    written: u64,
     chunked: bool,
     ended: bool,
     end_queued: bool,
@@ -833,6 +866,7 @@ impl Out {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.queued -= n;
+            self.written += n as u64;
             let mut n = n;
             let in_head = (self.head.len() - self.head_off).min(n);
             self.head_off += in_head;
