@@ -29,7 +29,7 @@ use ::h2::server::SendResponse;
 use ::h2::{Reason, RecvStream, SendStream};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderValue;
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -137,46 +137,17 @@ impl Body for H2Body {
     }
 }
 
-/// Fields HTTP/2 forbids in a response (RFC 9113 §8.2.2), besides
-/// `connection` and `te`.
-const CONNECTION_FIELDS: [HeaderName; 4] = [
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    http::header::TRANSFER_ENCODING,
-    http::header::UPGRADE,
-];
-
-/// Removes the fields HTTP/2 forbids, adds `date` when missing.
+/// Removes the fields HTTP/2 forbids in a response (RFC 9113 §8.2.2:
+/// the hop-by-hop fields, removed by the same code as for HTTP/1), adds
+/// `date` when missing.
 fn h2_head(h: &mut HeaderMap) {
-    // One pass over the names first: servers rarely send any of these.
-    let forbidden = |k: &HeaderName| {
-        k == http::header::CONNECTION || k == http::header::TE || CONNECTION_FIELDS.contains(k)
-    };
-    if h.keys().any(forbidden) {
-        strip_forbidden(h);
-    }
+    crate::headers::strip_hop_by_hop(h);
     if !h.contains_key(http::header::DATE) {
         let d = crate::h1::server::date();
         if let Ok(v) = HeaderValue::from_bytes(&d) {
             h.insert(http::header::DATE, v);
         }
     }
-}
-
-fn strip_forbidden(h: &mut HeaderMap) {
-    if let Some(c) = h.remove(http::header::CONNECTION) {
-        // Fields the server listed as hop-by-hop go too.
-        for name in c.to_str().unwrap_or("").split(',') {
-            let name = name.trim();
-            if !name.is_empty() {
-                h.remove(name);
-            }
-        }
-    }
-    for f in &CONNECTION_FIELDS {
-        h.remove(f);
-    }
-    h.remove(http::header::TE);
 }
 
 /// Serves one HTTP/2 connection until it closes or `stop` (GOAWAY, then

@@ -386,28 +386,46 @@ async fn running_out_of_descriptors_backs_off_and_recovers() {
     assert!(ok, "service resumed: {}", c.stderr());
 }
 
+type H2Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<bytes::Bytes>,
+>;
+
+/// A client that speaks HTTP/2 by prior knowledge (one connection per
+/// address, streams multiplexed on it).
+fn h2_client() -> H2Client {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// GET `url` with `client`; the response with its body unread.
+async fn h2_get(client: &H2Client, url: String) -> http::Response<hyper::body::Incoming> {
+    client
+        .request(
+            http::Request::get(url)
+                .body(http_body_util::Empty::new())
+                .unwrap(),
+        )
+        .await
+        .expect("request")
+}
+
 /// HTTP/2 from a client: 50 requests multiplexed on one connection all
 /// answered; a stream the client resets mid-request frees its server slot
 /// at once while the connection goes on serving; nothing stays counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_streams_multiplex_and_a_reset_stream_frees_its_slot() {
-    use http_body_util::{BodyExt, Empty};
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
+    use http_body_util::BodyExt;
     let o = HttpOrigin::start("o", Duration::ZERO).await;
     let port = free_port();
     let c = Convoy::start(BIN, &one_server(port, o.addr, "")).await;
     let admin = c.admin_addr();
-    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http();
+    let client = h2_client();
     let get = |path: &str| {
         let (client, url) = (client.clone(), format!("http://127.0.0.1:{port}{path}"));
         async move {
-            let r = client
-                .request(http::Request::get(url).body(Empty::new()).unwrap())
-                .await
-                .expect("request");
+            let r = h2_get(&client, url).await;
             let v = r.version();
             let status = r.status().as_u16();
             let body = r.into_body().collect().await.unwrap().to_bytes();
@@ -440,14 +458,7 @@ async fn http2_streams_multiplex_and_a_reset_stream_frees_its_slot() {
         busy(&admin)
     );
     // The connection goes on; the server got the :authority as Host.
-    let r = client
-        .request(
-            http::Request::get(format!("http://127.0.0.1:{port}/after"))
-                .body(Empty::new())
-                .unwrap(),
-        )
-        .await
-        .expect("request");
+    let r = h2_get(&client, format!("http://127.0.0.1:{port}/after")).await;
     assert_eq!(r.status(), 200);
     let authority = format!("127.0.0.1:{port}");
     assert_eq!(r.headers()["x-seen-host"], authority.as_str());
@@ -464,24 +475,12 @@ async fn http2_streams_multiplex_and_a_reset_stream_frees_its_slot() {
 /// without room the stream is reset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_client_that_stops_reading_loses_its_stream() {
-    use http_body_util::Empty;
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
     let o = HttpOrigin::start("o", Duration::ZERO).await;
     let port = free_port();
     let c = Convoy::start(BIN, &one_server(port, o.addr, "idle_timeout = \"1s\"")).await;
     let admin = c.admin_addr();
-    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http();
-    let r = client
-        .request(
-            http::Request::get(format!("http://127.0.0.1:{port}/text/50000000"))
-                .body(Empty::new())
-                .unwrap(),
-        )
-        .await
-        .expect("request");
+    let client = h2_client();
+    let r = h2_get(&client, format!("http://127.0.0.1:{port}/text/50000000")).await;
     assert_eq!(r.status(), 200);
     // The body is never read: hyper gives no window back.
     assert_eq!(

@@ -729,7 +729,6 @@ where
             // Waiting for the server: its clocks are the request path's.
             stall = None;
         } else {
-            let deadline = Instant::now() + set.idle_timeout;
             match &mut stall {
                 Some((t, at)) if *at == out.written => {
                     if t.as_mut().poll(cx).is_ready() {
@@ -742,11 +741,11 @@ where
                 Some((t, at)) => {
                     // Progress since: the clock starts again.
                     *at = out.written;
-                    t.as_mut().reset(deadline);
+                    t.as_mut().reset(Instant::now() + set.idle_timeout);
                     let _ = t.as_mut().poll(cx);
                 }
                 None => {
-                    let mut t = Box::pin(tokio::time::sleep_until(deadline));
+                    let mut t = Box::pin(tokio::time::sleep(set.idle_timeout));
                     let _ = t.as_mut().poll(cx);
                     stall = Some((t, out.written));
                 }
