@@ -9,7 +9,6 @@
 
 pub mod cache;
 pub mod compress;
-pub mod conn;
 pub mod h1;
 pub mod headers;
 pub mod http2;

@@ -818,7 +818,7 @@ async fn serve_conn<S>(
     Box::pin(serve_h2(sh, stream, rbuf, peer, info, stop)).await;
 }
 
-/// An HTTP/2 connection, on the `h2` crate ([`crate::http2`]): its
+/// An HTTP/2 connection, on convoy's own loop ([`crate::http2`]): its
 /// streams run inside this connection's task.
 async fn serve_h2<S>(
     sh: &Arc<Shared>,
@@ -836,11 +836,7 @@ async fn serve_h2<S>(
     };
     let handler = |req: Request<crate::http2::H2Body>| {
         let (sh, info) = (Arc::clone(sh), Arc::clone(&info));
-        // Boxed: the stream's future is moved into the stream set, and a
-        // pointer moves cheaper than the request path.
-        let fut: Pin<Box<dyn Future<Output = Response<RespBody>> + Send>> =
-            Box::pin(async move { respond(&sh, req.map(InBody::H2), peer, &info, false).await });
-        fut
+        async move { respond(&sh, req.map(InBody::H2), peer, &info, false).await }
     };
     let stopped = async {
         let _ = stop.wait_for(|s| *s).await;

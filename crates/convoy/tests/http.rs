@@ -231,6 +231,75 @@ async fn http2_prior_knowledge_with_curl() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "a 2");
 }
 
+/// HTTP/2 clients of other makers than the tests' own (hyper's): curl
+/// sends a 5 MB body through the client-side windows and gets it back
+/// byte for byte, also with `Expect: 100-continue`; h2load runs 3000
+/// requests as 80 concurrent streams on 4 connections, all answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_curl_and_h2load_upload_and_multiplex() {
+    assert!(convoy_testkit::have("curl"), "curl is needed");
+    assert!(
+        convoy_testkit::have("h2load"),
+        "h2load (nghttp2-client) is needed"
+    );
+    let a = HttpOrigin::start("a", Duration::ZERO).await;
+    let port = free_port();
+    let cfg = format!(
+        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n[pools.web]\n{}",
+        servers("web", &[&a], "")
+    );
+    let _c = Convoy::start(BIN, &cfg).await;
+    let dir = convoy_testkit::temp_dir("h2-upload");
+    let up = dir.join("up.bin");
+    let down = dir.join("down.bin");
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let data: Vec<u8> = (0..5_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&up, &data).unwrap();
+    for expect in ["Expect:", "Expect: 100-continue"] {
+        let _ = std::fs::remove_file(&down);
+        let out = tokio::process::Command::new("curl")
+            .args([
+                "-s",
+                "--http2-prior-knowledge",
+                "-H",
+                expect,
+                "--data-binary",
+            ])
+            .arg(format!("@{}", up.display()))
+            .arg("-o")
+            .arg(&down)
+            .args(["-w", "%{http_code} %{http_version}"])
+            .arg(format!("http://127.0.0.1:{port}/echo"))
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200 2", "{expect}");
+        let back = std::fs::read(&down).unwrap();
+        assert_eq!(back.len(), data.len(), "{expect}");
+        assert!(back == data, "{expect}: the body came back changed");
+    }
+    let out = tokio::process::Command::new("h2load")
+        .args(["-n", "3000", "-c", "4", "-m", "20", "-t", "1"])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("3000 succeeded, 0 failed, 0 errored"),
+        "{text}"
+    );
+    assert!(text.contains("status codes: 3000 2xx"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_requests_avoid_the_server_busy_with_media() {
     let a = HttpOrigin::start("a", Duration::ZERO).await;
