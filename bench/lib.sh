@@ -21,11 +21,11 @@ http {
 NG
 }
 
-# haproxy_http_conf DIR PORT ORIGIN_PORT [MAXCONN] [EXTRA_GLOBAL] — HAProxy
-# 2.6 `mode http`, `nbthread 1`, `http-reuse always`; writes
-# DIR/haproxy.cfg.
+# haproxy_http_conf DIR PORT ORIGIN_PORT [MAXCONN] [EXTRA_GLOBAL] [BIND_OPTS]
+# — HAProxy 2.6 `mode http`, `nbthread 1`, `http-reuse always`; BIND_OPTS
+# go on the `bind` line (`proto h2`, `ssl crt …`); writes DIR/haproxy.cfg.
 haproxy_http_conf() {
-  local dir=$1 port=$2 origin=$3 maxconn=${4:-4000} extra=${5:-}
+  local dir=$1 port=$2 origin=$3 maxconn=${4:-4000} extra=${5:-} bind=${6:-}
   cat > "$dir/haproxy.cfg" <<HA
 global
   nbthread 1
@@ -39,7 +39,7 @@ defaults
   timeout server 120s
   timeout http-keep-alive 120s
 frontend f
-  bind 127.0.0.1:$port
+  bind 127.0.0.1:$port $bind
   default_backend b
 backend b
   server o 127.0.0.1:$origin

@@ -148,12 +148,35 @@ struct RecvState {
     held: usize,
     /// Bytes taken and not yet given back to the client as window.
     released: usize,
+    /// The body was dropped unread: what comes is thrown away.
+    gone: bool,
+    /// Bytes thrown away and not yet given back to the connection's
+    /// window (the stream's stays shut: that client waits, not others).
+    dropped: usize,
 }
 
 type Recv = Arc<Mutex<RecvState>>;
 
 fn lock(r: &Recv) -> std::sync::MutexGuard<'_, RecvState> {
     r.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Drop for H2Body {
+    fn drop(&mut self) {
+        // Unread data gives the connection's window back, so that a
+        // request path that left its body does not block the other
+        // streams' uploads.
+        if let Some(r) = &self.recv {
+            let mut st = lock(r);
+            st.gone = true;
+            st.dropped += std::mem::take(&mut st.held);
+            st.data.clear();
+            drop(st);
+            if let Some(w) = &self.stream {
+                w.wake_by_ref();
+            }
+        }
+    }
 }
 
 /// A client's HTTP/2 request body.
@@ -1121,7 +1144,9 @@ where
                     } else {
                         let r = s.recv.as_ref().expect("receiving");
                         let mut st = lock(r);
-                        if !data.is_empty() {
+                        if st.gone {
+                            give_back = flow;
+                        } else if !data.is_empty() {
                             st.held += data.len();
                             st.data.push_back(data);
                         }
@@ -1327,10 +1352,11 @@ where
             };
             s.wake.queued.store(false, Ordering::Release);
             // Window taken by the request body goes back to the client.
-            let taken = s
-                .recv
-                .as_ref()
-                .map_or(0, |r| std::mem::take(&mut lock(r).released) as u32);
+            let (taken, dropped) = s.recv.as_ref().map_or((0, 0), |r| {
+                let mut st = lock(r);
+                let d = std::mem::take(&mut st.dropped) as u32;
+                (std::mem::take(&mut st.released) as u32, d)
+            });
             if taken > 0 && s.recv_open {
                 s.unacked += taken;
                 if s.unacked >= self.set.stream_window / 2 {
@@ -1341,7 +1367,7 @@ where
             }
             let step = Self::step(s, id, &mut self.out, &mut self.conn_blocked);
             stalled |= s.stalled.is_some();
-            self.give_back(taken);
+            self.give_back(taken + dropped);
             match step {
                 Step::Idle => {}
                 Step::Blocked => self.blocked.push(id),
@@ -1484,7 +1510,7 @@ where
         let mut back = 0;
         if let Some(r) = &s.recv {
             let st = lock(r);
-            back = (st.held + st.released) as u32;
+            back = (st.held + st.released + st.dropped) as u32;
         }
         if s.recv_open {
             frame::rst_stream(&mut self.out.buf, id, Reason::NO_ERROR);

@@ -684,3 +684,62 @@ async fn a_graceful_stop_finishes_open_streams_and_ignores_new_ones() {
     assert_eq!((status, &body[..]), (200, &b"done"[..]));
     assert!(matches!(task.await, Ok(Ok(()))));
 }
+
+#[tokio::test]
+async fn a_body_left_unread_gives_the_connection_window_back() {
+    let set = Settings {
+        stream_window: 65_535,
+        conn_window: 65_535,
+        ..Default::default()
+    };
+    let (io, _, _t) = start(set, |req: Request<H2Body>| {
+        Box::pin(async move {
+            let drop_it = req.uri().path() == "/drop";
+            let body = req.into_body();
+            if drop_it {
+                // Leaves the body unread and never answers.
+                drop(body);
+                std::future::pending::<()>().await;
+                unreachable!();
+            }
+            let n = body.collect().await.unwrap().to_bytes().len();
+            Response::new(Full::new(Bytes::from(n.to_string())))
+        }) as Fut
+    });
+    let mut c = Raw::new(io).await;
+    let post = |path: &str| {
+        let mut b = Vec::new();
+        lit(&mut b, ":method", "POST");
+        lit(&mut b, ":scheme", "http");
+        lit(&mut b, ":path", path);
+        b
+    };
+    c.send(frame::HEADERS, frame::END_HEADERS, 1, &post("/drop"))
+        .await;
+    for _ in 0..4 {
+        c.send(frame::DATA, 0, 1, &[1u8; 15_000]).await;
+    }
+    // The 60 000 bytes nobody reads come back to the connection (in
+    // updates of at least half its window)...
+    let mut back = 0;
+    while back < 32_768 {
+        let (h, p) = c.until(frame::WINDOW_UPDATE).await.unwrap();
+        if h.stream == 0 {
+            back += u32::from_be_bytes(p[..4].try_into().unwrap());
+        }
+    }
+    // ...so another stream can upload what the window now allows.
+    let window = 65_535 - 60_000 + back as usize;
+    c.send(frame::HEADERS, frame::END_HEADERS, 3, &post("/read"))
+        .await;
+    let mut left = window;
+    while left > 0 {
+        let n = left.min(16_384);
+        left -= n;
+        let end = if left == 0 { frame::END_STREAM } else { 0 };
+        c.send(frame::DATA, end, 3, &vec![2u8; n]).await;
+    }
+    let (status, _, body) = c.response(3).await;
+    assert_eq!(status, 200);
+    assert_eq!(String::from_utf8(body).unwrap(), window.to_string());
+}
