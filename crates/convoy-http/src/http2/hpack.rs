@@ -545,8 +545,13 @@ impl Decoder {
                     let (n, _, _, len) = self.get(i)?;
                     (n, len)
                 };
-                let s = string(block, &mut pos)?;
+                let mut s = string(block, &mut pos)?;
                 let size = name_len + s.len() + 32;
+                if index {
+                    // Kept for the connection's life: its own bytes, not
+                    // a slice pinning the frame it came in.
+                    s = Bytes::copy_from_slice(&s);
+                }
                 let val = value(&name, s);
                 if index {
                     self.table

@@ -369,6 +369,17 @@ impl<F, B> Drop for Stream<F, B> {
     }
 }
 
+/// How a stream ends (see `Conn::remove`).
+#[derive(Clone, Copy)]
+enum End {
+    /// Its response was sent.
+    Done,
+    /// The client reset it.
+    ByClient,
+    /// We reset it with this reason.
+    Reset(Reason),
+}
+
 /// What a stream's poll ended with.
 enum Step {
     /// Waiting for its future, its body or the client's window.
@@ -377,6 +388,8 @@ enum Step {
     Blocked,
     /// Finished: remove it.
     Done,
+    /// Failed on the server's side: reset it.
+    Reset(Reason),
 }
 
 /// Our output: frames waiting for the socket.
@@ -549,6 +562,8 @@ struct Conn<S, H, F, B> {
     armed: bool,
     last_read: Instant,
     write_stalled: Option<Instant>,
+    /// Since when streams wait for the connection's window.
+    window_stalled: Option<Instant>,
     started: Instant,
 }
 
@@ -620,6 +635,7 @@ where
             armed: true,
             last_read: now,
             write_stalled: None,
+            window_stalled: None,
             started: now,
         }
     }
@@ -755,6 +771,17 @@ where
             tracing::debug!("HTTP/2 client took no bytes for the idle timeout: closed");
             return Poll::Ready(Ok(()));
         }
+        if !self
+            .conn_blocked
+            .iter()
+            .any(|id| self.streams.contains_key(id))
+        {
+            self.window_stalled = None;
+        }
+        if self.window_stalled.is_some_and(|t| now >= t + idle) {
+            tracing::debug!("HTTP/2 client gave no connection window for the idle timeout: closed");
+            return Poll::Ready(Ok(()));
+        }
         if self.idle_at().is_some_and(|at| now >= at) {
             frame::goaway(&mut self.out.buf, self.last_id, Reason::NO_ERROR, "idle");
             // One try to say goodbye; the connection ends either way.
@@ -770,13 +797,13 @@ where
             .collect();
         for id in gone {
             tracing::debug!("client took no response bytes for the idle timeout: stream reset");
-            frame::rst_stream(&mut self.out.buf, id, Reason::CANCEL);
-            self.remove(id);
+            self.remove(id, End::Reset(Reason::CANCEL));
         }
         // The next deadline of what is still waiting.
         let deadlines = [
             (!self.preface).then(|| self.started + self.set.header_timeout),
             self.write_stalled.map(|t| t + idle),
+            self.window_stalled.map(|t| t + idle),
             self.idle_at(),
             self.streams
                 .values()
@@ -855,6 +882,9 @@ where
                 }
             };
             self.frame(h, payload)?;
+            if self.failed.is_some() {
+                break;
+            }
         }
         Ok(())
     }
@@ -887,7 +917,9 @@ where
                     return proto("PRIORITY on stream 0");
                 }
                 if p.len() != 5 {
-                    frame::rst_stream(&mut self.out.buf, h.stream, Reason::FRAME_SIZE_ERROR);
+                    // A stream error; taken for the whole connection, as
+                    // the stream may be idle.
+                    return Err(Error::Protocol(Reason::FRAME_SIZE_ERROR, "PRIORITY size"));
                 }
                 Ok(())
             }
@@ -901,19 +933,8 @@ where
                 if h.stream > self.last_id {
                     return proto("RST_STREAM on an idle stream");
                 }
-                if let Some(s) = self.streams.get(&h.stream) {
-                    if matches!(s.phase, Phase::Waiting(_)) {
-                        self.resets += 1;
-                        if self.resets > RESET_BUDGET {
-                            return Err(Error::Protocol(
-                                Reason::ENHANCE_YOUR_CALM,
-                                "too many streams reset",
-                            ));
-                        }
-                    }
-                    // The request path is dropped: its slot comes free.
-                    self.remove(h.stream);
-                }
+                // The request path is dropped: its slot comes free.
+                self.remove(h.stream, End::ByClient);
                 Ok(())
             }
             SETTINGS => self.settings(h, &p),
@@ -965,6 +986,7 @@ where
                             "connection window over 2^31-1",
                         ));
                     }
+                    self.window_stalled = None;
                     for id in std::mem::take(&mut self.conn_blocked) {
                         self.requeue(id);
                     }
@@ -977,14 +999,12 @@ where
                     return Ok(());
                 };
                 if inc == 0 {
-                    frame::rst_stream(&mut self.out.buf, h.stream, Reason::PROTOCOL_ERROR);
-                    self.remove(h.stream);
+                    self.remove(h.stream, End::Reset(Reason::PROTOCOL_ERROR));
                     return Ok(());
                 }
                 s.send_window += inc;
                 if s.send_window > MAX_WINDOW {
-                    frame::rst_stream(&mut self.out.buf, h.stream, Reason::FLOW_CONTROL_ERROR);
-                    self.remove(h.stream);
+                    self.remove(h.stream, End::Reset(Reason::FLOW_CONTROL_ERROR));
                     return Ok(());
                 }
                 s.wake.wake_by_ref();
@@ -1016,6 +1036,9 @@ where
             return Err(Error::Protocol(Reason::FRAME_SIZE_ERROR, "SETTINGS size"));
         }
         self.settings_seen = true;
+        // Only the frame's last INITIAL_WINDOW_SIZE is applied to the
+        // streams (once, not once per entry).
+        let mut window = None;
         for s in p.chunks_exact(6) {
             let id = u16::from_be_bytes([s[0], s[1]]);
             let v = u32::from_be_bytes([s[2], s[3], s[4], s[5]]);
@@ -1035,20 +1058,7 @@ where
                             "INITIAL_WINDOW_SIZE over 2^31-1",
                         ));
                     }
-                    let delta = v - self.peer_window;
-                    self.peer_window = v;
-                    for s in self.streams.values_mut() {
-                        s.send_window += delta;
-                        if s.send_window > MAX_WINDOW {
-                            return Err(Error::Protocol(
-                                Reason::FLOW_CONTROL_ERROR,
-                                "stream window over 2^31-1",
-                            ));
-                        }
-                        if delta > 0 {
-                            s.wake.wake_by_ref();
-                        }
-                    }
+                    window = Some(v);
                 }
                 MAX_FRAME_SIZE => {
                     if !(16_384..=16_777_215).contains(&v) {
@@ -1062,6 +1072,22 @@ where
                 // MAX_CONCURRENT_STREAMS limits pushes (we make none);
                 // MAX_HEADER_LIST_SIZE is advisory; others are unknown.
                 _ => {}
+            }
+        }
+        if let Some(v) = window {
+            let delta = v - self.peer_window;
+            self.peer_window = v;
+            for s in self.streams.values_mut() {
+                s.send_window += delta;
+                if s.send_window > MAX_WINDOW {
+                    return Err(Error::Protocol(
+                        Reason::FLOW_CONTROL_ERROR,
+                        "stream window over 2^31-1",
+                    ));
+                }
+                if delta > 0 {
+                    s.wake.wake_by_ref();
+                }
             }
         }
         frame::head(&mut self.out.buf, 0, SETTINGS, ACK, 0);
@@ -1148,6 +1174,13 @@ where
                             give_back = flow;
                         } else if !data.is_empty() {
                             st.held += data.len();
+                            // A small frame is copied: held as a slice it
+                            // would keep its whole read buffer alive.
+                            let data = if data.len() < 4096 {
+                                Bytes::copy_from_slice(&data)
+                            } else {
+                                data
+                            };
                             st.data.push_back(data);
                         }
                         if end {
@@ -1157,6 +1190,16 @@ where
                             w.wake();
                         }
                         drop(st);
+                        // Padding goes back to the stream's window too.
+                        let pad = (flow - n as i64) as u32;
+                        if pad > 0 && !end {
+                            s.unacked += pad;
+                            if s.unacked >= self.set.stream_window / 2 {
+                                frame::window_update(&mut self.out.buf, id, s.unacked);
+                                s.recv_window += i64::from(s.unacked);
+                                s.unacked = 0;
+                            }
+                        }
                         if end {
                             s.recv_open = false;
                         }
@@ -1174,8 +1217,7 @@ where
             None => give_back = flow,
         }
         if let Some(r) = reset {
-            frame::rst_stream(&mut self.out.buf, id, r);
-            self.remove(id);
+            self.remove(id, End::Reset(r));
         }
         self.give_back(give_back as u32);
         Ok(())
@@ -1297,9 +1339,13 @@ where
         let mut fields = HeaderMap::new();
         let mut size = 0;
         let mut bad = false;
+        let limit = self.set.max_header_list as usize;
         self.dec
             .decode(&block, |n, v, s| {
                 size += s;
+                if size > limit {
+                    return;
+                }
                 match (n, v) {
                     (Name::Field(n), hpack::Value::Field(v)) if !connection_specific(n) => {
                         fields.append(n.clone(), v);
@@ -1313,8 +1359,7 @@ where
             return Ok(());
         };
         let (true, Some(r)) = (s.recv_open, &s.recv) else {
-            frame::rst_stream(&mut self.out.buf, id, Reason::STREAM_CLOSED);
-            self.remove(id);
+            self.remove(id, End::Reset(Reason::STREAM_CLOSED));
             return Ok(());
         };
         if !end
@@ -1322,8 +1367,7 @@ where
             || size > self.set.max_header_list as usize
             || s.expect.is_some_and(|l| l != 0)
         {
-            frame::rst_stream(&mut self.out.buf, id, Reason::PROTOCOL_ERROR);
-            self.remove(id);
+            self.remove(id, End::Reset(Reason::PROTOCOL_ERROR));
             return Ok(());
         }
         let mut st = lock(r);
@@ -1371,11 +1415,13 @@ where
             match step {
                 Step::Idle => {}
                 Step::Blocked => self.blocked.push(id),
-                Step::Done => {
-                    self.resets = self.resets.saturating_sub(1);
-                    self.remove(id);
-                }
+                Step::Done => self.remove(id, End::Done),
+                Step::Reset(r) => self.remove(id, End::Reset(r)),
             }
+        }
+        if !self.conn_blocked.is_empty() && self.window_stalled.is_none() {
+            self.window_stalled = Some(Instant::now());
+            stalled = true;
         }
         if stalled {
             self.arm(self.set.idle_timeout);
@@ -1422,10 +1468,14 @@ where
                             .min(out.max_frame as i64)
                             .max(0) as usize;
                         if n == 0 && !s.pending.is_empty() {
-                            if s.send_window > 0 && !conn_blocked.contains(&id) {
-                                conn_blocked.push(id);
-                            }
-                            if s.stalled.is_none() {
+                            if s.send_window > 0 {
+                                // The connection's window: the client may
+                                // be reading other streams (its clock is
+                                // the connection's).
+                                if !conn_blocked.contains(&id) {
+                                    conn_blocked.push(id);
+                                }
+                            } else if s.stalled.is_none() {
                                 s.stalled = Some(Instant::now());
                             }
                             return Step::Idle;
@@ -1466,8 +1516,7 @@ where
                         Poll::Ready(Some(Err(e))) => {
                             let e: BoxError = e.into();
                             tracing::debug!(error = %e, "response body failed: stream reset");
-                            frame::rst_stream(&mut out.buf, id, Reason::INTERNAL_ERROR);
-                            return Step::Done;
+                            return Step::Reset(Reason::INTERNAL_ERROR);
                         }
                         Poll::Ready(Some(Ok(f))) => match f.into_data() {
                             Ok(d) => {
@@ -1500,10 +1549,14 @@ where
         }
     }
 
-    /// Removes a stream: its request path is dropped. One the client may
-    /// still send on is reset (RFC 9113 §8.1: a complete response may
-    /// end the request early), and what its body held is given back.
-    fn remove(&mut self, id: u32) {
+    /// Removes a stream: its request path is dropped and what its body
+    /// held is given back. At most one RST_STREAM goes out: the reason
+    /// given, or after a complete response `NO_ERROR` if the client may
+    /// still send (RFC 9113 §8.1), none after the client's own reset. A
+    /// stream that ends before its response, by the client's reset or by
+    /// one it provoked, counts against the reset budget; a completed one
+    /// earns one back.
+    fn remove(&mut self, id: u32, how: End) {
         let Some(s) = self.streams.remove(&id) else {
             return;
         };
@@ -1512,8 +1565,24 @@ where
             let st = lock(r);
             back = (st.held + st.released + st.dropped) as u32;
         }
-        if s.recv_open {
-            frame::rst_stream(&mut self.out.buf, id, Reason::NO_ERROR);
+        let rst = match how {
+            End::Done => s.recv_open.then_some(Reason::NO_ERROR),
+            End::ByClient => None,
+            End::Reset(r) => Some(r),
+        };
+        if let Some(r) = rst {
+            frame::rst_stream(&mut self.out.buf, id, r);
+        }
+        if matches!(how, End::Done) {
+            self.resets = self.resets.saturating_sub(1);
+        } else if matches!(s.phase, Phase::Waiting(_)) {
+            self.resets += 1;
+            if self.resets > RESET_BUDGET && self.failed.is_none() {
+                self.fail(Error::Protocol(
+                    Reason::ENHANCE_YOUR_CALM,
+                    "too many streams reset before their response",
+                ));
+            }
         }
         drop(s);
         self.give_back(back);
@@ -1578,6 +1647,12 @@ impl ReqHead {
             }
             (Name::Field(n), hpack::Value::Field(v)) => {
                 self.regular = true;
+                let b = v.as_bytes();
+                if matches!(b.first(), Some(b' ' | b'\t')) || matches!(b.last(), Some(b' ' | b'\t'))
+                {
+                    self.bad = Some("field value with leading or trailing whitespace");
+                    return;
+                }
                 if connection_specific(n) {
                     self.bad = Some("connection-specific field");
                     return;
@@ -1619,8 +1694,9 @@ impl ReqHead {
                 self.bad = Some("no :scheme or :path");
                 return None;
             };
-            if path.is_empty() {
-                self.bad = Some("empty :path");
+            // origin-form, or `*` for OPTIONS (RFC 9113 §8.3.1).
+            if !(path.starts_with(b"/") || (&path[..] == b"*" && method == Method::OPTIONS)) {
+                self.bad = Some(":path neither origin-form nor * for OPTIONS");
                 return None;
             }
             parts.scheme = http::uri::Scheme::try_from(&scheme[..]).ok();
@@ -1631,6 +1707,18 @@ impl ReqHead {
             }
         }
         if let Some(a) = self.authority.take() {
+            if a.contains(&b'@') {
+                self.bad = Some(":authority with userinfo");
+                return None;
+            }
+            // Routing reads the authority and the server gets Host: they
+            // must name the same host (RFC 9113 §8.3.1).
+            if let Some(h) = self.headers.get(http::header::HOST) {
+                if !h.as_bytes().eq_ignore_ascii_case(&a) {
+                    self.bad = Some(":authority and host differ");
+                    return None;
+                }
+            }
             match http::uri::Authority::from_maybe_shared(a) {
                 Ok(a) => parts.authority = Some(a),
                 Err(_) => {

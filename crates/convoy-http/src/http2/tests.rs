@@ -272,6 +272,18 @@ async fn malformed_requests_are_reset_and_never_reach_the_handler() {
         },
         get_block("/", &[("content-length", "5")]),
         get_block("/", &[("content-length", "x")]),
+        get_block("?q", &[]),
+        get_block("*", &[]),
+        get_block("/", &[("host", "other.test")]),
+        get_block("/", &[("x", " padded")]),
+        {
+            let mut b = Vec::new();
+            lit(&mut b, ":method", "GET");
+            lit(&mut b, ":scheme", "http");
+            lit(&mut b, ":authority", "user@example.test");
+            lit(&mut b, ":path", "/");
+            b
+        },
     ];
     let mut id = 1;
     for block in &cases {
@@ -596,6 +608,94 @@ async fn a_stream_given_no_window_is_reset_after_the_idle_timeout() {
     assert!(before.elapsed() >= Duration::from_secs(3));
     // The connection is idle now and closes by its own clock.
     assert_eq!(c.goaway().await, Reason::NO_ERROR);
+}
+
+/// The resets a client provokes count as its own ("MadeYouReset"):
+/// DATA on a stream it already ended is answered with a reset that
+/// drops the request path.
+#[tokio::test]
+async fn provoked_resets_count_against_the_budget_too() {
+    let (io, calls, _t) = start(Settings::default(), |_req: Request<H2Body>| {
+        Box::pin(async move {
+            std::future::pending::<()>().await;
+            Response::new(Full::new(Bytes::new()))
+        }) as Fut
+    });
+    let mut c = Raw::new(io).await;
+    let mut id = 1;
+    let code = loop {
+        c.get(id, "/", &[]).await;
+        c.send(frame::DATA, 0, id, b"x").await;
+        id += 2;
+        if id > 2 * (RESET_BUDGET + 10) {
+            break c.goaway().await;
+        }
+    };
+    assert_eq!(code, Reason::ENHANCE_YOUR_CALM);
+    assert!(calls.load(Ordering::Relaxed) <= RESET_BUDGET as usize + 1);
+}
+
+#[tokio::test]
+async fn a_reset_by_the_client_is_not_answered_with_a_reset() {
+    let (io, _, _t) = start(Settings::default(), |_req: Request<H2Body>| {
+        Box::pin(async move {
+            std::future::pending::<()>().await;
+            Response::new(Full::new(Bytes::new()))
+        }) as Fut
+    });
+    let mut c = Raw::new(io).await;
+    let mut b = Vec::new();
+    lit(&mut b, ":method", "POST");
+    lit(&mut b, ":scheme", "http");
+    lit(&mut b, ":path", "/");
+    c.send(frame::HEADERS, frame::END_HEADERS, 1, &b).await;
+    c.send(frame::RST_STREAM, 0, 1, &Reason::CANCEL.0.to_be_bytes())
+        .await;
+    c.send(frame::PING, 0, 0, b"after-it").await;
+    loop {
+        let (h, p) = c.next().await.unwrap();
+        assert_ne!(h.kind, frame::RST_STREAM, "answered a reset with a reset");
+        if h.kind == frame::PING && &p[..] == b"after-it" {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn padding_comes_back_to_the_stream_window() {
+    let set = Settings {
+        stream_window: 65_535,
+        ..Default::default()
+    };
+    let (io, _, _t) = start(set, |req: Request<H2Body>| {
+        Box::pin(async move {
+            let n = req.into_body().collect().await.unwrap().to_bytes().len();
+            Response::new(Full::new(Bytes::from(n.to_string())))
+        }) as Fut
+    });
+    let mut c = Raw::new(io).await;
+    let mut b = Vec::new();
+    lit(&mut b, ":method", "POST");
+    lit(&mut b, ":scheme", "http");
+    lit(&mut b, ":path", "/");
+    c.send(frame::HEADERS, frame::END_HEADERS, 1, &b).await;
+    // One byte of data and 254 of padding per frame: 51 200 bytes of
+    // window for 200 bytes of body.
+    let mut f = vec![254u8, b'd'];
+    f.extend_from_slice(&[0; 254]);
+    for _ in 0..200 {
+        c.send(frame::DATA, frame::PADDED, 1, &f).await;
+    }
+    let mut back = 0;
+    while back < 32_768 {
+        let (h, p) = c.until(frame::WINDOW_UPDATE).await.unwrap();
+        if h.stream == 1 {
+            back += u32::from_be_bytes(p[..4].try_into().unwrap());
+        }
+    }
+    c.send(frame::DATA, frame::END_STREAM, 1, b"!").await;
+    let (_, _, body) = c.response(1).await;
+    assert_eq!(body, b"201");
 }
 
 #[tokio::test]
