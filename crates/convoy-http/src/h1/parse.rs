@@ -398,6 +398,16 @@ fn parse_request_in(
     if f.hosts > 1 {
         return Err(HeadError::Bad("more than one Host header"));
     }
+    // An absolute-form target's authority is what routing reads, Host
+    // what the server gets: they must agree (RFC 9112 §3.2.2 has a
+    // proxy replace Host; refusing keeps the two from ever differing).
+    if let (Some(a), Some(h)) = (uri.authority(), headers.get(http::header::HOST)) {
+        if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) {
+            return Err(HeadError::Bad(
+                "Host differs from the request target's authority",
+            ));
+        }
+    }
     let keep_alive = match version {
         Version::HTTP_10 => f.keep_alive && !f.close,
         _ => !f.close,
@@ -1004,6 +1014,7 @@ mod tests {
             (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", HeadError::Bad("more than one Host header")),
             (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", HeadError::Method),
             (b"GET foo HTTP/1.1\r\nHost: x\r\n\r\n", HeadError::Bad("invalid request target")),
+            (b"GET http://a.test/ HTTP/1.1\r\nHost: b.test\r\n\r\n", HeadError::Bad("Host differs from the request target's authority")),
         ];
         for (text, want) in bad {
             assert_eq!(
