@@ -197,6 +197,14 @@ fn hello(req: Request<H2Body>) -> Fut {
     })
 }
 
+/// A request path that never answers.
+fn never(_req: Request<H2Body>) -> Fut {
+    Box::pin(async move {
+        std::future::pending::<()>().await;
+        Response::new(Full::new(Bytes::new()))
+    })
+}
+
 #[tokio::test]
 async fn a_get_is_answered_without_connection_fields() {
     let (io, calls, _t) = start(Settings::default(), hello);
@@ -615,12 +623,7 @@ async fn a_stream_given_no_window_is_reset_after_the_idle_timeout() {
 /// drops the request path.
 #[tokio::test]
 async fn provoked_resets_count_against_the_budget_too() {
-    let (io, calls, _t) = start(Settings::default(), |_req: Request<H2Body>| {
-        Box::pin(async move {
-            std::future::pending::<()>().await;
-            Response::new(Full::new(Bytes::new()))
-        }) as Fut
-    });
+    let (io, calls, _t) = start(Settings::default(), never);
     let mut c = Raw::new(io).await;
     let mut id = 1;
     let code = loop {
@@ -637,12 +640,7 @@ async fn provoked_resets_count_against_the_budget_too() {
 
 #[tokio::test]
 async fn a_reset_by_the_client_is_not_answered_with_a_reset() {
-    let (io, _, _t) = start(Settings::default(), |_req: Request<H2Body>| {
-        Box::pin(async move {
-            std::future::pending::<()>().await;
-            Response::new(Full::new(Bytes::new()))
-        }) as Fut
-    });
+    let (io, _, _t) = start(Settings::default(), never);
     let mut c = Raw::new(io).await;
     let mut b = Vec::new();
     lit(&mut b, ":method", "POST");
@@ -700,12 +698,7 @@ async fn padding_comes_back_to_the_stream_window() {
 
 #[tokio::test]
 async fn streams_reset_faster_than_they_finish_end_the_connection() {
-    let (io, calls, _t) = start(Settings::default(), |_req: Request<H2Body>| {
-        Box::pin(async move {
-            std::future::pending::<()>().await;
-            Response::new(Full::new(Bytes::new()))
-        }) as Fut
-    });
+    let (io, calls, _t) = start(Settings::default(), never);
     let mut c = Raw::new(io).await;
     let mut id = 1;
     let code = loop {
@@ -727,12 +720,7 @@ async fn streams_over_the_limit_are_refused() {
         max_concurrent_streams: 2,
         ..Default::default()
     };
-    let (io, calls, _t) = start(set, |_req: Request<H2Body>| {
-        Box::pin(async move {
-            std::future::pending::<()>().await;
-            Response::new(Full::new(Bytes::new()))
-        }) as Fut
-    });
+    let (io, calls, _t) = start(set, never);
     let mut c = Raw::new(io).await;
     for id in [1, 3, 5] {
         c.get(id, "/", &[]).await;
