@@ -1434,8 +1434,21 @@ where
         loop {
             match &mut s.phase {
                 Phase::Waiting(fut) => {
-                    let Poll::Ready(resp) = fut.as_mut().poll(&mut cx) else {
-                        return Step::Idle;
+                    // A panic in one request path resets its stream, not
+                    // the connection's others.
+                    let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        fut.as_mut().poll(&mut cx)
+                    }));
+                    let resp = match polled {
+                        Ok(Poll::Ready(resp)) => resp,
+                        Ok(Poll::Pending) => return Step::Idle,
+                        Err(_) => {
+                            tracing::error!(
+                                stream = id,
+                                "HTTP/2 request path panicked: stream reset"
+                            );
+                            return Step::Reset(Reason::INTERNAL_ERROR);
+                        }
                     };
                     let (mut parts, body) = resp.into_parts();
                     crate::headers::strip_hop_by_hop(&mut parts.headers);
@@ -1508,7 +1521,14 @@ where
                     if out.full() {
                         return Step::Blocked;
                     }
-                    match Pin::new(&mut *body).poll_frame(&mut cx) {
+                    let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        Pin::new(&mut *body).poll_frame(&mut cx)
+                    }));
+                    let Ok(polled) = polled else {
+                        tracing::error!(stream = id, "HTTP/2 response body panicked: stream reset");
+                        return Step::Reset(Reason::INTERNAL_ERROR);
+                    };
+                    match polled {
                         Poll::Pending => return Step::Idle,
                         Poll::Ready(None) => {
                             s.end_pending = true;

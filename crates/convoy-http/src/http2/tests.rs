@@ -831,3 +831,21 @@ async fn a_body_left_unread_gives_the_connection_window_back() {
     assert_eq!(status, 200);
     assert_eq!(String::from_utf8(body).unwrap(), window.to_string());
 }
+
+#[tokio::test]
+async fn a_panicking_request_path_resets_only_its_stream() {
+    let (io, _, _t) = start(Settings::default(), |req: Request<H2Body>| {
+        Box::pin(async move {
+            if req.uri().path() == "/boom" {
+                panic!("a bug in one request path (this panic is the test)");
+            }
+            Response::new(Full::new(Bytes::from_static(b"fine")))
+        }) as Fut
+    });
+    let mut c = Raw::new(io).await;
+    c.get(1, "/boom", &[]).await;
+    assert_eq!(c.reset(1).await, Reason::INTERNAL_ERROR);
+    c.get(3, "/ok", &[]).await;
+    let (status, _, body) = c.response(3).await;
+    assert_eq!((status, &body[..]), (200, &b"fine"[..]));
+}
