@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs the real peers the
-# tests drive (redis-server, redis-tools, curl, openssl, chromium +
+# tests drive (redis-server, redis-tools, curl, h2load, openssl, chromium +
 # chromium-driver for the dashboard's browser test, the Prometheus text
 # parser), then runs every test of the workspace.
 # Usage: ./scripts/test.sh [extra cargo test args]
