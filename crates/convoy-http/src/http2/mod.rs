@@ -930,7 +930,7 @@ where
                 if p.len() != 4 {
                     return Err(Error::Protocol(Reason::FRAME_SIZE_ERROR, "RST_STREAM size"));
                 }
-                if h.stream > self.last_id {
+                if h.stream > self.last_id || h.stream.is_multiple_of(2) {
                     return proto("RST_STREAM on an idle stream");
                 }
                 // The request path is dropped: its slot comes free.
@@ -992,7 +992,7 @@ where
                     }
                     return Ok(());
                 }
-                if h.stream > self.last_id {
+                if h.stream > self.last_id || h.stream.is_multiple_of(2) {
                     return proto("WINDOW_UPDATE on an idle stream");
                 }
                 let Some(s) = self.streams.get_mut(&h.stream) else {
@@ -1130,7 +1130,7 @@ where
         if h.stream == 0 {
             return Err(Error::Protocol(Reason::PROTOCOL_ERROR, "DATA on stream 0"));
         }
-        if h.stream > self.last_id {
+        if h.stream > self.last_id || h.stream.is_multiple_of(2) {
             return Err(Error::Protocol(
                 Reason::PROTOCOL_ERROR,
                 "DATA on an idle stream",

@@ -391,6 +391,15 @@ async fn connection_errors_end_with_goaway_and_their_code() {
             Reason::PROTOCOL_ERROR,
         ),
         (
+            "DATA on an even stream",
+            vec![
+                // Malformed (reset, no handler), but it moves the last id.
+                (frame::HEADERS, 5, 3, get_block("/", &[("X-Bad", "1")])),
+                (frame::DATA, 0, 2, b"x".to_vec()),
+            ],
+            Reason::PROTOCOL_ERROR,
+        ),
+        (
             "even stream",
             vec![(frame::HEADERS, 5, 2, get_block("/", &[]))],
             Reason::PROTOCOL_ERROR,
