@@ -865,13 +865,17 @@ async fn respond(
         .access
         .as_ref()
         .map(|_| Box::new(AccessRec::new(&sh.listener.cfg.name, peer, &req)));
-    let fut = handle(sh, req, peer, info, stripped, &mut rec);
-    let resp = match sh.request_timeout {
-        Some(t) => match tokio::time::timeout(t, fut).await {
-            Ok(r) => r,
-            Err(_) => local(StatusCode::GATEWAY_TIMEOUT, "request timed out"),
-        },
-        None => fut.await,
+    // Pinned where it is built: a timeout around it by value would copy
+    // the whole request path's state (KBs) and hold room for it twice.
+    let resp = {
+        let fut = std::pin::pin!(handle(sh, req, peer, info, stripped, &mut rec));
+        match sh.request_timeout {
+            Some(t) => match tokio::time::timeout(t, fut).await {
+                Ok(r) => r,
+                Err(_) => local(StatusCode::GATEWAY_TIMEOUT, "request timed out"),
+            },
+            None => fut.await,
+        }
     };
     sh.listener.count_response(resp.status().as_u16());
     if rec.is_none() {
