@@ -24,19 +24,9 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-4}
 BIN=${CONVOY_BIN:-target/release/convoy}
 [ -x "$BIN" ] || cargo build --release -p convoy
-for t in haproxy nginx h2load openssl valgrind callgrind_control; do
-  command -v $t >/dev/null || { echo "missing $t: apt-get install -y haproxy nginx nghttp2-client openssl valgrind"; exit 1; }
-done
-
-W=$(mktemp -d)
-cleanup() {
-  local p
-  for p in $(cat "$W/pids" 2>/dev/null) $(jobs -p); do
-    kill $(pgrep -P "$p") "$p" 2>/dev/null || true
-  done
-  sleep 0.3; rm -rf "$W"
-}
-trap cleanup EXIT
+need_tools "haproxy nginx nghttp2-client openssl valgrind" \
+  haproxy nginx h2load openssl valgrind callgrind_control
+bench_workdir
 ORIGIN=18501; HAP_C=18502; HAP_T=18503; CV_C=18504; CV_T=18505
 N_CG=4000; N_LOAD=200000
 

@@ -55,3 +55,28 @@ wait_port() {
   echo "port $1 not up"
   exit 1
 }
+
+# need_tools "APT PACKAGES" TOOL... — exits with the apt-get line to run
+# when a tool is missing.
+need_tools() {
+  local pkgs=$1 t
+  shift
+  for t in "$@"; do
+    command -v "$t" >/dev/null || { echo "missing $t: apt-get install -y $pkgs"; exit 1; }
+  done
+}
+
+# bench_workdir — sets W to a fresh directory, removed at exit after
+# stopping every PID listed in $W/pids (and its children) and every
+# background job of the script.
+bench_workdir() {
+  W=$(mktemp -d)
+  trap bench_cleanup EXIT
+}
+bench_cleanup() {
+  local p
+  for p in $(cat "$W/pids" 2>/dev/null) $(jobs -p); do
+    kill $(pgrep -P "$p") "$p" 2>/dev/null || true
+  done
+  sleep 0.3; rm -rf "$W"
+}

@@ -352,6 +352,19 @@ struct Stream<F, B> {
     stalled: Option<Instant>,
 }
 
+impl<F, B> Stream<F, B> {
+    /// Gives `n` bytes of the stream's window back to the client, in
+    /// updates of at least half the window (`window`).
+    fn give_back(&mut self, id: u32, n: u32, out: &mut Vec<u8>, window: u32) {
+        self.unacked += n;
+        if self.unacked > 0 && self.unacked >= window / 2 {
+            frame::window_update(out, id, self.unacked);
+            self.recv_window += i64::from(self.unacked);
+            self.unacked = 0;
+        }
+    }
+}
+
 impl<F, B> Drop for Stream<F, B> {
     fn drop(&mut self) {
         // A body still being read elsewhere learns that no more comes.
@@ -469,6 +482,16 @@ impl Out {
             }
             if let Some(d) = &date {
                 enc.field(&http::header::DATE, d, dst);
+            }
+        });
+    }
+
+    /// Trailers: a last HEADERS frame, ending the stream.
+    fn trailers(&mut self, id: u32, t: &HeaderMap) {
+        self.headers(id, true, |enc, dst| {
+            enc.begin(dst);
+            for (n, v) in t {
+                enc.field(n, v, dst);
             }
         });
     }
@@ -1192,13 +1215,8 @@ where
                         drop(st);
                         // Padding goes back to the stream's window too.
                         let pad = (flow - n as i64) as u32;
-                        if pad > 0 && !end {
-                            s.unacked += pad;
-                            if s.unacked >= self.set.stream_window / 2 {
-                                frame::window_update(&mut self.out.buf, id, s.unacked);
-                                s.recv_window += i64::from(s.unacked);
-                                s.unacked = 0;
-                            }
+                        if !end {
+                            s.give_back(id, pad, &mut self.out.buf, self.set.stream_window);
                         }
                         if end {
                             s.recv_open = false;
@@ -1401,13 +1419,8 @@ where
                 let d = std::mem::take(&mut st.dropped) as u32;
                 (std::mem::take(&mut st.released) as u32, d)
             });
-            if taken > 0 && s.recv_open {
-                s.unacked += taken;
-                if s.unacked >= self.set.stream_window / 2 {
-                    frame::window_update(&mut self.out.buf, id, s.unacked);
-                    s.recv_window += i64::from(s.unacked);
-                    s.unacked = 0;
-                }
+            if s.recv_open {
+                s.give_back(id, taken, &mut self.out.buf, self.set.stream_window);
             }
             let step = Self::step(s, id, &mut self.out, &mut self.conn_blocked);
             stalled |= s.stalled.is_some();
@@ -1501,12 +1514,7 @@ where
                         out.window -= n as i64;
                         if s.pending.is_empty() {
                             if let Some(t) = s.trailers.take() {
-                                out.headers(id, true, |enc, dst| {
-                                    enc.begin(dst);
-                                    for (n, v) in &t {
-                                        enc.field(n, v, dst);
-                                    }
-                                });
+                                out.trailers(id, &t);
                                 return Step::Done;
                             }
                             if s.end_pending {
@@ -1553,12 +1561,7 @@ where
                     }
                     if s.end_pending && s.pending.is_empty() {
                         if let Some(t) = s.trailers.take() {
-                            out.headers(id, true, |enc, dst| {
-                                enc.begin(dst);
-                                for (n, v) in &t {
-                                    enc.field(n, v, dst);
-                                }
-                            });
+                            out.trailers(id, &t);
                         } else {
                             out.data(id, &[], true);
                         }
