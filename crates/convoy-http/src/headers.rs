@@ -34,44 +34,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
             || k == PROXY_CONNECTION
     };
     if h.keys().any(hop) {
-        strip_all(h);
-    }
-}
-
-fn strip_all(h: &mut HeaderMap) {
-    if let Some(conn) = h.remove(CONNECTION) {
-        // Headers named in Connection are hop-by-hop too (only the first
-        // Connection value is kept by `remove`; read all before removing).
-        if let Ok(v) = conn.to_str() {
-            for n in v.split(',') {
-                if let Ok(name) = HeaderName::from_bytes(n.trim().as_bytes()) {
-                    h.remove(name);
-                }
-            }
-        }
-        while let Some(more) = h.remove(CONNECTION) {
-            if let Ok(v) = more.to_str() {
-                for n in v.split(',') {
-                    if let Ok(name) = HeaderName::from_bytes(n.trim().as_bytes()) {
-                        h.remove(name);
-                    }
-                }
-            }
-        }
-    }
-    for n in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &PROXY_AUTHENTICATE,
-        &PROXY_AUTHORIZATION,
-        &TE,
-        &TRAILER,
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-    ] {
-        if h.contains_key(n) {
-            h.remove(n);
-        }
+        crate::h1::parse::strip_hop(h, crate::h1::parse::hop::ALL);
     }
 }
 
@@ -281,6 +244,17 @@ mod tests {
             strip_hop_by_hop(&mut h);
             assert_eq!(h.len(), 1, "{name} stayed");
         }
+        // Host stays whatever Connection names; every Connection field
+        // counts, not only the first.
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("example.com"));
+        h.append("connection", HeaderValue::from_static("Host, x-one"));
+        h.append("connection", HeaderValue::from_static("x-two"));
+        h.insert("x-one", HeaderValue::from_static("1"));
+        h.insert("x-two", HeaderValue::from_static("2"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["host"], "example.com");
     }
 
     #[test]

@@ -1342,8 +1342,16 @@ async fn fetch(
             // A queued retry was handed the server it already failed on.
             return Err(local(StatusCode::BAD_GATEWAY, "no server could be reached"));
         }
-        // HTTP/2 clients send no Host header; HTTP/1 servers need one.
-        let host_missing = !parts.headers.contains_key(http::header::HOST);
+        // HTTP/2 clients send no Host header, HTTP/1.0 clients may not;
+        // HTTP/1.1 servers need one: the request's authority, else the
+        // server's own address.
+        let extra_host = if parts.headers.contains_key(http::header::HOST) {
+            None
+        } else {
+            rc.host
+                .clone()
+                .or_else(|| HeaderValue::try_from(server.cfg.address.0.to_string()).ok())
+        };
         let h2 = pool.cfg.http2 && !rc.upgrade;
         let kill = server.state.request_kill_signal();
         let started = Instant::now();
@@ -1361,10 +1369,8 @@ async fn fetch(
             let mut out = Request::from_parts(parts.clone(), ());
             *out.uri_mut() = uri;
             crate::headers::append_lines(out.headers_mut(), &rc.fwd);
-            if host_missing {
-                if let Some(h) = rc.host.clone() {
-                    out.headers_mut().insert(http::header::HOST, h);
-                }
+            if let Some(h) = extra_host {
+                out.headers_mut().insert(http::header::HOST, h);
             }
             *out.version_mut() = http::Version::HTTP_2;
             let b = match body.take() {
@@ -1410,7 +1416,6 @@ async fn fetch(
             let addr = server.cfg.address.0;
             let connect_timeout = l.cfg.connect_timeout.get();
             let pool_h1 = Arc::clone(&sh.h1);
-            let extra_host = if host_missing { rc.host.clone() } else { None };
             let method = parts.method.clone();
             Box::pin(async move {
                 let t = crate::h1::client::Target {

@@ -468,3 +468,37 @@ pub fn have(cmd: &str) -> bool {
 pub fn remove(p: &Path) {
     let _ = std::fs::remove_dir_all(p);
 }
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, made with the
+/// openssl command in a fresh temp dir: (certificate, key) paths.
+pub fn self_signed() -> (PathBuf, PathBuf) {
+    let dir = temp_dir("cert");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-days",
+            "2",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "openssl could not make a test certificate");
+    (cert, key)
+}

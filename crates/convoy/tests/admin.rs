@@ -396,9 +396,16 @@ async fn fifty_reloads_under_load_lose_no_request() {
         assert_eq!(c.reload(&text).await, "reload_applied", "reload {i}");
         if i % 10 == 0 {
             // And an invalid file now and then: refused, nothing changes.
+            let refused = c.events("reload_refused").len();
             c.write_config("[[listeners]]\nbroken");
             let (code, _, _) = ctl(&admin, Some(TOKEN), &["reload"]);
             assert_eq!(code, 1);
+            // Its event is read from the log before the next reload
+            // counts events (it could otherwise be taken for that one's).
+            assert!(
+                c.wait_events("reload_refused", refused + 1, Duration::from_secs(5))
+                    .await
+            );
         }
     }
     stop.store(true, Ordering::Relaxed);

@@ -70,9 +70,17 @@ impl Chan {
         false
     }
 
-    /// The reader asked for the body at least once.
-    pub fn wanted(&self) -> bool {
-        self.lock().wanted
+    /// The reader asked for the body at least once; if not, the loop is
+    /// woken when it does (time for `100 Continue`).
+    pub fn wanted(&self, cx: &mut Context<'_>) -> bool {
+        let mut s = self.lock();
+        if s.wanted || s.dropped {
+            return true;
+        }
+        if !s.tx.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            s.tx = Some(cx.waker().clone());
+        }
+        false
     }
 
     /// The reader is gone (what is read from now on is thrown away).
@@ -241,9 +249,19 @@ mod tests {
         // The reader asks for more once it finds nothing waiting.
         let wait = Chan::new(None);
         let mut quiet = ReqBody(Some(wait.clone()));
-        assert!(!wait.wanted(), "nobody has asked yet");
+        let woken = Arc::new(Flag::default());
+        let loop_waker = Waker::from(Arc::clone(&woken));
+        let mut loop_cx = Context::from_waker(&loop_waker);
+        assert!(!wait.wanted(&mut loop_cx), "nobody has asked yet");
         assert!(Pin::new(&mut quiet).poll_frame(&mut cx).is_pending());
-        assert!(wait.wanted(), "an empty poll says the body is wanted");
+        assert!(
+            woken.0.load(std::sync::atomic::Ordering::SeqCst),
+            "the loop waiting to send 100 Continue is woken when the body is asked for"
+        );
+        assert!(
+            wait.wanted(&mut loop_cx),
+            "an empty poll says the body is wanted"
+        );
         ch.push(Bytes::from_static(b"0123456789"));
         ch.finish();
         assert_eq!(body.size_hint().exact(), Some(10));
@@ -262,6 +280,14 @@ mod tests {
         ch.push(Bytes::from_static(b"x"));
         let waker = futures_noop_waker();
         assert!(ch.has_room(&mut Context::from_waker(&waker)));
+    }
+
+    #[derive(Default)]
+    struct Flag(std::sync::atomic::AtomicBool);
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     fn futures_noop_waker() -> Waker {

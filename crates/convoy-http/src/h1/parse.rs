@@ -51,6 +51,8 @@ pub mod hop {
     pub const UPGRADE: u16 = 128;
     /// `Connection` names other fields (they are hop-by-hop too).
     pub const NAMED: u16 = 256;
+    /// Every kind above.
+    pub const ALL: u16 = 511;
 }
 
 /// Why a request head is refused, with the status the client gets.
@@ -64,8 +66,12 @@ pub enum HeadError {
     NotImplemented,
     /// 405: a method convoy does not proxy (CONNECT).
     Method,
-    /// 505: not HTTP/1.x.
+    /// 505: an HTTP version other than 1.x.
     Version,
+    /// Not HTTP at all (no `HTTP/` version): closed without an answer,
+    /// which such a client could not read (an HTTP/2 client with a bad
+    /// preface sees the connection close, RFC 9113 §3.4).
+    NotHttp,
 }
 
 impl HeadError {
@@ -77,6 +83,7 @@ impl HeadError {
             HeadError::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             HeadError::Method => StatusCode::METHOD_NOT_ALLOWED,
             HeadError::Version => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            HeadError::NotHttp => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -88,6 +95,7 @@ impl HeadError {
             HeadError::NotImplemented => "transfer coding not supported",
             HeadError::Method => "method not supported by this proxy",
             HeadError::Version => "HTTP version not supported",
+            HeadError::NotHttp => "not an HTTP request",
         }
     }
 }
@@ -334,7 +342,14 @@ fn parse_request_in(
             return Ok(None);
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(httparse::Error::Version) => return Err(HeadError::Version),
+        Err(httparse::Error::Version) => {
+            if bump_minor_version(buf)? {
+                // `HTTP/1.2` and later minors are served as 1.1 (RFC 9110
+                // §2.5): the version was rewritten in place.
+                return parse_request_in(buf, limits, spans);
+            }
+            return Err(HeadError::Version);
+        }
         Err(httparse::Error::HeaderName) => return Err(HeadError::Bad("invalid header name")),
         Err(httparse::Error::HeaderValue) => return Err(HeadError::Bad("invalid header value")),
         Err(httparse::Error::Token) => return Err(HeadError::Bad("invalid request line")),
@@ -349,6 +364,11 @@ fn parse_request_in(
     let head = buf.split_to(len).freeze();
     let method = Method::from_bytes(&head[method.0..method.1])
         .map_err(|_| HeadError::Bad("invalid method"))?;
+    if head[target.0..target.1].contains(&b'#') {
+        // A fragment is the client's own business (RFC 9110 §4.2.5):
+        // one on the wire is malformed, not stripped.
+        return Err(HeadError::Bad("fragment in the request target"));
+    }
     if method == Method::CONNECT {
         return Err(HeadError::Method);
     }
@@ -426,6 +446,40 @@ fn parse_request_in(
     }))
 }
 
+/// Looks at a request line httparse refused for its version:
+/// `Ok(true)` when it was `HTTP/1.x` with x ≥ 2 and now says `HTTP/1.1`;
+/// `Ok(false)` for another `HTTP/d.d` (505); a space in the target is a
+/// 400, a line without any `HTTP/` version is not HTTP at all.
+fn bump_minor_version(buf: &mut BytesMut) -> Result<bool, HeadError> {
+    let end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    let line = &buf[..end];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let words: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    if words.len() > 3 {
+        return Err(HeadError::Bad("whitespace in the request target"));
+    }
+    let [_, _, version] = words[..] else {
+        return Err(HeadError::Bad("malformed request line"));
+    };
+    if !version.starts_with(b"HTTP/") {
+        return Err(HeadError::NotHttp);
+    }
+    match version {
+        [.., major, b'.', minor]
+            if version.len() == 8 && major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            if *major != b'1' {
+                return Ok(false);
+            }
+            // The minor digit is the line's last byte before CR LF.
+            let at = line.len() - 1;
+            buf[at] = b'1';
+            Ok(true)
+        }
+        _ => Err(HeadError::Bad("invalid HTTP version")),
+    }
+}
+
 /// Why a response head is refused (the server gets the blame: 502).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResponseError {
@@ -495,7 +549,11 @@ fn parse_response_in(
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
-        let framing = if bodiless {
+        let framing = if *method == Method::CONNECT && status.is_success() {
+            // A 2xx to CONNECT makes the connection a tunnel (RFC 9112
+            // §6.3): no message framing follows and it is never reused.
+            Framing::Close
+        } else if bodiless {
             Framing::Empty
         } else if f.te_tokens > 0 {
             // A length beside a transfer coding is ignored (RFC 9112
@@ -548,6 +606,10 @@ pub fn strip_hop(h: &mut HeaderMap, mask: u16) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            // Host is end to end whatever Connection says: routing read
+            // it, and the server must get the same (RFC 9110 §7.6.1 lets
+            // no client turn it into a hop-by-hop field).
+            .filter(|n| n != header::HOST)
             .collect();
         for n in named {
             h.remove(n);
@@ -608,7 +670,9 @@ enum ChunkState {
     DataLf,
     /// A trailer line's first byte (CR of the final empty line, or a field).
     TrailerStart,
-    /// Inside a trailer field, up to its CR.
+    /// A trailer field's name, up to its colon.
+    TrailerName,
+    /// A trailer field's value, up to its CR.
     Trailer,
     /// LF after a trailer field.
     TrailerLf,
@@ -693,6 +757,15 @@ impl ChunkedDecoder {
         }
     }
 
+    /// Counts one byte of trailers against their limit.
+    fn count_trailer(&mut self) -> Result<(), ChunkError> {
+        self.trailers += 1;
+        if self.trailers > MAX_TRAILERS {
+            return Err(ChunkError("trailers too large"));
+        }
+        Ok(())
+    }
+
     /// One byte of a size line, data delimiter or trailer.
     fn step(&mut self, b: u8) -> Result<(), ChunkError> {
         use ChunkState::*;
@@ -743,23 +816,29 @@ impl ChunkedDecoder {
                 self.state = Size;
                 self.size = 0;
             }
+            // A trailer line is a field, `name: value` (RFC 9112 §7.1.2):
+            // anything else (a request line smuggled after the last
+            // chunk, a bare word) is refused.
             TrailerStart => match b {
                 b'\r' => self.state = EndLf,
-                b'\n' | b' ' | b'\t' => return Err(ChunkError("invalid trailer")),
-                _ => {
-                    self.state = Trailer;
-                    self.trailers += 1;
+                _ if is_tchar(b) => {
+                    self.state = TrailerName;
+                    self.count_trailer()?;
                 }
+                _ => return Err(ChunkError("invalid trailer field")),
+            },
+            TrailerName => match b {
+                b':' => {
+                    self.state = Trailer;
+                    self.count_trailer()?;
+                }
+                _ if is_tchar(b) => self.count_trailer()?,
+                _ => return Err(ChunkError("invalid trailer field name")),
             },
             Trailer => match b {
                 b'\r' => self.state = TrailerLf,
-                b'\n' | 0 => return Err(ChunkError("invalid trailer")),
-                _ => {
-                    self.trailers += 1;
-                    if self.trailers > MAX_TRAILERS {
-                        return Err(ChunkError("trailers too large"));
-                    }
-                }
+                b'\t' | b' '..=b'~' | 0x80..=0xff => self.count_trailer()?,
+                _ => return Err(ChunkError("invalid trailer field value")),
             },
             TrailerLf => {
                 if b != b'\n' {
@@ -777,6 +856,11 @@ impl ChunkedDecoder {
         }
         Ok(())
     }
+}
+
+/// A token character (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Writes `METHOD target HTTP/1.1` and the fields of a request to a
@@ -1041,6 +1125,35 @@ mod tests {
             req(b"GET / HTTP/2.0\r\n\r\n").err(),
             Some(HeadError::Version)
         );
+        // A space in the target is a malformed line, not a version; a
+        // fragment is refused, not stripped; a line with no HTTP version
+        // at all (an HTTP/2 client's bad preface) is not HTTP.
+        for (text, want) in [
+            (
+                &b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+                HeadError::Bad("whitespace in the request target"),
+            ),
+            (
+                b"GET /a#frag HTTP/1.1\r\nHost: x\r\n\r\n",
+                HeadError::Bad("fragment in the request target"),
+            ),
+            (
+                b"GET / HTTP/1.x\r\nHost: x\r\n\r\n",
+                HeadError::Bad("invalid HTTP version"),
+            ),
+            (b"INVALID CONNECTION PREFACE\r\n\r\n", HeadError::NotHttp),
+        ] {
+            assert_eq!(
+                req(text).err(),
+                Some(want),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+        // A later minor version of HTTP/1 is served as HTTP/1.1.
+        let h = req(b"GET /v HTTP/1.2\r\nHost: x\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h.parts.version, Version::HTTP_11);
+        assert_eq!(h.parts.uri.path(), "/v");
         // Too large: a partial head past the limit, or too many fields.
         let mut big = b"GET / HTTP/1.1\r\nHost: x\r\nX: ".to_vec();
         big.extend(std::iter::repeat_n(b'a', 70_000));
@@ -1111,6 +1224,22 @@ mod tests {
         )
         .is_err());
         assert!(resp(b"HTTP/1.1 2000 OK\r\n\r\n", &get).is_err());
+        // A 2xx to CONNECT turns the connection into a tunnel: no framing
+        // follows and it is never reused (a 4xx keeps its framing).
+        let h = resp(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            &Method::CONNECT,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((h.framing, h.keep_alive), (Framing::Close, false));
+        let h = resp(
+            b"HTTP/1.1 403 No\r\nContent-Length: 0\r\n\r\n",
+            &Method::CONNECT,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((h.framing, h.keep_alive), (Framing::Empty, true));
         assert!(resp(b"garbage\r\n\r\n", &get).is_err());
         assert!(resp(b"HTTP/1.1 200 OK\r\n", &get).unwrap().is_none());
     }
@@ -1160,6 +1289,13 @@ mod tests {
             b"\r\n",
             b"-5\r\nhello\r\n",
             b"5\r\nhello\r\n0\r\n bad\r\n\r\n",
+            // Trailer lines must be fields: a request line smuggled after
+            // the last chunk, a bare word, a bad name, a control byte.
+            b"5\r\nhello\r\n0\r\nGET /admin HTTP/1.1\r\n\r\n",
+            b"0\r\nword\r\n\r\n",
+            b"0\r\nX T: 1\r\n\r\n",
+            b"0\r\n: 1\r\n\r\n",
+            b"0\r\nX-T: a\x01b\r\n\r\n",
         ] {
             assert!(
                 decode_all(bad, 1).is_err(),

@@ -301,7 +301,7 @@ impl Feed {
             }
             // `100 Continue` once the body is wanted.
             if *cont < CONTINUE.len() {
-                if !ch.wanted() {
+                if !ch.wanted(cx) {
                     return Poll::Pending;
                 }
                 match Pin::new(&mut *io).poll_write(cx, &CONTINUE[*cont..]) {
@@ -410,7 +410,9 @@ pub async fn serve<S, F, Fut>(
                     Ok(None) => {}
                     Err(e) => {
                         tracing::debug!(error = e.reason(), "refused request head");
-                        let _ = io.write_all(&error_response(e.status(), e.reason())).await;
+                        if e != parse::HeadError::NotHttp {
+                            let _ = io.write_all(&error_response(e.status(), e.reason())).await;
+                        }
                         linger_close(io).await;
                         return;
                     }

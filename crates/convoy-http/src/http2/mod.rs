@@ -544,6 +544,11 @@ where
 /// Requests reset by the client that count against it (see `resets`).
 const RESET_BUDGET: u32 = 200;
 
+/// How many recently closed streams a connection remembers, to tell a
+/// late frame on one of them (ignored after our own reset, a connection
+/// error otherwise) from a stream id that was never opened.
+const CLOSED_MEMORY: usize = 256;
+
 struct Conn<S, H, F, B> {
     io: S,
     set: Settings,
@@ -559,6 +564,8 @@ struct Conn<S, H, F, B> {
     conn_blocked: Vec<u32>,
     /// The highest stream id the client opened.
     last_id: u32,
+    /// Recently closed streams, oldest first: (id, we reset it).
+    closed: VecDeque<(u32, bool)>,
     /// The client's SETTINGS_INITIAL_WINDOW_SIZE.
     peer_window: i64,
     /// What the client may still send on the connection, and what it
@@ -593,6 +600,8 @@ struct Conn<S, H, F, B> {
 struct Cont {
     id: u32,
     end: bool,
+    /// The HEADERS frame made the stream depend on itself.
+    self_dep: bool,
     block: BytesMut,
 }
 
@@ -644,6 +653,7 @@ where
             blocked: Vec::new(),
             conn_blocked: Vec::new(),
             last_id: 0,
+            closed: VecDeque::new(),
             peer_window: frame::DEFAULT_WINDOW,
             recv_window: conn_window,
             recv_unacked: 0,
@@ -931,7 +941,7 @@ where
                 c.block.extend_from_slice(&p);
                 if h.flags & END_HEADERS != 0 {
                     let c = self.cont.take().expect("continued block");
-                    self.block(c.id, c.end, c.block.freeze())?;
+                    self.block(c.id, c.end, c.block.freeze(), c.self_dep)?;
                 }
                 Ok(())
             }
@@ -943,6 +953,15 @@ where
                     // A stream error; taken for the whole connection, as
                     // the stream may be idle.
                     return Err(Error::Protocol(Reason::FRAME_SIZE_ERROR, "PRIORITY size"));
+                }
+                if u32::from_be_bytes([p[0], p[1], p[2], p[3]]) & 0x7fff_ffff == h.stream {
+                    // A stream may not depend on itself (RFC 9113 §5.3.1):
+                    // an open stream is reset; for any other the error
+                    // is the connection's (no reset may name an idle one).
+                    if !self.streams.contains_key(&h.stream) {
+                        return proto("stream depends on itself");
+                    }
+                    self.remove(h.stream, End::Reset(Reason::PROTOCOL_ERROR));
                 }
                 Ok(())
             }
@@ -1117,9 +1136,11 @@ where
         Ok(())
     }
 
-    /// Strips padding (and the priority fields of HEADERS).
-    fn unpad(h: &Head, mut p: Bytes, priority: bool) -> Result<Bytes, Error> {
+    /// Strips padding (and the priority fields of HEADERS, returning the
+    /// stream dependency they name).
+    fn unpad(h: &Head, mut p: Bytes, priority: bool) -> Result<(Bytes, Option<u32>), Error> {
         let mut pad = 0;
+        let mut dep = None;
         if h.flags & frame::PADDED != 0 {
             if p.is_empty() {
                 return Err(Error::Protocol(
@@ -1137,6 +1158,7 @@ where
                     "HEADERS too short for its priority",
                 ));
             }
+            dep = Some(u32::from_be_bytes([p[0], p[1], p[2], p[3]]) & 0x7fff_ffff);
             p.advance(5);
         }
         if pad > p.len() {
@@ -1146,7 +1168,7 @@ where
             ));
         }
         p.truncate(p.len() - pad);
-        Ok(p)
+        Ok((p, dep))
     }
 
     fn data(&mut self, h: Head, p: Bytes) -> Result<(), Error> {
@@ -1167,7 +1189,7 @@ where
                 "client sent past the connection window",
             ));
         }
-        let data = Self::unpad(&h, p, false)?;
+        let (data, _) = Self::unpad(&h, p, false)?;
         // Padding, and data nobody reads, is given back at once.
         let mut give_back = flow - data.len() as i64;
         let end = h.flags & frame::END_STREAM != 0;
@@ -1232,7 +1254,18 @@ where
                 give_back = flow;
                 reset = Some(Reason::STREAM_CLOSED);
             }
-            None => give_back = flow,
+            // Closed: ignored after our own reset (the client may have
+            // sent it before seeing ours); after both ends closed, or
+            // after the client's reset, a connection error (§5.1).
+            None => {
+                give_back = flow;
+                if self.closed_by_us(id) == Some(false) {
+                    return Err(Error::Protocol(
+                        Reason::STREAM_CLOSED,
+                        "DATA on a closed stream",
+                    ));
+                }
+            }
         }
         if let Some(r) = reset {
             self.remove(id, End::Reset(r));
@@ -1260,21 +1293,27 @@ where
                 "HEADERS on a stream a client may not open",
             ));
         }
-        let block = Self::unpad(&h, p, true)?;
+        let (block, dep) = Self::unpad(&h, p, true)?;
+        let self_dep = dep == Some(id);
         let end = h.flags & frame::END_STREAM != 0;
         if h.flags & frame::END_HEADERS == 0 {
             let mut b = BytesMut::with_capacity(block.len() * 2);
             b.extend_from_slice(&block);
-            self.cont = Some(Cont { id, end, block: b });
+            self.cont = Some(Cont {
+                id,
+                end,
+                self_dep,
+                block: b,
+            });
             return Ok(());
         }
-        self.block(id, end, block)
+        self.block(id, end, block, self_dep)
     }
 
     /// A whole header block: a new request, or trailers.
-    fn block(&mut self, id: u32, end: bool, block: Bytes) -> Result<(), Error> {
+    fn block(&mut self, id: u32, end: bool, block: Bytes, self_dep: bool) -> Result<(), Error> {
         if id <= self.last_id {
-            return self.trailers(id, end, block);
+            return self.trailers(id, end, block, self_dep);
         }
         let mut req = ReqHead::default();
         let limit = self.set.max_header_list as usize;
@@ -1283,18 +1322,22 @@ where
             .map_err(|e| Error::Protocol(Reason::COMPRESSION_ERROR, e.0))?;
         self.last_id = id;
         if self.stopping {
-            // Opened after our GOAWAY: ignored (RFC 9113 §6.8).
+            // Opened after our GOAWAY: ignored (RFC 9113 §6.8), and so
+            // is what follows on it.
+            self.note_closed(id, true);
+            return Ok(());
+        }
+        if self_dep {
+            // RFC 9113 §5.3.1: a stream error.
+            self.refuse(id, Reason::PROTOCOL_ERROR);
             return Ok(());
         }
         if self.streams.len() >= self.set.max_concurrent_streams as usize {
-            frame::rst_stream(&mut self.out.buf, id, Reason::REFUSED_STREAM);
+            self.refuse(id, Reason::REFUSED_STREAM);
             return Ok(());
         }
         if req.size > limit {
-            self.out.response_head(id, true, 431, &HeaderMap::new());
-            if !end {
-                frame::rst_stream(&mut self.out.buf, id, Reason::NO_ERROR);
-            }
+            self.answer(id, end, 431);
             return Ok(());
         }
         let Some((mut request, expect)) = req.build(end) else {
@@ -1303,9 +1346,16 @@ where
                 why = req.bad.unwrap_or("?"),
                 "malformed HTTP/2 request: stream reset"
             );
-            frame::rst_stream(&mut self.out.buf, id, Reason::PROTOCOL_ERROR);
+            self.refuse(id, Reason::PROTOCOL_ERROR);
             return Ok(());
         };
+        if request.method() == Method::CONNECT {
+            // convoy makes no tunnels (and offers no extended CONNECT,
+            // RFC 8441): refused as over HTTP/1, never forwarded.
+            tracing::debug!(stream = id, "CONNECT refused: 405");
+            self.answer(id, end, 405);
+            return Ok(());
+        }
         let wake = Arc::new(StreamWake {
             id,
             queued: AtomicBool::new(false),
@@ -1353,7 +1403,7 @@ where
         Ok(())
     }
 
-    fn trailers(&mut self, id: u32, end: bool, block: Bytes) -> Result<(), Error> {
+    fn trailers(&mut self, id: u32, end: bool, block: Bytes, self_dep: bool) -> Result<(), Error> {
         let mut fields = HeaderMap::new();
         let mut size = 0;
         let mut bad = false;
@@ -1373,9 +1423,25 @@ where
             })
             .map_err(|e| Error::Protocol(Reason::COMPRESSION_ERROR, e.0))?;
         let Some(s) = self.streams.get_mut(&id) else {
-            // A stream that is over: nothing to deliver to.
-            return Ok(());
+            // A stream that is over: ignored after our own reset; after
+            // both ends closed or the client's reset, a connection error
+            // (§5.1); a lower id never opened is refused (§5.1.1).
+            return match self.closed_by_us(id) {
+                Some(true) => Ok(()),
+                Some(false) => Err(Error::Protocol(
+                    Reason::STREAM_CLOSED,
+                    "HEADERS on a closed stream",
+                )),
+                None => Err(Error::Protocol(
+                    Reason::PROTOCOL_ERROR,
+                    "stream id lower than one already opened",
+                )),
+            };
         };
+        if self_dep {
+            self.remove(id, End::Reset(Reason::PROTOCOL_ERROR));
+            return Ok(());
+        }
         let (true, Some(r)) = (s.recv_open, &s.recv) else {
             self.remove(id, End::Reset(Reason::STREAM_CLOSED));
             return Ok(());
@@ -1572,6 +1638,40 @@ where
         }
     }
 
+    /// Remembers a closed stream (`reset`: by our RST_STREAM).
+    fn note_closed(&mut self, id: u32, reset: bool) {
+        if self.closed.len() == CLOSED_MEMORY {
+            self.closed.pop_front();
+        }
+        self.closed.push_back((id, reset));
+    }
+
+    /// For a recently closed stream: whether we reset it.
+    fn closed_by_us(&self, id: u32) -> Option<bool> {
+        self.closed
+            .iter()
+            .rev()
+            .find(|(i, _)| *i == id)
+            .map(|&(_, r)| r)
+    }
+
+    /// Resets a stream that never reached the request path.
+    fn refuse(&mut self, id: u32, why: Reason) {
+        frame::rst_stream(&mut self.out.buf, id, why);
+        self.note_closed(id, true);
+    }
+
+    /// Answers a stream with a bodiless `status` of convoy's own (the
+    /// request path never sees it); a client still sending is told to
+    /// stop (RST_STREAM NO_ERROR, RFC 9113 §8.1).
+    fn answer(&mut self, id: u32, end: bool, status: u16) {
+        self.out.response_head(id, true, status, &HeaderMap::new());
+        if !end {
+            frame::rst_stream(&mut self.out.buf, id, Reason::NO_ERROR);
+        }
+        self.note_closed(id, !end);
+    }
+
     /// Removes a stream: its request path is dropped and what its body
     /// held is given back. At most one RST_STREAM goes out: the reason
     /// given, or after a complete response `NO_ERROR` if the client may
@@ -1596,6 +1696,7 @@ where
         if let Some(r) = rst {
             frame::rst_stream(&mut self.out.buf, id, r);
         }
+        self.note_closed(id, rst.is_some());
         if matches!(how, End::Done) {
             self.resets = self.resets.saturating_sub(1);
         } else if matches!(s.phase, Phase::Waiting(_)) {
@@ -1780,19 +1881,26 @@ impl ReqHead {
                 headers.insert(http::header::COOKIE, v);
             }
         }
-        let expect = match headers.get(http::header::CONTENT_LENGTH) {
-            Some(v) => match std::str::from_utf8(v.as_bytes())
+        // Every content-length field must be a number, and the same one
+        // (as the HTTP/1 parser requires), whatever their order.
+        let mut expect = None;
+        for v in headers.get_all(http::header::CONTENT_LENGTH) {
+            let n = std::str::from_utf8(v.as_bytes())
                 .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-            {
-                Some(n) => Some(n),
-                None => {
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok());
+            match (n, expect) {
+                (None, _) => {
                     self.bad = Some("invalid content-length");
                     return None;
                 }
-            },
-            None => None,
-        };
+                (Some(n), Some(e)) if n != e => {
+                    self.bad = Some("content-length fields differ");
+                    return None;
+                }
+                (n, _) => expect = n,
+            }
+        }
         if end && expect.is_some_and(|n| n != 0) {
             self.bad = Some("content-length with no body");
             return None;

@@ -858,3 +858,138 @@ async fn a_panicking_request_path_resets_only_its_stream() {
     let (status, _, body) = c.response(3).await;
     assert_eq!((status, &body[..]), (200, &b"fine"[..]));
 }
+
+/// A POST head (body to follow) on the wire.
+fn post_block(extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = Vec::new();
+    lit(&mut b, ":method", "POST");
+    lit(&mut b, ":scheme", "http");
+    lit(&mut b, ":authority", "example.test");
+    lit(&mut b, ":path", "/up");
+    for (n, v) in extra {
+        lit(&mut b, n, v);
+    }
+    b
+}
+
+#[tokio::test]
+async fn connect_gets_405_and_never_reaches_the_handler() {
+    let (io, calls, _t) = start(Settings::default(), hello);
+    let mut c = Raw::new(io).await;
+    let mut b = Vec::new();
+    lit(&mut b, ":method", "CONNECT");
+    lit(&mut b, ":authority", "127.0.0.2:22");
+    // With a tunnel's first bytes still to come.
+    c.send(frame::HEADERS, frame::END_HEADERS, 1, &b).await;
+    let (status, _, body) = c.response(1).await;
+    assert_eq!(status, 405);
+    assert!(body.is_empty());
+    // The client is told to stop sending; what it sent meanwhile is
+    // ignored, and the connection goes on.
+    assert_eq!(c.reset(1).await, Reason::NO_ERROR);
+    c.send(frame::DATA, 0, 1, b"SSH-2.0-x\r\n").await;
+    c.get(3, "/ok", &[]).await;
+    assert_eq!(c.response(3).await.0, 200);
+    assert_eq!(calls.load(Ordering::Relaxed), 1, "only /ok was handled");
+}
+
+#[tokio::test]
+async fn content_lengths_that_differ_are_malformed_in_either_order() {
+    let (io, calls, _t) = start(Settings::default(), hello);
+    let mut c = Raw::new(io).await;
+    for (id, pair) in [(1, ["5", "6"]), (3, ["6", "5"]), (5, ["5", "+5"])] {
+        let b = post_block(&[("content-length", pair[0]), ("content-length", pair[1])]);
+        c.send(frame::HEADERS, frame::END_HEADERS, id, &b).await;
+        assert_eq!(c.reset(id).await, Reason::PROTOCOL_ERROR, "{pair:?}");
+    }
+    // The same length twice is one length.
+    let b = post_block(&[("content-length", "5"), ("content-length", "5")]);
+    c.send(frame::HEADERS, frame::END_HEADERS, 7, &b).await;
+    c.send(frame::DATA, frame::END_STREAM, 7, b"hello").await;
+    assert_eq!(c.response(7).await.0, 200);
+    assert_eq!(calls.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn data_or_headers_on_a_closed_stream_is_a_connection_error() {
+    // After both ends closed the stream (RFC 9113 §5.1, h2spec 5.1 #11).
+    let (io, _, _t) = start(Settings::default(), hello);
+    let mut c = Raw::new(io).await;
+    c.get(1, "/", &[]).await;
+    assert_eq!(c.response(1).await.0, 200);
+    c.send(frame::DATA, frame::END_STREAM, 1, b"late").await;
+    assert_eq!(c.goaway().await, Reason::STREAM_CLOSED);
+    assert!(c.next().await.is_none(), "the connection closes");
+    // HEADERS after the client's own reset (h2spec 5.1 #9).
+    let (io, _, _t) = start(Settings::default(), never);
+    let mut c = Raw::new(io).await;
+    c.send(frame::HEADERS, frame::END_HEADERS, 1, &post_block(&[]))
+        .await;
+    c.send(frame::RST_STREAM, 0, 1, &Reason::CANCEL.0.to_be_bytes())
+        .await;
+    c.get(1, "/", &[]).await;
+    assert_eq!(c.goaway().await, Reason::STREAM_CLOSED);
+}
+
+#[tokio::test]
+async fn frames_after_our_own_reset_are_ignored() {
+    // The client may have sent them before it saw the reset.
+    let set = Settings {
+        max_header_list: 1000,
+        ..Default::default()
+    };
+    let (io, _, _t) = start(set, hello);
+    let mut c = Raw::new(io).await;
+    let big = "v".repeat(120);
+    let fields: Vec<(&str, &str)> = (0..10).map(|_| ("x-big", big.as_str())).collect();
+    c.send(frame::HEADERS, frame::END_HEADERS, 1, &post_block(&fields))
+        .await;
+    assert_eq!(c.response(1).await.0, 431);
+    assert_eq!(c.reset(1).await, Reason::NO_ERROR);
+    c.send(frame::DATA, frame::END_STREAM, 1, b"body").await;
+    c.get(3, "/", &[]).await;
+    assert_eq!(c.response(3).await.0, 200, "the connection goes on");
+}
+
+#[tokio::test]
+async fn a_stream_id_lower_than_the_last_is_a_protocol_error() {
+    let (io, _, _t) = start(Settings::default(), never);
+    let mut c = Raw::new(io).await;
+    c.get(5, "/", &[]).await;
+    c.get(3, "/", &[]).await;
+    assert_eq!(c.goaway().await, Reason::PROTOCOL_ERROR);
+}
+
+#[tokio::test]
+async fn a_stream_that_depends_on_itself_is_reset() {
+    let (io, calls, _t) = start(Settings::default(), never);
+    let mut c = Raw::new(io).await;
+    // HEADERS with a priority naming its own stream.
+    let mut p = 1u32.to_be_bytes().to_vec();
+    p.push(15);
+    p.extend_from_slice(&get_block("/", &[]));
+    c.send(
+        frame::HEADERS,
+        frame::END_HEADERS | frame::END_STREAM | frame::PRIORITY_FLAG,
+        1,
+        &p,
+    )
+    .await;
+    assert_eq!(c.reset(1).await, Reason::PROTOCOL_ERROR);
+    // PRIORITY on an open stream naming itself.
+    c.get(3, "/", &[]).await;
+    let mut p = 3u32.to_be_bytes().to_vec();
+    p.push(15);
+    c.send(frame::PRIORITY, 0, 3, &p).await;
+    assert_eq!(c.reset(3).await, Reason::PROTOCOL_ERROR);
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        1,
+        "stream 1 never reached it"
+    );
+    // On a stream not open: the connection's error.
+    let mut p = 9u32.to_be_bytes().to_vec();
+    p.push(15);
+    c.send(frame::PRIORITY, 0, 9, &p).await;
+    assert_eq!(c.goaway().await, Reason::PROTOCOL_ERROR);
+}
