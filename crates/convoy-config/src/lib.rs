@@ -5,6 +5,7 @@
 //! (every default filled in), which is what `convoy check` shows.
 #![forbid(unsafe_code)]
 
+pub mod compiled;
 mod duration;
 mod error;
 mod locate;

@@ -155,6 +155,24 @@ fn bad_files_get_exact_errors() {
             "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:80\"\npool = \"p\"\n[[listeners.routes]]\nclient = \"10.0.0.0/33\"\n",
             "bad.toml:6:10: listeners[0].routes[0].client: \"10.0.0.0/33\" is not an address or network",
         ),
+        // Strings of the schema that compile into the runtime model: a
+        // header name, a hash key, an eviction policy, a TLS version.
+        (
+            "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:80\"\npool = \"p\"\n[[listeners.routes]]\nheader = \"X Tier: gold\"\n",
+            "bad.toml:6:10: listeners[0].routes[0].header: \"X Tier: gold\" must be \"Name\" or \"Name: value\" with a valid header name",
+        ),
+        (
+            "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:80\"\npool = \"p\"\n[pools.p]\nalgorithm = \"hash\"\nhash_on = \"header:a(b\"\n[[pools.p.servers]]\naddress = \"127.0.0.1:1\"\n",
+            "bad.toml:7:11: pools.p.hash_on: \"header:a(b\" is not \"client\", \"header:NAME\" or \"cookie:NAME\"",
+        ),
+        (
+            "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:80\"\npool = \"p\"\ncache = { eviction = \"random\" }\n",
+            "bad.toml:5:22: listeners[0].cache.eviction: unknown variant `random`, expected one of `lru`, `lfu`, `fifo`",
+        ),
+        (
+            "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:80\"\npool = \"p\"\n[listeners.tls]\ncertificates = []\nmin_version = \"1.1\"\n",
+            "bad.toml:7:15: listeners[0].tls.min_version: unknown variant `1.1`, expected `1.2` or `1.3`",
+        ),
         (
             "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:80\"\npool = \"p\"\n[[listeners.routes]]\nhost = \"a b\"\n",
             "bad.toml:6:8: listeners[0].routes[0].host: \"a b\" is not a host name",

@@ -411,7 +411,7 @@ pub struct CacheSettings {
     /// Largest response body stored, in bytes (at most `max_bytes`).
     pub max_object: u64,
     /// What goes when the budget is full: "lru" (default), "lfu", "fifo".
-    pub eviction: String,
+    pub eviction: Eviction,
     /// Add `X-Cache: HIT|MISS|STALE|REVALIDATED` to responses.
     pub status_header: bool,
     /// `stale-while-revalidate` for responses that do not say.
@@ -424,11 +424,47 @@ impl Default for CacheSettings {
         CacheSettings {
             max_bytes: 64 << 20,
             max_object: 8 << 20,
-            eviction: "lru".into(),
+            eviction: Eviction::Lru,
             status_header: true,
             stale_while_revalidate: None,
         }
     }
+}
+
+/// What a full response cache drops first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Eviction {
+    /// The least recently used.
+    #[default]
+    Lru,
+    /// The least frequently used (with aging).
+    Lfu,
+    /// The first stored.
+    Fifo,
+}
+
+/// A TLS protocol version.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    #[default]
+    #[serde(rename = "1.2")]
+    V1_2,
+    /// TLS 1.3.
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+/// Whether a listener with `client_ca` requires a client certificate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// A handshake without a valid client certificate is refused.
+    #[default]
+    Required,
+    /// Clients may send none (one that is sent must be valid).
+    Optional,
 }
 
 /// A token bucket per client address.
@@ -493,15 +529,15 @@ pub struct Tls {
     /// is the default (for clients that send no name or an unknown one).
     pub certificates: Vec<Certificate>,
     /// Lowest protocol version: "1.2" (default) or "1.3".
-    #[serde(default = "default_tls_min")]
-    pub min_version: String,
+    #[serde(default)]
+    pub min_version: TlsVersion,
     /// CA certificates (PEM) that client certificates must chain to; set
     /// to ask clients for a certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ca: Option<std::path::PathBuf>,
     /// With `client_ca`: "required" (default) or "optional".
-    #[serde(default = "default_client_auth")]
-    pub client_auth: String,
+    #[serde(default)]
+    pub client_auth: ClientAuth,
     /// Check the certificate and key files this often and load them when
     /// they change (unset: only on reload).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -520,13 +556,6 @@ pub struct Certificate {
     /// default certificate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub names: Vec<String>,
-}
-
-fn default_tls_min() -> String {
-    "1.2".into()
-}
-fn default_client_auth() -> String {
-    "required".into()
 }
 
 /// TLS from convoy to a pool's servers.

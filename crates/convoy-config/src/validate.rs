@@ -137,68 +137,11 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
             if r.cost == 0 {
                 err(rp("cost"), "must be at least 1".into());
             }
-            if let Some(m) = &r.method {
-                if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
-                    err(
-                        rp("method"),
-                        format!("{m:?} is not an HTTP method (e.g. \"GET\")"),
-                    );
-                }
-            }
-            if let Some(h) = &r.host {
-                let ok = !h.is_empty()
-                    && h.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-.:*[]".contains(&b));
-                if !ok {
-                    err(
-                        rp("host"),
-                        format!("{h:?} is not a host name (e.g. \"www.example.com\")"),
-                    );
-                }
-            }
-            if let Some(h) = &r.header {
-                let (name, value) = match h.split_once(':') {
-                    Some((n, v)) => (n.trim(), v.trim()),
-                    None => (h.trim(), ""),
-                };
-                let valid = !name.is_empty()
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
-                    && http_value(value);
-                if !valid {
-                    err(
-                        rp("header"),
-                        format!(
-                            "{h:?} must be \"Name\" or \"Name: value\" with a valid header name"
-                        ),
-                    );
-                }
-            }
-            if let Some(c) = &r.client {
-                if crate::parse_net(c).is_none() {
-                    err(
-                        rp("client"),
-                        format!("{c:?} is not an address or network (e.g. \"10.0.0.0/8\")"),
-                    );
-                }
-            }
-            if let Some(c) = &r.cookie {
-                let name = c.split_once('=').map_or(c.as_str(), |(n, _)| n).trim();
-                if name.is_empty()
-                    || name
-                        .bytes()
-                        .any(|b| b <= b' ' || b"()<>@,;:\\\"/[]?={}".contains(&b))
-                {
-                    err(
-                        rp("cookie"),
-                        format!("{c:?} must be \"name\" or \"name=value\""),
-                    );
-                }
-            }
-            for (k, v) in [("path", &r.path), ("path_prefix", &r.path_prefix)] {
-                if v.as_ref().is_some_and(|p| !p.starts_with('/')) {
-                    err(rp(k), "must start with '/'".into());
+            // The conditions are parsed by the compiler of the runtime
+            // model: what is accepted here is what compiles.
+            if let Err(problems) = crate::compiled::conditions(r) {
+                for (k, why) in problems {
+                    err(rp(k), why);
                 }
             }
         }
@@ -235,16 +178,8 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
                 err(p(k), "must be greater than 0s".into());
             }
         }
-        if let Some(c) = &l.cache {
-            if l.protocol != Protocol::Http {
-                err(p("cache"), "the cache needs protocol = \"http\"".into());
-            }
-            if !["lru", "lfu", "fifo"].contains(&c.eviction.as_str()) {
-                err(
-                    p("cache.eviction"),
-                    format!("{:?} is not \"lru\", \"lfu\" or \"fifo\"", c.eviction),
-                );
-            }
+        if l.cache.is_some() && l.protocol != Protocol::Http {
+            err(p("cache"), "the cache needs protocol = \"http\"".into());
         }
         if let Some(r) = &l.rate_limit {
             if !(r.per_second > 0.0 && r.per_second.is_finite()) {
@@ -302,18 +237,6 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
                     "only one certificate may be the default (without names)".into(),
                 );
             }
-            if !["1.2", "1.3"].contains(&t.min_version.as_str()) {
-                err(
-                    p("tls.min_version"),
-                    format!("{:?} is not \"1.2\" or \"1.3\"", t.min_version),
-                );
-            }
-            if !["required", "optional"].contains(&t.client_auth.as_str()) {
-                err(
-                    p("tls.client_auth"),
-                    format!("{:?} is not \"required\" or \"optional\"", t.client_auth),
-                );
-            }
             if t.watch.is_some_and(|w| w.get().is_zero()) {
                 err(p("tls.watch"), "must be greater than 0s".into());
             }
@@ -359,24 +282,8 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
                 "must be greater than 0s".into(),
             );
         }
-        let hash_ok = pool.hash_on == "client"
-            || pool
-                .hash_on
-                .strip_prefix("header:")
-                .or_else(|| pool.hash_on.strip_prefix("cookie:"))
-                .is_some_and(|n| {
-                    !n.is_empty()
-                        && n.bytes()
-                            .all(|b| b.is_ascii_graphic() && b != b';' && b != b'=')
-                });
-        if !hash_ok {
-            err(
-                pp("hash_on"),
-                format!(
-                    "{:?} is not \"client\", \"header:NAME\" or \"cookie:NAME\"",
-                    pool.hash_on
-                ),
-            );
+        if let Err(why) = crate::compiled::HashOn::parse(&pool.hash_on) {
+            err(pp("hash_on"), why);
         }
         if let Some(c) = &pool.sticky_cookie {
             if c.is_empty()
@@ -503,10 +410,4 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
         }
     }
     errs
-}
-
-/// A header value a route may match on: visible ASCII and spaces.
-fn http_value(v: &str) -> bool {
-    v.bytes()
-        .all(|b| b == b' ' || b == b'\t' || (0x21..0x7f).contains(&b))
 }

@@ -40,6 +40,8 @@ impl LogLimiter {
 pub struct ListenerRuntime {
     /// Listener config.
     pub cfg: Listener,
+    /// Its HTTP routes, compiled.
+    pub routes: convoy_config::compiled::RouteTable,
     /// Rate limit for "connection refused" log lines.
     pub refused_log: LogLimiter,
     /// Rate limit for "no server" log lines.
@@ -134,6 +136,7 @@ impl ListenerRuntime {
     /// A listener with zeroed counters.
     pub fn new(cfg: Listener) -> Self {
         ListenerRuntime {
+            routes: convoy_config::compiled::RouteTable::compile(&cfg),
             cfg,
             refused_log: LogLimiter::default(),
             failed_log: LogLimiter::default(),

@@ -50,6 +50,8 @@ pub struct PoolRuntime {
     pub name: String,
     /// Pool config.
     pub cfg: Pool,
+    /// What `algorithm = "hash"` hashes, compiled.
+    pub hash_on: convoy_config::compiled::HashOn,
     /// Servers in config order.
     pub servers: Vec<ServerEntry>,
     by_name: HashMap<Arc<str>, usize>,
@@ -126,6 +128,7 @@ impl PoolRuntime {
         let aging_ms = cfg.queue_aging.get().as_millis() as u64;
         let pool = PoolRuntime {
             name: name.to_string(),
+            hash_on: convoy_config::compiled::HashOn::of(cfg),
             cfg: cfg.clone(),
             servers,
             by_name,

@@ -7,8 +7,8 @@
 use std::sync::OnceLock;
 
 /// A listener config with routes of every kind, for `http_request`.
-fn listener() -> &'static convoy_config::Listener {
-    static L: OnceLock<convoy_config::Listener> = OnceLock::new();
+fn routes() -> &'static convoy_config::compiled::RouteTable {
+    static L: OnceLock<convoy_config::compiled::RouteTable> = OnceLock::new();
     L.get_or_init(|| {
         let text = r#"
 [[listeners]]
@@ -41,10 +41,11 @@ cost = 2
 [[pools.web.servers]]
 address = "127.0.0.1:2"
 "#;
-        convoy_config::Config::parse("fuzz", text)
+        let l = convoy_config::Config::parse("fuzz", text)
             .expect("the fuzz config is valid")
             .listeners
-            .remove(0)
+            .remove(0);
+        convoy_config::compiled::RouteTable::compile(&l)
     })
 }
 
@@ -81,7 +82,7 @@ pub fn http_request(data: &[u8]) {
             "ambiguous framing accepted"
         );
         let req = http::Request::from_parts(parts, ());
-        let d = convoy_http::route::decide_from(listener(), &req, Some([192, 0, 2, 1].into()));
+        let d = convoy_http::route::decide_from(routes(), &req, Some([192, 0, 2, 1].into()));
         assert!(d.class <= 7 && d.cost >= 1);
         parts = req.into_parts().0;
         parse::strip_hop(&mut parts.headers, hop);

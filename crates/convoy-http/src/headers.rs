@@ -38,6 +38,27 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// The cookies a request sends, as (name, value) pairs, from every
+/// `Cookie` field (`a=1; b=2`); a pair without `=` has an empty value.
+pub fn cookies(h: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    h.get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(|kv| {
+            let kv = kv.trim();
+            match kv.split_once('=') {
+                Some((k, v)) => (k.trim(), v.trim()),
+                None => (kv, ""),
+            }
+        })
+}
+
+/// The value of cookie `name` in the request's fields.
+pub fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    cookies(h).find(|(k, _)| *k == name).map(|(_, v)| v)
+}
+
 /// What the forwarding headers say about one client connection: its
 /// address (an IPv4-mapped IPv6 address as IPv4) and whether it came
 /// over TLS, and the forwarding lines last built for it. Kept small: it

@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::headers::{add_forwarding, strip_hop_by_hop, ClientInfo};
+use crate::headers::{add_forwarding, cookie, strip_hop_by_hop, ClientInfo};
 use crate::route::decide_from;
 
 /// Response body type: a streamed upstream body (possibly compressed) or
@@ -893,17 +893,6 @@ async fn respond(
     Response::from_parts(parts, body.boxed_unsync())
 }
 
-/// The value of cookie `name` in the request's Cookie headers.
-fn cookie<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
-    h.get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
 /// The request's affinity: its hash key (for `algorithm = "hash"`) and the
 /// server its sticky cookie names.
 fn affinity(pool: &PoolRuntime, h: &http::HeaderMap, peer: SocketAddr) -> Affinity {
@@ -915,13 +904,11 @@ fn affinity(pool: &PoolRuntime, h: &http::HeaderMap, peer: SocketAddr) -> Affini
         .and_then(|name| cookie(h, name))
         .and_then(|v| pool.by_sticky_value(v));
     let hash = if pool.cfg.algorithm == convoy_config::Algorithm::Hash {
-        let on = pool.cfg.hash_on.as_str();
-        let value = if let Some(name) = on.strip_prefix("header:") {
-            h.get(name).map(|v| v.as_bytes())
-        } else if let Some(name) = on.strip_prefix("cookie:") {
-            cookie(h, name).map(str::as_bytes)
-        } else {
-            None
+        use convoy_config::compiled::HashOn;
+        let value = match &pool.hash_on {
+            HashOn::Header(name) => h.get(name).map(|v| v.as_bytes()),
+            HashOn::Cookie(name) => cookie(h, name).map(str::as_bytes),
+            HashOn::Client => None,
         };
         match value {
             Some(v) => Some(hash64(v, 0x6b65_7968_6173_6801)),
@@ -1010,14 +997,14 @@ async fn handle(
                     convoy_core::control::constant_time_eq(v.as_bytes(), t.as_bytes())
                 })
             });
-    let d = decide_from(&l.cfg, &req, Some(peer.ip()));
+    let d = decide_from(&l.routes, &req, Some(peer.ip()));
     if let Some(r) = rec {
-        r.route = d.route.to_string();
+        r.route = d.route.clone();
         r.class = d.class;
         r.cost = d.cost;
-        r.pool = d.pool.to_string();
+        r.pool = d.pool.clone();
     }
-    let Some(first_pool) = snap.pools.get(d.pool).cloned() else {
+    let Some(first_pool) = snap.pools.get(&d.pool).cloned() else {
         return local(StatusCode::BAD_GATEWAY, "no such pool");
     };
     let (class, cost) = (d.class, d.cost);

@@ -145,11 +145,12 @@ fn server_config(t: &Tls, res: &Resumption) -> Result<Arc<rustls::ServerConfig>,
             };
         }
     }
-    let versions: &[&'static rustls::SupportedProtocolVersion] = if t.min_version == "1.3" {
-        &[&rustls::version::TLS13]
-    } else {
-        &[&rustls::version::TLS13, &rustls::version::TLS12]
-    };
+    let versions: &[&'static rustls::SupportedProtocolVersion] =
+        if t.min_version == convoy_config::TlsVersion::V1_3 {
+            &[&rustls::version::TLS13]
+        } else {
+            &[&rustls::version::TLS13, &rustls::version::TLS12]
+        };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(versions)
@@ -158,7 +159,7 @@ fn server_config(t: &Tls, res: &Resumption) -> Result<Arc<rustls::ServerConfig>,
         Some(ca) => {
             let roots = Arc::new(roots(ca).map_err(|e| format!("client_ca: {e}"))?);
             let v = WebPkiClientVerifier::builder_with_provider(roots, provider);
-            let v = if t.client_auth == "optional" {
+            let v = if t.client_auth == convoy_config::ClientAuth::Optional {
                 v.allow_unauthenticated()
             } else {
                 v

@@ -614,10 +614,10 @@ impl Node {
             max_bytes: settings.max_bytes,
             // An object never takes more than the whole budget.
             max_object_bytes: settings.max_object.min(settings.max_bytes),
-            eviction: match settings.eviction.as_str() {
-                "lfu" => Eviction::Lfu,
-                "fifo" => Eviction::Fifo,
-                _ => Eviction::Lru,
+            eviction: match settings.eviction {
+                convoy_config::Eviction::Lfu => Eviction::Lfu,
+                convoy_config::Eviction::Fifo => Eviction::Fifo,
+                convoy_config::Eviction::Lru => Eviction::Lru,
             },
             stale_while_revalidate_default: settings.stale_while_revalidate.map(|d| d.get()),
         }));
