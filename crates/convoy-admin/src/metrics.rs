@@ -340,28 +340,28 @@ impl NodeCollector {
             "listener_connections",
             "Open connections (TCP, HTTP) or flows (UDP) of the listener.",
             None,
-            ls.iter().map(|l| (labels(l), level(l.counters().0))),
+            ls.iter().map(|l| (labels(l), level(l.counters().active))),
         )?;
         counters(
             enc,
             "listener_connections_accepted",
             "Connections or flows accepted by the listener.",
             None,
-            ls.iter().map(|l| (labels(l), l.counters().1)),
+            ls.iter().map(|l| (labels(l), l.counters().accepted)),
         )?;
         counters(
             enc,
             "listener_connections_refused",
             "Connections or flows refused at the listener's max_connections.",
             None,
-            ls.iter().map(|l| (labels(l), l.counters().2)),
+            ls.iter().map(|l| (labels(l), l.counters().refused)),
         )?;
         counters(
             enc,
             "listener_no_server",
             "Connections or flows that found no server to take them.",
             None,
-            ls.iter().map(|l| (labels(l), l.counters().3)),
+            ls.iter().map(|l| (labels(l), l.counters().failed)),
         )?;
         counters(
             enc,

@@ -74,6 +74,19 @@ struct IpEntry {
     last_ms: u64,
 }
 
+/// A listener's connection counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerCounters {
+    /// Open now.
+    pub active: u64,
+    /// Accepted in total.
+    pub accepted: u64,
+    /// Refused by a limit.
+    pub refused: u64,
+    /// Found no server.
+    pub failed: u64,
+}
+
 /// Connections open over the whole node, against `node.max_connections`.
 #[derive(Debug, Default)]
 pub struct NodeConns {
@@ -534,13 +547,13 @@ impl ListenerRuntime {
         self.failed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// (active, accepted, refused, failed).
-    pub fn counters(&self) -> (u64, u64, u64, u64) {
-        (
-            self.active.load(Ordering::Acquire),
-            self.accepted.load(Ordering::Relaxed),
-            self.refused.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
+    /// Its connection counters.
+    pub fn counters(&self) -> ListenerCounters {
+        ListenerCounters {
+            active: self.active.load(Ordering::Acquire),
+            accepted: self.accepted.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
     }
 }

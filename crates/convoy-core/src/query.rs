@@ -143,7 +143,12 @@ pub fn query_with(
     let listeners = listeners
         .iter()
         .map(|l| {
-            let (active, accepted, refused, failed) = l.counters();
+            let crate::listener::ListenerCounters {
+                active,
+                accepted,
+                refused,
+                failed,
+            } = l.counters();
             ListenerView {
                 name: l.cfg.name.clone(),
                 address: l.cfg.address.to_string(),

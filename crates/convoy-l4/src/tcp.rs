@@ -46,8 +46,32 @@ pub async fn serve(
     ctx: Context,
     listener: Arc<ListenerRuntime>,
     socket: Arc<TcpListener>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
+    let l = Arc::clone(&listener);
+    accept_loop(listener, socket, stop, move |client, peer| {
+        let (ctx, l) = (ctx.clone(), Arc::clone(&l));
+        async move { handle(&ctx, &l, client, peer).await }
+    })
+    .await;
+}
+
+/// The accept loop every TCP-based listener (L4 and HTTP) runs on one
+/// bound socket until `stop` changes to true. Accept errors (EMFILE,
+/// ENFILE, ENOBUFS: descriptors run out) back off instead of spinning; a
+/// client over the listener's limits (per address, total, node-wide) is
+/// closed at once and logged at a limited rate; every other connection
+/// runs `handle` in its own task, and its place in the limits is given
+/// back when that ends.
+pub async fn accept_loop<F, Fut>(
+    listener: Arc<ListenerRuntime>,
+    socket: Arc<TcpListener>,
+    mut stop: watch::Receiver<bool>,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -60,8 +84,6 @@ pub async fn serve(
                 c
             }
             Err(e) => {
-                // EMFILE/ENFILE/ENOBUFS: wait for descriptors to free up
-                // instead of spinning; everything else is per-connection.
                 warn!(event = "accept_error", listener = %listener.cfg.name, error = %e, backoff_ms = backoff.as_millis() as u64);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -70,15 +92,15 @@ pub async fn serve(
         };
         if let Err(why) = listener.admit_from(peer.ip()) {
             if listener.refused_log.allow() {
-                warn!(event = "connection_refused", listener = %listener.cfg.name, client = %peer, reason = why.as_str(), refused_total = listener.counters().2);
+                warn!(event = "connection_refused", listener = %listener.cfg.name, client = %peer, reason = why.as_str(), refused_total = listener.counters().refused);
             }
             drop(client);
             continue;
         }
-        let ctx = ctx.clone();
         let l = Arc::clone(&listener);
+        let task = handle(client, peer);
         tokio::spawn(async move {
-            handle(&ctx, &l, client, peer).await;
+            task.await;
             l.release_from(peer.ip());
         });
     }
@@ -108,7 +130,7 @@ async fn handle(ctx: &Context, l: &ListenerRuntime, client: TcpStream, peer: Soc
                         NoServer::Disabled => "listener disabled",
                         NoServer::NoneAvailable => "no server available",
                     };
-                    info!(event = "no_server", listener = %l.cfg.name, client = %peer, reason, tried = tried.len(), failed_total = l.counters().3);
+                    info!(event = "no_server", listener = %l.cfg.name, client = %peer, reason, tried = tried.len(), failed_total = l.counters().failed);
                 }
                 return;
             }

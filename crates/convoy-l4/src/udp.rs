@@ -111,7 +111,7 @@ async fn new_flow(
 ) -> Option<Arc<Flow>> {
     if !l.admit() {
         if l.refused_log.allow() {
-            warn!(event = "flow_refused", listener = %l.cfg.name, client = %peer, reason = "max_connections", refused_total = l.counters().2);
+            warn!(event = "flow_refused", listener = %l.cfg.name, client = %peer, reason = "max_connections", refused_total = l.counters().refused);
         }
         return None;
     }
@@ -124,7 +124,7 @@ async fn new_flow(
         l.count_failed();
         l.release();
         if l.failed_log.allow() {
-            info!(event = "no_server", listener = %l.cfg.name, client = %peer, failed_total = l.counters().3);
+            info!(event = "no_server", listener = %l.cfg.name, client = %peer, failed_total = l.counters().failed);
         }
         return None;
     };

@@ -897,7 +897,7 @@ impl Node {
                 pool.wake_any();
             }
         }
-        self.retired.retain(|l| l.counters().0 > 0);
+        self.retired.retain(|l| l.counters().active > 0);
     }
 
     /// Feeds a pool's load to its standby switch; on a change, switches
@@ -1225,8 +1225,8 @@ impl Node {
     /// Open connections and flows, including those of listeners a reload
     /// stopped.
     fn active(&self) -> u64 {
-        let live: u64 = self.listeners.iter().map(|l| l.rt.counters().0).sum();
-        let retired: u64 = self.retired.iter().map(|l| l.counters().0).sum();
+        let live: u64 = self.listeners.iter().map(|l| l.rt.counters().active).sum();
+        let retired: u64 = self.retired.iter().map(|l| l.counters().active).sum();
         live + retired
     }
 
