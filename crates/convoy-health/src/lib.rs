@@ -28,38 +28,72 @@ pub struct Report {
     pub detail: String,
 }
 
+/// Why a probe failed (the text is the health event's `detail`).
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The connection was refused or failed.
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    /// No connection within the timeout.
+    #[error("connect timed out after {0}")]
+    ConnectTimeout(convoy_config::Dur),
+    /// The request could not be sent.
+    #[error("send: {0}")]
+    Send(std::io::Error),
+    /// Nothing could be read.
+    #[error("read: {0}")]
+    Read(std::io::Error),
+    /// The answer is not HTTP/1.x.
+    #[error("not an HTTP response")]
+    NotHttp,
+    /// Another status than the one expected.
+    #[error("status {got}, expected {want}")]
+    Status {
+        /// The status received.
+        got: u16,
+        /// `expect_status`.
+        want: u16,
+    },
+    /// The body lacks `expect_body`.
+    #[error("body lacks {0:?}")]
+    Body(String),
+    /// The whole HTTP check took longer than the timeout.
+    #[error("http check timed out after {0}")]
+    Timeout(convoy_config::Dur),
+}
+
 /// Probes `addr` with a TCP connect.
-pub async fn probe_tcp(addr: SocketAddr, cfg: &Health) -> Result<(), String> {
+pub async fn probe_tcp(addr: SocketAddr, cfg: &Health) -> Result<(), ProbeError> {
     match tokio::time::timeout(cfg.timeout.get(), TcpStream::connect(addr)).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(format!("connect: {e}")),
-        Err(_) => Err(format!("connect timed out after {}", cfg.timeout)),
+        Ok(Err(e)) => Err(ProbeError::Connect(e)),
+        Err(_) => Err(ProbeError::ConnectTimeout(cfg.timeout)),
     }
 }
 
 /// Probes `addr` with `GET path` (HTTP/1.1, `Connection: close`): the
 /// status must be `expect_status` and the body must contain `expect_body`.
 /// At most 64 KiB of the answer is read.
-pub async fn probe_http(addr: SocketAddr, cfg: &Health) -> Result<(), String> {
+pub async fn probe_http(addr: SocketAddr, cfg: &Health) -> Result<(), ProbeError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let run = async {
         let mut s = TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(ProbeError::Connect)?;
         let req = format!(
             "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: convoy-health\r\nConnection: close\r\n\r\n",
             cfg.path
         );
         s.write_all(req.as_bytes())
             .await
-            .map_err(|e| format!("send: {e}"))?;
+            .map_err(ProbeError::Send)?;
         let mut buf = Vec::with_capacity(1024);
         let mut chunk = [0u8; 4096];
         while buf.len() < 64 * 1024 {
             match s.read(&mut chunk).await {
                 Ok(0) => break,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e) if buf.is_empty() => return Err(format!("read: {e}")),
+                Err(e) if buf.is_empty() => return Err(ProbeError::Read(e)),
                 Err(_) => break,
             }
         }
@@ -69,21 +103,24 @@ pub async fn probe_http(addr: SocketAddr, cfg: &Health) -> Result<(), String> {
             .nth(1)
             .filter(|_| text.starts_with("HTTP/1."))
             .and_then(|c| c.parse().ok())
-            .ok_or_else(|| "not an HTTP response".to_string())?;
+            .ok_or(ProbeError::NotHttp)?;
         if status != cfg.expect_status {
-            return Err(format!("status {status}, expected {}", cfg.expect_status));
+            return Err(ProbeError::Status {
+                got: status,
+                want: cfg.expect_status,
+            });
         }
         if !cfg.expect_body.is_empty() {
             let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
             if !body.contains(&cfg.expect_body) {
-                return Err(format!("body lacks {:?}", cfg.expect_body));
+                return Err(ProbeError::Body(cfg.expect_body.clone()));
             }
         }
         Ok(())
     };
     match tokio::time::timeout(cfg.timeout.get(), run).await {
         Ok(r) => r,
-        Err(_) => Err(format!("http check timed out after {}", cfg.timeout)),
+        Err(_) => Err(ProbeError::Timeout(cfg.timeout)),
     }
 }
 
@@ -110,7 +147,7 @@ pub fn spawn(
             };
             let detail = match &r {
                 Ok(()) => "check ok".to_string(),
-                Err(e) => e.clone(),
+                Err(e) => e.to_string(),
             };
             if let Some(t) = m.observe(r.is_ok()) {
                 let up = t == Transition::Up;
@@ -155,20 +192,18 @@ mod tests {
             path: "/health".into(),
             ..Health::default()
         };
-        assert_eq!(probe_http(addr, &cfg).await, Ok(()));
+        assert!(probe_http(addr, &cfg).await.is_ok());
         cfg.expect_body = "status".into();
-        assert_eq!(probe_http(addr, &cfg).await, Ok(()));
+        assert!(probe_http(addr, &cfg).await.is_ok());
         cfg.expect_body = "ready".into();
-        assert!(probe_http(addr, &cfg)
-            .await
-            .unwrap_err()
-            .contains("body lacks"));
+        let e = probe_http(addr, &cfg).await.unwrap_err();
+        assert!(matches!(e, ProbeError::Body(_)), "{e}");
+        assert_eq!(e.to_string(), "body lacks \"ready\"");
         cfg.path = "/nope".into();
         cfg.expect_body.clear();
-        assert_eq!(
-            probe_http(addr, &cfg).await,
-            Err("status 404, expected 200".into())
-        );
+        let e = probe_http(addr, &cfg).await.unwrap_err();
+        assert!(matches!(e, ProbeError::Status { got: 404, want: 200 }), "{e}");
+        assert_eq!(e.to_string(), "status 404, expected 200");
     }
 
     use super::*;

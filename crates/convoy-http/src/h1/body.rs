@@ -153,16 +153,9 @@ impl Drop for ReqBody {
 }
 
 /// An error of the client's body.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct BodyError(pub &'static str);
-
-impl std::fmt::Display for BodyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0)
-    }
-}
-
-impl std::error::Error for BodyError {}
 
 impl Body for ReqBody {
     type Data = Bytes;

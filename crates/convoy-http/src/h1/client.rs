@@ -188,11 +188,13 @@ pub enum OutBody {
 }
 
 /// Why a request got no response head.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// The connection (or its TLS handshake) could not be made.
+    #[error("connect: {0}")]
     Connect(io::Error),
     /// The connection failed or closed before a whole response head.
+    #[error("connection failed before a response ({error}{})", if *.reused { ", reused connection" } else { "" })]
     Reset {
         /// What happened.
         error: io::Error,
@@ -202,8 +204,10 @@ pub enum SendError {
         partial: bool,
     },
     /// The server's answer is not HTTP.
+    #[error("bad response: {0}")]
     BadResponse(&'static str),
     /// The request body failed (the client's fault).
+    #[error("request body: {0}")]
     Body(BoxError),
 }
 
@@ -213,25 +217,6 @@ impl SendError {
         matches!(self, SendError::Connect(_))
     }
 }
-
-impl std::fmt::Display for SendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SendError::Connect(e) => write!(f, "connect: {e}"),
-            SendError::Reset { error, reused, .. } => {
-                write!(f, "connection failed before a response ({error}")?;
-                if *reused {
-                    f.write_str(", reused connection")?;
-                }
-                f.write_str(")")
-            }
-            SendError::BadResponse(why) => write!(f, "bad response: {why}"),
-            SendError::Body(e) => write!(f, "request body: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for SendError {}
 
 /// A cheap hasher for pool keys (addresses from the config, not from
 /// clients: no flooding to fear).
@@ -707,16 +692,9 @@ impl std::fmt::Debug for UpBody {
 }
 
 /// An error while reading a response body.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct UpBodyError(pub String);
-
-impl std::fmt::Display for UpBodyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UpBodyError {}
 
 impl UpBody {
     fn finished(&mut self) {

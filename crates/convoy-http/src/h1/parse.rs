@@ -643,16 +643,9 @@ pub fn strip_hop(h: &mut HeaderMap, mask: u16) {
 }
 
 /// Why a chunked body is refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
 pub struct ChunkError(pub &'static str);
-
-impl std::fmt::Display for ChunkError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0)
-    }
-}
-
-impl std::error::Error for ChunkError {}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ChunkState {

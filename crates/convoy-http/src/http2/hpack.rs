@@ -20,14 +20,9 @@ use http::header::{HeaderName, HeaderValue};
 
 /// A header block the decoder cannot read: the connection ends with
 /// `COMPRESSION_ERROR`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("hpack: {0}")]
 pub struct HpackError(pub &'static str);
-
-impl std::fmt::Display for HpackError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "hpack: {}", self.0)
-    }
-}
 
 /// A field's name as HTTP/2 sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

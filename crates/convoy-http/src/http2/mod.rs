@@ -99,39 +99,23 @@ impl Default for Settings {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a connection ended badly.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The socket failed.
+    #[error("i/o: {0}")]
     Io(std::io::Error),
     /// The client broke the protocol: we sent GOAWAY with this code.
+    #[error("client broke HTTP/2 ({0}): {1}")]
     Protocol(Reason, &'static str),
     /// The client ended the connection with an error code.
+    #[error("client sent GOAWAY {0}")]
     Peer(Reason),
 }
 
-impl std::fmt::Display for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Error::Io(e) => write!(f, "i/o: {e}"),
-            Error::Protocol(r, why) => write!(f, "client broke HTTP/2 ({r}): {why}"),
-            Error::Peer(r) => write!(f, "client sent GOAWAY {r}"),
-        }
-    }
-}
-
-impl std::error::Error for Error {}
-
 /// A request body that could not be read to its end.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("{0}")]
 pub struct BodyError(&'static str);
-
-impl std::fmt::Display for BodyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0)
-    }
-}
-
-impl std::error::Error for BodyError {}
 
 // ---- request bodies ----
 

@@ -55,11 +55,24 @@ impl std::fmt::Display for UpErr {
 type Upstream = Client<HttpConnector, ReqBody>;
 type TlsUpstream = Client<hyper_rustls::HttpsConnector<HttpConnector>, ReqBody>;
 
-/// TLS to a pool's servers cannot be set up (its CA file cannot be read,
-/// its SNI name is not valid).
+/// A request that cannot be sent: TLS to the pool's servers cannot be set
+/// up (its CA file cannot be read, its SNI name is not valid), or the
+/// target does not make a URI for HTTP/2.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub(super) struct TlsMisconfigured(String);
+pub(super) enum TlsMisconfigured {
+    /// `tls` is not set for the pool.
+    #[error("the pool has no TLS settings")]
+    NoTls,
+    /// The pool's `tls.ca`.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The pool's `tls.sni`.
+    #[error("tls.sni {0:?}: {1}")]
+    Sni(String, rustls::pki_types::InvalidDnsNameError),
+    /// The request target.
+    #[error("request target: {0}")]
+    Target(#[from] http::uri::InvalidUri),
+}
 
 /// A request on its way to a server, until its response head.
 pub(super) type Sending<'a> =
@@ -160,9 +173,7 @@ impl Upstreams {
             "http"
         };
         // The path was checked by the client-side parser: it makes a URI.
-        let uri: http::Uri = format!("{scheme}://{server}{}", req.path)
-            .parse()
-            .map_err(|e| TlsMisconfigured(format!("request target: {e}")))?;
+        let uri: http::Uri = format!("{scheme}://{server}{}", req.path).parse()?;
         let mut out = Request::from_parts(req.parts.clone(), ());
         *out.uri_mut() = uri;
         crate::headers::append_lines(out.headers_mut(), req.fwd);
@@ -235,7 +246,7 @@ impl Upstreams {
         use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
         static IDS: AtomicU64 = AtomicU64::new(1);
         let Some(t) = &pool.cfg.tls else {
-            return Err(TlsMisconfigured("the pool has no TLS settings".into()));
+            return Err(TlsMisconfigured::NoTls);
         };
         let mut m = self.h1_tls.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((cfg, target)) = m.get(&pool.name) {
@@ -243,12 +254,12 @@ impl Upstreams {
                 return Ok(Arc::clone(target));
             }
         }
-        let mut config = crate::tls::client_config(t, false).map_err(TlsMisconfigured)?;
+        let mut config = crate::tls::client_config(t, false)?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let name = match &t.sni {
             Some(n) => Some(
                 rustls::pki_types::ServerName::try_from(n.clone())
-                    .map_err(|e| TlsMisconfigured(format!("tls.sni {n:?}: {e}")))?,
+                    .map_err(|e| TlsMisconfigured::Sni(n.clone(), e))?,
             ),
             None => None,
         };
@@ -264,7 +275,7 @@ impl Upstreams {
     /// The TLS client for `pool`'s servers.
     fn tls_client(&self, pool: &PoolRuntime, h2: bool) -> Result<TlsUpstream, TlsMisconfigured> {
         let Some(t) = &pool.cfg.tls else {
-            return Err(TlsMisconfigured("the pool has no TLS settings".into()));
+            return Err(TlsMisconfigured::NoTls);
         };
         let key = (pool.name.clone(), h2);
         let mut m = self.tls_clients.lock().unwrap_or_else(|e| e.into_inner());
@@ -278,12 +289,12 @@ impl Upstreams {
         http.set_connect_timeout(Some(self.connect_timeout));
         http.enforce_http(false);
         let b = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(crate::tls::client_config(t, h2).map_err(TlsMisconfigured)?)
+            .with_tls_config(crate::tls::client_config(t, h2)?)
             .https_only();
         let b = match &t.sni {
             Some(name) => {
                 let sn = rustls::pki_types::ServerName::try_from(name.clone())
-                    .map_err(|e| TlsMisconfigured(format!("tls.sni {name:?}: {e}")))?;
+                    .map_err(|e| TlsMisconfigured::Sni(name.clone(), e))?;
                 b.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(sn))
             }
             None => b,
