@@ -202,7 +202,16 @@ mod tests {
         cfg.path = "/nope".into();
         cfg.expect_body.clear();
         let e = probe_http(addr, &cfg).await.unwrap_err();
-        assert!(matches!(e, ProbeError::Status { got: 404, want: 200 }), "{e}");
+        assert!(
+            matches!(
+                e,
+                ProbeError::Status {
+                    got: 404,
+                    want: 200
+                }
+            ),
+            "{e}"
+        );
         assert_eq!(e.to_string(), "status 404, expected 200");
     }
 

@@ -236,3 +236,99 @@ async fn any_changed(kills: &mut [watch::Receiver<u64>]) {
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    //! The relay between two real loopback connections (it needs TCP:
+    //! half-close, SO_LINGER and splice(2) act on sockets).
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A connected pair: (the test's end, the end the relay takes).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    #[tokio::test]
+    async fn bytes_go_both_ways_and_half_close_is_passed_on() {
+        for splice in [false, true] {
+            let (mut client, c_side) = pair().await;
+            let (mut server, s_side) = pair().await;
+            let relay = tokio::spawn(relay(
+                c_side,
+                s_side,
+                splice,
+                Duration::from_secs(5),
+                &mut [],
+            ));
+            // A bulk upload (splice takes over after the first full read),
+            // then the client's half-close; the server still answers.
+            let up: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+            client.write_all(&up).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            assert!(got == up, "splice {splice}: the upload arrived changed");
+            server.write_all(b"pong").await.unwrap();
+            drop(server);
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.unwrap();
+            assert_eq!(back, b"pong");
+            let out = relay.await.unwrap();
+            assert_eq!(out.end, End::Done);
+            assert_eq!((out.to_server, out.to_client), (1_000_000, 4));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_relay_ends_and_a_kill_ends_it_at_once() {
+        let (_client, c_side) = pair().await;
+        let (_server, s_side) = pair().await;
+        let out = relay(c_side, s_side, false, Duration::from_millis(100), &mut []).await;
+        assert_eq!(out.end, End::Idle);
+        let (_client, c_side) = pair().await;
+        let (_server, s_side) = pair().await;
+        let (kill, rx) = watch::channel(0u64);
+        let r = tokio::spawn(async move {
+            let mut kills = [rx];
+            relay(c_side, s_side, false, Duration::from_secs(60), &mut kills).await
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        kill.send_replace(1);
+        let out = tokio::time::timeout(Duration::from_secs(5), r)
+            .await
+            .expect("killed at once")
+            .unwrap();
+        assert_eq!(out.end, End::Killed);
+    }
+
+    #[tokio::test]
+    async fn a_reset_on_one_side_resets_the_other() {
+        let (client, c_side) = pair().await;
+        let (mut server, s_side) = pair().await;
+        let r = tokio::spawn(relay(
+            c_side,
+            s_side,
+            false,
+            Duration::from_secs(5),
+            &mut [],
+        ));
+        // The client resets (SO_LINGER 0, then close).
+        socket2::SockRef::from(&client)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(client);
+        let out = r.await.unwrap();
+        assert_eq!(out.end, End::ClientError(io::ErrorKind::ConnectionReset));
+        let mut b = [0u8; 8];
+        let e = server.read(&mut b).await;
+        assert!(
+            matches!(&e, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
+            "the server sees a reset, not a clean end: {e:?}"
+        );
+    }
+}
