@@ -4,7 +4,7 @@
 //! rise/fall health state machine and the slow-start ramp; for request-level
 //! balancing, smooth weighted round robin, least outstanding cost, power of
 //! two choices over peak-EWMA latency, the priority queue with aging, outlier
-//! ejection, tiers and the standby hysteresis. Everything here is
+//! ejection and the standby hysteresis. Everything here is
 //! deterministic so that every node of a cluster makes the same choice for the
 //! same input, and so that it can be tested without sockets or timers.
 #![forbid(unsafe_code)]
@@ -21,7 +21,6 @@ pub mod queue;
 pub mod select;
 pub mod slow_start;
 pub mod swrr;
-pub mod tiers;
 
 pub use affinity::{affinity_key, AffinityKind};
 pub use health::{HealthMachine, Transition};

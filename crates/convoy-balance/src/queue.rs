@@ -1,4 +1,4 @@
-//! The admission queue of a pool (the patent's claim 19): requests that
+//! The admission queue of a pool: requests that
 //! find every server at its high-water mark wait here and are released,
 //! one per freed slot, highest priority class first. Aging keeps lower
 //! classes from starving: a request's effective class improves by one for

@@ -1,5 +1,5 @@
-//! Admission of HTTP requests to a pool (the patent's high-water mark and
-//! queue, claim 19): a request takes a slot on a server below its
+//! Admission of HTTP requests to a pool (a high-water mark per server and
+//! a queue in front of them): a request takes a slot on a server below its
 //! `max_in_flight`, chosen by the pool's algorithm; when every available
 //! server is full it waits in the pool's bounded priority queue, and each
 //! slot freed by a finishing request is handed straight to the next waiter

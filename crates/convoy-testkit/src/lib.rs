@@ -4,6 +4,7 @@
 //! signals), and bounded waiting. Everything binds loopback only.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod http;
 
 use std::io::{BufRead, BufReader};

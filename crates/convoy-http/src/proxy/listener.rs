@@ -147,7 +147,7 @@ pub(super) fn kill_future(sh: &Shared) -> Pin<Box<dyn Future<Output = ()> + Send
 /// Serves one client connection (plain or TLS) until it ends, the
 /// listener stops (graceful) or the node or listener kills it: HTTP/1.1
 /// on convoy's own loop, HTTP/2 (ALPN `h2`, or the prior-knowledge
-/// preface) on the `h2` crate.
+/// preface) on convoy's own HTTP/2 loop.
 pub(super) async fn serve_conn<S>(
     sh: &Arc<Shared>,
     mut stream: S,
