@@ -3,7 +3,7 @@
 # nginx `proxy_cache` (and, for reference, HAProxy 2.6's `cache`), all in
 # front of the same nginx origin answering `Cache-Control: max-age=3600`
 # with a 1 KiB body, all on loopback, interleaved in one run. See
-# ../../shared/BENCH.md.
+# How to read the figures: bench/RESULTS.md.
 #
 #   bench/cache.sh [rounds]     (default 3 rounds; needs a release build)
 #

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # HTTP/2 from clients: convoy against HAProxy `mode http`, both in front
 # of the same nginx origin (HTTP/1.1 keep-alive to it), all on loopback,
-# alternating in one run. See ../../shared/BENCH.md.
+# alternating in one run. How to read the figures: bench/RESULTS.md.
 #
 #   bench/h2.sh [rounds]        (default 4; needs a release build)
 #

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # HTTP benchmark: convoy (`protocol = "http"`) against HAProxy `mode http`
 # (`http-reuse always`) and direct, one nginx origin, all on loopback, in
-# one run. See ../../shared/BENCH.md.
+# one run. How to read the figures: bench/RESULTS.md.
 #
 #   bench/http.sh [rounds]      (default 3 rounds; needs a release build)
 #

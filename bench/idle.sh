@@ -3,7 +3,7 @@
 # convoy (`protocol = "http"`) against HAProxy `mode http`, one nginx
 # origin, all on loopback, in one run. Each connection sends one request,
 # reads the answer and stays open; the proxy's RSS is read before and
-# after. See ../../shared/BENCH.md.
+# after. How to read the figures: bench/RESULTS.md.
 #
 #   bench/idle.sh [connections]     (default 9900: the most HAProxy takes
 #   under this machine's hard descriptor limit of 20000; needs a release build)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # L4 benchmark: convoy (TCP listener) against HAProxy `mode tcp` and direct,
-# one nginx origin, all on loopback, in one run. See ../../shared/BENCH.md.
+# one nginx origin, all on loopback, in one run. How to read the figures: bench/RESULTS.md.
 #
 #   bench/l4.sh [rounds]        (default 3 rounds; needs a release build)
 #

@@ -4,7 +4,7 @@
 # loopback. Unlike bench/http.sh, which starts each proxy afresh per
 # figure, both proxies start once, are warmed up, and are measured in
 # alternating rounds (H C D H C D ...), so that the machine's slow
-# moments fall on all three alike. See ../../shared/BENCH.md.
+# moments fall on all three alike. How to read the figures: bench/RESULTS.md.
 #
 #   bench/latency.sh [rounds] [rate]   (default 8 rounds of 10 s at
 #                                       2000 req/s; needs a release build)

@@ -1,5 +1,5 @@
 # Shared pieces of the bench scripts (sourced, not run): the nginx origin,
-# HAProxy in front of it, and waiting for a port. See ../../shared/BENCH.md.
+# HAProxy in front of it, and waiting for a port. How to read the figures: bench/RESULTS.md.
 
 # origin_conf DIR PORT [LOCATION_BODY] — an nginx origin with one worker,
 # keep-alive, no access log, answering `return 200 "hello\n"` unless

@@ -3,7 +3,7 @@
 # request), the same fixed offered load (h2load, 1000 req/s over 20
 # keep-alive connections, 10 s) through HAProxy `roundrobin` and `leastconn`
 # and convoy `round_robin`, `least_outstanding` and `qos`. Prints p50, p99
-# and failed requests per setup. See ../../shared/BENCH.md.
+# and failed requests per setup. How to read the figures: bench/RESULTS.md.
 #
 #   bench/quality.sh [rounds]    (default 1; needs a release build)
 set -euo pipefail

@@ -3,7 +3,7 @@
 # against HAProxy `mode http` with `bind ... ssl` (OpenSSL), both
 # terminating TLS with the same ECDSA P-256 self-signed certificate in
 # front of the same plain-HTTP nginx origin, all on loopback, interleaved
-# in one run. See ../../shared/BENCH.md.
+# in one run. How to read the figures: bench/RESULTS.md.
 #
 #   bench/tls.sh [rounds]       (default 3 rounds; needs a release build)
 #
