@@ -101,6 +101,9 @@ impl Config {
         if let Some(f) = &mut self.admin.token_file {
             fix(f);
         }
+        if let Some(f) = self.cluster.as_mut().and_then(|c| c.key_file.as_mut()) {
+            fix(f);
+        }
         if let Some(f) = &mut self.node.upgrade_socket {
             fix(f);
         }

@@ -155,6 +155,23 @@ fn bad_files_get_exact_errors() {
             "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:80\"\npool = \"p\"\n[[listeners.routes]]\nclient = \"10.0.0.0/33\"\n",
             "bad.toml:6:10: listeners[0].routes[0].client: \"10.0.0.0/33\" is not an address or network",
         ),
+        // The cluster table.
+        (
+            "[[listeners]]\naddress = \"127.0.0.1:80\"\npool = \"p\"\n[cluster]\npriority = 1\naddress = \"127.0.0.1:7946\"\n",
+            "bad.toml:4:2: cluster.key_file: the cluster needs a key: set key_file or key_env",
+        ),
+        (
+            "[[listeners]]\naddress = \"127.0.0.1:80\"\npool = \"p\"\n[cluster]\npriority = 0\naddress = \"127.0.0.1:7946\"\nkey_env = \"K\"\n",
+            "bad.toml:5:12: cluster.priority: must be at least 1",
+        ),
+        (
+            "[[listeners]]\nname = \"web\"\naddress = \"127.0.0.1:80\"\npool = \"p\"\n[cluster]\npriority = 1\naddress = \"127.0.0.1:7946\"\nkey_env = \"K\"\nload_weight = { web = 50, api = 10 }\n",
+            "bad.toml:9:33: cluster.load_weight.api: no listener is named \"api\"",
+        ),
+        (
+            "[[listeners]]\naddress = \"127.0.0.1:80\"\npool = \"p\"\n[cluster]\npriority = 1\naddress = \"127.0.0.1:7946\"\nkey_env = \"K\"\nseeds = [\"127.0.0.1:7946\"]\n",
+            "bad.toml:8:1: cluster.seeds[0]: is this node's own address",
+        ),
         // Strings of the schema that compile into the runtime model: a
         // header name, a hash key, an eviction policy, a TLS version.
         (

@@ -25,6 +25,104 @@ pub struct Config {
     /// The admin API, metrics and dashboard.
     #[serde(default)]
     pub admin: Admin,
+    /// Membership in a cluster of convoy nodes (none: a node alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Cluster>,
+}
+
+/// A node's membership in a cluster of convoy nodes: several nodes share
+/// health, operator commands and the ownership of client flows, with no
+/// dispatcher. Every message between them is authenticated with the
+/// cluster key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// This node's name in the cluster (unique; default `node.name`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Unique priority, 1 the highest: `single` listeners go wholly to the
+    /// live node with the highest priority.
+    pub priority: u32,
+    /// The address for cluster traffic (UDP), dedicated to it.
+    pub address: SocketAddr,
+    /// Other nodes' cluster addresses to join through (any live one is
+    /// enough).
+    #[serde(default)]
+    pub seeds: Vec<SocketAddr>,
+    /// A file holding the cluster key (at least 32 characters; surrounding
+    /// whitespace ignored). Never printed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<std::path::PathBuf>,
+    /// Name of an environment variable holding the cluster key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_env: Option<String>,
+    /// How often each node probes another (failure detection).
+    #[serde(default = "default_probe_interval")]
+    pub probe_interval: Dur,
+    /// How long a node that missed its probes stays suspected before it
+    /// is taken for down.
+    #[serde(default = "default_suspicion")]
+    pub suspicion: Dur,
+    /// Below this many live members, this node claims no new flows (0:
+    /// off). Set it to a majority to keep the smaller side of a split
+    /// cluster from serving.
+    #[serde(default)]
+    pub min_members: usize,
+    /// This node's share of each listener's flows, relative to the other
+    /// nodes' (listener name → weight, 1-10000; default 100 each).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub load_weight: BTreeMap<String, u32>,
+}
+
+fn default_probe_interval() -> Dur {
+    Dur::ms(200)
+}
+fn default_suspicion() -> Dur {
+    Dur::ms(400)
+}
+
+/// The smallest cluster key accepted, in bytes.
+pub const MIN_CLUSTER_KEY: usize = 32;
+
+impl Cluster {
+    /// The cluster key, from `key_file` or `key_env`.
+    pub fn resolve_key(&self) -> Result<Vec<u8>, String> {
+        let (text, from) = if let Some(var) = &self.key_env {
+            match std::env::var(var) {
+                Ok(v) => (v, format!("environment variable {var}")),
+                Err(_) => {
+                    return Err(format!(
+                        "cluster.key_env: environment variable {var} is not set"
+                    ))
+                }
+            }
+        } else if let Some(path) = &self.key_file {
+            match std::fs::read_to_string(path) {
+                Ok(v) => (v, path.display().to_string()),
+                Err(e) => {
+                    return Err(format!(
+                        "cluster.key_file: cannot read {}: {e}",
+                        path.display()
+                    ))
+                }
+            }
+        } else {
+            return Err("cluster: set key_file or key_env".into());
+        };
+        let key = text.trim();
+        if key.len() < MIN_CLUSTER_KEY {
+            return Err(format!(
+                "cluster key in {from}: {} characters, at least {MIN_CLUSTER_KEY} needed (e.g. openssl rand -base64 32)",
+                key.len()
+            ));
+        }
+        Ok(key.as_bytes().to_vec())
+    }
+
+    /// This node's load weight for `listener`.
+    pub fn weight_of(&self, listener: &str) -> u32 {
+        self.load_weight.get(listener).copied().unwrap_or(100)
+    }
 }
 
 /// The admin API of the node.
@@ -988,6 +1086,11 @@ impl Config {
                 if r.name.is_empty() {
                     r.name = format!("route-{i}");
                 }
+            }
+        }
+        if let Some(c) = &mut self.cluster {
+            if c.name.is_empty() {
+                c.name = self.node.name.clone();
             }
         }
         for pool in self.pools.values_mut() {

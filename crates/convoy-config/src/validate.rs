@@ -16,6 +16,9 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
             "no listeners defined: add at least one [[listeners]] table".into(),
         );
     }
+    if let Some(c) = &cfg.cluster {
+        validate_cluster(cfg, c, &mut err);
+    }
     if cfg.node.drain_timeout.get().is_zero() {
         err(
             "node.drain_timeout".into(),
@@ -410,4 +413,68 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
         }
     }
     errs
+}
+
+/// The `[cluster]` table.
+fn validate_cluster(cfg: &Config, c: &crate::Cluster, err: &mut impl FnMut(String, String)) {
+    let p = |k: &str| format!("cluster.{k}");
+    if c.priority == 0 {
+        err(
+            p("priority"),
+            "must be at least 1 (1 is the highest)".into(),
+        );
+    }
+    if c.name.is_empty() || c.name.len() > 64 || c.name.bytes().any(|b| !b.is_ascii_graphic()) {
+        err(
+            p("name"),
+            format!("{:?} must be 1-64 visible ASCII characters", c.name),
+        );
+    }
+    match (&c.key_file, &c.key_env) {
+        (None, None) => err(
+            p("key_file"),
+            "the cluster needs a key: set key_file or key_env".into(),
+        ),
+        (Some(_), Some(_)) => err(p("key_env"), "set key_file or key_env, not both".into()),
+        _ => {}
+    }
+    if c.address.port() == 0 {
+        err(p("address"), "needs a port".into());
+    }
+    for (i, s) in c.seeds.iter().enumerate() {
+        if *s == c.address {
+            err(
+                format!("cluster.seeds[{i}]"),
+                "is this node's own address".into(),
+            );
+        }
+    }
+    if c.probe_interval.get() < std::time::Duration::from_millis(10) {
+        err(p("probe_interval"), "must be at least 10ms".into());
+    }
+    if c.suspicion.get().is_zero() {
+        err(p("suspicion"), "must be greater than 0s".into());
+    }
+    for (name, w) in &c.load_weight {
+        if !cfg.listeners.iter().any(|l| &l.name == name) {
+            err(
+                format!("cluster.load_weight.{name}"),
+                format!("no listener is named {name:?}"),
+            );
+        }
+        if *w == 0 || *w > 10_000 {
+            err(
+                format!("cluster.load_weight.{name}"),
+                format!("weight {w} is out of range 1-10000"),
+            );
+        }
+    }
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        if l.protocol == crate::Protocol::Udp && l.address.sockets().any(|a| a == c.address) {
+            err(
+                format!("listeners[{i}].address"),
+                format!("{} is the cluster's address", c.address),
+            );
+        }
+    }
 }
