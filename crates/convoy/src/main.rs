@@ -189,7 +189,8 @@ fn main() -> ExitCode {
                         Some(p) => match convoy_control::take_over(p) {
                             Ok(i) => Some(i),
                             Err(e) => {
-                                eprintln!("convoy: {e:#}");
+                                // With its causes, as anyhow's `{:#}` printed them.
+                                eprintln!("convoy: {}", convoy_control::report(&e));
                                 return ExitCode::FAILURE;
                             }
                         },
