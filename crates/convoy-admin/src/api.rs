@@ -22,7 +22,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use convoy_core::control::{CmdError, Command, ErrorKind, ListenerAction, Request, ServerAction};
+use convoy_core::control::{
+    Answer, CmdError, CmdErrorKind, Command, ListenerAction, Reply, Request, ServerAction,
+};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -131,42 +133,51 @@ fn unauthorized() -> Response {
     r
 }
 
-fn status_of(kind: ErrorKind) -> StatusCode {
+fn status_of(kind: CmdErrorKind) -> StatusCode {
     match kind {
-        ErrorKind::NotFound => StatusCode::NOT_FOUND,
-        ErrorKind::Conflict => StatusCode::CONFLICT,
-        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
-        ErrorKind::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+        CmdErrorKind::NotFound => StatusCode::NOT_FOUND,
+        CmdErrorKind::Conflict => StatusCode::CONFLICT,
+        CmdErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        CmdErrorKind::Failed => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
 /// Sends a command to the node and waits for its answer.
-async fn ask(st: &AppState, cmd: Command) -> Result<serde_json::Value, CmdError> {
+async fn ask(st: &AppState, cmd: Command) -> Reply {
     let (reply, rx) = oneshot::channel();
     if st.tx.send(Request { cmd, reply }).await.is_err() {
         return Err(CmdError::new(
-            ErrorKind::Failed,
+            CmdErrorKind::Failed,
             "the node is shutting down",
         ));
     }
-    rx.await
-        .unwrap_or_else(|_| Err(CmdError::new(ErrorKind::Failed, "the node did not answer")))
+    rx.await.unwrap_or_else(|_| {
+        Err(CmdError::new(
+            CmdErrorKind::Failed,
+            "the node did not answer",
+        ))
+    })
+}
+
+/// An answer as the API's JSON. It goes through `serde_json::Value`,
+/// whose objects sort their keys, so every answer's keys come out in
+/// alphabetical order, as they always have (the `query` view too).
+fn answer_json(a: &Answer) -> Result<serde_json::Value, serde_json::Error> {
+    serde_json::to_value(a)
 }
 
 async fn run(st: &AppState, h: &HeaderMap, cmd: Command) -> Response {
     if let Some(r) = refused(st, h) {
         return r;
     }
-    match ask(st, cmd).await {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => json_error(
-            status_of(e.kind),
-            &serde_json::to_value(e.kind)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default(),
-            &e.error,
+    match ask(st, cmd).await.map(|a| answer_json(&a)) {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            CmdErrorKind::Failed.as_str(),
+            &e.to_string(),
         ),
+        Err(e) => json_error(status_of(e.kind), e.kind.as_str(), &e.error),
     }
 }
 
@@ -359,7 +370,7 @@ async fn metrics(State(st): State<AppState>, h: HeaderMap) -> Response {
         return r;
     }
     match ask(&st, Command::Metrics).await {
-        Ok(serde_json::Value::String(text)) => (
+        Ok(Answer::Metrics(text)) => (
             [(
                 header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -429,10 +440,12 @@ mod tests {
             while let Some(r) = rx.recv().await {
                 let ans = match &r.cmd {
                     Command::Server { server, .. } if server.starts_with("missing") => {
-                        Err(CmdError::new(ErrorKind::NotFound, "unknown server"))
+                        Err(CmdError::new(CmdErrorKind::NotFound, "unknown server"))
                     }
-                    Command::Metrics => Ok(serde_json::Value::String("convoy_up 1\n".into())),
-                    c => Ok(serde_json::json!({ "cmd": format!("{c:?}") })),
+                    Command::Metrics => Ok(Answer::Metrics("convoy_up 1\n".into())),
+                    c => Ok(Answer::Explain(
+                        serde_json::json!({ "cmd": format!("{c:?}") }),
+                    )),
                 };
                 let _ = r.reply.send(ans);
             }
@@ -629,6 +642,70 @@ mod tests {
         ];
         let (st, _) = call_with(&app, "GET", "/api/v1/query", &h).await;
         assert_eq!(st, StatusCode::FORBIDDEN);
+    }
+
+    /// Each answer's JSON, byte for byte, as the node wrote it when its
+    /// answers were `serde_json::Value`s (keys sorted; `null` for a
+    /// missing admin state or weight).
+    #[test]
+    fn answers_keep_their_json() {
+        use convoy_core::control::{Applied, NodeState};
+        use convoy_core::AdminState;
+        let json = |a: Answer| serde_json::to_string(&answer_json(&a).unwrap()).unwrap();
+        let state = Answer::State {
+            state: NodeState::Suspended,
+        };
+        assert_eq!(json(state), r#"{"state":"suspended"}"#);
+        let serving = Answer::Applied(Applied::Serving {
+            listeners: 2,
+            pools: 1,
+        });
+        assert_eq!(json(serving), r#"{"applied":true,"listeners":2,"pools":1}"#);
+        let stored = Answer::Applied(Applied::Stored);
+        assert_eq!(json(stored), r#"{"applied":true,"serving":false}"#);
+        let listener = Answer::Listener {
+            listener: "web".into(),
+            state: AdminState::Draining,
+        };
+        assert_eq!(json(listener), r#"{"listener":"web","state":"draining"}"#);
+        let server = |admin, weight| Answer::Server {
+            pool: "p".into(),
+            server: "a".into(),
+            admin,
+            weight,
+        };
+        assert_eq!(
+            json(server(Some(AdminState::Enabled), Some(3))),
+            r#"{"admin":"enabled","pool":"p","server":"a","weight":3}"#
+        );
+        assert_eq!(
+            json(server(None, None)),
+            r#"{"admin":null,"pool":"p","server":"a","weight":null}"#
+        );
+        assert_eq!(json(Answer::Purged { purged: 4 }), r#"{"purged":4}"#);
+        let events = Answer::Events {
+            last: 7,
+            events: vec![serde_json::json!({ "seq": 7, "event": "x" })],
+        };
+        assert_eq!(
+            json(events),
+            r#"{"events":[{"event":"x","seq":7}],"last":7}"#
+        );
+        let explain = Answer::Explain(serde_json::json!({ "pool": "p", "algorithm": "qos" }));
+        assert_eq!(json(explain), r#"{"algorithm":"qos","pool":"p"}"#);
+        assert_eq!(json(Answer::Metrics("a 1\n".into())), r#""a 1\n""#);
+        // The query view: the struct itself, keys sorted at every level.
+        let cfg = convoy_config::Config::parse(
+            "t.toml",
+            "[admin]\nenabled = false\n[[listeners]]\nname = \"web\"\naddress = \"127.0.0.1:1\"\npool = \"p\"\n\
+             [pools.p]\n[[pools.p.servers]]\nname = \"a\"\naddress = \"127.0.0.1:2\"\n",
+        )
+        .unwrap();
+        let snap = convoy_core::Snapshot::build(std::sync::Arc::new(cfg), None);
+        let q = json(Answer::Query(convoy_core::query::query(&snap, &[])));
+        let old = serde_json::to_value(convoy_core::query::query(&snap, &[])).unwrap();
+        assert_eq!(q, serde_json::to_string(&old).unwrap());
+        assert!(q.starts_with(r#"{"listeners":[],"node":"#), "{q}");
     }
 
     #[test]

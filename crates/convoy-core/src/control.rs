@@ -113,7 +113,7 @@ impl Command {
 /// Why a command failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ErrorKind {
+pub enum CmdErrorKind {
     /// Unknown listener, pool, server or route.
     NotFound,
     /// Not possible in the node's current state (e.g. suspended).
@@ -124,18 +124,30 @@ pub enum ErrorKind {
     Failed,
 }
 
+impl CmdErrorKind {
+    /// The kind as written in the API (`kind` of an error answer).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CmdErrorKind::NotFound => "not_found",
+            CmdErrorKind::Conflict => "conflict",
+            CmdErrorKind::Invalid => "invalid",
+            CmdErrorKind::Failed => "failed",
+        }
+    }
+}
+
 /// A failed command.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CmdError {
     /// Kind of failure.
-    pub kind: ErrorKind,
+    pub kind: CmdErrorKind,
     /// What went wrong, for a human.
     pub error: String,
 }
 
 impl CmdError {
     /// A failure of `kind`.
-    pub fn new(kind: ErrorKind, error: impl Into<String>) -> Self {
+    pub fn new(kind: CmdErrorKind, error: impl Into<String>) -> Self {
         CmdError {
             kind,
             error: error.into(),
@@ -143,8 +155,136 @@ impl CmdError {
     }
 }
 
-/// The answer: JSON, or for `Metrics`, a JSON string holding the text.
-pub type Reply = Result<serde_json::Value, CmdError>;
+impl std::fmt::Display for CmdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.error)
+    }
+}
+
+impl std::error::Error for CmdError {}
+
+/// The node's serving state (WLBS).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Serving; health checks have not had time to run yet.
+    Converging,
+    /// Serving.
+    Converged,
+    /// Drain-stopping: no new connections, open ones finish.
+    Draining,
+    /// Not serving (the process stays up).
+    Stopped,
+    /// Stopped, and refusing every command but resume and the read-only
+    /// ones.
+    Suspended,
+}
+
+impl NodeState {
+    /// The state as written in the API and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Converging => "converging",
+            NodeState::Converged => "converged",
+            NodeState::Draining => "draining",
+            NodeState::Stopped => "stopped",
+            NodeState::Suspended => "suspended",
+        }
+    }
+}
+
+/// A config the node applied (reload, or an operator change that goes
+/// through the same path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The node serves it: its running listeners and its pools.
+    /// JSON: `{"applied": true, "listeners": N, "pools": N}`.
+    Serving {
+        /// Running listeners.
+        listeners: usize,
+        /// Pools.
+        pools: usize,
+    },
+    /// The node is stopped or drain-stopping: the config is stored and
+    /// the next `start` binds it. JSON: `{"applied": true, "serving": false}`.
+    Stored,
+}
+
+impl Serialize for Applied {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry("applied", &true)?;
+        match self {
+            Applied::Serving { listeners, pools } => {
+                m.serialize_entry("listeners", listeners)?;
+                m.serialize_entry("pools", pools)?;
+            }
+            Applied::Stored => m.serialize_entry("serving", &false)?,
+        }
+        m.end()
+    }
+}
+
+/// What a command answers. Typed here; the admin API turns it into JSON
+/// (each variant's JSON is given with it).
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Answer {
+    /// `query`: the whole node.
+    Query(crate::query::Query),
+    /// `start`, `stop`, `drainstop`, `suspend`, `resume`: the node's
+    /// serving state afterwards. JSON: `{"state": "stopped"}`.
+    State {
+        /// The state.
+        state: NodeState,
+    },
+    /// `reload` and route changes: the config applied.
+    Applied(Applied),
+    /// A listener command: the listener's operator state afterwards.
+    /// JSON: `{"listener": NAME, "state": "draining"}`.
+    Listener {
+        /// Listener name.
+        listener: String,
+        /// Its operator state.
+        state: crate::AdminState,
+    },
+    /// A server command: the server's operator state and weight
+    /// afterwards. JSON: `{"pool", "server", "admin", "weight"}`.
+    Server {
+        /// Pool name.
+        pool: String,
+        /// Server name.
+        server: String,
+        /// Its operator state.
+        admin: Option<crate::AdminState>,
+        /// Its weight.
+        weight: Option<u32>,
+    },
+    /// `explain`: the pool's candidates, tiers and recent decisions, as
+    /// `PoolRuntime::explain` builds them (JSON already: the figures are
+    /// taken as plain numbers on the request path and named only here).
+    Explain(serde_json::Value),
+    /// `purge`: how many cached responses were removed.
+    /// JSON: `{"purged": N}`.
+    Purged {
+        /// Entries removed.
+        purged: usize,
+    },
+    /// `events`: the newest sequence number and the events after the one
+    /// asked for (log events, JSON objects). JSON: `{"last", "events"}`.
+    Events {
+        /// The newest sequence number.
+        last: u64,
+        /// The events, oldest first.
+        events: Vec<serde_json::Value>,
+    },
+    /// `metrics`: the Prometheus (OpenMetrics) text, served as is.
+    Metrics(String),
+}
+
+/// The answer to a command, or why it failed.
+pub type Reply = Result<Answer, CmdError>;
 
 /// A command with the channel for its answer.
 #[derive(Debug)]

@@ -96,7 +96,7 @@ pub async fn run(
     println!("  dashboard: http://{admin}/   (drain or enable a server there)");
     println!("  or from the shell: convoy ctl --admin {admin} query\n");
     println!("  Ctrl-C stops everything.\n");
-    crate::node::run(cfg, None, ring, None)
+    crate::run_node(cfg, None, ring, None)
         .await
         .context("demo balancer")
 }

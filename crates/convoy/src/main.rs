@@ -1,12 +1,12 @@
-//! The convoy binary: command line, logging, runtime, signals. The node's
-//! control plane lives in `node`, the demo in `demo`.
+//! The convoy binary: command line, logging, runtime, and the OS signal
+//! handlers that feed the node's loop. The control plane is the
+//! `convoy-control` library; `convoy ctl` lives in `ctl`, the demo in
+//! `demo`.
 #![forbid(unsafe_code)]
 
 mod ctl;
 mod demo;
 mod eventlog;
-mod node;
-mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -87,6 +87,48 @@ fn init_logging(format: LogFormat, ring: std::sync::Arc<convoy_core::events::Eve
         .init();
 }
 
+/// Runs a node until it stops: the control plane, with the process's
+/// signals fed to its loop. The handlers are installed once the node has
+/// started, as they always were.
+async fn run_node(
+    cfg: Config,
+    path: Option<PathBuf>,
+    ring: std::sync::Arc<convoy_core::events::EventRing>,
+    inherited: Option<convoy_control::Inherited>,
+) -> anyhow::Result<()> {
+    let (node, inputs) = convoy_control::Node::start(cfg, path, ring, inherited).await?;
+    let signals = os_signals()?;
+    convoy_control::run(node, inputs, signals).await;
+    Ok(())
+}
+
+/// Installs the handlers of the signals the node takes and forwards each
+/// one to the returned channel.
+fn os_signals() -> anyhow::Result<tokio::sync::mpsc::Receiver<convoy_control::Signal>> {
+    use convoy_control::Signal;
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    for (kind, sig) in [
+        (SignalKind::hangup(), Signal::Hangup),
+        (SignalKind::terminate(), Signal::Terminate),
+        (SignalKind::interrupt(), Signal::Interrupt),
+        (SignalKind::quit(), Signal::Quit),
+        (SignalKind::user_defined1(), Signal::User1),
+        (SignalKind::user_defined2(), Signal::User2),
+    ] {
+        let mut s = signal(kind)?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                if tx.send(sig).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(rx)
+}
+
 /// One worker runs everything on the main thread (no work stealing, no
 /// cross-thread wake-ups: the cheapest per request); more use tokio's
 /// multi-threaded scheduler; 0 means one per core.
@@ -144,10 +186,11 @@ fn main() -> ExitCode {
                 init_logging(c.node.log_format, std::sync::Arc::clone(&ring));
                 let inherited = if upgrade {
                     match &c.node.upgrade_socket {
-                        Some(p) => match upgrade::take_over(p) {
+                        Some(p) => match convoy_control::take_over(p) {
                             Ok(i) => Some(i),
                             Err(e) => {
-                                eprintln!("convoy: {e:#}");
+                                // With its causes, as anyhow's `{:#}` printed them.
+                                eprintln!("convoy: {}", convoy_control::report(&e));
                                 return ExitCode::FAILURE;
                             }
                         },
@@ -160,7 +203,7 @@ fn main() -> ExitCode {
                     None
                 };
                 runtime(c.node.workers)
-                    .and_then(|rt| rt.block_on(node::run(c, Some(config), ring, inherited)))
+                    .and_then(|rt| rt.block_on(run_node(c, Some(config), ring, inherited)))
             }
             Err(e) => {
                 eprintln!("{e}");

@@ -1,0 +1,151 @@
+//! Server health as the control plane applies it: the probe tasks (one
+//! per server of every pool with active checks, kept in step with the
+//! config), their reports, the data plane's passive failure events, and
+//! the zone and pool checks after each transition (`server_up`,
+//! `server_down`, `zone_down`, `zone_up`, `pool_down`). This is the only
+//! place where a server's health (`set_up`) changes.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use convoy_config::CheckKind;
+use convoy_core::{ServerState, Snapshot};
+use convoy_l4::DataEvent;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::node::{Node, Probe};
+
+impl Node {
+    /// Starts, restarts or stops probe tasks so there is one per server of
+    /// every pool with active checks.
+    pub(crate) fn sync_probes(&mut self) {
+        let snap = self.snap();
+        let mut wanted = HashSet::new();
+        for (pname, pool) in &snap.pools {
+            if pool.cfg.health.check == CheckKind::None {
+                continue;
+            }
+            for s in &pool.servers {
+                let key = (pname.clone(), s.cfg.name.clone());
+                wanted.insert(key.clone());
+                let same = self
+                    .probes
+                    .get(&key)
+                    .is_some_and(|p| p.addr == s.cfg.address.0 && p.cfg == pool.cfg.health);
+                if !same {
+                    if let Some(old) = self.probes.remove(&key) {
+                        old.task.abort();
+                    }
+                    let task = convoy_health::spawn(
+                        Arc::clone(&s.state),
+                        s.cfg.address.0,
+                        pool.cfg.health.clone(),
+                        self.health_tx.clone(),
+                    );
+                    self.probes.insert(
+                        key,
+                        Probe {
+                            addr: s.cfg.address.0,
+                            cfg: pool.cfg.health.clone(),
+                            task,
+                        },
+                    );
+                }
+            }
+        }
+        self.probes.retain(|k, p| {
+            let keep = wanted.contains(k);
+            if !keep {
+                p.task.abort();
+            }
+            keep
+        });
+    }
+
+    /// Takes a server up or down (a no-op when it already is), logs it,
+    /// rebuilds its pool's tables and checks its zone and pool.
+    pub(crate) fn set_health(
+        &mut self,
+        server: &Arc<ServerState>,
+        up: bool,
+        source: &str,
+        detail: &str,
+    ) {
+        if !server.set_up(up) {
+            return;
+        }
+        let snap = self.snap();
+        let Some(pool) = snap.pools.get(&*server.pool) else {
+            return;
+        };
+        let zone = pool
+            .server(&server.name)
+            .map(|s| s.cfg.zone.clone())
+            .unwrap_or_default();
+        if up {
+            info!(event = "server_up", pool = %server.pool, server = %server.name, zone = %zone, source, detail, slow_start = %pool.cfg.slow_start);
+        } else {
+            server.set_down_reason(&format!("{source}: {detail}"));
+            warn!(event = "server_down", pool = %server.pool, server = %server.name, zone = %zone, source, detail);
+        }
+        pool.rebuild();
+        if up {
+            // Requests queued while the pool was full may go to it now.
+            pool.wake_any();
+        }
+        self.check_zone(&snap, &server.pool, &zone);
+        if pool.tables().eligible == 0 {
+            error!(event = "pool_down", pool = %server.pool, "no server of the pool can take traffic");
+        }
+    }
+
+    fn check_zone(&mut self, snap: &Snapshot, pool_name: &str, zone: &str) {
+        let Some(pool) = snap.pools.get(pool_name) else {
+            return;
+        };
+        let members: Vec<_> = pool.servers.iter().filter(|s| s.cfg.zone == zone).collect();
+        let all_down = !members.is_empty() && members.iter().all(|s| !s.state.is_up());
+        let key = (pool_name.to_string(), zone.to_string());
+        if all_down && self.zones_down.insert(key.clone()) {
+            self.zone_down_events += 1;
+            error!(event = "zone_down", pool = %pool_name, zone = %zone, servers = members.len(), zone_down_events = self.zone_down_events, "every server of the zone is down");
+        } else if !all_down && self.zones_down.remove(&key) {
+            info!(event = "zone_up", pool = %pool_name, zone = %zone);
+        }
+    }
+
+    /// A probe task's report: a server went up or down.
+    pub fn on_health(&mut self, r: convoy_health::Report) {
+        self.set_health(&r.server, r.up, "active", &r.detail);
+    }
+
+    /// A passive failure seen by the data plane: counted, and at the
+    /// pool's `passive.failures` in a row the server goes down (tried
+    /// again after `passive.retry_after` in a pool without probes).
+    pub fn on_data_event(&mut self, ev: DataEvent) {
+        let DataEvent::Failure { server, reason } = ev;
+        let snap = self.snap();
+        let Some(pool) = snap.pools.get(&*server.pool) else {
+            return;
+        };
+        let threshold = pool.cfg.passive.failures;
+        let n = server.record_failure();
+        if threshold > 0 && n >= threshold && server.is_up() {
+            self.set_health(&server, false, "passive", &reason);
+            if pool.cfg.health.check == CheckKind::None {
+                let key = (server.pool.to_string(), server.name.to_string());
+                self.passive_retry
+                    .insert(key, Instant::now() + pool.cfg.passive.retry_after.get());
+            }
+        }
+    }
+
+    /// Pools with a zone whose every server is down, as (pool, zone), and
+    /// how many times a zone went down since the node started.
+    pub fn zones_down(&self) -> (Vec<(String, String)>, u64) {
+        let mut z: Vec<_> = self.zones_down.iter().cloned().collect();
+        z.sort();
+        (z, self.zone_down_events)
+    }
+}
