@@ -7,6 +7,7 @@
 //! down for the cluster, and the operator commands in force.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod buckets;
 pub mod doc;
 pub mod envelope;
