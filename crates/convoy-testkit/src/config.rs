@@ -16,6 +16,8 @@ use std::net::SocketAddr;
 
 use toml::{Table, Value};
 
+use crate::http::HttpOrigin;
+
 /// An inline table, e.g. for `health = { interval = "100ms" }`.
 pub fn table<const N: usize>(entries: [(&str, Value); N]) -> Value {
     Value::Table(
@@ -151,6 +153,11 @@ impl Route {
         Route(t)
     }
 
+    /// A route without a name (convoy calls it `route-N` in logs).
+    pub fn unnamed() -> Route {
+        Route(Table::new())
+    }
+
     /// Sets any key (`path_prefix`, `priority`, `cost`...).
     pub fn set(mut self, key: &str, v: impl Into<Value>) -> Route {
         self.0.insert(key.into(), v.into());
@@ -182,12 +189,26 @@ impl Pool {
         self
     }
 
+    /// Sets `health` to an inline table of `entries`, e.g.
+    /// `.health([("check", "none".into())])`.
+    pub fn health<const N: usize>(self, entries: [(&str, Value); N]) -> Pool {
+        self.set("health", table(entries))
+    }
+
     /// Adds a server.
     pub fn server(mut self, s: Server) -> Pool {
         if let Some(Value::Array(a)) = self.table.get_mut("servers") {
             a.push(Value::Table(s.0));
         }
         self
+    }
+
+    /// Adds one server per origin, in order, each named as its origin
+    /// ([`Server::from_origin`]).
+    pub fn origins(self, origins: &[&HttpOrigin]) -> Pool {
+        origins
+            .iter()
+            .fold(self, |p, o| p.server(Server::from_origin(o)))
     }
 }
 
@@ -202,6 +223,18 @@ impl Server {
         t.insert("name".into(), name.into());
         t.insert("address".into(), addr.to_string().into());
         Server(t)
+    }
+
+    /// A server at `addr` without a name (convoy names it by its address).
+    pub fn at(addr: SocketAddr) -> Server {
+        let mut t = Table::new();
+        t.insert("address".into(), addr.to_string().into());
+        Server(t)
+    }
+
+    /// The server for an HTTP origin: the origin's name and address.
+    pub fn from_origin(o: &HttpOrigin) -> Server {
+        Server::new(&o.name, o.addr)
     }
 
     /// Sets any key (`weight`, `zone`, `priority`...).
@@ -252,5 +285,46 @@ mod tests {
             (2, 3, 2)
         );
         assert_eq!(p.servers[0].address.0, a);
+    }
+
+    #[tokio::test]
+    async fn the_shortcuts_set_the_same_keys() {
+        let o = HttpOrigin::start("o", std::time::Duration::ZERO).await;
+        let b: SocketAddr = "127.0.0.1:9002".parse().unwrap();
+        let text = Config::new()
+            .listener(
+                Listener::http(8080, "web").route(
+                    Route::unnamed()
+                        .set("path_prefix", "/vip")
+                        .set("priority", 0),
+                ),
+            )
+            .pool(
+                Pool::new("web")
+                    .health([("check", "none".into())])
+                    .origins(&[&o])
+                    .server(Server::at(b)),
+            )
+            .build();
+        let c = convoy_config::Config::parse("built", &text).expect(&text);
+        let r = &c.listeners[0].routes[0];
+        assert_eq!(
+            (r.name.as_str(), r.path_prefix.as_deref()),
+            ("route-0", Some("/vip"))
+        );
+        assert!(!text.contains("name = \"route"), "{text}");
+        let p = &c.pools["web"];
+        assert!(text.contains("check = \"none\""), "{text}");
+        assert_eq!(p.servers.len(), 2);
+        assert_eq!(
+            (p.servers[0].name.as_str(), p.servers[0].address.0),
+            ("o", o.addr)
+        );
+        // Unnamed: the text has no name, convoy names it by its address.
+        assert_eq!(text.matches("name = ").count(), 1, "{text}");
+        assert_eq!(
+            (p.servers[1].name.as_str(), p.servers[1].address.0),
+            ("127.0.0.1:9002", b)
+        );
     }
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use convoy_testkit::config::{table, Config, Listener, Pool, Route, Server};
 use convoy_testkit::{free_port, Convoy};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
@@ -170,14 +171,25 @@ fn xcache(h: &http::HeaderMap) -> &str {
 async fn caching_revalidation_variants_coalescing_stale_and_purge() {
     let (o, addr) = origin().await;
     let port = free_port();
-    let cfg = format!(
-        "[admin]\naddress = \"127.0.0.1:0\"\n\n\
-         [[listeners]]\nname = \"web\"\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\
-         cache = {{ max_bytes = 1000000 }}\n\
-         [[listeners.routes]]\nname = \"nocache\"\npath = \"/other\"\ncache = false\n\
-         [[listeners.routes]]\nname = \"hot\"\npath = \"/hot\"\nhot = true\n\n\
-         [pools.web]\nhealth = {{ check = \"none\" }}\n[[pools.web.servers]]\nname = \"o\"\naddress = \"{addr}\"\n"
-    );
+    let cfg = Config::new()
+        .admin("address", "127.0.0.1:0")
+        .listener(
+            Listener::http(port, "web")
+                .set("name", "web")
+                .set("cache", table([("max_bytes", 1_000_000.into())]))
+                .route(
+                    Route::new("nocache")
+                        .set("path", "/other")
+                        .set("cache", false),
+                )
+                .route(Route::new("hot").set("path", "/hot").set("hot", true)),
+        )
+        .pool(
+            Pool::new("web")
+                .health([("check", "none".into())])
+                .server(Server::new("o", addr)),
+        )
+        .build();
     let c = Convoy::start(BIN, &cfg).await;
 
     // Served from the cache: the origin sees one request.
@@ -308,12 +320,20 @@ fn metric(admin: &str, name: &str) -> u64 {
 async fn cache_keeps_to_the_rules() {
     let (o, addr) = origin().await;
     let port = free_port();
-    let cfg = format!(
-        "[admin]\naddress = \"127.0.0.1:0\"\n\n\
-         [[listeners]]\nname = \"web\"\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\
-         cache = {{ max_bytes = 1000000 }}\n\n\
-         [pools.web]\nsticky_cookie = \"lb\"\nhealth = {{ check = \"none\" }}\n[[pools.web.servers]]\nname = \"o\"\naddress = \"{addr}\"\n"
-    );
+    let cfg = Config::new()
+        .admin("address", "127.0.0.1:0")
+        .listener(
+            Listener::http(port, "web")
+                .set("name", "web")
+                .set("cache", table([("max_bytes", 1_000_000.into())])),
+        )
+        .pool(
+            Pool::new("web")
+                .set("sticky_cookie", "lb")
+                .health([("check", "none".into())])
+                .server(Server::new("o", addr)),
+        )
+        .build();
     let c = Convoy::start(BIN, &cfg).await;
     let admin = c.admin_addr();
     let mut misses_seen = 0;

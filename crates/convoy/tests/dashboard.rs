@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
+use convoy_testkit::config::{Config, Listener, Pool, Server};
 use convoy_testkit::http::HttpOrigin;
 use convoy_testkit::{free_port, Convoy};
 use http_body_util::{BodyExt, Full};
@@ -465,23 +466,19 @@ async fn wait_page_state(
 // ------------------------------------------------------------------------ test
 
 fn config(port: u16, origins: &[&HttpOrigin]) -> String {
-    let servers: String = origins
+    // Each server in its own zone: z1, z2...
+    let pool = origins
         .iter()
         .enumerate()
-        .map(|(i, o)| {
-            format!(
-                "[[pools.web.servers]]\nname = \"{}\"\naddress = \"{}\"\nzone = \"z{}\"\n",
-                o.name,
-                o.addr,
-                i + 1
-            )
-        })
-        .collect();
-    format!(
-        "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\n\
-         [[listeners]]\nname = \"web\"\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n\
-         [pools.web]\n{servers}"
-    )
+        .fold(Pool::new("web"), |p, (i, o)| {
+            p.server(Server::from_origin(o).set("zone", format!("z{}", i + 1)))
+        });
+    Config::new()
+        .admin("address", "127.0.0.1:0")
+        .admin("token", TOKEN)
+        .listener(Listener::http(port, "web").set("name", "web"))
+        .pool(pool)
+        .build()
 }
 
 /// Load, drain web/a, enable it again, screenshot. No panics in here, so

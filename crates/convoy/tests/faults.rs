@@ -8,6 +8,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use convoy_testkit::config::{table, Config, Listener, Pool, Server};
 use convoy_testkit::http::HttpOrigin;
 use convoy_testkit::{free_port, wait_until, Convoy};
 use serde_json::Value;
@@ -178,12 +179,25 @@ async fn ask(port: u16, req: &[u8]) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-fn one_server(port: u16, addr: std::net::SocketAddr, extra: &str) -> String {
-    format!(
-        "[[listeners]]\nname = \"web\"\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n{extra}\n\n\
-         [pools.web]\nhealth = {{ check = \"none\" }}\noutlier = {{ consecutive = 0 }}\npassive = {{ failures = 0 }}\n\
-         [[pools.web.servers]]\nname = \"s\"\naddress = \"{addr}\"\n"
-    )
+/// The HTTP listener "web" on `port`.
+fn web(port: u16) -> Listener {
+    Listener::http(port, "web").set("name", "web")
+}
+
+/// `listener` in front of one server, "s" at `addr`, that is never checked,
+/// marked down or ejected: what the client sees is convoy's answer to
+/// each fault.
+fn one_server(listener: Listener, addr: std::net::SocketAddr) -> String {
+    Config::new()
+        .listener(listener)
+        .pool(
+            Pool::new("web")
+                .health([("check", "none".into())])
+                .set("outlier", table([("consecutive", 0.into())]))
+                .set("passive", table([("failures", 0.into())]))
+                .server(Server::new("s", addr)),
+        )
+        .build()
 }
 
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
@@ -200,7 +214,8 @@ async fn misbehaving_servers() {
     ] {
         let addr = bad_server(mode).await;
         let port = free_port();
-        let c = Convoy::start(BIN, &one_server(port, addr, "response_timeout = \"1s\"")).await;
+        let cfg = one_server(web(port).set("response_timeout", "1s"), addr);
+        let c = Convoy::start(BIN, &cfg).await;
         let admin = c.admin_addr();
         match mode {
             Mode::ResetMidBody | Mode::HangAfterHeaders => {
@@ -278,7 +293,7 @@ async fn misbehaving_servers() {
 async fn misbehaving_clients() {
     let o = HttpOrigin::start("o", Duration::ZERO).await;
     let port = free_port();
-    let c = Convoy::start(BIN, &one_server(port, o.addr, "")).await;
+    let c = Convoy::start(BIN, &one_server(web(port), o.addr)).await;
     let admin = c.admin_addr();
 
     // Gone mid-request: an upload that stops, then the connection closes.
@@ -354,7 +369,7 @@ async fn misbehaving_clients() {
 async fn running_out_of_descriptors_backs_off_and_recovers() {
     let o = HttpOrigin::start("o", Duration::ZERO).await;
     let port = free_port();
-    let cfg = one_server(port, o.addr, "");
+    let cfg = one_server(web(port), o.addr);
     let c = Convoy::start_wrapped(BIN, &cfg, &["prlimit", "--nofile=96"]).await;
     // Far more connections than descriptors.
     let mut held = Vec::new();
@@ -419,7 +434,7 @@ async fn http2_streams_multiplex_and_a_reset_stream_frees_its_slot() {
     use http_body_util::BodyExt;
     let o = HttpOrigin::start("o", Duration::ZERO).await;
     let port = free_port();
-    let c = Convoy::start(BIN, &one_server(port, o.addr, "")).await;
+    let c = Convoy::start(BIN, &one_server(web(port), o.addr)).await;
     let admin = c.admin_addr();
     let client = h2_client();
     let get = |path: &str| {
@@ -477,7 +492,8 @@ async fn http2_streams_multiplex_and_a_reset_stream_frees_its_slot() {
 async fn http2_client_that_stops_reading_loses_its_stream() {
     let o = HttpOrigin::start("o", Duration::ZERO).await;
     let port = free_port();
-    let c = Convoy::start(BIN, &one_server(port, o.addr, "idle_timeout = \"1s\"")).await;
+    let cfg = one_server(web(port).set("idle_timeout", "1s"), o.addr);
+    let c = Convoy::start(BIN, &cfg).await;
     let admin = c.admin_addr();
     let client = h2_client();
     let r = h2_get(&client, format!("http://127.0.0.1:{port}/text/50000000")).await;
@@ -505,7 +521,8 @@ async fn http2_client_that_stops_reading_loses_its_stream() {
 async fn http1_client_that_stops_reading_is_closed() {
     let o = HttpOrigin::start("o", Duration::ZERO).await;
     let port = free_port();
-    let c = Convoy::start(BIN, &one_server(port, o.addr, "idle_timeout = \"1s\"")).await;
+    let cfg = one_server(web(port).set("idle_timeout", "1s"), o.addr);
+    let c = Convoy::start(BIN, &cfg).await;
     let admin = c.admin_addr();
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     s.write_all(b"GET /text/50000000 HTTP/1.1\r\nHost: x\r\n\r\n")

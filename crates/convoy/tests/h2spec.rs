@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use convoy_testkit::config::{Config, Listener, Pool};
 use convoy_testkit::http::HttpOrigin;
 use convoy_testkit::{free_port, Convoy};
 
@@ -66,15 +67,15 @@ async fn h2spec_passes_every_case_in_clear_and_over_tls() {
     let origin = HttpOrigin::start("o", Duration::ZERO).await;
     let (cert, key) = convoy_testkit::self_signed();
     let (port, tls_port) = (free_port(), free_port());
-    let cfg = format!(
-        "[[listeners]]\nname = \"h2c\"\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n\
-         [[listeners]]\nname = \"tls\"\nprotocol = \"http\"\naddress = \"127.0.0.1:{tls_port}\"\npool = \"web\"\n\
-         [listeners.tls]\ncertificates = [ {{ cert = \"{}\", key = \"{}\" }} ]\n\n\
-         [pools.web]\n[[pools.web.servers]]\nname = \"o\"\naddress = \"{}\"\n",
-        cert.display(),
-        key.display(),
-        origin.addr
-    );
+    let cfg = Config::new()
+        .listener(Listener::http(port, "web").set("name", "h2c"))
+        .listener(
+            Listener::http(tls_port, "web")
+                .set("name", "tls")
+                .tls(&cert, &key),
+        )
+        .pool(Pool::new("web").origins(&[&origin]))
+        .build();
     let _c = Convoy::start(BIN, &cfg).await;
     let clear = run(&bin, port, &[]).await;
     let tls = run(&bin, tls_port, &["-t", "-k"]).await;

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
+use convoy_testkit::config::{table, Config, Listener, Pool, Route, Server};
 use convoy_testkit::http::HttpOrigin;
 use convoy_testkit::{free_port, Convoy};
 use http_body_util::{BodyExt, Empty};
@@ -45,29 +46,19 @@ async fn get(c: &TestClient, url: &str, headers: &[(&str, &str)]) -> Reply {
     }
 }
 
-fn servers(pool: &str, origins: &[&HttpOrigin], extra: &str) -> String {
-    origins
-        .iter()
-        .map(|o| {
-            format!(
-                "[[pools.{pool}.servers]]\nname = \"{}\"\naddress = \"{}\"\n{extra}\n",
-                o.name, o.addr
-            )
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_with_headers_and_weighted_round_robin() {
     let a = HttpOrigin::start("a", Duration::ZERO).await;
     let b = HttpOrigin::start("b", Duration::ZERO).await;
     let port = free_port();
-    let cfg = format!(
-        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n[pools.web]\n\
-         [[pools.web.servers]]\nname = \"a\"\naddress = \"{}\"\nweight = 1\n\
-         [[pools.web.servers]]\nname = \"b\"\naddress = \"{}\"\nweight = 3\n",
-        a.addr, b.addr
-    );
+    let cfg = Config::new()
+        .listener(Listener::http(port, "web"))
+        .pool(
+            Pool::new("web")
+                .server(Server::from_origin(&a).set("weight", 1))
+                .server(Server::from_origin(&b).set("weight", 3)),
+        )
+        .build();
     let _c = Convoy::start(BIN, &cfg).await;
     let c = client();
     let url = format!("http://127.0.0.1:{port}/hello");
@@ -110,11 +101,15 @@ async fn high_water_mark_queues_and_origins_never_exceed_it() {
     let a = HttpOrigin::start("a", Duration::from_millis(40)).await;
     let b = HttpOrigin::start("b", Duration::from_millis(40)).await;
     let port = free_port();
-    let cfg = format!(
-        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n\
-         [pools.web]\nmax_in_flight = 2\nalgorithm = \"least_outstanding\"\n{}",
-        servers("web", &[&a, &b], "")
-    );
+    let cfg = Config::new()
+        .listener(Listener::http(port, "web"))
+        .pool(
+            Pool::new("web")
+                .set("max_in_flight", 2)
+                .set("algorithm", "least_outstanding")
+                .origins(&[&a, &b]),
+        )
+        .build();
     let _c = Convoy::start(BIN, &cfg).await;
     let c = client();
     let url = format!("http://127.0.0.1:{port}/");
@@ -141,13 +136,28 @@ async fn high_water_mark_queues_and_origins_never_exceed_it() {
 async fn higher_class_queued_later_is_served_first_and_timeouts_get_503() {
     let o = HttpOrigin::start("o", Duration::from_millis(10)).await;
     let port = free_port();
-    let cfg = format!(
-        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\
-         [[listeners.routes]]\npath_prefix = \"/vip\"\npriority = 0\n\
-         [[listeners.routes]]\npath_prefix = \"/bulk\"\npriority = 7\n\n\
-         [pools.web]\nmax_in_flight = 1\nqueue_timeout = \"3s\"\nqueue_aging = \"0s\"\n{}",
-        servers("web", &[&o], "")
-    );
+    let cfg = Config::new()
+        .listener(
+            Listener::http(port, "web")
+                .route(
+                    Route::unnamed()
+                        .set("path_prefix", "/vip")
+                        .set("priority", 0),
+                )
+                .route(
+                    Route::unnamed()
+                        .set("path_prefix", "/bulk")
+                        .set("priority", 7),
+                ),
+        )
+        .pool(
+            Pool::new("web")
+                .set("max_in_flight", 1)
+                .set("queue_timeout", "3s")
+                .set("queue_aging", "0s")
+                .origins(&[&o]),
+        )
+        .build();
     let _c = Convoy::start(BIN, &cfg).await;
     let c = client();
     let base = format!("http://127.0.0.1:{port}");
@@ -194,10 +204,10 @@ async fn dead_origin_costs_no_failed_get() {
     let a = HttpOrigin::start("a", Duration::ZERO).await;
     let mut b = HttpOrigin::start("b", Duration::ZERO).await;
     let port = free_port();
-    let cfg = format!(
-        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n[pools.web]\n{}",
-        servers("web", &[&a, &b], "")
-    );
+    let cfg = Config::new()
+        .listener(Listener::http(port, "web"))
+        .pool(Pool::new("web").origins(&[&a, &b]))
+        .build();
     let _c = Convoy::start(BIN, &cfg).await;
     let c = client();
     let url = format!("http://127.0.0.1:{port}/");
@@ -213,10 +223,10 @@ async fn http2_prior_knowledge_with_curl() {
     assert!(convoy_testkit::have("curl"), "curl is needed");
     let a = HttpOrigin::start("a", Duration::ZERO).await;
     let port = free_port();
-    let cfg = format!(
-        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n[pools.web]\n{}",
-        servers("web", &[&a], "")
-    );
+    let cfg = Config::new()
+        .listener(Listener::http(port, "web"))
+        .pool(Pool::new("web").origins(&[&a]))
+        .build();
     let _c = Convoy::start(BIN, &cfg).await;
     let out = std::process::Command::new("curl")
         .args([
@@ -244,10 +254,10 @@ async fn http2_clients_curl_and_h2load_upload_and_multiplex() {
     );
     let a = HttpOrigin::start("a", Duration::ZERO).await;
     let port = free_port();
-    let cfg = format!(
-        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n[pools.web]\n{}",
-        servers("web", &[&a], "")
-    );
+    let cfg = Config::new()
+        .listener(Listener::http(port, "web"))
+        .pool(Pool::new("web").origins(&[&a]))
+        .build();
     let _c = Convoy::start(BIN, &cfg).await;
     let dir = convoy_testkit::temp_dir("h2-upload");
     let up = dir.join("up.bin");
@@ -305,12 +315,20 @@ async fn media_requests_avoid_the_server_busy_with_media() {
     let a = HttpOrigin::start("a", Duration::ZERO).await;
     let b = HttpOrigin::start("b", Duration::ZERO).await;
     let port = free_port();
-    let cfg = format!(
-        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\
-         [[listeners.routes]]\nname = \"media\"\npath_prefix = \"/media/\"\ncost = 10\n\n\
-         [pools.web]\nalgorithm = \"least_outstanding\"\n{}",
-        servers("web", &[&a, &b], "")
-    );
+    let cfg = Config::new()
+        .listener(
+            Listener::http(port, "web").route(
+                Route::new("media")
+                    .set("path_prefix", "/media/")
+                    .set("cost", 10),
+            ),
+        )
+        .pool(
+            Pool::new("web")
+                .set("algorithm", "least_outstanding")
+                .origins(&[&a, &b]),
+        )
+        .build();
     let _c = Convoy::start(BIN, &cfg).await;
     let c = client();
     let base = format!("http://127.0.0.1:{port}");
@@ -350,13 +368,16 @@ async fn qos_sends_a_slow_server_little_and_cuts_the_tail() {
     }
     let refs: Vec<&HttpOrigin> = origins.iter().collect();
     let (p_rr, p_qos) = (free_port(), free_port());
-    let cfg = format!(
-        "[[listeners]]\nname = \"rr\"\nprotocol = \"http\"\naddress = \"127.0.0.1:{p_rr}\"\npool = \"rr\"\n\n\
-         [[listeners]]\nname = \"qos\"\nprotocol = \"http\"\naddress = \"127.0.0.1:{p_qos}\"\npool = \"qos\"\n\n\
-         [pools.rr]\nalgorithm = \"round_robin\"\n{}\n[pools.qos]\nalgorithm = \"qos\"\n{}",
-        servers("rr", &refs, ""),
-        servers("qos", &refs, "")
-    );
+    let cfg = Config::new()
+        .listener(Listener::http(p_rr, "rr").set("name", "rr"))
+        .listener(Listener::http(p_qos, "qos").set("name", "qos"))
+        .pool(
+            Pool::new("rr")
+                .set("algorithm", "round_robin")
+                .origins(&refs),
+        )
+        .pool(Pool::new("qos").set("algorithm", "qos").origins(&refs))
+        .build();
     let _c = Convoy::start(BIN, &cfg).await;
     let c = client();
     // The same bounded load on each: 8 concurrent clients, 5 warm-up
@@ -446,10 +467,10 @@ async fn raw(port: u16, bytes: &[u8]) -> u16 {
 async fn malformed_requests_are_rejected_and_never_reach_the_server() {
     let o = HttpOrigin::start("o", Duration::ZERO).await;
     let port = free_port();
-    let cfg = format!(
-        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n[pools.web]\n{}",
-        servers("web", &[&o], "")
-    );
+    let cfg = Config::new()
+        .listener(Listener::http(port, "web"))
+        .pool(Pool::new("web").origins(&[&o]))
+        .build();
     let _c = Convoy::start(BIN, &cfg).await;
     let huge = format!(
         "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
@@ -513,11 +534,17 @@ async fn failing_server_is_ejected_and_returns() {
     let bad = HttpOrigin::start("bad", Duration::ZERO).await;
     bad.seen.status.store(500, Ordering::SeqCst);
     let port = free_port();
-    let cfg = format!(
-        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n\
-         [pools.web]\noutlier = {{ consecutive = 3, base_ejection = \"1s\" }}\n{}",
-        servers("web", &[&a, &b, &bad], "")
-    );
+    let cfg = Config::new()
+        .listener(Listener::http(port, "web"))
+        .pool(
+            Pool::new("web")
+                .set(
+                    "outlier",
+                    table([("consecutive", 3.into()), ("base_ejection", "1s".into())]),
+                )
+                .origins(&[&a, &b, &bad]),
+        )
+        .build();
     let c_node = Convoy::start(BIN, &cfg).await;
     let c = client();
     let url = format!("http://127.0.0.1:{port}/");
@@ -574,12 +601,16 @@ async fn tier_one_gets_traffic_only_when_tier_zero_is_saturated() {
     let p2 = HttpOrigin::start("primary-2", Duration::ZERO).await;
     let m = HttpOrigin::start("mirror", Duration::ZERO).await;
     let port = free_port();
-    let cfg = format!(
-        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n\
-         [pools.web]\nmax_in_flight = 2\n{}{}",
-        servers("web", &[&p1, &p2], "tier = 0"),
-        servers("web", &[&m], "tier = 1")
-    );
+    let cfg = Config::new()
+        .listener(Listener::http(port, "web"))
+        .pool(
+            Pool::new("web")
+                .set("max_in_flight", 2)
+                .server(Server::from_origin(&p1).set("tier", 0))
+                .server(Server::from_origin(&p2).set("tier", 0))
+                .server(Server::from_origin(&m).set("tier", 1)),
+        )
+        .build();
     let _c = Convoy::start(BIN, &cfg).await;
     let c = client();
     let base = format!("http://127.0.0.1:{port}");
@@ -657,10 +688,10 @@ async fn streams_100_mb_up_and_down_over_http2() {
 async fn stream_100_mb(h2: bool) {
     let o = HttpOrigin::start("o", Duration::ZERO).await;
     let port = free_port();
-    let cfg = format!(
-        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n[pools.web]\n{}",
-        servers("web", &[&o], "")
-    );
+    let cfg = Config::new()
+        .listener(Listener::http(port, "web"))
+        .pool(Pool::new("web").origins(&[&o]))
+        .build();
     let node = Convoy::start(BIN, &cfg).await;
     let c: Client<_, Gen> = Client::builder(TokioExecutor::new())
         .http2_only(h2)
@@ -716,12 +747,23 @@ async fn active_http_check_takes_a_server_out_and_back() {
     let a = HttpOrigin::start("a", Duration::ZERO).await;
     let b = HttpOrigin::start("b", Duration::ZERO).await;
     let port = free_port();
-    let cfg = format!(
-        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n\
-         [pools.web]\noutlier = {{ consecutive = 0 }}\nslow_start = \"0s\"\n\
-         health = {{ check = \"http\", path = \"/health\", expect_status = 200, interval = \"100ms\", rise = 2, fall = 2 }}\n{}",
-        servers("web", &[&a, &b], "")
-    );
+    let cfg = Config::new()
+        .listener(Listener::http(port, "web"))
+        .pool(
+            Pool::new("web")
+                .set("outlier", table([("consecutive", 0.into())]))
+                .set("slow_start", "0s")
+                .health([
+                    ("check", "http".into()),
+                    ("path", "/health".into()),
+                    ("expect_status", 200.into()),
+                    ("interval", "100ms".into()),
+                    ("rise", 2.into()),
+                    ("fall", 2.into()),
+                ])
+                .origins(&[&a, &b]),
+        )
+        .build();
     let node = Convoy::start(BIN, &cfg).await;
     let c = client();
     let url = format!("http://127.0.0.1:{port}/");
@@ -750,10 +792,10 @@ async fn upgrade_is_relayed_both_ways() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let o = HttpOrigin::start("o", Duration::ZERO).await;
     let port = free_port();
-    let cfg = format!(
-        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n[pools.web]\nmax_in_flight = 5\n{}",
-        servers("web", &[&o], "")
-    );
+    let cfg = Config::new()
+        .listener(Listener::http(port, "web"))
+        .pool(Pool::new("web").set("max_in_flight", 5).origins(&[&o]))
+        .build();
     let _c = Convoy::start(BIN, &cfg).await;
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -800,11 +842,17 @@ async fn retry_budget_stops_a_retry_storm() {
     refs.push(&live);
     // No health checks, no passive detection, no ejection: the dead
     // servers stay in rotation, so only the budget limits retries.
-    let cfg = format!(
-        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n\
-         [pools.web]\nretry_budget = 20\nhealth = {{ check = \"none\" }}\npassive = {{ failures = 0 }}\noutlier = {{ consecutive = 0 }}\n{}",
-        servers("web", &refs, "")
-    );
+    let cfg = Config::new()
+        .listener(Listener::http(port, "web"))
+        .pool(
+            Pool::new("web")
+                .set("retry_budget", 20)
+                .health([("check", "none".into())])
+                .set("passive", table([("failures", 0.into())]))
+                .set("outlier", table([("consecutive", 0.into())]))
+                .origins(&refs),
+        )
+        .build();
     let node = Convoy::start(BIN, &cfg).await;
     let c = client();
     let url = format!("http://127.0.0.1:{port}/");
@@ -857,14 +905,23 @@ async fn standby_servers_switch_on_under_overload_and_off_after() {
         .status()
         .unwrap();
     let port = free_port();
-    let cfg = format!(
-        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n\
-         [pools.web]\nmax_in_flight = 1\nqueue_timeout = \"20s\"\n\
-         standby = {{ queue_above = 2, queue_below = 0, hold = \"300ms\", hook = [\"{}\"] }}\n{}{}",
-        hook.display(),
-        servers("web", &[&main], ""),
-        servers("web", &[&spare], "standby = true")
-    );
+    let standby = table([
+        ("queue_above", 2.into()),
+        ("queue_below", 0.into()),
+        ("hold", "300ms".into()),
+        ("hook", vec![hook.display().to_string()].into()),
+    ]);
+    let cfg = Config::new()
+        .listener(Listener::http(port, "web"))
+        .pool(
+            Pool::new("web")
+                .set("max_in_flight", 1)
+                .set("queue_timeout", "20s")
+                .set("standby", standby)
+                .origins(&[&main])
+                .server(Server::from_origin(&spare).set("standby", true)),
+        )
+        .build();
     let node = Convoy::start(BIN, &cfg).await;
     let c = client();
     let url = format!("http://127.0.0.1:{port}/");
@@ -924,14 +981,21 @@ async fn sticky_cookie_and_header_hash_keep_users_on_their_server() {
     ];
     let refs: Vec<&HttpOrigin> = os.iter().collect();
     let (p_cookie, p_hash) = (free_port(), free_port());
-    let cfg = format!(
-        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{p_cookie}\"\npool = \"sticky\"\n\n\
-         [[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{p_hash}\"\npool = \"hashed\"\n\n\
-         [pools.sticky]\nsticky_cookie = \"SRV\"\n{}\n\
-         [pools.hashed]\nalgorithm = \"hash\"\nhash_on = \"header:X-User\"\n{}",
-        servers("sticky", &refs, ""),
-        servers("hashed", &refs, "")
-    );
+    let cfg = Config::new()
+        .listener(Listener::http(p_cookie, "sticky"))
+        .listener(Listener::http(p_hash, "hashed"))
+        .pool(
+            Pool::new("sticky")
+                .set("sticky_cookie", "SRV")
+                .origins(&refs),
+        )
+        .pool(
+            Pool::new("hashed")
+                .set("algorithm", "hash")
+                .set("hash_on", "header:X-User")
+                .origins(&refs),
+        )
+        .build();
     let _c = Convoy::start(BIN, &cfg).await;
     let c = client();
     // Cookie: the first answer sets it; requests carrying it stay put while
@@ -979,11 +1043,18 @@ async fn sticky_cookie_and_header_hash_keep_users_on_their_server() {
 async fn bodies_over_the_route_limit_get_413() {
     let o = HttpOrigin::start("o", Duration::ZERO).await;
     let port = free_port();
-    let cfg = format!(
-        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\nmax_body = 1000000\n\
-         [[listeners.routes]]\npath_prefix = \"/upload\"\nmax_body = 1000\n\n[pools.web]\n{}",
-        servers("web", &[&o], "")
-    );
+    let cfg = Config::new()
+        .listener(
+            Listener::http(port, "web")
+                .set("max_body", 1_000_000)
+                .route(
+                    Route::unnamed()
+                        .set("path_prefix", "/upload")
+                        .set("max_body", 1000),
+                ),
+        )
+        .pool(Pool::new("web").origins(&[&o]))
+        .build();
     let _c = Convoy::start(BIN, &cfg).await;
     let big = "x".repeat(5000);
     // Declared length over the limit: refused before any server sees it.

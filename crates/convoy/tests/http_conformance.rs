@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use convoy_testkit::config::{Config, Listener, Pool};
 use convoy_testkit::http::HttpOrigin;
 use convoy_testkit::{free_port, Convoy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,15 +22,20 @@ async fn setup() -> (HttpOrigin, Convoy, u16, u16) {
     let origin = HttpOrigin::start("o", Duration::ZERO).await;
     let (cert, key) = convoy_testkit::self_signed();
     let (port, tls_port) = (free_port(), free_port());
-    let cfg = format!(
-        "[[listeners]]\nname = \"plain\"\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\nbody_timeout = \"20s\"\n\n\
-         [[listeners]]\nname = \"tls\"\nprotocol = \"http\"\naddress = \"127.0.0.1:{tls_port}\"\npool = \"web\"\nbody_timeout = \"20s\"\n\
-         [listeners.tls]\ncertificates = [ {{ cert = \"{}\", key = \"{}\" }} ]\n\n\
-         [pools.web]\n[[pools.web.servers]]\nname = \"o\"\naddress = \"{}\"\n",
-        cert.display(),
-        key.display(),
-        origin.addr
-    );
+    let cfg = Config::new()
+        .listener(
+            Listener::http(port, "web")
+                .set("name", "plain")
+                .set("body_timeout", "20s"),
+        )
+        .listener(
+            Listener::http(tls_port, "web")
+                .set("name", "tls")
+                .set("body_timeout", "20s")
+                .tls(&cert, &key),
+        )
+        .pool(Pool::new("web").origins(&[&origin]))
+        .build();
     let c = Convoy::start(BIN, &cfg).await;
     (origin, c, port, tls_port)
 }

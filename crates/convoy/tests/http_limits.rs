@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use bytes::Bytes;
+use convoy_testkit::config::{table, Config, Listener, Pool, Server};
 use convoy_testkit::http::HttpOrigin;
 use convoy_testkit::{free_port, Convoy};
 use http_body_util::{BodyExt, Empty};
@@ -19,20 +20,9 @@ use tokio::net::TcpStream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_convoy");
 
-fn cfg(port: u16, listener_extra: &str, pool_extra: &str, o: &[&HttpOrigin]) -> String {
-    let servers: String = o
-        .iter()
-        .map(|o| {
-            format!(
-                "[[pools.web.servers]]\nname = \"{}\"\naddress = \"{}\"\n",
-                o.name, o.addr
-            )
-        })
-        .collect();
-    format!(
-        "[[listeners]]\nname = \"web\"\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n{listener_extra}\n\n\
-         [pools.web]\n{pool_extra}\n{servers}"
-    )
+/// The HTTP listener "web" on `port`, for the pool "web".
+fn web(port: u16) -> Listener {
+    Listener::http(port, "web").set("name", "web")
 }
 
 /// Reads until the peer closes (or 10 s); returns what was read and how
@@ -59,16 +49,15 @@ async fn get_status(port: u16, path: &str) -> u16 {
 async fn slow_headers_get_408_and_idle_connections_close() {
     let o = HttpOrigin::start("o", Duration::ZERO).await;
     let port = free_port();
-    let _c = Convoy::start(
-        BIN,
-        &cfg(
-            port,
-            "header_timeout = \"600ms\"\nidle_timeout = \"1200ms\"",
-            "",
-            &[&o],
-        ),
-    )
-    .await;
+    let cfg = Config::new()
+        .listener(
+            web(port)
+                .set("header_timeout", "600ms")
+                .set("idle_timeout", "1200ms"),
+        )
+        .pool(Pool::new("web").origins(&[&o]))
+        .build();
+    let _c = Convoy::start(BIN, &cfg).await;
 
     // Slowloris: part of a head, then nothing.
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
@@ -156,16 +145,23 @@ async fn slow_body_is_the_clients_fault_and_slow_server_gets_504() {
     let port = free_port();
     // Servers are ejected after a single failure blamed on them (half of
     // the pool may be ejected).
-    let c = Convoy::start(
-        BIN,
-        &cfg(
-            port,
-            "body_timeout = \"500ms\"\nresponse_timeout = \"700ms\"",
-            "outlier = { consecutive = 1, base_ejection = \"30s\" }\npassive = { failures = 1 }",
-            &[&o, &o2],
-        ),
-    )
-    .await;
+    let cfg = Config::new()
+        .listener(
+            web(port)
+                .set("body_timeout", "500ms")
+                .set("response_timeout", "700ms"),
+        )
+        .pool(
+            Pool::new("web")
+                .set(
+                    "outlier",
+                    table([("consecutive", 1.into()), ("base_ejection", "30s".into())]),
+                )
+                .set("passive", table([("failures", 1.into())]))
+                .origins(&[&o, &o2]),
+        )
+        .build();
+    let c = Convoy::start(BIN, &cfg).await;
 
     // A body that never starts: 408 before any server is chosen.
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
@@ -214,7 +210,11 @@ async fn slow_body_is_the_clients_fault_and_slow_server_gets_504() {
 async fn disabled_http_listener_serves_nothing() {
     let o = HttpOrigin::start("o", Duration::ZERO).await;
     let port = free_port();
-    let _c = Convoy::start(BIN, &cfg(port, "mode = \"disabled\"", "", &[&o])).await;
+    let cfg = Config::new()
+        .listener(web(port).set("mode", "disabled"))
+        .pool(Pool::new("web").origins(&[&o]))
+        .build();
+    let _c = Convoy::start(BIN, &cfg).await;
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let (text, _) = read_to_close(&mut s).await;
@@ -226,8 +226,12 @@ async fn disabled_http_listener_serves_nothing() {
 async fn queued_requests_survive_a_reload_and_keep_their_order() {
     let o = HttpOrigin::start("o", Duration::from_millis(300)).await;
     let port = free_port();
-    let pool = "max_in_flight = 1\nqueue_timeout = \"10s\"";
-    let c = Convoy::start(BIN, &cfg(port, "", pool, &[&o])).await;
+    let pool = Pool::new("web")
+        .set("max_in_flight", 1)
+        .set("queue_timeout", "10s")
+        .origins(&[&o]);
+    let cfg = Config::new().listener(web(port)).pool(pool.clone()).build();
+    let c = Convoy::start(BIN, &cfg).await;
     let mut tasks = Vec::new();
     for i in 0..3 {
         tasks.push(tokio::spawn(get_status(
@@ -243,7 +247,10 @@ async fn queued_requests_survive_a_reload_and_keep_their_order() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Reload while /b and /c wait: the queue carries over.
-    let next = cfg(port, "", &format!("{pool}\nretry_budget = 10"), &[&o]);
+    let next = Config::new()
+        .listener(web(port))
+        .pool(pool.set("retry_budget", 10))
+        .build();
     assert_eq!(c.reload(&next).await, "reload_applied");
     // A request of the new pool queues behind them, not around them.
     tasks.push(tokio::spawn(get_status(port, "/d")));
@@ -271,7 +278,12 @@ async fn get_headers(port: u16, path: &str) -> (u16, http::HeaderMap, String) {
 async fn pools_may_speak_http2_to_their_servers() {
     let o = HttpOrigin::start("o", Duration::ZERO).await;
     let port = free_port();
-    let c = Convoy::start(BIN, &cfg(port, "", "http2 = true", &[&o])).await;
+    let pool = Pool::new("web").origins(&[&o]);
+    let cfg = Config::new()
+        .listener(web(port))
+        .pool(pool.clone().set("http2", true))
+        .build();
+    let c = Convoy::start(BIN, &cfg).await;
     // Concurrent requests share the multiplexed connection.
     let mut tasks = Vec::new();
     for _ in 0..20 {
@@ -283,7 +295,8 @@ async fn pools_may_speak_http2_to_their_servers() {
         assert_eq!(h["x-seen-version"], "2", "the origin got HTTP/2");
     }
     // And back to HTTP/1.1 by reload.
-    assert_eq!(c.reload(&cfg(port, "", "", &[&o])).await, "reload_applied");
+    let http1 = Config::new().listener(web(port)).pool(pool).build();
+    assert_eq!(c.reload(&http1).await, "reload_applied");
     let (_, h, _) = get_headers(port, "/").await;
     assert_eq!(h["x-seen-version"], "1.1");
 }
@@ -293,14 +306,16 @@ async fn a_slow_tier_spills_into_the_next() {
     let slow = HttpOrigin::start("slow", Duration::from_millis(60)).await;
     let backup = HttpOrigin::start("backup", Duration::ZERO).await;
     let port = free_port();
-    let text = format!(
-        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n\
-         [pools.web]\ntier_latency_above = \"20ms\"\n\
-         [[pools.web.servers]]\nname = \"slow\"\naddress = \"{}\"\n\
-         [[pools.web.servers]]\nname = \"backup\"\naddress = \"{}\"\ntier = 1\n",
-        slow.addr, backup.addr
-    );
-    let _c = Convoy::start(BIN, &text).await;
+    let cfg = Config::new()
+        .listener(Listener::http(port, "web"))
+        .pool(
+            Pool::new("web")
+                .set("tier_latency_above", "20ms")
+                .origins(&[&slow])
+                .server(Server::from_origin(&backup).set("tier", 1)),
+        )
+        .build();
+    let _c = Convoy::start(BIN, &cfg).await;
     // Tier 0 takes the first request (no latency known yet).
     let (_, _, first) = get_headers(port, "/").await;
     assert_eq!(first, "slow");
@@ -340,14 +355,18 @@ async fn idempotent_requests_are_retried_after_a_reset_others_are_not() {
     });
     let good = HttpOrigin::start("good", Duration::ZERO).await;
     let port = free_port();
-    let text = format!(
-        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n\
-         [pools.web]\nretry_budget = 100\noutlier = {{ consecutive = 0 }}\npassive = {{ failures = 0 }}\n\
-         [[pools.web.servers]]\nname = \"bad\"\naddress = \"{bad_addr}\"\n\
-         [[pools.web.servers]]\nname = \"good\"\naddress = \"{}\"\n",
-        good.addr
-    );
-    let _c = Convoy::start(BIN, &text).await;
+    let cfg = Config::new()
+        .listener(Listener::http(port, "web"))
+        .pool(
+            Pool::new("web")
+                .set("retry_budget", 100)
+                .set("outlier", table([("consecutive", 0.into())]))
+                .set("passive", table([("failures", 0.into())]))
+                .server(Server::new("bad", bad_addr))
+                .origins(&[&good]),
+        )
+        .build();
+    let _c = Convoy::start(BIN, &cfg).await;
     for _ in 0..10 {
         assert_eq!(get_status(port, "/").await, 200, "GET is retried");
     }
@@ -382,11 +401,11 @@ async fn idempotent_requests_are_retried_after_a_reset_others_are_not() {
 async fn responses_are_compressed_for_clients_that_accept_it() {
     let o = HttpOrigin::start("o", Duration::ZERO).await;
     let port = free_port();
-    let _c = Convoy::start(
-        BIN,
-        &cfg(port, "compression = { min_size = 1000 }", "", &[&o]),
-    )
-    .await;
+    let cfg = Config::new()
+        .listener(web(port).set("compression", table([("min_size", 1000.into())])))
+        .pool(Pool::new("web").origins(&[&o]))
+        .build();
+    let _c = Convoy::start(BIN, &cfg).await;
     let original: Vec<u8> = (0..100_000)
         .map(|i| b"convoy text body line\n"[i % 22])
         .collect();

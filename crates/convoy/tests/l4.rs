@@ -5,16 +5,15 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use convoy_testkit::config::{Config, Listener, Pool, Server};
 use convoy_testkit::{ask_name, free_port, wait_until, Convoy, NamedBackend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_convoy");
 
-fn server_block(pool: &str, b: &NamedBackend, extra: &str) -> String {
-    format!(
-        "[[pools.{pool}.servers]]\nname = \"{}\"\naddress = \"{}\"\n{extra}\n",
-        b.name, b.addr
-    )
+/// The server for a backend: its name and address.
+fn server(b: &NamedBackend) -> Server {
+    Server::new(&b.name, b.addr)
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -51,11 +50,13 @@ async fn weights_1_2_3_over_3000_connections() {
         NamedBackend::start("c").await,
     ];
     let port = free_port();
-    let mut cfg =
-        format!("[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\n\n[pools.p]\n");
-    for (b, w) in bs.iter().zip([1, 2, 3]) {
-        cfg.push_str(&server_block("p", b, &format!("weight = {w}")));
-    }
+    let pool = bs.iter().zip([1, 2, 3]).fold(Pool::new("p"), |p, (b, w)| {
+        p.server(server(b).set("weight", w))
+    });
+    let cfg = Config::new()
+        .listener(Listener::tcp(port, "p"))
+        .pool(pool)
+        .build();
     let _c = Convoy::start(BIN, &cfg).await;
     let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let (counts, failed) = spread(to, 3000, 32).await;
@@ -79,15 +80,30 @@ async fn client_and_network_affinity_and_minimal_disruption() {
         NamedBackend::start("d").await,
     ];
     let (pc, pn) = (free_port(), free_port());
-    let servers: String = bs.iter().map(|b| server_block("p", b, "")).collect();
-    let cfg = |servers: &str| {
-        format!(
-            "[[listeners]]\nname = \"client\"\naddress = \"127.0.0.1:{pc}\"\npool = \"p\"\naffinity = \"client\"\n\n\
-             [[listeners]]\nname = \"network\"\naddress = \"127.0.0.1:{pn}\"\npool = \"p\"\naffinity = \"network\"\n\n\
-             [pools.p]\n{servers}"
-        )
+    // All four servers; `disabled`, if named, with `enabled = false`.
+    let cfg = |disabled: Option<&str>| {
+        let pool = bs.iter().fold(Pool::new("p"), |p, b| {
+            if disabled == Some(b.name.as_str()) {
+                p.server(server(b).set("enabled", false))
+            } else {
+                p.server(server(b))
+            }
+        });
+        Config::new()
+            .listener(
+                Listener::tcp(pc, "p")
+                    .set("name", "client")
+                    .set("affinity", "client"),
+            )
+            .listener(
+                Listener::tcp(pn, "p")
+                    .set("name", "network")
+                    .set("affinity", "network"),
+            )
+            .pool(pool)
+            .build()
     };
-    let c = Convoy::start(BIN, &cfg(&servers)).await;
+    let c = Convoy::start(BIN, &cfg(None)).await;
     let client: SocketAddr = format!("127.0.0.1:{pc}").parse().unwrap();
     let network: SocketAddr = format!("127.0.0.1:{pn}").parse().unwrap();
 
@@ -123,21 +139,7 @@ async fn client_and_network_affinity_and_minimal_disruption() {
 
     // removing one server moves only its clients
     let victim = map[&ip("127.0.9.1")].clone();
-    let servers: String = bs
-        .iter()
-        .map(|b| {
-            server_block(
-                "p",
-                b,
-                if b.name == victim {
-                    "enabled = false"
-                } else {
-                    ""
-                },
-            )
-        })
-        .collect();
-    assert_eq!(c.reload(&cfg(&servers)).await, "reload_applied");
+    assert_eq!(c.reload(&cfg(Some(&victim))).await, "reload_applied");
     let mut moved_other = 0;
     for (src, before) in &map {
         let now = ask_name(Some(*src), client).await.unwrap().0;
@@ -155,11 +157,21 @@ async fn killed_server_costs_no_failed_connection_and_returns() {
     let a = NamedBackend::start("a").await;
     let mut b = NamedBackend::start("b").await;
     let port = free_port();
-    let cfg = format!(
-        "[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\n\n[pools.p]\nslow_start = \"0s\"\nhealth = {{ interval = \"100ms\", timeout = \"100ms\", rise = 2, fall = 2 }}\n{}{}",
-        server_block("p", &a, ""),
-        server_block("p", &b, "")
-    );
+    let cfg = Config::new()
+        .listener(Listener::tcp(port, "p"))
+        .pool(
+            Pool::new("p")
+                .set("slow_start", "0s")
+                .health([
+                    ("interval", "100ms".into()),
+                    ("timeout", "100ms".into()),
+                    ("rise", 2.into()),
+                    ("fall", 2.into()),
+                ])
+                .server(server(&a))
+                .server(server(&b)),
+        )
+        .build();
     let c = Convoy::start(BIN, &cfg).await;
     let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let (counts, failed) = spread(to, 100, 10).await;
@@ -195,13 +207,25 @@ async fn single_mode(failback: &str) -> (Vec<String>, Convoy) {
     let s2 = NamedBackend::start("p2").await;
     let s3 = NamedBackend::start("p3").await;
     let port = free_port();
-    let cfg = format!(
-        "[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\nmode = \"single\"\nfailback = \"{failback}\"\n\n\
-         [pools.p]\nhealth = {{ interval = \"100ms\", timeout = \"100ms\", rise = 2, fall = 2 }}\n{}{}{}",
-        server_block("p", &s3, "priority = 3"),
-        server_block("p", &s1, "priority = 1"),
-        server_block("p", &s2, "priority = 2"),
-    );
+    let cfg = Config::new()
+        .listener(
+            Listener::tcp(port, "p")
+                .set("mode", "single")
+                .set("failback", failback),
+        )
+        .pool(
+            Pool::new("p")
+                .health([
+                    ("interval", "100ms".into()),
+                    ("timeout", "100ms".into()),
+                    ("rise", 2.into()),
+                    ("fall", 2.into()),
+                ])
+                .server(server(&s3).set("priority", 3))
+                .server(server(&s1).set("priority", 1))
+                .server(server(&s2).set("priority", 2)),
+        )
+        .build();
     let c = Convoy::start(BIN, &cfg).await;
     let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut seen = Vec::new();
@@ -252,11 +276,15 @@ async fn drained_server_keeps_its_connection_and_gets_no_new_ones() {
     let b = NamedBackend::start("b").await;
     let port = free_port();
     let cfg = |drain_b: bool| {
-        format!(
-            "[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\naffinity = \"client\"\n\n[pools.p]\n{}{}",
-            server_block("p", &a, ""),
-            server_block("p", &b, if drain_b { "drain = true" } else { "" })
-        )
+        let second = if drain_b {
+            server(&b).set("drain", true)
+        } else {
+            server(&b)
+        };
+        Config::new()
+            .listener(Listener::tcp(port, "p").set("affinity", "client"))
+            .pool(Pool::new("p").server(server(&a)).server(second))
+            .build()
     };
     let c = Convoy::start(BIN, &cfg(false)).await;
     let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -294,10 +322,10 @@ async fn drained_server_keeps_its_connection_and_gets_no_new_ones() {
 async fn drainstop_exits_after_last_connection() {
     let a = NamedBackend::start("a").await;
     let port = free_port();
-    let cfg = format!(
-        "[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\n\n[pools.p]\n{}",
-        server_block("p", &a, "")
-    );
+    let cfg = Config::new()
+        .listener(Listener::tcp(port, "p"))
+        .pool(Pool::new("p").server(server(&a)))
+        .build();
     let mut c = Convoy::start(BIN, &cfg).await;
     let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let (_, mut conn) = ask_name(None, to).await.unwrap();
@@ -327,10 +355,10 @@ async fn drainstop_exits_after_last_connection() {
 async fn max_connections_refuses_the_excess_cleanly() {
     let a = NamedBackend::start("a").await;
     let port = free_port();
-    let cfg = format!(
-        "[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\nmax_connections = 2\n\n[pools.p]\n{}",
-        server_block("p", &a, "")
-    );
+    let cfg = Config::new()
+        .listener(Listener::tcp(port, "p").set("max_connections", 2))
+        .pool(Pool::new("p").server(server(&a)))
+        .build();
     let c = Convoy::start(BIN, &cfg).await;
     let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let (_, c1) = ask_name(None, to).await.unwrap();
@@ -360,12 +388,16 @@ async fn zone_down_is_one_event() {
     let mut a2 = NamedBackend::start("a2").await;
     let b1 = NamedBackend::start("b1").await;
     let port = free_port();
-    let cfg = format!(
-        "[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\n\n[pools.p]\nhealth = {{ interval = \"100ms\", timeout = \"100ms\" }}\n{}{}{}",
-        server_block("p", &a1, "zone = \"host-a\""),
-        server_block("p", &a2, "zone = \"host-a\""),
-        server_block("p", &b1, "zone = \"host-b\""),
-    );
+    let cfg = Config::new()
+        .listener(Listener::tcp(port, "p"))
+        .pool(
+            Pool::new("p")
+                .health([("interval", "100ms".into()), ("timeout", "100ms".into())])
+                .server(server(&a1).set("zone", "host-a"))
+                .server(server(&a2).set("zone", "host-a"))
+                .server(server(&b1).set("zone", "host-b")),
+        )
+        .build();
     let c = Convoy::start(BIN, &cfg).await;
     a1.stop().await;
     a2.stop().await;
@@ -397,12 +429,17 @@ async fn zone_down_is_one_event() {
 async fn invalid_reload_keeps_the_running_config() {
     let a = NamedBackend::start("a").await;
     let port = free_port();
-    let cfg = format!(
-        "[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\n\n[pools.p]\n{}",
-        server_block("p", &a, "")
-    );
+    let pool = Pool::new("p").server(server(&a));
+    let cfg = Config::new()
+        .listener(Listener::tcp(port, "p"))
+        .pool(pool.clone())
+        .build();
     let c = Convoy::start(BIN, &cfg).await;
-    let bad = cfg.replace("pool = \"p\"", "pool = \"missing\"");
+    // The listener names a pool that does not exist.
+    let bad = Config::new()
+        .listener(Listener::tcp(port, "missing"))
+        .pool(pool)
+        .build();
     assert_eq!(c.reload(&bad).await, "reload_refused");
     let ev = &c.events("reload_refused")[0];
     assert!(
@@ -442,10 +479,10 @@ async fn proxy_protocol_headers_reach_the_server() {
             }
         });
         let port = free_port();
-        let cfg = format!(
-            "[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\nproxy_protocol = \"{version}\"\n\n[pools.p]\n\
-             [[pools.p.servers]]\naddress = \"{addr}\"\n"
-        );
+        let cfg = Config::new()
+            .listener(Listener::tcp(port, "p").set("proxy_protocol", version))
+            .pool(Pool::new("p").server(Server::at(addr)))
+            .build();
         let _c = Convoy::start(BIN, &cfg).await;
         let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut s = convoy_testkit::connect_from(ip("127.0.0.42"), to)
@@ -469,12 +506,21 @@ async fn returning_server_ramps_up_with_slow_start() {
     let a = NamedBackend::start("a").await;
     let mut b = NamedBackend::start("b").await;
     let port = free_port();
-    let cfg = format!(
-        "[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\n\n[pools.p]\nslow_start = \"60s\"\n\
-         health = {{ interval = \"100ms\", timeout = \"100ms\", rise = 1, fall = 1 }}\n{}{}",
-        server_block("p", &a, ""),
-        server_block("p", &b, "")
-    );
+    let cfg = Config::new()
+        .listener(Listener::tcp(port, "p"))
+        .pool(
+            Pool::new("p")
+                .set("slow_start", "60s")
+                .health([
+                    ("interval", "100ms".into()),
+                    ("timeout", "100ms".into()),
+                    ("rise", 1.into()),
+                    ("fall", 1.into()),
+                ])
+                .server(server(&a))
+                .server(server(&b)),
+        )
+        .build();
     let c = Convoy::start(BIN, &cfg).await;
     let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let (counts, _) = spread(to, 200, 10).await;
@@ -502,11 +548,14 @@ async fn disabling_a_server_closes_its_connections() {
     let b = NamedBackend::start("b").await;
     let port = free_port();
     let cfg = |b_on: bool| {
-        format!(
-            "[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\n\n[pools.p]\n{}{}",
-            server_block("p", &a, ""),
-            server_block("p", &b, &format!("enabled = {b_on}"))
-        )
+        Config::new()
+            .listener(Listener::tcp(port, "p"))
+            .pool(
+                Pool::new("p")
+                    .server(server(&a))
+                    .server(server(&b).set("enabled", b_on)),
+            )
+            .build()
     };
     let c = Convoy::start(BIN, &cfg(true)).await;
     let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -533,10 +582,11 @@ async fn disabling_a_server_closes_its_connections() {
 async fn sigterm_during_drainstop_stops_at_once() {
     let a = NamedBackend::start("a").await;
     let port = free_port();
-    let cfg = format!(
-        "[node]\ndrain_timeout = \"1h\"\n\n[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\n\n[pools.p]\n{}",
-        server_block("p", &a, "")
-    );
+    let cfg = Config::new()
+        .node("drain_timeout", "1h")
+        .listener(Listener::tcp(port, "p"))
+        .pool(Pool::new("p").server(server(&a)))
+        .build();
     let mut c = Convoy::start(BIN, &cfg).await;
     let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let (_, mut conn) = ask_name(None, to).await.unwrap();
@@ -555,11 +605,14 @@ async fn port_range_with_same_port_reaches_the_matching_server_port() {
     // Servers listen on the same ports on another loopback address.
     let b1 = NamedBackend::start_on("port1", format!("127.0.0.2:{p1}").parse().unwrap()).await;
     let b2 = NamedBackend::start_on("port2", format!("127.0.0.2:{p2}").parse().unwrap()).await;
-    let cfg = format!(
-        "[[listeners]]\naddress = \"127.0.0.1:{p1}-{p2}\"\npool = \"p\"\nsame_port = true\n\n\
-         [pools.p]\n[[pools.p.servers]]\naddress = \"{}\"\n",
-        b1.addr
-    );
+    let cfg = Config::new()
+        .listener(
+            Listener::tcp(p1, "p")
+                .set("address", format!("127.0.0.1:{p1}-{p2}"))
+                .set("same_port", true),
+        )
+        .pool(Pool::new("p").server(Server::at(b1.addr)))
+        .build();
     let _c = Convoy::start(BIN, &cfg).await;
     for (port, want) in [(p1, "port1"), (p2, "port2")] {
         let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -573,10 +626,10 @@ async fn drainstop_waits_for_connections_of_a_reloaded_listener() {
     let a = NamedBackend::start("a").await;
     let port = free_port();
     let cfg = |idle: &str| {
-        format!(
-            "[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\nidle_timeout = \"{idle}\"\n\n[pools.p]\n{}",
-            server_block("p", &a, "")
-        )
+        Config::new()
+            .listener(Listener::tcp(port, "p").set("idle_timeout", idle))
+            .pool(Pool::new("p").server(server(&a)))
+            .build()
     };
     let mut c = Convoy::start(BIN, &cfg("10m")).await;
     let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use convoy_testkit::config::{table, Config, Listener, Pool, Server};
 use convoy_testkit::http::HttpOrigin;
 use convoy_testkit::{free_port, Convoy, NamedBackend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,15 +40,21 @@ async fn per_client_and_node_limits() {
     let o = HttpOrigin::start("o", Duration::ZERO).await;
     let b = NamedBackend::start("t").await;
     let (hport, tport) = (free_port(), free_port());
-    let cfg = format!(
-        "[node]\nmax_connections = 5\n\n\
-         [[listeners]]\nname = \"web\"\nprotocol = \"http\"\naddress = \"127.0.0.1:{hport}\"\npool = \"web\"\n\
-         max_connections_per_ip = 2\nrate_limit = {{ per_second = 5, burst = 5 }}\n\
-         [[listeners]]\nname = \"raw\"\naddress = \"127.0.0.1:{tport}\"\npool = \"tcp\"\n\n\
-         [pools.web]\n[[pools.web.servers]]\nname = \"o\"\naddress = \"{}\"\n\
-         [pools.tcp]\n[[pools.tcp.servers]]\nname = \"t\"\naddress = \"{}\"\n",
-        o.addr, b.addr
-    );
+    let cfg = Config::new()
+        .node("max_connections", 5)
+        .listener(
+            Listener::http(hport, "web")
+                .set("name", "web")
+                .set("max_connections_per_ip", 2)
+                .set(
+                    "rate_limit",
+                    table([("per_second", 5.into()), ("burst", 5.into())]),
+                ),
+        )
+        .listener(Listener::tcp(tport, "tcp").set("name", "raw"))
+        .pool(Pool::new("web").origins(&[&o]))
+        .pool(Pool::new("tcp").server(Server::new(&b.name, b.addr)))
+        .build();
     let c = Convoy::start(BIN, &cfg).await;
 
     // Two connections per client address on the HTTP listener.
@@ -126,11 +133,10 @@ async fn no_open_proxy_and_no_header_injection() {
     // reached, whatever the request says.
     let other = HttpOrigin::start("other", Duration::ZERO).await;
     let port = free_port();
-    let cfg = format!(
-        "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n\
-         [pools.web]\n[[pools.web.servers]]\nname = \"o\"\naddress = \"{}\"\n",
-        o.addr
-    );
+    let cfg = Config::new()
+        .listener(Listener::http(port, "web"))
+        .pool(Pool::new("web").origins(&[&o]))
+        .build();
     let _c = Convoy::start(BIN, &cfg).await;
     let target = other.addr;
     for req in [

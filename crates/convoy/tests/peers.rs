@@ -1,9 +1,11 @@
 //! Real protocol peers behind convoy: redis-server (Debian package),
 //! driven with redis-cli and redis-benchmark through the balancer.
 
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use convoy_testkit::config::{Config, Listener, Pool, Server};
 use convoy_testkit::{free_port, have, wait_until, Convoy};
 
 const BIN: &str = env!("CARGO_BIN_EXE_convoy");
@@ -56,10 +58,10 @@ async fn redis_through_convoy() {
         "redis-server did not start"
     );
     let port = free_port();
-    let cfg = format!(
-        "[[listeners]]\nname = \"redis\"\naddress = \"127.0.0.1:{port}\"\npool = \"redis\"\n\n\
-         [pools.redis]\n[[pools.redis.servers]]\naddress = \"127.0.0.1:{rport}\"\n"
-    );
+    let cfg = Config::new()
+        .listener(Listener::tcp(port, "redis").set("name", "redis"))
+        .pool(Pool::new("redis").server(Server::at(SocketAddr::from(([127, 0, 0, 1], rport)))))
+        .build();
     let _c = Convoy::start(BIN, &cfg).await;
     assert_eq!(
         redis_cli(port, &["SET", "convoy:key", "through the balancer"]),

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use convoy_testkit::config::{Config, Listener, Pool, Server};
 use convoy_testkit::{free_port, Convoy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -95,10 +96,15 @@ async fn round(splice: bool, client_first: bool) {
         }
     });
     let port = free_port();
-    let cfg = format!(
-        "[node]\nsplice = {splice}\n\n[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\n\n\
-         [pools.p]\nhealth = {{ check = \"none\" }}\n[[pools.p.servers]]\naddress = \"{oaddr}\"\n"
-    );
+    let cfg = Config::new()
+        .node("splice", splice)
+        .listener(Listener::tcp(port, "p"))
+        .pool(
+            Pool::new("p")
+                .health([("check", "none".into())])
+                .server(Server::at(oaddr)),
+        )
+        .build();
     let _c = Convoy::start(BIN, &cfg).await;
     let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut s = TcpStream::connect(to).await.unwrap();
@@ -149,10 +155,14 @@ async fn idle_connections_are_closed_after_idle_timeout() {
         }
     });
     let port = free_port();
-    let cfg = format!(
-        "[[listeners]]\naddress = \"127.0.0.1:{port}\"\npool = \"p\"\nidle_timeout = \"300ms\"\n\n\
-         [pools.p]\nhealth = {{ check = \"none\" }}\n[[pools.p.servers]]\naddress = \"{oaddr}\"\n"
-    );
+    let cfg = Config::new()
+        .listener(Listener::tcp(port, "p").set("idle_timeout", "300ms"))
+        .pool(
+            Pool::new("p")
+                .health([("check", "none".into())])
+                .server(Server::at(oaddr)),
+        )
+        .build();
     let _c = Convoy::start(BIN, &cfg).await;
     let mut s = TcpStream::connect(format!("127.0.0.1:{port}"))
         .await

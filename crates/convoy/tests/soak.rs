@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use convoy_testkit::config::{Config, Listener, Pool, Server};
 use convoy_testkit::http::HttpOrigin;
 use convoy_testkit::{free_port, Convoy};
 use http_body_util::{BodyExt, Empty};
@@ -23,19 +24,26 @@ use tokio::time::Instant;
 const BIN: &str = env!("CARGO_BIN_EXE_convoy");
 
 fn config(port: u16, origins: &[(String, std::net::SocketAddr)], round: usize) -> String {
-    let mut s = format!(
-        "[[listeners]]\nname = \"web\"\nprotocol = \"http\"\naddress = \"127.0.0.1:{port}\"\npool = \"web\"\n\n\
-         [pools.web]\nalgorithm = \"least_outstanding\"\nslow_start = \"1s\"\n\
-         health = {{ check = \"http\", path = \"/\", interval = \"200ms\", timeout = \"200ms\", rise = 1, fall = 1 }}\n"
-    );
+    let mut pool = Pool::new("web")
+        .set("algorithm", "least_outstanding")
+        .set("slow_start", "1s")
+        .health([
+            ("check", "http".into()),
+            ("path", "/".into()),
+            ("interval", "200ms".into()),
+            ("timeout", "200ms".into()),
+            ("rise", 1.into()),
+            ("fall", 1.into()),
+        ]);
     for (i, (name, addr)) in origins.iter().enumerate() {
         // Weights move with each reload.
         let w = 1 + (i + round) % 3;
-        s.push_str(&format!(
-            "[[pools.web.servers]]\nname = \"{name}\"\naddress = \"{addr}\"\nweight = {w}\n"
-        ));
+        pool = pool.server(Server::new(name, *addr).set("weight", w as i64));
     }
-    s
+    Config::new()
+        .listener(Listener::http(port, "web").set("name", "web"))
+        .pool(pool)
+        .build()
 }
 
 fn ctl(admin: &str, args: &[&str]) -> serde_json::Value {

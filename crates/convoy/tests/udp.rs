@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use convoy_testkit::config::{Config, Listener, Pool, Server};
 use convoy_testkit::{free_udp_port, Convoy, UdpBackend};
 use tokio::net::UdpSocket;
 
@@ -33,22 +34,27 @@ async fn udp_round_trip_with_client_affinity() {
         UdpBackend::start("u3").await,
     ];
     let port = free_udp_port();
-    let servers: String = bs
-        .iter()
-        .map(|b| {
-            format!(
-                "[[pools.dns.servers]]\nname = \"{}\"\naddress = \"{}\"\n",
-                b.name, b.addr
+    // With a `victim`, every server says whether it is enabled: all but
+    // the victim.
+    let cfg = |victim: Option<&str>| {
+        let unchecked = Pool::new("dns").health([("check", "none".into())]);
+        let pool = bs.iter().fold(unchecked, |p, b| {
+            let s = Server::new(&b.name, b.addr);
+            p.server(match victim {
+                Some(v) => s.set("enabled", b.name != v),
+                None => s,
+            })
+        });
+        Config::new()
+            .listener(
+                Listener::udp(port, "dns")
+                    .set("affinity", "client")
+                    .set("idle_timeout", "2s"),
             )
-        })
-        .collect();
-    let cfg = |servers: &str| {
-        format!(
-            "[[listeners]]\nprotocol = \"udp\"\naddress = \"127.0.0.1:{port}\"\npool = \"dns\"\naffinity = \"client\"\nidle_timeout = \"2s\"\n\n\
-             [pools.dns]\nhealth = {{ check = \"none\" }}\n{servers}"
-        )
+            .pool(pool)
+            .build()
     };
-    let c = Convoy::start(BIN, &cfg(&servers)).await;
+    let c = Convoy::start(BIN, &cfg(None)).await;
     let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
 
     let mut owner = HashMap::new();
@@ -71,18 +77,7 @@ async fn udp_round_trip_with_client_affinity() {
     // Disable one server: its clients' next datagrams go elsewhere, the
     // others stay.
     let victim = owner[&1].clone();
-    let servers: String = bs
-        .iter()
-        .map(|b| {
-            format!(
-                "[[pools.dns.servers]]\nname = \"{}\"\naddress = \"{}\"\nenabled = {}\n",
-                b.name,
-                b.addr,
-                b.name != victim
-            )
-        })
-        .collect();
-    assert_eq!(c.reload(&cfg(&servers)).await, "reload_applied");
+    assert_eq!(c.reload(&cfg(Some(&victim))).await, "reload_applied");
     for i in 1..=30u8 {
         let sock = UdpSocket::bind(format!("127.0.4.{i}:0")).await.unwrap();
         let reply = ask(&sock, to, "again").await;
@@ -124,10 +119,18 @@ async fn udp_port_range_with_same_port() {
             }
         }));
     }
-    let cfg = format!(
-        "[[listeners]]\nprotocol = \"udp\"\naddress = \"127.0.0.1:{p1}-{p2}\"\npool = \"u\"\nsame_port = true\n\n\
-         [pools.u]\nhealth = {{ check = \"none\" }}\n[[pools.u.servers]]\naddress = \"127.0.0.2:{p1}\"\n"
-    );
+    let cfg = Config::new()
+        .listener(
+            Listener::udp(p1, "u")
+                .set("address", format!("127.0.0.1:{p1}-{p2}"))
+                .set("same_port", true),
+        )
+        .pool(
+            Pool::new("u")
+                .health([("check", "none".into())])
+                .server(Server::at(SocketAddr::from(([127, 0, 0, 2], p1)))),
+        )
+        .build();
     let _c = Convoy::start(BIN, &cfg).await;
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     for (port, want) in [(p1, "first"), (p2, "second")] {
