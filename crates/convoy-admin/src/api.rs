@@ -23,7 +23,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use convoy_core::control::{
-    Answer, CmdError, CmdErrorKind, Command, ListenerAction, Reply, Request, ServerAction,
+    Answer, ClusterCmd, CmdError, CmdErrorKind, Command, ListenerAction, Reply, Request,
+    ServerAction,
 };
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -217,10 +218,19 @@ fn unknown_action(a: &str, known: &str) -> Response {
     )
 }
 
+/// `?cluster=true`: the command is for every node of the cluster.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Scope {
+    #[serde(default)]
+    cluster: bool,
+}
+
 async fn listener(
     State(st): State<AppState>,
     h: HeaderMap,
     Path((name, action)): Path<(String, String)>,
+    Query(scope): Query<Scope>,
 ) -> Response {
     let action = match action.as_str() {
         "enable" => ListenerAction::Enable,
@@ -228,13 +238,58 @@ async fn listener(
         "drain" => ListenerAction::Drain,
         other => return unknown_action(other, "enable, disable, drain"),
     };
-    run(&st, &h, Command::Listener { name, action }).await
+    let cmd = if scope.cluster {
+        Command::ClusterWide(ClusterCmd::Listener { name, action })
+    } else {
+        Command::Listener { name, action }
+    };
+    run(&st, &h, cmd).await
+}
+
+async fn cluster(State(st): State<AppState>, h: HeaderMap) -> Response {
+    run(&st, &h, Command::Cluster).await
+}
+
+async fn cluster_node(
+    State(st): State<AppState>,
+    h: HeaderMap,
+    Path((name, action)): Path<(String, String)>,
+) -> Response {
+    let drainstop = match action.as_str() {
+        "drainstop" => true,
+        "start" => false,
+        other => return unknown_action(other, "drainstop, start"),
+    };
+    run(
+        &st,
+        &h,
+        Command::ClusterWide(ClusterCmd::Node { name, drainstop }),
+    )
+    .await
+}
+
+/// A server command, for this node or (`?cluster=true`) every node.
+fn server_cmd(scope: &Scope, pool: String, server: String, action: ServerAction) -> Command {
+    if scope.cluster {
+        Command::ClusterWide(ClusterCmd::Server {
+            pool,
+            server,
+            action,
+        })
+    } else {
+        Command::Server {
+            pool,
+            server,
+            action,
+        }
+    }
 }
 
 async fn server(
     State(st): State<AppState>,
     h: HeaderMap,
     Path((pool, server, action)): Path<(String, String, String)>,
+    Query(scope): Query<Scope>,
 ) -> Response {
     let action = match action.as_str() {
         "enable" => ServerAction::Enable,
@@ -242,16 +297,7 @@ async fn server(
         "drain" => ServerAction::Drain,
         other => return unknown_action(other, "enable, disable, drain"),
     };
-    run(
-        &st,
-        &h,
-        Command::Server {
-            pool,
-            server,
-            action,
-        },
-    )
-    .await
+    run(&st, &h, server_cmd(&scope, pool, server, action)).await
 }
 
 #[derive(Deserialize)]
@@ -264,22 +310,15 @@ async fn weight(
     State(st): State<AppState>,
     h: HeaderMap,
     Path((pool, server)): Path<(String, String)>,
+    Query(scope): Query<Scope>,
     body: Result<Json<WeightBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Json(b) = match body {
         Ok(b) => b,
         Err(e) => return bad_body(&e.body_text()),
     };
-    run(
-        &st,
-        &h,
-        Command::Server {
-            pool,
-            server,
-            action: ServerAction::Weight(b.weight),
-        },
-    )
-    .await
+    let cmd = server_cmd(&scope, pool, server, ServerAction::Weight(b.weight));
+    run(&st, &h, cmd).await
 }
 
 fn bad_body(msg: &str) -> Response {
@@ -411,6 +450,8 @@ pub fn router(token: Option<String>, tx: mpsc::Sender<Request>) -> Router {
         )
         .route("/api/v1/pools/{pool}/explain", get(explain))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/cluster/nodes/{name}/{action}", post(cluster_node))
         .route("/api/v1/cache/purge", post(purge))
         .route("/metrics", get(metrics))
         .fallback(not_found)

@@ -53,6 +53,27 @@ pub struct NodeFigures {
     pub uptime_seconds: f64,
     /// Response caches, by listener.
     pub caches: Vec<CacheFigures>,
+    /// The node's cluster (none when it is alone).
+    pub cluster: Option<ClusterFigures>,
+}
+
+/// What the cluster agent counts.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterFigures {
+    /// Members by state (every state, 0 included).
+    pub members: Vec<(String, u64)>,
+    /// Convergences of this node.
+    pub convergences: u64,
+    /// Durations of the recent convergences, in milliseconds.
+    pub convergence_ms: Vec<u64>,
+    /// Datagrams refused, by reason.
+    pub refused: Vec<(String, u64)>,
+    /// Cluster traffic received and sent, bytes.
+    pub bytes_in: u64,
+    /// Sent.
+    pub bytes_out: u64,
+    /// Flow buckets this node owns, by listener.
+    pub buckets: Vec<(String, u64)>,
 }
 
 /// The counters of one listener's response cache.
@@ -235,6 +256,68 @@ fn histogram_parts(r: &Reading) -> (f64, u64, Vec<(f64, u64)>) {
     (r.sum_us as f64 / 1e6, seen, buckets)
 }
 
+/// The cluster's families.
+fn encode_cluster(enc: &mut DescriptorEncoder, c: &ClusterFigures) -> fmt::Result {
+    gauges(
+        enc,
+        "cluster_members",
+        "Members of the cluster as this node sees them, by state.",
+        None,
+        c.members
+            .iter()
+            .map(|(s, n)| ([("state", Esc(s))], level(*n))),
+    )?;
+    let conv = enc.encode_descriptor(
+        "cluster_convergences",
+        "Times this node converged (every live member agreeing on the members).",
+        None,
+        MetricType::Counter,
+    )?;
+    ConstCounter::new(c.convergences).encode(conv)?;
+    let mut family = enc.encode_descriptor(
+        "cluster_convergence_duration",
+        "Time from a membership change to convergence (recent ones).",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    let bounds = [0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, f64::MAX];
+    let mut buckets: Vec<(f64, u64)> = bounds.iter().map(|b| (*b, 0)).collect();
+    for ms in &c.convergence_ms {
+        let s = *ms as f64 / 1000.0;
+        if let Some(b) = buckets.iter_mut().find(|(le, _)| s <= *le) {
+            b.1 += 1;
+        }
+    }
+    let sum: f64 = c.convergence_ms.iter().map(|ms| *ms as f64 / 1000.0).sum();
+    family.encode_histogram::<NoLabelSet>(sum, c.convergence_ms.len() as u64, &buckets, None)?;
+    counters(
+        enc,
+        "cluster_refused",
+        "Cluster datagrams refused (malformed, foreign, bad_tag: wrong key or forged, replay, own_id).",
+        None,
+        c.refused.iter().map(|(r, n)| ([("reason", Esc(r))], *n)),
+    )?;
+    counters(
+        enc,
+        "cluster_gossip",
+        "Cluster traffic of this node (membership and state), by direction.",
+        Some(&Unit::Bytes),
+        [
+            ([("direction", Esc("in"))], c.bytes_in),
+            ([("direction", Esc("out"))], c.bytes_out),
+        ],
+    )?;
+    gauges(
+        enc,
+        "cluster_buckets_owned",
+        "Flow buckets of each listener this node owns (of 4096).",
+        None,
+        c.buckets
+            .iter()
+            .map(|(l, n)| ([("listener", Esc(l))], level(*n))),
+    )
+}
+
 impl NodeCollector {
     fn encode_node(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         let current = self.node.state.as_str();
@@ -266,7 +349,11 @@ impl NodeCollector {
             Some(&Unit::Seconds),
             MetricType::Gauge,
         )?;
-        ConstGauge::new(self.node.uptime_seconds).encode(uptime)
+        ConstGauge::new(self.node.uptime_seconds).encode(uptime)?;
+        match &self.node.cluster {
+            Some(c) => encode_cluster(enc, c),
+            None => Ok(()),
+        }
     }
 
     fn encode_caches(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
@@ -689,6 +776,15 @@ address = "127.0.0.1:9003"
                 bytes: 1234,
                 ..Default::default()
             }],
+            cluster: Some(ClusterFigures {
+                members: vec![("converged".into(), 2), ("mismatched".into(), 1)],
+                convergences: 3,
+                convergence_ms: vec![120, 800, 3000],
+                refused: vec![("bad_tag".into(), 5), ("replay".into(), 0)],
+                bytes_in: 1000,
+                bytes_out: 2000,
+                buckets: vec![("web".into(), 1365)],
+            }),
         }
     }
 
@@ -1152,10 +1248,23 @@ address = "127.0.0.1:9003"
             "convoy_cache_coalesced",
             "convoy_cache_stored_bytes",
             "convoy_cache_entries",
+            "convoy_cluster_members",
+            "convoy_cluster_convergences",
+            "convoy_cluster_convergence_duration_seconds",
+            "convoy_cluster_refused",
+            "convoy_cluster_gossip_bytes",
+            "convoy_cluster_buckets_owned",
         ] {
             assert!(families.contains(name), "no family {name}");
         }
-        assert_eq!(families.len(), 41, "{families:?}");
+        assert_eq!(families.len(), 47, "{families:?}");
+        assert!(out.contains("convoy_cluster_members{state=\"mismatched\"} 1"));
+        assert!(out.contains("convoy_cluster_refused_total{reason=\"bad_tag\"} 5"));
+        assert!(out.contains("convoy_cluster_gossip_bytes_total{direction=\"out\"} 2000"));
+        assert!(out.contains("convoy_cluster_convergence_duration_seconds_bucket{le=\"1.0\"} 2"));
+        assert_line(&out, "convoy_cluster_convergence_duration_seconds_count 3");
+        assert_line(&out, "convoy_cluster_convergences_total 3");
+        assert!(out.contains("convoy_cluster_buckets_owned{listener=\"web\"} 1365"));
         assert!(out.contains("convoy_cache_hits_total{listener=\"front\"} 7"));
         assert!(out.contains("convoy_cache_stored_bytes{listener=\"front\"} 1234"));
         // Three servers, 17 histogram samples each (sum, count, 17 buckets).

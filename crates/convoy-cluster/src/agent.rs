@@ -175,6 +175,8 @@ pub struct Stats {
     pub convergences: AtomicU64,
     /// Their durations in milliseconds (the last 256).
     pub convergence_ms: Mutex<Vec<u64>>,
+    /// When each member's doc last arrived, by name.
+    pub heard: Mutex<HashMap<String, Instant>>,
 }
 
 impl Stats {
@@ -473,6 +475,11 @@ impl Agent {
         {
             return;
         }
+        self.stats
+            .heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(doc.name.clone(), Instant::now());
         if self.me.commands.merge(&doc.commands) {
             self.touch();
         }

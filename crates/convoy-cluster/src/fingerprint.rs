@@ -1,6 +1,6 @@
 //! The fingerprint of the cluster-relevant part of a node's config: what
 //! must be the same on every node for them to split flows and agree on
-//! servers (listeners with their port rules and affinity, pools with
+//! servers (listeners with their ports, port rules and affinity, pools with
 //! their algorithm and servers: names, addresses, weights, priorities,
 //! tiers). Timeouts, limits, TLS files, the admin API and the node's own
 //! settings may differ between nodes.
@@ -61,7 +61,9 @@ fn digest<T: Serialize>(v: &T) -> u64 {
 fn listener(l: &Listener) -> serde_json::Value {
     serde_json::json!({
         "protocol": l.protocol,
-        "address": l.address,
+        // The ports, not the address: each node may listen on its own
+        // address (its share of a virtual address, or its own IP).
+        "ports": [l.address.first, l.address.last],
         "pool": l.pool,
         "mode": l.mode,
         "affinity": l.affinity,
@@ -103,12 +105,32 @@ mod tests {
         .unwrap()
     }
 
+    fn toml_of(c: &Config) -> String {
+        c.to_toml()
+    }
+
     #[test]
     fn only_cluster_relevant_keys_count_and_the_difference_is_named() {
         let base = Fingerprint::of(&cfg("", 1));
         assert_eq!(base, Fingerprint::of(&cfg("", 1)));
-        // A timeout is the node's own business.
+        // A timeout is the node's own business, and so is the address a
+        // listener binds (its ports are not).
         assert_eq!(base, Fingerprint::of(&cfg("connect_timeout = \"9s\"", 1)));
+        let other_ip = Config::parse(
+            "t",
+            &toml_of(&cfg("", 1)).replace("127.0.0.1:80", "127.0.0.2:80"),
+        )
+        .unwrap();
+        assert_eq!(base, Fingerprint::of(&other_ip));
+        let other_port = Config::parse(
+            "t",
+            &toml_of(&cfg("", 1)).replace("127.0.0.1:80", "127.0.0.1:81"),
+        )
+        .unwrap();
+        assert_eq!(
+            base.differences(&Fingerprint::of(&other_port)),
+            ["listeners.web"]
+        );
         let heavier = Fingerprint::of(&cfg("", 2));
         assert_ne!(base.whole(), heavier.whole());
         assert_eq!(base.differences(&heavier), ["pools.p"]);

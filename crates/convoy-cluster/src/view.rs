@@ -56,6 +56,8 @@ pub struct MemberView {
     pub fingerprint: u64,
     /// Its open connections, as it last said.
     pub connections: u64,
+    /// The latest operator command it has merged (ms of its stamp).
+    pub commands_ms: u64,
     /// This node.
     pub me: bool,
 }
@@ -161,6 +163,7 @@ pub fn compute(
         state: own,
         fingerprint: me.fingerprint.whole(),
         connections: me.connections,
+        commands_ms: me.commands.latest_ms(),
         me: true,
     }];
     for p in peers {
@@ -172,6 +175,7 @@ pub fn compute(
                 state: MemberState::Joining,
                 fingerprint: 0,
                 connections: 0,
+                commands_ms: 0,
                 me: false,
             },
             Some(d) => MemberView {
@@ -181,6 +185,7 @@ pub fn compute(
                 state: judged(d),
                 fingerprint: d.fingerprint.whole(),
                 connections: d.connections,
+                commands_ms: d.commands.latest_ms(),
                 me: false,
             },
         });

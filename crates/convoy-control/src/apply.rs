@@ -392,6 +392,7 @@ impl Node {
             self.snapshot.store(Arc::clone(&snap));
             self.server_changes(&old, &snap, &changes);
             self.sync_probes();
+            self.cluster_after_apply(&old.config, &snap.config);
             self.reloads_applied += 1;
             info!(event = "reload_applied", origin, serving = false);
             return Ok(Answer::Applied(Applied::Stored));
@@ -415,6 +416,7 @@ impl Node {
                 .iter()
                 .any(|l| &l.name == name && l.cache.is_some())
         });
+        self.cluster_after_apply(&old.config, &new);
         self.reloads_applied += 1;
         self.start_converging();
         info!(

@@ -33,8 +33,16 @@ fn conflict(msg: &str) -> CmdError {
 impl Node {
     /// Answers an admin command.
     pub(crate) fn on_command(&mut self, req: Request) {
-        let reply = self.command(req.cmd);
-        let _ = req.reply.send(reply);
+        match req.cmd {
+            // Answered once the other members applied it.
+            Command::ClusterWide(c) if self.state != NodeState::Suspended => {
+                self.cluster_command(c, req.reply)
+            }
+            cmd => {
+                let reply = self.command(cmd);
+                let _ = req.reply.send(reply);
+            }
+        }
     }
 
     /// Runs an admin command.
@@ -74,6 +82,10 @@ impl Node {
                 None => Err(not_found(format!("unknown pool {pool:?}"))),
             },
             Command::Purge { listener, prefix } => self.purge(listener, &prefix),
+            Command::Cluster => self.cluster_info(),
+            Command::ClusterWide(_) => Err(conflict(
+                "a cluster-wide command is answered by the node's loop",
+            )),
             Command::Events { since } => {
                 let (events, last) = self.events.since(since);
                 Ok(Answer::Events { last, events })
@@ -135,7 +147,7 @@ impl Node {
         Ok(self.state_answer())
     }
 
-    fn listener_command(&mut self, name: String, action: ListenerAction) -> Reply {
+    pub(crate) fn listener_command(&mut self, name: String, action: ListenerAction) -> Reply {
         let Some(l) = self.listeners.iter().find(|l| l.rt.cfg.name == name) else {
             let known: Vec<&str> = self
                 .listeners
@@ -301,6 +313,7 @@ impl Node {
             reloads_refused: self.reloads_refused,
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             caches,
+            cluster: self.cluster_figures(),
         };
         convoy_admin::metrics::render(&snap, &rts, &fig)
     }

@@ -37,6 +37,9 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// The `[cluster]` settings cannot be used (the key cannot be read).
+    #[error("{0}")]
+    Cluster(String),
     /// Another node serves on the upgrade socket.
     #[error("upgrade socket {} is in use by a running node (to replace it, start the new one with --upgrade)", .0.display())]
     UpgradeSocketInUse(PathBuf),

@@ -63,8 +63,9 @@ impl Node {
         });
     }
 
-    /// Takes a server up or down (a no-op when it already is), logs it,
-    /// rebuilds its pool's tables and checks its zone and pool.
+    /// This node's own verdict on a server (its probes, passive
+    /// detection). Alone, it is the server's health; in a cluster it is a
+    /// vote, and the health in force follows the cluster's verdict.
     pub(crate) fn set_health(
         &mut self,
         server: &Arc<ServerState>,
@@ -72,7 +73,36 @@ impl Node {
         source: &str,
         detail: &str,
     ) {
-        if !server.set_up(up) {
+        if self.cluster.is_none() {
+            self.apply_health(server, up, source, detail);
+            return;
+        }
+        if server.set_seen_up(up) {
+            let ev = if up {
+                "server_seen_up"
+            } else {
+                "server_seen_down"
+            };
+            info!(event = ev, pool = %server.pool, server = %server.name, source, detail, "this node's own verdict (a vote in the cluster)");
+            self.publish_seen();
+        }
+    }
+
+    /// Takes a server up or down (a no-op when it already is), logs it,
+    /// rebuilds its pool's tables and checks its zone and pool.
+    pub(crate) fn apply_health(
+        &mut self,
+        server: &Arc<ServerState>,
+        up: bool,
+        source: &str,
+        detail: &str,
+    ) {
+        let changed = if self.cluster.is_some() {
+            server.set_cluster_up(up)
+        } else {
+            server.set_up(up)
+        };
+        if !changed {
             return;
         }
         let snap = self.snap();
@@ -131,7 +161,7 @@ impl Node {
         };
         let threshold = pool.cfg.passive.failures;
         let n = server.record_failure();
-        if threshold > 0 && n >= threshold && server.is_up() {
+        if threshold > 0 && n >= threshold && server.is_seen_up() {
             self.set_health(&server, false, "passive", &reason);
             if pool.cfg.health.check == CheckKind::None {
                 let key = (server.pool.to_string(), server.name.to_string());

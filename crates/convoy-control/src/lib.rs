@@ -12,6 +12,7 @@
 //! | `startup` | [`Node::start`]: admin socket, listeners, probes, [`Inputs`] |
 //! | `listeners` | binding (reusing running and inherited sockets), spawning, stopping listeners; caches |
 //! | `apply` | reloads: [`diff`] into [`Change`]s, [`Node::apply`], [`Overrides`] |
+//! | `cluster` | the node's part in a cluster: the agent, shared health and commands |
 //! | `commands` | [`Node::command`]: one function per command family |
 //! | `health` | probes, probe reports, passive failures, zones |
 //! | `tick` | the 250 ms tick |
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 mod apply;
+mod cluster;
 mod commands;
 mod error;
 mod handover;

@@ -97,6 +97,8 @@ pub struct Node {
     /// settings stay the same.
     pub(crate) caches:
         HashMap<String, (convoy_config::CacheSettings, Arc<convoy_http::cache::Cache>)>,
+    /// The link to the cluster agent (`[cluster]`), none when alone.
+    pub(crate) cluster: Option<crate::cluster::ClusterLink>,
 }
 
 impl std::fmt::Debug for Node {
@@ -157,6 +159,7 @@ impl Node {
             self.listeners.iter().map(|l| Arc::clone(&l.rt)).collect();
         let mut q = query::query_with(&snap, &rts, &self.prev_window);
         q.state = self.state.as_str().to_string();
+        q.cluster = self.cluster_state().map(String::from);
         q
     }
 

@@ -72,13 +72,32 @@ pub async fn run(mut node: Node, mut inputs: Inputs, mut signals: mpsc::Receiver
             _ = tick.tick() => { node.on_tick(); Next::Continue }
             _ = drain_poll.tick(), if node.drain.is_some() => node.drain_step(),
             Some(sig) = signals.recv() => node.on_signal(sig),
+            Some(v) = next_view(&mut inputs.cluster) => { node.on_cluster_view(v); Next::Continue }
         };
         match next {
             Next::Continue => {}
-            Next::Exit => return,
+            Next::Exit => {
+                node.leave_cluster().await;
+                return;
+            }
             Next::Stop(by) => return node.stop(by).await,
         }
     }
+}
+
+/// The cluster's next view (never, without a cluster or once its agent
+/// is gone).
+async fn next_view(
+    rx: &mut Option<tokio::sync::watch::Receiver<std::sync::Arc<convoy_cluster::view::View>>>,
+) -> Option<std::sync::Arc<convoy_cluster::view::View>> {
+    let Some(r) = rx else {
+        return std::future::pending().await;
+    };
+    if r.changed().await.is_err() {
+        *rx = None;
+        return std::future::pending().await;
+    }
+    Some(std::sync::Arc::clone(&r.borrow_and_update()))
 }
 
 impl Node {
@@ -187,6 +206,7 @@ impl Node {
     /// Stops the node: listeners closed, every connection closed (waiting
     /// up to 2 s for them to go).
     pub async fn stop(mut self, by: &str) {
+        self.leave_cluster().await;
         self.stop_listeners();
         let n = self.active();
         self.close_all();

@@ -32,6 +32,8 @@ pub struct Inputs {
     pub(crate) health: mpsc::UnboundedReceiver<convoy_health::Report>,
     pub(crate) commands: mpsc::Receiver<control::Request>,
     pub(crate) upgrade: mpsc::Receiver<UpgradeMsg>,
+    /// The cluster agent's views (`[cluster]` only).
+    pub(crate) cluster: Option<watch::Receiver<Arc<convoy_cluster::view::View>>>,
     /// Senders kept so that the channels stay open while nothing else
     /// holds one (no admin API, no upgrade socket).
     commands_tx: mpsc::Sender<control::Request>,
@@ -147,6 +149,8 @@ impl Node {
             handover::take_handed_state(&snapshot, h);
         }
         let ctx = data_context(&cfg, &snapshot, events_tx, kill_rx, &admin)?;
+        let cluster = crate::cluster::ClusterLink::start(&cfg, upgrading).await?;
+        let cluster_views = cluster.as_ref().map(|c| c.views());
         let now = Instant::now();
         let mut node = Node {
             path,
@@ -179,6 +183,7 @@ impl Node {
             conns: Arc::new(convoy_core::listener::NodeConns::default()),
             admin_task: None,
             caches: HashMap::new(),
+            cluster,
         };
         node.serve(&cfg, admin, &commands_tx)?;
         if upgrading {
@@ -198,6 +203,7 @@ impl Node {
             health,
             commands,
             upgrade,
+            cluster: cluster_views,
             commands_tx,
             _upgrade_tx: upgrade_tx,
         };

@@ -24,6 +24,8 @@ impl Node {
     pub fn on_tick(&mut self) {
         self.rotate_window();
         self.watch_tls();
+        // The cluster learns whether this node serves, and its load.
+        self.publish_serving();
         if self.state == NodeState::Converging && Instant::now() >= self.converging_until {
             self.state = NodeState::Converged;
             info!(

@@ -86,6 +86,10 @@ pub enum Command {
     },
     /// Prometheus text exposition of the node's metrics.
     Metrics,
+    /// The cluster: members, their states and shares, this node's part.
+    Cluster,
+    /// A command for every node of the cluster.
+    ClusterWide(ClusterCmd),
     /// Removes cached responses whose key (host + path + query) starts
     /// with `prefix` ("" for all), in one listener's cache or in all.
     Purge {
@@ -94,6 +98,126 @@ pub enum Command {
         /// Key prefix, e.g. "www.example.com/images/".
         prefix: String,
     },
+}
+
+/// A command given on one node for the whole cluster: every node applies
+/// it, and a node that (re)joins later gets it too.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterCmd {
+    /// A server command on every node.
+    Server {
+        /// Pool name.
+        pool: String,
+        /// Server name.
+        server: String,
+        /// What to do.
+        action: ServerAction,
+    },
+    /// A listener command on every node.
+    Listener {
+        /// Listener name.
+        name: String,
+        /// What to do.
+        action: ListenerAction,
+    },
+    /// Drain-stop the node named (it hands its flows over, finishes its
+    /// connections and stays stopped), or start it again.
+    Node {
+        /// The node's cluster name.
+        name: String,
+        /// `true`: drain-stop; `false`: start.
+        drainstop: bool,
+    },
+}
+
+impl ClusterCmd {
+    /// The register it sets in the cluster's command map, and its value.
+    pub fn target_value(&self) -> (String, String) {
+        match self {
+            ClusterCmd::Server {
+                pool,
+                server,
+                action,
+            } => match action {
+                ServerAction::Weight(w) => {
+                    (format!("server/{pool}/{server}/weight"), w.to_string())
+                }
+                a => (
+                    format!("server/{pool}/{server}/admin"),
+                    match a {
+                        ServerAction::Enable => "enable",
+                        ServerAction::Disable => "disable",
+                        _ => "drain",
+                    }
+                    .to_string(),
+                ),
+            },
+            ClusterCmd::Listener { name, action } => (
+                format!("listener/{name}/admin"),
+                match action {
+                    ListenerAction::Enable => "enable",
+                    ListenerAction::Disable => "disable",
+                    ListenerAction::Drain => "drain",
+                }
+                .to_string(),
+            ),
+            ClusterCmd::Node { name, drainstop } => (
+                format!("node/{name}"),
+                if *drainstop { "drainstop" } else { "start" }.to_string(),
+            ),
+        }
+    }
+}
+
+/// One member of the cluster, as `convoy ctl cluster` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClusterMember {
+    /// Name.
+    pub name: String,
+    /// Cluster address.
+    pub address: String,
+    /// State (joining, converging, converged, draining, mismatched,
+    /// conflict, left).
+    pub state: String,
+    /// Priority (1 highest).
+    pub priority: u32,
+    /// This node.
+    pub me: bool,
+    /// Open connections, as it last said.
+    pub connections: u64,
+    /// Flow buckets it owns, per listener.
+    pub buckets: std::collections::BTreeMap<String, usize>,
+    /// Its config fingerprint (hex).
+    pub fingerprint: String,
+    /// Milliseconds since its last doc arrived (none for this node).
+    pub heard_ms_ago: Option<u64>,
+}
+
+/// The cluster as this node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClusterInfo {
+    /// This node's name.
+    pub name: String,
+    /// This node's state in the cluster.
+    pub state: String,
+    /// The config sections where this node differs from the majority.
+    pub differs: Vec<String>,
+    /// Buckets per listener.
+    pub buckets: usize,
+    /// Members, by name.
+    pub members: Vec<ClusterMember>,
+    /// Servers down for the cluster, as "pool/server".
+    pub down: Vec<String>,
+    /// Convergences of this node, and the last one's duration.
+    pub convergences: u64,
+    /// The last convergence's duration, ms.
+    pub last_convergence_ms: Option<u64>,
+    /// Datagrams refused, by reason.
+    pub refused: std::collections::BTreeMap<String, u64>,
+    /// Cluster traffic received, bytes.
+    pub bytes_in: u64,
+    /// Cluster traffic sent, bytes.
+    pub bytes_out: u64,
 }
 
 impl Command {
@@ -106,6 +230,7 @@ impl Command {
                 | Command::Explain { .. }
                 | Command::Events { .. }
                 | Command::Metrics
+                | Command::Cluster
         )
     }
 }
@@ -281,6 +406,20 @@ pub enum Answer {
     },
     /// `metrics`: the Prometheus (OpenMetrics) text, served as is.
     Metrics(String),
+    /// The cluster.
+    Cluster(ClusterInfo),
+    /// A cluster-wide command: the nodes that applied it, and those that
+    /// had not yet when the answer was given.
+    ClusterCommand {
+        /// Its register.
+        target: String,
+        /// Its value.
+        value: String,
+        /// Nodes that applied it.
+        applied: Vec<String>,
+        /// Live nodes that had not (yet).
+        pending: Vec<String>,
+    },
 }
 
 /// The answer to a command, or why it failed.

@@ -14,6 +14,9 @@ pub struct Query {
     pub node: String,
     /// Serving state: converging, converged, draining, stopped, suspended.
     pub state: String,
+    /// The node's state in its cluster (absent when it is alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
     /// Listeners.
     pub listeners: Vec<ListenerView>,
     /// Pools.
@@ -228,6 +231,7 @@ pub fn query_with(
     Query {
         node: snap.config.node.name.clone(),
         state: String::new(),
+        cluster: None,
         listeners,
         pools,
     }

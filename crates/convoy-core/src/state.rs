@@ -46,6 +46,9 @@ pub struct ServerState {
     connect_failures: AtomicU64,
     consecutive_failures: AtomicU32,
     up: AtomicBool,
+    /// This node's own verdict (its probes and passive detection). Alone,
+    /// it is `up`; in a cluster, `up` is the cluster's verdict.
+    seen_up: AtomicBool,
     admin: AtomicU8,
     up_since_ms: AtomicU64,
     kill: watch::Sender<u64>,
@@ -146,6 +149,7 @@ impl ServerState {
             connect_failures: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             up: AtomicBool::new(true),
+            seen_up: AtomicBool::new(true),
             admin: AtomicU8::new(admin as u8),
             // A server present from the start needs no slow start.
             up_since_ms: AtomicU64::new(0),
@@ -174,8 +178,28 @@ impl ServerState {
         self.up.load(Ordering::Acquire)
     }
 
-    /// Sets health; returns true if it changed. Coming up starts slow start.
+    /// Sets health, and this node's own verdict with it; returns true if
+    /// the health changed. Coming up starts slow start.
     pub fn set_up(&self, up: bool) -> bool {
+        self.seen_up.store(up, Ordering::Release);
+        self.set_cluster_up(up)
+    }
+
+    /// This node's own verdict (what its probes and passive detection
+    /// say), which in a cluster may differ from [`ServerState::is_up`].
+    pub fn is_seen_up(&self) -> bool {
+        self.seen_up.load(Ordering::Acquire)
+    }
+
+    /// Sets this node's own verdict only (in a cluster, where the health
+    /// in force is the cluster's); returns true if it changed.
+    pub fn set_seen_up(&self, up: bool) -> bool {
+        self.seen_up.swap(up, Ordering::AcqRel) != up
+    }
+
+    /// Sets the health in force only (the cluster's verdict), leaving this
+    /// node's own verdict; returns true if it changed.
+    pub fn set_cluster_up(&self, up: bool) -> bool {
         let changed = self.up.swap(up, Ordering::AcqRel) != up;
         if changed && up {
             self.up_since_ms.store(clock::now_ms(), Ordering::Release);
@@ -347,6 +371,7 @@ impl ServerState {
     pub fn take_over(&self, h: &Handover) {
         let now = clock::now_ms();
         self.up.store(h.up, Ordering::Release);
+        self.seen_up.store(h.up, Ordering::Release);
         // Slow start goes on where it was.
         self.up_since_ms.store(
             h.up_for_ms.map_or(0, |d| now.saturating_sub(d).max(1)),

@@ -132,14 +132,14 @@ pub fn spawn(
     reports: mpsc::UnboundedSender<Report>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut m = HealthMachine::new(cfg.rise, cfg.fall, server.is_up());
+        let mut m = HealthMachine::new(cfg.rise, cfg.fall, server.is_seen_up());
         let mut tick = interval(cfg.interval.get());
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             // Passive signals may have changed the state behind our back.
-            if m.is_up() != server.is_up() {
-                m.force(server.is_up());
+            if m.is_up() != server.is_seen_up() {
+                m.force(server.is_seen_up());
             }
             let r = match cfg.check {
                 CheckKind::Http => probe_http(addr, &cfg).await,

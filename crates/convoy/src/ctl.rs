@@ -30,6 +30,10 @@ pub struct CtlArgs {
     /// Print the API's JSON instead of tables.
     #[arg(long)]
     json: bool,
+    /// Apply a server, weight or listener command on every node of the
+    /// cluster (it answers with the nodes that applied it).
+    #[arg(long)]
+    cluster: bool,
     #[command(subcommand)]
     cmd: CtlCmd,
 }
@@ -103,6 +107,12 @@ enum CtlCmd {
     },
     /// The Prometheus metrics text.
     Metrics,
+    /// The cluster: members, states, flow buckets owned, load; or
+    /// drain-stop (start) a named node of it.
+    Cluster {
+        #[command(subcommand)]
+        action: Option<ClusterAction>,
+    },
     /// Remove cached responses whose key (host + path + query) starts with
     /// PREFIX ("" for all).
     Purge {
@@ -111,6 +121,22 @@ enum CtlCmd {
         /// Only this listener's cache.
         #[arg(long)]
         listener: Option<String>,
+    },
+}
+
+/// A command on a named node of the cluster.
+#[derive(Subcommand, Debug)]
+enum ClusterAction {
+    /// Drain-stop the node: its flows go to the others, its connections
+    /// finish, it stays stopped.
+    Drainstop {
+        /// The node's cluster name.
+        node: String,
+    },
+    /// Start the node again.
+    Start {
+        /// The node's cluster name.
+        node: String,
     },
 }
 
@@ -145,7 +171,17 @@ pub fn main(args: CtlArgs) -> ExitCode {
         (None, Some(t)) => Some(t.trim().to_string()),
         (None, None) => None,
     };
-    let (method, path, body) = request_of(&args.cmd);
+    let (method, mut path, body) = request_of(&args.cmd);
+    if args.cluster {
+        if !matches!(
+            args.cmd,
+            CtlCmd::Server { .. } | CtlCmd::Weight { .. } | CtlCmd::Listener { .. }
+        ) {
+            eprintln!("convoy ctl: --cluster applies to server, weight and listener commands");
+            return ExitCode::from(2);
+        }
+        path.push_str("?cluster=true");
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -253,6 +289,21 @@ fn request_of(cmd: &CtlCmd) -> (&'static str, String, Option<String>) {
         CtlCmd::Explain { pool } => ("GET", format!("/api/v1/pools/{}/explain", enc(pool)), None),
         CtlCmd::Events { since } => ("GET", format!("/api/v1/events?since={since}"), None),
         CtlCmd::Metrics => ("GET", "/metrics".into(), None),
+        CtlCmd::Cluster { action: None } => ("GET", "/api/v1/cluster".into(), None),
+        CtlCmd::Cluster {
+            action: Some(ClusterAction::Drainstop { node }),
+        } => (
+            "POST",
+            format!("/api/v1/cluster/nodes/{}/drainstop", enc(node)),
+            None,
+        ),
+        CtlCmd::Cluster {
+            action: Some(ClusterAction::Start { node }),
+        } => (
+            "POST",
+            format!("/api/v1/cluster/nodes/{}/start", enc(node)),
+            None,
+        ),
         CtlCmd::Purge { prefix, listener } => (
             "POST",
             "/api/v1/cache/purge".into(),
@@ -347,6 +398,27 @@ fn table(rows: &[Vec<String>]) -> String {
 fn human(cmd: &CtlCmd, v: &Value) -> String {
     match cmd {
         CtlCmd::Query => human_query(v),
+        CtlCmd::Cluster { action: None } => human_cluster(v),
+        _ if v.get("applied").is_some_and(Value::is_array) => {
+            let names = |k: &str| {
+                v[k].as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let mut out = format!(
+                "ok: {}={} applied on: {}\n",
+                s(v, "target"),
+                s(v, "value"),
+                names("applied")
+            );
+            if v["pending"].as_array().is_some_and(|p| !p.is_empty()) {
+                let _ = writeln!(out, "not yet on: {}", names("pending"));
+            }
+            out
+        }
         CtlCmd::Explain { .. } => human_explain(v),
         CtlCmd::Events { .. } => {
             let mut out = String::new();
@@ -389,6 +461,70 @@ fn human(cmd: &CtlCmd, v: &Value) -> String {
             format!("ok: {}\n", parts.join(" "))
         }
     }
+}
+
+fn human_cluster(v: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "cluster node {}: {} ({} buckets per listener; {} convergences, last {} ms)",
+        s(v, "name"),
+        s(v, "state"),
+        n(v, "buckets"),
+        n(v, "convergences"),
+        n(v, "last_convergence_ms")
+    );
+    if let Some(d) = v["differs"].as_array().filter(|d| !d.is_empty()) {
+        let keys: Vec<&str> = d.iter().filter_map(Value::as_str).collect();
+        let _ = writeln!(
+            out,
+            "config differs from the majority in: {}",
+            keys.join(", ")
+        );
+    }
+    let mut rows = vec![[
+        "MEMBER",
+        "ADDRESS",
+        "STATE",
+        "PRIO",
+        "CONNS",
+        "BUCKETS",
+        "HEARD",
+        "FINGERPRINT",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for m in v["members"].as_array().into_iter().flatten() {
+        let buckets: Vec<String> = m["buckets"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(l, n)| format!("{l}={n}"))
+            .collect();
+        let name = if m["me"].as_bool() == Some(true) {
+            format!("{} (this node)", s(m, "name"))
+        } else {
+            s(m, "name").to_string()
+        };
+        rows.push(vec![
+            name,
+            s(m, "address").into(),
+            s(m, "state").into(),
+            n(m, "priority"),
+            n(m, "connections"),
+            buckets.join(" "),
+            m["heard_ms_ago"]
+                .as_u64()
+                .map_or("-".into(), |ms| format!("{ms} ms ago")),
+            s(m, "fingerprint").into(),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    if let Some(d) = v["down"].as_array().filter(|d| !d.is_empty()) {
+        let s: Vec<&str> = d.iter().filter_map(Value::as_str).collect();
+        let _ = writeln!(out, "down for the cluster: {}", s.join(", "));
+    }
+    out
 }
 
 fn human_query(v: &Value) -> String {
