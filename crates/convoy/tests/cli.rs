@@ -91,8 +91,16 @@ fn version_and_help() {
 fn every_example_config_is_valid() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
     let mut n = 0;
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
+        // One level of subdirectories (e.g. examples/cluster-loopback).
+        match std::fs::read_dir(&p) {
+            Ok(sub) => files.extend(sub.map(|e| e.unwrap().path())),
+            Err(_) => files.push(p),
+        }
+    }
+    for p in files {
         if p.extension().is_some_and(|x| x == "toml") {
             let (code, _, err) = convoy(&["check", "-c", p.to_str().unwrap()]);
             assert_eq!(code, 0, "{}: {err}", p.display());
