@@ -31,6 +31,7 @@ use tracing::{info, warn};
 use crate::doc::{Commands, MemberState, NodeDoc, Stamp};
 use crate::envelope::{Envelope, Refused, MAX_DATAGRAM, MAX_PAYLOAD};
 use crate::fingerprint::Fingerprint;
+use crate::pieces::{cut, Assembler};
 use crate::view::{self, ListenerRule, Peer, View};
 
 /// A member's identity for foca: its cluster address, name and start
@@ -266,7 +267,7 @@ pub async fn start(s: Settings, local: Local) -> std::io::Result<Handle> {
         me,
         local,
         docs: HashMap::new(),
-        pieces: HashMap::new(),
+        pieces: Assembler::default(),
         view,
         view_tx,
         states: BTreeMap::new(),
@@ -317,16 +318,6 @@ fn foca_config(s: &Settings) -> foca::Config {
 
 const KIND_FOCA: u8 = 0;
 const KIND_DOC: u8 = 1;
-/// Doc piece header: version u64, index u16, count u16.
-const PIECE_HEADER: usize = 12;
-/// A doc is at most this many pieces (about 170 KB).
-const MAX_PIECES: u16 = 128;
-
-/// A doc being put together from its pieces.
-struct Pieces {
-    version: u64,
-    parts: Vec<Option<Vec<u8>>>,
-}
 
 struct Agent {
     settings: Settings,
@@ -340,7 +331,7 @@ struct Agent {
     local: Local,
     /// Docs of other members by (name, epoch).
     docs: HashMap<(String, u64), NodeDoc>,
-    pieces: HashMap<u64, Pieces>,
+    pieces: Assembler,
     view: Arc<View>,
     view_tx: watch::Sender<Arc<View>>,
     /// Member states as last logged.
@@ -434,39 +425,9 @@ impl Agent {
 
     /// A piece of a member's doc; the doc is taken when whole.
     fn piece(&mut self, sender: u64, p: &[u8]) {
-        if p.len() < PIECE_HEADER {
-            return;
-        }
-        let version = u64::from_be_bytes(p[..8].try_into().expect("8 bytes"));
-        let index = u16::from_be_bytes([p[8], p[9]]);
-        let count = u16::from_be_bytes([p[10], p[11]]);
-        if count == 0 || count > MAX_PIECES || index >= count {
-            return;
-        }
-        let e = self.pieces.entry(sender).or_insert(Pieces {
-            version,
-            parts: Vec::new(),
-        });
-        if version < e.version {
-            return;
-        }
-        if version > e.version || e.parts.len() != usize::from(count) {
-            *e = Pieces {
-                version,
-                parts: vec![None; usize::from(count)],
-            };
-        }
-        e.parts[usize::from(index)] = Some(p[PIECE_HEADER..].to_vec());
-        if e.parts.iter().any(Option::is_none) {
-            return;
-        }
-        let whole: Vec<u8> = e.parts.drain(..).flatten().flatten().collect();
-        let Ok(doc) = postcard::from_bytes::<NodeDoc>(&whole) else {
+        let Some(doc) = self.pieces.piece(sender, p) else {
             return;
         };
-        if doc.name.is_empty() {
-            return;
-        }
         let key = (doc.name.clone(), doc.epoch);
         if self
             .docs
@@ -629,21 +590,14 @@ impl Agent {
 
     /// Sends this node's doc to `addr`, in pieces.
     async fn push_doc(&mut self, addr: SocketAddr) {
-        let Ok(bytes) = postcard::to_allocvec(&self.me) else {
-            return;
-        };
-        let room = MAX_PAYLOAD - PIECE_HEADER;
-        let count = bytes.len().div_ceil(room).max(1);
-        if count > usize::from(MAX_PIECES) {
-            warn!(event = "cluster_doc_too_large", bytes = bytes.len());
-            return;
+        let pieces = cut(&self.me);
+        if pieces.is_empty() {
+            warn!(
+                event = "cluster_doc_too_large",
+                "this node's doc does not fit in the pieces allowed"
+            );
         }
-        for (i, chunk) in bytes.chunks(room).enumerate() {
-            let mut p = Vec::with_capacity(PIECE_HEADER + chunk.len());
-            p.extend_from_slice(&self.me.version.to_be_bytes());
-            p.extend_from_slice(&(i as u16).to_be_bytes());
-            p.extend_from_slice(&(count as u16).to_be_bytes());
-            p.extend_from_slice(chunk);
+        for p in pieces {
             self.env.seal(KIND_DOC, &p, &mut self.out);
             self.send(addr).await;
         }

@@ -12,4 +12,5 @@ pub mod buckets;
 pub mod doc;
 pub mod envelope;
 pub mod fingerprint;
+pub mod pieces;
 pub mod view;

@@ -319,3 +319,42 @@ pub fn http2_conn(data: &[u8]) {
         assert!(ended.is_ok(), "the HTTP/2 connection never ended");
     });
 }
+
+/// Bytes from the network on the cluster socket: the datagram envelope
+/// (`convoy_cluster::envelope`) and the doc assembler
+/// (`convoy_cluster::pieces`) on any input, under a known key.
+///
+/// Invariants: nothing panics. Bytes not sealed with the key are never
+/// accepted. The input sealed with the key opens once to itself, and a
+/// second time is a replay. The input taken as a doc piece assembles into
+/// a doc only if it is a complete, well-formed one; any doc so assembled
+/// cuts into pieces that assemble back to the same doc.
+pub fn cluster_datagram(data: &[u8]) {
+    use convoy_cluster::envelope::{Envelope, Refused, MAX_PAYLOAD};
+    use convoy_cluster::pieces::{cut, Assembler};
+    const KEY: &[u8] = b"the fuzz target's cluster key, 32+";
+    let mut receiver = Envelope::new(KEY, 1, 1);
+    if let Ok(o) = receiver.open(data) {
+        // Only a datagram carrying a valid tag for KEY opens; random bytes
+        // practically never do, so a success means a sealed input.
+        assert!(data.len() >= convoy_cluster::envelope::OVERHEAD);
+        let _ = o;
+    }
+    let mut sender = Envelope::new(KEY, 2, 5);
+    let payload = &data[..data.len().min(MAX_PAYLOAD)];
+    let mut d = Vec::new();
+    sender.seal(1, payload, &mut d);
+    let mut fresh = Envelope::new(KEY, 1, 1);
+    let o = fresh.open(&d).expect("a sealed datagram opens");
+    assert_eq!((o.sender, o.kind, o.payload), (2, 1, payload));
+    assert_eq!(fresh.open(&d), Err(Refused::Replay));
+    let mut a = Assembler::default();
+    if let Some(doc) = a.piece(9, data) {
+        let mut b = Assembler::default();
+        let mut back = None;
+        for p in cut(&doc) {
+            back = b.piece(9, &p);
+        }
+        assert_eq!(back.as_ref(), Some(&doc));
+    }
+}

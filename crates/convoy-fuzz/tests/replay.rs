@@ -41,3 +41,8 @@ fn config_corpus() {
 fn http2_conn_corpus() {
     assert!(replay("http2_conn", convoy_fuzz::http2_conn) >= 3);
 }
+
+#[test]
+fn cluster_datagram_corpus() {
+    assert!(replay("cluster_datagram", convoy_fuzz::cluster_datagram) >= 3);
+}
