@@ -545,8 +545,9 @@ async fn scenario(s: &Session<'_>, admin: &str) -> Result<(), String> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dashboard_buttons_drain_and_enable_a_server() {
+/// chromedriver and the browser it drives, or `None` when there is no
+/// chromedriver and the browser is not required.
+async fn browser() -> Option<(Chromedriver, WebDriver, PathBuf)> {
     let required = std::env::var_os("CONVOY_REQUIRE_BROWSER").is_some();
     let Some(driver_exe) = which("chromedriver") else {
         assert!(
@@ -555,13 +556,25 @@ async fn dashboard_buttons_drain_and_enable_a_server() {
              (install chromium and chromium-driver)"
         );
         println!("skipping the dashboard browser test: chromedriver is not on PATH");
-        return;
+        return None;
     };
     let browser = ["chromium", "chromium-browser", "google-chrome"]
         .iter()
         .find_map(|n| which(n))
         .expect("chromedriver is on PATH but no chromium binary is");
+    let driver = Chromedriver::start(&driver_exe).expect("start chromedriver");
+    let wd = WebDriver::new(driver.port);
+    if let Err(e) = wd.wait_ready().await {
+        panic!("{e}\nchromedriver log:\n{}", driver.log_tail());
+    }
+    Some((driver, wd, browser))
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_buttons_drain_and_enable_a_server() {
+    let Some((driver, wd, browser)) = browser().await else {
+        return;
+    };
     let (a, b) = (
         HttpOrigin::start("a", Duration::ZERO).await,
         HttpOrigin::start("b", Duration::ZERO).await,
@@ -569,12 +582,6 @@ async fn dashboard_buttons_drain_and_enable_a_server() {
     let port = free_port();
     let node = Convoy::start(BIN, &config(port, &[&a, &b])).await;
     let admin = node.admin_addr();
-
-    let driver = Chromedriver::start(&driver_exe).expect("start chromedriver");
-    let wd = WebDriver::new(driver.port);
-    if let Err(e) = wd.wait_ready().await {
-        panic!("{e}\nchromedriver log:\n{}", driver.log_tail());
-    }
     let session = match wd.new_session(&browser).await {
         Ok(s) => s,
         Err(e) => panic!(
@@ -594,6 +601,85 @@ async fn dashboard_buttons_drain_and_enable_a_server() {
     }
     closed.expect("end the WebDriver session");
     println!("dashboard scenario took {took:?}; screenshot in {SHOT}");
+}
+
+/// Two nodes of a cluster: the dashboard of one shows both members,
+/// converged, with their shares of the listener's flows adding up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_the_cluster_and_each_nodes_share() {
+    let Some((driver, wd, browser)) = browser().await else {
+        return;
+    };
+    let key = convoy_testkit::write_temp(
+        "cluster.key",
+        "the dashboard test's cluster key, long enough",
+    );
+    let (lport, c1, c2) = (
+        free_port(),
+        convoy_testkit::free_udp_port(),
+        convoy_testkit::free_udp_port(),
+    );
+    let node = |n: u8, cport: u16, seeds: &str| {
+        let cfg = Config::new()
+            .node("name", format!("node-{n}"))
+            .listener(
+                Listener::tcp(lport, "p")
+                    .set("name", "db")
+                    .set("address", format!("127.0.0.{n}:{lport}")),
+            )
+            .pool(Pool::new("p").server(Server::at("127.0.0.1:9".parse().unwrap())))
+            .build();
+        format!(
+            "{cfg}\n[cluster]\npriority = {n}\naddress = \"127.0.0.{n}:{cport}\"\nseeds = [{seeds}]\nkey_file = \"{}\"\n",
+            key.display()
+        )
+    };
+    let one = Convoy::start(BIN, &node(1, c1, "")).await;
+    let _two = Convoy::start(BIN, &node(2, c2, &format!("\"127.0.0.1:{c1}\""))).await;
+    let admin = one.admin_addr();
+    let s = match wd.new_session(&browser).await {
+        Ok(s) => s,
+        Err(e) => panic!(
+            "could not start {browser:?}: {e}\nchromedriver log:\n{}",
+            driver.log_tail()
+        ),
+    };
+    let outcome: Result<(), String> = async {
+        s.goto(&format!("http://{admin}/")).await?;
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let rows = s.find_all("#cluster tr[data-member]").await?.len();
+            let states: Vec<String> = {
+                let mut v = Vec::new();
+                for css in ["#cluster tr[data-member=\"node-1\"] .member-state", "#cluster tr[data-member=\"node-2\"] .member-state"] {
+                    v.push(s.text(css).await?.unwrap_or_default());
+                }
+                v
+            };
+            let mut total = 0u64;
+            for css in ["#cluster tr[data-member=\"node-1\"] .buckets", "#cluster tr[data-member=\"node-2\"] .buckets"] {
+                let t = s.text(css).await?.unwrap_or_default();
+                total += t.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+            }
+            if rows == 2 && states.iter().all(|x| x == "converged") && total == 4096 {
+                return Ok(());
+            }
+            if Instant::now() >= end {
+                return Err(format!(
+                    "the cluster card did not show two converged members sharing 4096 buckets: rows={rows} states={states:?} total={total}; card: {}",
+                    s.text_content("cluster-card").await
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    .await;
+    let closed = s.close().await;
+    drop(driver);
+    if let Err(e) = outcome {
+        panic!("{e}\nconvoy stderr:\n{}", one.stderr());
+    }
+    closed.expect("end the WebDriver session");
 }
 
 #[test]
