@@ -158,8 +158,63 @@ pub enum Input {
         /// Where the stamp goes.
         reply: oneshot::Sender<Stamp>,
     },
+    /// What clients did on this node since the last time (rate-limit
+    /// tokens spent, affinity entries made or used), for every member.
+    Usage(Vec<Usage>),
     /// Leave the cluster (a stop); answered once the goodbye went out.
     Leave(oneshot::Sender<()>),
+}
+
+/// One listener's client usage on one node, exchanged every tick so that
+/// per-client limits and affinity hold over the whole cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Listener name.
+    pub listener: String,
+    /// Rate-limit tokens spent per client address.
+    pub spent: Vec<(std::net::IpAddr, u32)>,
+    /// Affinity entries made or used: client key → server name.
+    pub sticky: Vec<(u64, String)>,
+}
+
+/// Cuts usage into parts that each fit a datagram (an entry that alone
+/// would not, such as an affinity entry with a very long server name, is
+/// left out).
+fn usage_parts(u: &[Usage]) -> Vec<Usage> {
+    let mut out = Vec::new();
+    for l in u {
+        let empty = Usage {
+            listener: l.listener.clone(),
+            ..Usage::default()
+        };
+        let mut cur = empty.clone();
+        let fits = |u: &Usage| postcard::to_allocvec(u).is_ok_and(|b| b.len() <= MAX_PAYLOAD);
+        for s in &l.spent {
+            cur.spent.push(*s);
+            if !fits(&cur) {
+                cur.spent.pop();
+                out.push(std::mem::replace(&mut cur, empty.clone()));
+                cur.spent.push(*s);
+            }
+        }
+        for s in &l.sticky {
+            cur.sticky.push(s.clone());
+            if !fits(&cur) {
+                cur.sticky.pop();
+                if !cur.spent.is_empty() || !cur.sticky.is_empty() {
+                    out.push(std::mem::replace(&mut cur, empty.clone()));
+                }
+                cur.sticky.push(s.clone());
+                if !fits(&cur) {
+                    cur.sticky.pop();
+                }
+            }
+        }
+        if !cur.spent.is_empty() || !cur.sticky.is_empty() {
+            out.push(cur);
+        }
+    }
+    out
 }
 
 /// Counters for metrics.
@@ -178,6 +233,15 @@ pub struct Stats {
     pub convergence_ms: Mutex<Vec<u64>>,
     /// When each member's doc last arrived, by name.
     pub heard: Mutex<HashMap<String, Instant>>,
+    /// Other members' usage, waiting for the control plane (bounded).
+    pub inbox: Mutex<Vec<Usage>>,
+}
+
+impl Stats {
+    /// Takes the other members' usage received since the last call.
+    pub fn take_usage(&self) -> Vec<Usage> {
+        std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 impl Stats {
@@ -276,6 +340,7 @@ pub async fn start(s: Settings, local: Local) -> std::io::Result<Handle> {
         last_refusal_log: None,
         settings: s,
         dirty: true,
+        usage_out: Vec::new(),
         out: Vec::with_capacity(MAX_DATAGRAM),
     };
     let name = agent.settings.name.clone();
@@ -318,6 +383,7 @@ fn foca_config(s: &Settings) -> foca::Config {
 
 const KIND_FOCA: u8 = 0;
 const KIND_DOC: u8 = 1;
+const KIND_USAGE: u8 = 2;
 
 struct Agent {
     settings: Settings,
@@ -341,6 +407,8 @@ struct Agent {
     last_refusal_log: Option<Instant>,
     /// This node's doc changed since it was last pushed to every member.
     dirty: bool,
+    /// Usage to send to every member.
+    usage_out: Vec<Usage>,
     out: Vec<u8>,
 }
 
@@ -418,6 +486,14 @@ impl Agent {
             KIND_DOC => {
                 let (sender, payload) = (opened.sender, opened.payload.to_vec());
                 self.piece(sender, &payload);
+            }
+            KIND_USAGE => {
+                if let Ok(u) = postcard::from_bytes::<Usage>(opened.payload) {
+                    let mut inbox = self.stats.inbox.lock().unwrap_or_else(|e| e.into_inner());
+                    if inbox.len() < 4096 {
+                        inbox.push(u);
+                    }
+                }
             }
             _ => {}
         }
@@ -506,6 +582,10 @@ impl Agent {
                 self.touch();
                 let _ = reply.send(stamp);
             }
+            Input::Usage(u) => {
+                self.usage_out.extend(usage_parts(&u));
+                return;
+            }
             Input::Leave(_) => {}
         }
         self.recompute();
@@ -578,6 +658,21 @@ impl Agent {
         }
         for addr in joined {
             self.push_doc(addr).await;
+        }
+        if !self.usage_out.is_empty() {
+            let members: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
+            for u in std::mem::take(&mut self.usage_out) {
+                let Ok(bytes) = postcard::to_allocvec(&u) else {
+                    continue;
+                };
+                if bytes.len() > MAX_PAYLOAD {
+                    continue;
+                }
+                for addr in &members {
+                    self.env.seal(KIND_USAGE, &bytes, &mut self.out);
+                    self.send(*addr).await;
+                }
+            }
         }
         if self.dirty {
             self.dirty = false;

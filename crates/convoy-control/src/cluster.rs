@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use convoy_cluster::agent::{self, Handle, Input, Local, Stats};
+use convoy_cluster::agent::{self, Handle, Input, Local, Stats, Usage};
 use convoy_cluster::doc::{MemberState, Stamp};
 use convoy_cluster::view::View;
 use convoy_config::Config;
@@ -160,6 +160,47 @@ impl Node {
             let draining = !self.serving() || self.drain.is_some();
             let _ = link.handle.tx.send(Input::Draining(draining));
             let _ = link.handle.tx.send(Input::Connections(self.active()));
+        }
+    }
+
+    /// Each tick: tells the other members what clients did here (rate
+    /// tokens spent, affinity entries made or used) and takes what they
+    /// did there, so per-client rate limits and affinity hold over the
+    /// whole cluster: a client's tokens are spent on every node, not per
+    /// node.
+    pub(crate) fn exchange_usage(&mut self) {
+        let Some(link) = &self.cluster else {
+            return;
+        };
+        let mut out = Vec::new();
+        for l in &self.listeners {
+            l.rt.share_sticky();
+            let spent = l.rt.take_spent(256);
+            let sticky = l.rt.take_sticky(512);
+            if !spent.is_empty() || !sticky.is_empty() {
+                out.push(Usage {
+                    listener: l.rt.cfg.name.clone(),
+                    spent,
+                    sticky,
+                });
+            }
+        }
+        if !out.is_empty() {
+            let _ = link.handle.tx.send(Input::Usage(out));
+        }
+        let snap = self.snap();
+        for u in link.handle.stats.take_usage() {
+            let Some(l) = self.listeners.iter().find(|l| l.rt.cfg.name == u.listener) else {
+                continue;
+            };
+            for (ip, n) in u.spent {
+                l.rt.debit(ip, n);
+            }
+            if let Some(pool) = snap.pools.get(&l.rt.cfg.pool) {
+                for (key, server) in u.sticky {
+                    l.rt.learn_sticky(pool, key, &server);
+                }
+            }
         }
     }
 

@@ -24,8 +24,10 @@ impl Node {
     pub fn on_tick(&mut self) {
         self.rotate_window();
         self.watch_tls();
-        // The cluster learns whether this node serves, and its load.
+        // The cluster learns whether this node serves, its load, and what
+        // clients did here; this node learns what they did elsewhere.
         self.publish_serving();
+        self.exchange_usage();
         if self.state == NodeState::Converging && Instant::now() >= self.converging_until {
             self.state = NodeState::Converged;
             info!(

@@ -52,6 +52,9 @@ pub struct ListenerRuntime {
     failed: AtomicU64,
     current: Mutex<Option<Arc<ServerState>>>,
     sticky: Arc<Mutex<StickyMap>>,
+    /// Affinity entries made or used since the cluster was last told
+    /// (only kept when `[cluster]` is set).
+    sticky_touched: Mutex<Option<HashMap<u64, Arc<str>>>>,
     requests: AtomicU64,
     rate_limited: AtomicU64,
     /// HTTP responses by status class (1xx to 5xx), convoy's own included.
@@ -72,6 +75,8 @@ struct IpEntry {
     conns: u32,
     tokens: f64,
     last_ms: u64,
+    /// Tokens taken here since the cluster was last told.
+    spent: u32,
 }
 
 /// A listener's connection counters.
@@ -159,6 +164,7 @@ impl ListenerRuntime {
             failed: AtomicU64::new(0),
             current: Mutex::new(None),
             sticky: Arc::new(Mutex::new(HashMap::new())),
+            sticky_touched: Mutex::new(None),
             requests: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
             responses: Default::default(),
@@ -227,6 +233,7 @@ impl ListenerRuntime {
         e.last_ms = now;
         if e.tokens >= 1.0 {
             e.tokens -= 1.0;
+            e.spent = e.spent.saturating_add(1);
             true
         } else {
             false
@@ -266,6 +273,7 @@ impl ListenerRuntime {
             conns: 0,
             tokens: full,
             last_ms: now,
+            spent: 0,
         });
         let why = if per_ip > 0 && e.conns >= per_ip {
             Some(Refusal::PerIp)
@@ -315,8 +323,103 @@ impl ListenerRuntime {
             conns: 0,
             tokens: burst,
             last_ms: now,
+            spent: 0,
         });
         Self::take_token(e, rate, burst, now)
+    }
+
+    /// The tokens taken per client address since the last call (at most
+    /// `max` addresses, the busiest first): what this node tells the other
+    /// nodes of a cluster, so that a client's rate counts on every node.
+    pub fn take_spent(&self, max: usize) -> Vec<(IpAddr, u32)> {
+        if self.bucket().is_none() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for shard in self.per_ip.iter() {
+            let mut m = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for (ip, e) in m.iter_mut() {
+                if e.spent > 0 {
+                    out.push((*ip, std::mem::take(&mut e.spent)));
+                }
+            }
+        }
+        out.sort_unstable_by_key(|e| std::cmp::Reverse(e.1));
+        out.truncate(max);
+        out
+    }
+
+    /// Tokens a client spent on other nodes of the cluster: taken from its
+    /// bucket here too (down to one burst below empty), so its rate is
+    /// limited over the whole cluster, not per node.
+    pub fn debit(&self, ip: IpAddr, n: u32) {
+        let Some((rate, burst)) = self.bucket() else {
+            return;
+        };
+        let now = clock::now_ms();
+        let mut m = self.shard(ip).lock().unwrap_or_else(|e| e.into_inner());
+        let e = m.entry(ip).or_insert(IpEntry {
+            conns: 0,
+            tokens: burst,
+            last_ms: now,
+            spent: 0,
+        });
+        let dt = now.saturating_sub(e.last_ms) as f64 / 1000.0;
+        e.tokens = ((e.tokens + dt * rate).min(burst) - f64::from(n)).max(-burst);
+        e.last_ms = now;
+    }
+
+    /// Starts keeping the affinity entries made or used, for the cluster.
+    pub fn share_sticky(&self) {
+        let mut t = self
+            .sticky_touched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if t.is_none() && self.cfg.affinity_timeout.is_some() {
+            *t = Some(HashMap::new());
+        }
+    }
+
+    /// The affinity entries made or used since the last call (at most
+    /// `max`): client key → server name.
+    pub fn take_sticky(&self, max: usize) -> Vec<(u64, String)> {
+        let mut t = self
+            .sticky_touched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(m) = t.as_mut() else {
+            return Vec::new();
+        };
+        let mut out: Vec<(u64, String)> = m.drain().map(|(k, s)| (k, s.to_string())).collect();
+        out.truncate(max);
+        out
+    }
+
+    /// An affinity entry another node of the cluster made or used: the
+    /// client key goes to the pool's server `server` here too.
+    pub fn learn_sticky(&self, pool: &PoolRuntime, key: u64, server: &str) {
+        if self.cfg.affinity_timeout.is_none() {
+            return;
+        }
+        let Some(i) = pool.index_of(server) else {
+            return;
+        };
+        let mut sticky = self.sticky.lock().unwrap_or_else(|e| e.into_inner());
+        if sticky.len() < 100_000 || sticky.contains_key(&key) {
+            sticky.insert(key, (Arc::clone(&pool.servers[i].state), clock::now_ms()));
+        }
+    }
+
+    fn touched(&self, key: u64, server: &Arc<str>) {
+        let mut t = self
+            .sticky_touched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = t.as_mut() {
+            if m.len() < 4096 {
+                m.insert(key, Arc::clone(server));
+            }
+        }
     }
 
     /// Forgets addresses with no connection whose bucket is full again.
@@ -494,6 +597,9 @@ impl ListenerRuntime {
                 if now.saturating_sub(*seen) <= ttl && s.is_eligible() {
                     if let Some(i) = pool.index_of(&s.name) {
                         *seen = now;
+                        let name = Arc::clone(&s.name);
+                        drop(sticky);
+                        self.touched(k, &name);
                         return Ok(i);
                     }
                 }
@@ -505,6 +611,8 @@ impl ListenerRuntime {
                 sticky.retain(|_, (_, seen)| now.saturating_sub(*seen) <= ttl);
             }
             sticky.insert(k, (Arc::clone(&pool.servers[i].state), now));
+            drop(sticky);
+            self.touched(k, &pool.servers[i].state.name);
             return Ok(i);
         }
         pool.pick(affinity, client, tried)
@@ -555,5 +663,72 @@ impl ListenerRuntime {
             refused: self.refused.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> convoy_config::Config {
+        convoy_config::Config::parse("t", text).unwrap()
+    }
+
+    #[test]
+    fn tokens_spent_on_another_node_count_here() {
+        let cfg = parse(
+            "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:1\"\npool = \"p\"\n\
+             rate_limit = { per_second = 0.5, burst = 4 }\n\
+             [pools.p]\n[[pools.p.servers]]\naddress = \"127.0.0.1:2\"\n",
+        );
+        let (a, b) = (
+            ListenerRuntime::new(cfg.listeners[0].clone()),
+            ListenerRuntime::new(cfg.listeners[0].clone()),
+        );
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..4 {
+            assert!(a.allow_request(ip));
+        }
+        assert!(!a.allow_request(ip), "node a's bucket is empty");
+        let spent = a.take_spent(10);
+        assert_eq!(spent, vec![(ip, 4)]);
+        assert!(a.take_spent(10).is_empty(), "taken once");
+        // Node b learns of them: its bucket for the client is empty too.
+        for (ip, n) in spent {
+            b.debit(ip, n);
+        }
+        assert!(
+            !b.allow_request(ip),
+            "the client's rate counts over both nodes"
+        );
+        let other: IpAddr = "192.0.2.8".parse().unwrap();
+        assert!(b.allow_request(other), "other clients are not touched");
+    }
+
+    #[test]
+    fn an_affinity_entry_made_on_another_node_is_followed_here() {
+        let cfg = parse(
+            "[[listeners]]\naddress = \"127.0.0.1:1\"\npool = \"p\"\naffinity = \"client\"\n\
+             affinity_timeout = \"60s\"\n\
+             [pools.p]\n[[pools.p.servers]]\nname = \"a\"\naddress = \"127.0.0.1:2\"\n\
+             [[pools.p.servers]]\nname = \"b\"\naddress = \"127.0.0.1:3\"\n",
+        );
+        let pool = PoolRuntime::new("p", &cfg.pools["p"], None);
+        pool.rebuild();
+        let (here, there) = (
+            ListenerRuntime::new(cfg.listeners[0].clone()),
+            ListenerRuntime::new(cfg.listeners[0].clone()),
+        );
+        here.share_sticky();
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let home = here.choose(&pool, ip, &[]).unwrap();
+        let touched = here.take_sticky(10);
+        assert_eq!(touched.len(), 1);
+        assert_eq!(touched[0].1, pool.servers[home].cfg.name);
+        // The other node learns that this client goes to the other
+        // server (as after a failover on the first node): it follows.
+        let other = 1 - home;
+        there.learn_sticky(&pool, touched[0].0, &pool.servers[other].cfg.name);
+        assert_eq!(there.choose(&pool, ip, &[]).unwrap(), other);
     }
 }

@@ -389,3 +389,64 @@ async fn forged_replayed_and_oversized_datagrams_are_refused() {
         "{text}"
     );
 }
+
+/// Status of `GET /` on `addr` (a new connection each time, from
+/// 127.0.0.1 unless `from` says).
+async fn get_status(addr: &str) -> u16 {
+    get_status_from("127.0.0.1", addr).await
+}
+
+async fn get_status_from(from: &str, addr: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = convoy_testkit::connect_from(from.parse().unwrap(), addr.parse().unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_rate_limit_holds_over_the_whole_cluster() {
+    let origin = convoy_testkit::http::HttpOrigin::start("o", Duration::ZERO).await;
+    let key = convoy_testkit::write_temp("cluster.key", KEY);
+    let (lport, c1, c2) = (free_port(), free_udp_port(), free_udp_port());
+    let cfg = |n: u8, cport: u16, seeds: &str| {
+        format!(
+            "[node]\nname = \"node-{n}\"\n\
+             [[listeners]]\nname = \"web\"\nprotocol = \"http\"\naddress = \"127.0.0.{n}:{lport}\"\npool = \"p\"\n\
+             rate_limit = {{ per_second = 0.2, burst = 4 }}\n\
+             [pools.p]\n[[pools.p.servers]]\nname = \"o\"\naddress = \"{}\"\n\
+             [cluster]\npriority = {n}\naddress = \"127.0.0.{n}:{cport}\"\nseeds = [{seeds}]\nkey_file = \"{}\"\n",
+            origin.addr,
+            key.display()
+        )
+    };
+    let a = Convoy::start(BIN, &cfg(1, c1, "")).await;
+    let b = Convoy::start(BIN, &cfg(2, c2, &format!("\"127.0.0.1:{c1}\""))).await;
+    assert!(converged(&a, 2).await && converged(&b, 2).await);
+    // The client spends its burst on node 1...
+    for i in 0..4 {
+        assert_eq!(
+            get_status(&format!("127.0.0.1:{lport}")).await,
+            200,
+            "request {i}"
+        );
+    }
+    // ...and once node 2 has heard of it (a tick), node 2 refuses it too,
+    // where alone it would have had a burst of its own.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(get_status(&format!("127.0.0.2:{lport}")).await, 429);
+    // Another client is not touched (the rate is per client address).
+    assert_eq!(
+        get_status_from("127.0.0.9", &format!("127.0.0.2:{lport}")).await,
+        200
+    );
+}
