@@ -484,8 +484,9 @@ impl Agent {
                 let _ = self.foca.handle_data(opened.payload, &mut self.rt);
             }
             KIND_DOC => {
-                let (sender, payload) = (opened.sender, opened.payload.to_vec());
-                self.piece(sender, &payload);
+                let (sender, epoch) = (opened.sender, opened.epoch);
+                let payload = opened.payload.to_vec();
+                self.piece(sender, epoch, &payload);
             }
             KIND_USAGE => {
                 if let Ok(u) = postcard::from_bytes::<Usage>(opened.payload) {
@@ -500,8 +501,8 @@ impl Agent {
     }
 
     /// A piece of a member's doc; the doc is taken when whole.
-    fn piece(&mut self, sender: u64, p: &[u8]) {
-        let Some(doc) = self.pieces.piece(sender, p) else {
+    fn piece(&mut self, sender: u64, epoch: u64, p: &[u8]) {
+        let Some(doc) = self.pieces.piece(sender, epoch, p) else {
             return;
         };
         let key = (doc.name.clone(), doc.epoch);
@@ -935,6 +936,18 @@ mod tests {
         }
         assert_eq!(na.view.borrow().owners, nb.view.borrow().owners);
         assert!(na.stats.convergences.load(Ordering::Relaxed) >= 2);
+        // It comes back (same name and address, a new start): its doc is
+        // taken at once, though its versions start again (a regression:
+        // its pieces were held for older than the dead process's).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let nc = node("c", 3, c, &[a], KEY, 7).await;
+        let back = tokio::time::timeout(Duration::from_secs(4), async {
+            for n in [&na, &nb, &nc] {
+                until(n, "three again", converged_with(3)).await;
+            }
+        })
+        .await;
+        assert!(back.is_ok(), "{:?}", *na.view.borrow());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,6 +58,8 @@ pub enum Refused {
 pub struct Opened<'a> {
     /// The sender's id.
     pub sender: u64,
+    /// The sender's epoch (its start time).
+    pub epoch: u64,
     /// The payload's kind.
     pub kind: u8,
     /// The payload.
@@ -142,6 +144,7 @@ impl Envelope {
         }
         Ok(Opened {
             sender,
+            epoch,
             kind: body[3],
             payload: &body[HEADER..],
         })
@@ -201,7 +204,10 @@ mod tests {
         let mut d = Vec::new();
         a.seal(7, b"hello", &mut d);
         let o = b.open(&d).unwrap();
-        assert_eq!((o.sender, o.kind, o.payload), (1, 7, &b"hello"[..]));
+        assert_eq!(
+            (o.sender, o.epoch, o.kind, o.payload),
+            (1, 1000, 7, &b"hello"[..])
+        );
         assert_eq!(b.open(&d), Err(Refused::Replay), "a replay");
         // Out of order within the window: each once.
         let mut d2 = Vec::new();

@@ -46,11 +46,13 @@ pub fn cut(doc: &NodeDoc) -> Vec<Vec<u8>> {
 
 /// A doc in assembly.
 struct Partial {
+    epoch: u64,
     version: u64,
     parts: Vec<Option<Vec<u8>>>,
 }
 
-/// Puts docs together from their pieces, per sender.
+/// Puts docs together from their pieces, per sender. A sender that
+/// restarted (a newer epoch) starts afresh: its versions start again.
 #[derive(Default)]
 pub struct Assembler {
     partial: HashMap<u64, Partial>,
@@ -65,8 +67,9 @@ impl std::fmt::Debug for Assembler {
 }
 
 impl Assembler {
-    /// A piece from `sender`; the doc when it is whole (and decodes).
-    pub fn piece(&mut self, sender: u64, p: &[u8]) -> Option<NodeDoc> {
+    /// A piece from `sender` in its `epoch`; the doc when it is whole
+    /// (and decodes).
+    pub fn piece(&mut self, sender: u64, epoch: u64, p: &[u8]) -> Option<NodeDoc> {
         if p.len() < HEADER {
             return None;
         }
@@ -77,14 +80,16 @@ impl Assembler {
             return None;
         }
         let e = self.partial.entry(sender).or_insert(Partial {
+            epoch,
             version,
             parts: Vec::new(),
         });
-        if version < e.version {
+        if (epoch, version) < (e.epoch, e.version) {
             return None;
         }
-        if version > e.version || e.parts.len() != usize::from(count) {
+        if (epoch, version) > (e.epoch, e.version) || e.parts.len() != usize::from(count) {
             *e = Partial {
+                epoch,
                 version,
                 parts: vec![None; usize::from(count)],
             };
@@ -145,7 +150,7 @@ mod tests {
             let mut a = Assembler::default();
             let mut got = None;
             for p in &pieces {
-                got = a.piece(1, p);
+                got = a.piece(1, 1, p);
             }
             assert_eq!(got.as_ref(), Some(&d));
         }
@@ -159,23 +164,30 @@ mod tests {
         let old = cut(&doc(400));
         let new = cut(&newer);
         // A piece of the newer version drops the older in assembly.
-        assert!(a.piece(1, &old[0]).is_none());
-        assert!(a.piece(1, &new[0]).is_none());
+        assert!(a.piece(1, 1, &old[0]).is_none());
+        assert!(a.piece(1, 1, &new[0]).is_none());
         for p in &old[1..] {
-            assert!(a.piece(1, p).is_none(), "an older version is ignored");
+            assert!(a.piece(1, 1, p).is_none(), "an older version is ignored");
         }
         let mut last = None;
         for p in &new[1..] {
-            last = a.piece(1, p);
+            last = a.piece(1, 1, p);
         }
         assert_eq!(last.map(|d| d.version), Some(4));
-        assert!(a.piece(2, b"short").is_none());
+        // The sender restarted: its versions start again, in a new epoch.
+        let mut restarted = doc(0);
+        restarted.version = 1;
+        restarted.epoch = 8;
+        let again = cut(&restarted);
+        assert_eq!(a.piece(1, 2, &again[0]).map(|d| d.version), Some(1));
+        assert!(a.piece(2, 1, b"short").is_none());
         assert!(
-            a.piece(2, &[0, 0, 0, 0, 0, 0, 0, 1, 0, 5, 0, 5]).is_none(),
+            a.piece(2, 1, &[0, 0, 0, 0, 0, 0, 0, 1, 0, 5, 0, 5])
+                .is_none(),
             "index past count"
         );
         assert!(
-            a.piece(2, &[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0xff, 0xff])
+            a.piece(2, 1, &[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0xff, 0xff])
                 .is_none(),
             "not a doc"
         );
