@@ -349,11 +349,11 @@ pub fn cluster_datagram(data: &[u8]) {
     assert_eq!((o.sender, o.kind, o.payload), (2, 1, payload));
     assert_eq!(fresh.open(&d), Err(Refused::Replay));
     let mut a = Assembler::default();
-    if let Some(doc) = a.piece(9, data) {
+    if let Some(doc) = a.piece(9, 1, data) {
         let mut b = Assembler::default();
         let mut back = None;
         for p in cut(&doc) {
-            back = b.piece(9, &p);
+            back = b.piece(9, 1, &p);
         }
         assert_eq!(back.as_ref(), Some(&doc));
     }
