@@ -3,7 +3,7 @@
 #  1. detection of a killed node (kill -9) by the others, and their
 #     convergence after it, over KILLS kills of one of three nodes on
 #     127.0.0.1-3 (release build, default timings: probe 200 ms,
-#     suspicion 400 ms); median and max, read from the nodes' JSON logs;
+#     suspicion 300 ms); median and max, read from the nodes' JSON logs;
 #  2. buckets moved on a join and a leave, for 3, 8 and 32 nodes;
 #  3. cluster traffic per node with 3 and 32 nodes (agents in one process).
 #
@@ -79,7 +79,7 @@ for i in $(seq "$KILLS"); do
   wait_members $((CPORT + 1)) 3
   wait_members $((CPORT + 3)) 3
 done
-echo "== detection and convergence over $KILLS kills of node-3 (3 nodes, probe 200 ms, suspicion 400 ms)"
+echo "== detection and convergence over $KILLS kills of node-3 (3 nodes, probe 200 ms, suspicion 300 ms)"
 python3 - "$W" <<'PY'
 import json, sys, datetime, statistics
 w = sys.argv[1]

@@ -1,6 +1,6 @@
 //! Cluster traffic per node with N nodes in one process (bench/cluster.sh
 //! runs it): N agents on 127.0.0.1 with the default timings (probe every
-//! 200 ms, suspicion 400 ms), converged, then the bytes each sends and
+//! 200 ms, suspicion 300 ms), converged, then the bytes each sends and
 //! receives over a window. Usage: gossip_bandwidth N SECONDS
 
 use std::sync::atomic::Ordering;
@@ -44,7 +44,7 @@ async fn main() {
             seeds: if i == 0 { vec![] } else { vec![addrs[0]] },
             key: b"bandwidth bench key, 32 bytes long!".to_vec(),
             probe_interval: Duration::from_millis(200),
-            suspicion: Duration::from_millis(400),
+            suspicion: Duration::from_millis(300),
         };
         nodes.push(start(s, local.clone()).await.unwrap());
     }

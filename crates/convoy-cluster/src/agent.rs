@@ -317,6 +317,7 @@ pub async fn start(s: Settings, local: Local) -> std::io::Result<Handle> {
         &[],
         local.min_members,
         &local.rules,
+        None,
     ));
     let (view_tx, view_rx) = watch::channel(Arc::clone(&view));
     let (tx, rx) = mpsc::unbounded_channel();
@@ -757,6 +758,7 @@ impl Agent {
             &peers,
             self.local.min_members,
             &self.local.rules,
+            Some(&self.view),
         )
     }
 

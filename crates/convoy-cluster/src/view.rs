@@ -76,7 +76,13 @@ pub struct View {
     /// The candidates for flows, by name (sorted).
     pub candidates: Vec<String>,
     /// Per listener: the owner of each bucket (index into `candidates`).
-    pub owners: BTreeMap<String, Vec<Option<u16>>>,
+    /// Shared with the previous view when the candidates, their weights
+    /// and the rules are the same (computing owners costs
+    /// buckets × candidates hashes; docs arrive every second).
+    pub owners: std::sync::Arc<BTreeMap<String, Vec<Option<u16>>>>,
+    /// What the owners were computed from (candidates, priorities,
+    /// weights, rules), hashed.
+    pub owners_of: u64,
     /// Servers down for the cluster, as (pool, server).
     pub down: BTreeSet<(String, String)>,
     /// The operator commands in force.
@@ -114,6 +120,7 @@ pub fn compute(
     peers: &[Peer],
     min_members: usize,
     rules: &[ListenerRule],
+    prev: Option<&View>,
 ) -> View {
     let docs: Vec<&NodeDoc> = std::iter::once(me)
         .chain(peers.iter().filter_map(|p| p.doc.as_ref()))
@@ -201,28 +208,20 @@ pub fn compute(
     cands.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     cands.dedup_by(|a, b| a.0.name == b.0.name);
     let candidates: Vec<String> = cands.iter().map(|(d, _)| d.name.clone()).collect();
-    let mut owners = BTreeMap::new();
-    for r in rules {
-        let o = if r.single {
-            // Wholly to the candidate of the highest priority.
-            let top = cands
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, (d, _))| d.priority)
-                .map(|(i, _)| i as u16);
-            vec![top; buckets::BUCKETS]
-        } else {
-            let c: Vec<Candidate> = cands
-                .iter()
-                .map(|(d, _)| Candidate {
-                    name: d.name.clone(),
-                    weight: d.weights.get(&r.name).copied().unwrap_or(100),
-                })
-                .collect();
-            buckets::owners(&r.name, &c)
-        };
-        owners.insert(r.name.clone(), o);
-    }
+    let owners_of = {
+        let mut text = String::new();
+        for r in rules {
+            text.push_str(&format!("{}:{};", r.name, r.single));
+        }
+        for (d, _) in &cands {
+            text.push_str(&format!("{}:{}:{:?};", d.name, d.priority, d.weights));
+        }
+        hash64(text.as_bytes(), 0x6f77_6e65)
+    };
+    let owners = match prev {
+        Some(p) if p.owners_of == owners_of => std::sync::Arc::clone(&p.owners),
+        _ => std::sync::Arc::new(owners_for(&cands, rules)),
+    };
     // Health: down when at least half of the live, matching members say
     // so.
     let reporters: Vec<&NodeDoc> = docs
@@ -262,10 +261,42 @@ pub fn compute(
         differs,
         candidates,
         owners,
+        owners_of,
         down,
         commands,
         live,
     }
+}
+
+/// The owner of every bucket of every listener, among `cands` (sorted by
+/// name).
+fn owners_for(
+    cands: &[(&NodeDoc, MemberState)],
+    rules: &[ListenerRule],
+) -> BTreeMap<String, Vec<Option<u16>>> {
+    let mut owners = BTreeMap::new();
+    for r in rules {
+        let o = if r.single {
+            // Wholly to the candidate of the highest priority.
+            let top = cands
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (d, _))| d.priority)
+                .map(|(i, _)| i as u16);
+            vec![top; buckets::BUCKETS]
+        } else {
+            let c: Vec<Candidate> = cands
+                .iter()
+                .map(|(d, _)| Candidate {
+                    name: d.name.clone(),
+                    weight: d.weights.get(&r.name).copied().unwrap_or(100),
+                })
+                .collect();
+            buckets::owners(&r.name, &c)
+        };
+        owners.insert(r.name.clone(), o);
+    }
+    owners
 }
 
 /// The fingerprint most members have; a tie goes to the one of the member
@@ -372,7 +403,7 @@ mod tests {
                     .filter(|(j, _)| *j != i)
                     .map(|(_, d)| peer(d.clone()))
                     .collect();
-                compute(&docs[i], ME, &peers, 0, &rules())
+                compute(&docs[i], ME, &peers, 0, &rules(), None)
             })
             .collect();
         for v in &views {
@@ -393,7 +424,7 @@ mod tests {
     fn a_member_whose_view_differs_keeps_the_others_converging() {
         let mut docs = settled(vec![doc("a", 1, 7), doc("b", 2, 7)]);
         docs[1].view = 99;
-        let v = compute(&docs[0], ME, &[peer(docs[1].clone())], 0, &rules());
+        let v = compute(&docs[0], ME, &[peer(docs[1].clone())], 0, &rules(), None);
         assert_eq!(v.state, Some(MemberState::Converging));
         // No doc yet: joining, and not converged either.
         let v = compute(
@@ -405,6 +436,7 @@ mod tests {
             }],
             0,
             &rules(),
+            None,
         );
         let other = v.members.iter().find(|m| !m.me).unwrap();
         assert_eq!(
@@ -423,6 +455,7 @@ mod tests {
             &[peer(docs[0].clone()), peer(docs[1].clone())],
             0,
             &rules(),
+            None,
         );
         assert_eq!(v.state, Some(MemberState::Mismatched));
         assert_eq!(v.differs, ["pools.p"]);
@@ -433,6 +466,7 @@ mod tests {
             &[peer(docs[1].clone()), peer(docs[2].clone())],
             0,
             &rules(),
+            None,
         );
         assert_eq!(v.state, Some(MemberState::Converged));
         assert_eq!(
@@ -446,9 +480,9 @@ mod tests {
     fn of_two_nodes_with_one_priority_the_later_is_refused() {
         let mut docs = settled(vec![doc("a", 1, 7), doc("b", 1, 7)]);
         docs[1].epoch = 2;
-        let v = compute(&docs[1], ME, &[peer(docs[0].clone())], 0, &rules());
+        let v = compute(&docs[1], ME, &[peer(docs[0].clone())], 0, &rules(), None);
         assert_eq!(v.state, Some(MemberState::Conflict));
-        let v = compute(&docs[0], ME, &[peer(docs[1].clone())], 0, &rules());
+        let v = compute(&docs[0], ME, &[peer(docs[1].clone())], 0, &rules(), None);
         assert_eq!(v.state, Some(MemberState::Converged));
         assert_eq!(v.candidates, ["a"]);
     }
@@ -456,7 +490,7 @@ mod tests {
     #[test]
     fn below_min_members_no_flow_is_claimed() {
         let docs = settled(vec![doc("a", 1, 7), doc("b", 2, 7)]);
-        let v = compute(&docs[0], ME, &[peer(docs[1].clone())], 3, &rules());
+        let v = compute(&docs[0], ME, &[peer(docs[1].clone())], 3, &rules(), None);
         assert!(v.candidates.is_empty());
         assert!(v.owners["web"].iter().all(Option::is_none));
     }
@@ -472,6 +506,7 @@ mod tests {
             &[peer(docs[1].clone()), peer(docs[2].clone())],
             0,
             &rules(),
+            None,
         );
         assert!(v.down.is_empty(), "one of three");
         docs[1].down.push(s.clone());
@@ -481,6 +516,7 @@ mod tests {
             &[peer(docs[0].clone()), peer(docs[1].clone())],
             0,
             &rules(),
+            None,
         );
         assert!(v.down.contains(&s), "two of three");
     }
@@ -489,7 +525,7 @@ mod tests {
     fn a_draining_node_hands_its_buckets_over() {
         let mut docs = settled(vec![doc("a", 1, 7), doc("b", 2, 7)]);
         docs[1].state = MemberState::Draining;
-        let v = compute(&docs[0], ME, &[peer(docs[1].clone())], 0, &rules());
+        let v = compute(&docs[0], ME, &[peer(docs[1].clone())], 0, &rules(), None);
         assert_eq!(v.owned("web", "a"), buckets::BUCKETS);
         assert_eq!(v.owned("web", "b"), 0);
     }

@@ -78,7 +78,7 @@ fn default_probe_interval() -> Dur {
     Dur::ms(200)
 }
 fn default_suspicion() -> Dur {
-    Dur::ms(400)
+    Dur::ms(300)
 }
 
 /// The smallest cluster key accepted, in bytes.
