@@ -23,6 +23,7 @@ async fn main() {
         rules: vec![ListenerRule {
             name: "web".into(),
             single: false,
+            servers: Vec::new(),
         }],
         weights: Default::default(),
         min_members: 0,

@@ -101,6 +101,21 @@ impl Settings {
     }
 }
 
+/// The servers of the pools listener `l` sends to (its own and its
+/// routes'), as (pool, server).
+fn servers_of(cfg: &convoy_config::Config, l: &convoy_config::Listener) -> Vec<(String, String)> {
+    let mut pools: Vec<&str> = std::iter::once(l.pool.as_str())
+        .chain(l.routes.iter().filter_map(|r| r.pool.as_deref()))
+        .collect();
+    pools.sort_unstable();
+    pools.dedup();
+    cfg.pools
+        .iter()
+        .filter(|(name, _)| pools.contains(&name.as_str()))
+        .flat_map(|(name, p)| p.servers.iter().map(|s| (name.clone(), s.name.clone())))
+        .collect()
+}
+
 /// What this node publishes that comes from its config.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Local {
@@ -126,6 +141,7 @@ impl Local {
                 .map(|l| ListenerRule {
                     name: l.name.clone(),
                     single: l.mode == convoy_config::FilterMode::Single,
+                    servers: servers_of(cfg, l),
                 })
                 .collect(),
             weights: cfg
@@ -849,6 +865,7 @@ mod tests {
             rules: vec![ListenerRule {
                 name: "web".into(),
                 single: false,
+                servers: Vec::new(),
             }],
             weights: BTreeMap::new(),
             min_members: 0,

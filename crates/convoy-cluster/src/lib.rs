@@ -13,4 +13,5 @@ pub mod doc;
 pub mod envelope;
 pub mod fingerprint;
 pub mod pieces;
+pub mod steer;
 pub mod view;

@@ -13,6 +13,9 @@
 //! - The candidates for flows are the live members that are converging
 //!   or converged (not draining, mismatched, conflicting or left), unless
 //!   fewer than `min_members` members are live: then none.
+//! - A candidate that sees every server of a listener down (its own
+//!   checks: it may be cut off from them) owns none of that listener's
+//!   buckets, unless every candidate is in that case.
 //! - A server is down for the cluster when at least half of the live,
 //!   matching members see it down.
 
@@ -39,6 +42,10 @@ pub struct ListenerRule {
     pub name: String,
     /// `mode = "single"`: every flow to the highest-priority candidate.
     pub single: bool,
+    /// The servers its pools hold, as (pool, server): a member that sees
+    /// every one of them down takes none of its flows (unless every
+    /// candidate is in that case).
+    pub servers: Vec<(String, String)>,
 }
 
 /// One member in the view.
@@ -208,19 +215,20 @@ pub fn compute(
     cands.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     cands.dedup_by(|a, b| a.0.name == b.0.name);
     let candidates: Vec<String> = cands.iter().map(|(d, _)| d.name.clone()).collect();
+    let weights = effective_weights(&cands, rules);
     let owners_of = {
         let mut text = String::new();
         for r in rules {
             text.push_str(&format!("{}:{};", r.name, r.single));
         }
-        for (d, _) in &cands {
-            text.push_str(&format!("{}:{}:{:?};", d.name, d.priority, d.weights));
+        for ((d, _), w) in cands.iter().zip(&weights) {
+            text.push_str(&format!("{}:{}:{:?};", d.name, d.priority, w));
         }
         hash64(text.as_bytes(), 0x6f77_6e65)
     };
     let owners = match prev {
         Some(p) if p.owners_of == owners_of => std::sync::Arc::clone(&p.owners),
-        _ => std::sync::Arc::new(owners_for(&cands, rules)),
+        _ => std::sync::Arc::new(owners_for(&cands, &weights, rules)),
     };
     // Health: down when at least half of the live, matching members say
     // so.
@@ -268,28 +276,63 @@ pub fn compute(
     }
 }
 
+/// Each candidate's weight for each listener (in `rules`' order): its
+/// load weight, or 0 when it sees every server of the listener down and
+/// some other candidate does not.
+fn effective_weights(cands: &[(&NodeDoc, MemberState)], rules: &[ListenerRule]) -> Vec<Vec<u32>> {
+    let cut_off = |d: &NodeDoc, r: &ListenerRule| {
+        !r.servers.is_empty() && r.servers.iter().all(|s| d.down.contains(s))
+    };
+    let mut out: Vec<Vec<u32>> = cands
+        .iter()
+        .map(|(d, _)| {
+            rules
+                .iter()
+                .map(|r| d.weights.get(&r.name).copied().unwrap_or(100))
+                .collect()
+        })
+        .collect();
+    for (j, r) in rules.iter().enumerate() {
+        let cut: Vec<bool> = cands.iter().map(|(d, _)| cut_off(d, r)).collect();
+        if cut.iter().any(|c| !c) {
+            for (w, c) in out.iter_mut().zip(&cut) {
+                if *c {
+                    w[j] = 0;
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The owner of every bucket of every listener, among `cands` (sorted by
-/// name).
+/// name) with their `weights` (see [`effective_weights`]).
 fn owners_for(
     cands: &[(&NodeDoc, MemberState)],
+    weights: &[Vec<u32>],
     rules: &[ListenerRule],
 ) -> BTreeMap<String, Vec<Option<u16>>> {
     let mut owners = BTreeMap::new();
-    for r in rules {
+    for (j, r) in rules.iter().enumerate() {
         let o = if r.single {
-            // Wholly to the candidate of the highest priority.
+            // Wholly to the candidate of the highest priority (among
+            // those with a weight: a member cut off from the servers
+            // passes).
             let top = cands
                 .iter()
+                .zip(weights)
                 .enumerate()
-                .min_by_key(|(_, (d, _))| d.priority)
+                .filter(|(_, (_, w))| w[j] > 0)
+                .min_by_key(|(_, ((d, _), _))| d.priority)
                 .map(|(i, _)| i as u16);
             vec![top; buckets::BUCKETS]
         } else {
             let c: Vec<Candidate> = cands
                 .iter()
-                .map(|(d, _)| Candidate {
+                .zip(weights)
+                .map(|((d, _), w)| Candidate {
                     name: d.name.clone(),
-                    weight: d.weights.get(&r.name).copied().unwrap_or(100),
+                    weight: w[j],
                 })
                 .collect();
             buckets::owners(&r.name, &c)
@@ -363,6 +406,35 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_member_cut_off_from_every_server_gives_up_its_buckets() {
+        let mut docs = settled(vec![doc("a", 1, 7), doc("b", 2, 7), doc("c", 3, 7)]);
+        // a sees both web servers and the db server down; b sees one web
+        // server down.
+        docs[0].down = vec![
+            ("d".into(), "1".into()),
+            ("w".into(), "1".into()),
+            ("w".into(), "2".into()),
+        ];
+        docs[1].down = vec![("w".into(), "1".into())];
+        let peers: Vec<Peer> = docs[1..].iter().cloned().map(peer).collect();
+        let v = compute(&docs[0], ME, &peers, 0, &rules(), None);
+        assert_eq!(v.candidates, ["a", "b", "c"], "a stays a member");
+        assert_eq!(v.owned("web", "a"), 0);
+        assert_eq!(v.owned("web", "b") + v.owned("web", "c"), buckets::BUCKETS);
+        assert!(v.owned("web", "b") > 0, "one server is enough");
+        // single: the highest priority that reaches a server.
+        assert_eq!(v.owned("db", "b"), buckets::BUCKETS);
+        // When every member is cut off, the buckets stay spread.
+        for d in &mut docs {
+            d.down = vec![("w".into(), "1".into()), ("w".into(), "2".into())];
+        }
+        let peers: Vec<Peer> = docs[1..].iter().cloned().map(peer).collect();
+        let w = compute(&docs[0], ME, &peers, 0, &rules(), Some(&v));
+        assert!(w.owned("web", "a") > 1000, "{}", w.owned("web", "a"));
+        assert_ne!(w.owners_of, v.owners_of);
+    }
+
     fn peer(d: NodeDoc) -> Peer {
         Peer {
             addr: "127.0.0.9:7946".parse().unwrap(),
@@ -375,10 +447,12 @@ mod tests {
             ListenerRule {
                 name: "web".into(),
                 single: false,
+                servers: vec![("w".into(), "1".into()), ("w".into(), "2".into())],
             },
             ListenerRule {
                 name: "db".into(),
                 single: true,
+                servers: vec![("d".into(), "1".into())],
             },
         ]
     }

@@ -72,6 +72,95 @@ pub struct Cluster {
     /// nodes' (listener name → weight, 1-10000; default 100 each).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub load_weight: BTreeMap<String, u32>,
+    /// How client traffic reaches the nodes: "none" (cluster state only),
+    /// "shared" (every node holds the virtual addresses; nftables keeps
+    /// each new flow on the node owning its bucket), "ecmp" (each node
+    /// announces the virtual addresses with BGP through bird).
+    #[serde(default)]
+    pub steering: Steering,
+    /// The cluster's virtual addresses (for "shared" and "ecmp").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vips: Vec<IpAddr>,
+    /// The interface convoy puts the virtual addresses on once its rules
+    /// are in place, and takes them off at exit (required for "shared";
+    /// for "ecmp" usually "lo"; unset: the operator manages them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// The BGP speaker convoy runs for `steering = "ecmp"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<Bgp>,
+}
+
+/// How client traffic reaches the cluster's nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Steering {
+    /// Cluster state only (DNS steering, or an external device).
+    #[default]
+    None,
+    /// A shared virtual address on one network segment (the WLBS way).
+    Shared,
+    /// Routes announced with BGP; routers spread flows by ECMP.
+    Ecmp,
+}
+
+/// The BGP speaker of `steering = "ecmp"`: convoy runs bird2 as its
+/// child (it dies with convoy, so a killed node's routes go with its
+/// sessions) with a config written from these settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bgp {
+    /// This node's autonomous system number.
+    pub local_as: u32,
+    /// bird's router id (default: the cluster address, when IPv4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_id: Option<std::net::Ipv4Addr>,
+    /// The routers to announce the virtual addresses to.
+    pub neighbors: Vec<Neighbor>,
+    /// BGP hold time (bird's minimum is 3 s).
+    #[serde(default = "default_hold_time")]
+    pub hold_time: Dur,
+    /// Run BFD on the sessions: a dead node's routes are withdrawn within
+    /// `bfd_interval` × 3 instead of the hold time (the routers must run
+    /// BFD too).
+    #[serde(default = "default_true")]
+    pub bfd: bool,
+    /// BFD's transmit and receive interval.
+    #[serde(default = "default_bfd_interval")]
+    pub bfd_interval: Dur,
+    /// The bird binary.
+    #[serde(default = "default_bird")]
+    pub bird: String,
+    /// The birdc binary.
+    #[serde(default = "default_birdc")]
+    pub birdc: String,
+}
+
+/// A BGP neighbor (a router).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Neighbor {
+    /// Its address.
+    pub address: IpAddr,
+    /// Its autonomous system number.
+    #[serde(rename = "as")]
+    pub asn: u32,
+}
+
+fn default_hold_time() -> Dur {
+    Dur::ms(3000)
+}
+
+fn default_bfd_interval() -> Dur {
+    Dur::ms(100)
+}
+
+fn default_bird() -> String {
+    "bird".into()
+}
+
+fn default_birdc() -> String {
+    "birdc".into()
 }
 
 fn default_probe_interval() -> Dur {

@@ -416,6 +416,60 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
 }
 
 /// The `[cluster]` table.
+/// The settings of `[cluster] steering`.
+fn validate_steering(
+    c: &crate::Cluster,
+    p: &dyn Fn(&str) -> String,
+    err: &mut impl FnMut(String, String),
+) {
+    if let Some(i) = &c.interface {
+        if i.is_empty() || i.len() > 15 || i.contains(['/', ' ']) {
+            err(
+                p("interface"),
+                format!("{i:?} is not an interface name (1-15 characters, no / or space)"),
+            );
+        }
+    }
+    match c.steering {
+        crate::Steering::Shared if c.interface.is_none() => err(
+            p("interface"),
+            "steering = \"shared\" needs the interface that holds the virtual addresses (convoy adds them once its rules are in place and removes them at exit)".into(),
+        ),
+        crate::Steering::Ecmp => match &c.bgp {
+            None => err(
+                p("bgp"),
+                "steering = \"ecmp\" needs [cluster.bgp] (local_as, neighbors)".into(),
+            ),
+            Some(b) => {
+                if b.local_as == 0 {
+                    err(p("bgp.local_as"), "must be an AS number (1-4294967295)".into());
+                }
+                if b.neighbors.is_empty() {
+                    err(p("bgp.neighbors"), "at least one router to announce to".into());
+                }
+                for (i, n) in b.neighbors.iter().enumerate() {
+                    if n.asn == 0 {
+                        err(p(&format!("bgp.neighbors[{i}].as")), "must be an AS number (1-4294967295)".into());
+                    }
+                }
+                if b.router_id.is_none() && !c.address.is_ipv4() {
+                    err(p("bgp.router_id"), "needed when the cluster address is not IPv4".into());
+                }
+                if b.hold_time.get() < std::time::Duration::from_secs(3) {
+                    err(p("bgp.hold_time"), "must be at least 3s (BGP's minimum)".into());
+                }
+                if b.bfd_interval.get() < std::time::Duration::from_millis(10) {
+                    err(p("bgp.bfd_interval"), "must be at least 10ms".into());
+                }
+            }
+        },
+        _ => {}
+    }
+    if c.steering != crate::Steering::Ecmp && c.bgp.is_some() {
+        err(p("bgp"), "used only with steering = \"ecmp\"".into());
+    }
+}
+
 fn validate_cluster(cfg: &Config, c: &crate::Cluster, err: &mut impl FnMut(String, String)) {
     let p = |k: &str| format!("cluster.{k}");
     if c.priority == 0 {
@@ -469,6 +523,30 @@ fn validate_cluster(cfg: &Config, c: &crate::Cluster, err: &mut impl FnMut(Strin
             );
         }
     }
+    if c.steering != crate::Steering::None {
+        if c.vips.is_empty() {
+            err(
+                p("vips"),
+                "steering needs the cluster's virtual addresses (vips)".into(),
+            );
+        } else if !cfg
+            .listeners
+            .iter()
+            .any(|l| c.vips.contains(&l.address.ip) || l.address.ip.is_unspecified())
+        {
+            err(
+                p("vips"),
+                "no listener binds a virtual address (or 0.0.0.0)".into(),
+            );
+        }
+    }
+    if c.steering == crate::Steering::Shared && c.vips.iter().any(|v| v.is_ipv6()) {
+        err(
+            p("vips"),
+            "steering = \"shared\" supports IPv4 virtual addresses".into(),
+        );
+    }
+    validate_steering(c, &p, err);
     for (i, l) in cfg.listeners.iter().enumerate() {
         if l.protocol == crate::Protocol::Udp && l.address.sockets().any(|a| a == c.address) {
             err(

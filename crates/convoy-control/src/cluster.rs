@@ -32,6 +32,7 @@ use tracing::{info, warn};
 
 use crate::error::Error;
 use crate::node::{Node, ServerKey};
+use crate::steering::{self, Steering};
 
 /// The link between the node and its cluster agent.
 pub(crate) struct ClusterLink {
@@ -42,6 +43,8 @@ pub(crate) struct ClusterLink {
     applied: HashMap<String, Stamp>,
     /// The servers this node sees down, as last told to the agent.
     seen_down: Vec<(String, String)>,
+    /// How client traffic reaches this node (`steering`).
+    steering: Option<Steering>,
 }
 
 impl ClusterLink {
@@ -53,6 +56,9 @@ impl ClusterLink {
             return Ok(None);
         };
         let settings = agent::Settings::from_config(c).map_err(Error::Cluster)?;
+        // The steering's tools are checked (and bird started) before
+        // this node says anything to the others.
+        let steering = Steering::start(cfg).await?;
         let deadline = Instant::now() + Duration::from_secs(10);
         let handle = loop {
             match agent::start(settings.clone(), Local::of(cfg)).await {
@@ -74,7 +80,20 @@ impl ClusterLink {
             view,
             applied: HashMap::new(),
             seen_down: Vec::new(),
+            steering,
         }))
+    }
+
+    /// Says goodbye to the others (up to 1 s), then undoes the steering
+    /// (or, for an upgrade, hands it over).
+    async fn leave(self, handover: bool) {
+        let (tx, rx) = oneshot::channel();
+        if self.handle.tx.send(Input::Leave(tx)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), rx).await;
+        }
+        if let Some(s) = &self.steering {
+            s.remove(handover).await;
+        }
     }
 
     /// A receiver of the agent's views (the node's loop waits on it).
@@ -148,6 +167,9 @@ impl Node {
             warn!(event = "cluster_settings_unchanged", "changes to [cluster] other than load_weight and min_members take effect at the next start");
         }
         let view = Arc::clone(&link.view);
+        if let Some(s) = self.cluster.as_mut().and_then(|l| l.steering.as_mut()) {
+            s.reconfigure(new);
+        }
         self.publish_config(new);
         self.apply_cluster_health(&view.down);
         self.publish_seen();
@@ -212,6 +234,20 @@ impl Node {
         link.view = Arc::clone(&v);
         self.apply_cluster_health(&v.down);
         self.apply_cluster_commands(&v);
+        self.steer();
+    }
+
+    /// Brings the steering in line with the view and this node's state
+    /// (each view and each tick; nothing runs unless something changed).
+    pub(crate) fn steer(&mut self) {
+        let serving = self.serving() && self.drain.is_none();
+        let reaches = steering::reaches_server(&self.snap());
+        let Some(link) = &mut self.cluster else {
+            return;
+        };
+        if let Some(s) = &mut link.steering {
+            s.update(&link.view, &link.handle.name, serving, reaches);
+        }
     }
 
     /// Sets each server's health in force to the cluster's verdict.
@@ -469,6 +505,7 @@ impl Node {
                 .collect(),
             bytes_in: stats.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
             bytes_out: stats.bytes_out.load(std::sync::atomic::Ordering::Relaxed),
+            steering: link.steering.as_ref().map(Steering::info),
         }))
     }
 
@@ -509,13 +546,20 @@ impl Node {
     }
 
     /// Leaves the cluster (a stop): the others learn it at once instead of
-    /// by failure detection.
+    /// by failure detection; then the steering is undone.
     pub(crate) async fn leave_cluster(&mut self) {
         if let Some(link) = self.cluster.take() {
-            let (tx, rx) = oneshot::channel();
-            if link.handle.tx.send(Input::Leave(tx)).is_ok() {
-                let _ = tokio::time::timeout(Duration::from_secs(1), rx).await;
-            }
+            link.leave(false).await;
+        }
+    }
+
+    /// A new process took over (binary upgrade): this one leaves the
+    /// cluster now, freeing the cluster address for it, and leaves its
+    /// steering rules and addresses in place for it; its own connections
+    /// go on until they end.
+    pub(crate) fn leave_cluster_for_upgrade(&mut self) {
+        if let Some(link) = self.cluster.take() {
+            tokio::spawn(link.leave(true));
         }
     }
 

@@ -425,7 +425,10 @@ impl Node {
             UpgradeMsg::Load(reply) => {
                 let _ = reply.send(self.own_load());
             }
-            UpgradeMsg::HandedOver => self.begin_drainstop("upgrade", true),
+            UpgradeMsg::HandedOver => {
+                self.begin_drainstop("upgrade", true);
+                self.leave_cluster_for_upgrade();
+            }
         }
     }
 

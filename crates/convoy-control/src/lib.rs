@@ -13,6 +13,7 @@
 //! | `listeners` | binding (reusing running and inherited sockets), spawning, stopping listeners; caches |
 //! | `apply` | reloads: [`diff`] into [`Change`]s, [`Node::apply`], [`Overrides`] |
 //! | `cluster` | the node's part in a cluster: the agent, shared health and commands |
+//! | `steering` | how client traffic reaches the node: nftables (shared) or bird (ecmp) |
 //! | `commands` | [`Node::command`]: one function per command family |
 //! | `health` | probes, probe reports, passive failures, zones |
 //! | `tick` | the 250 ms tick |
@@ -30,6 +31,7 @@ mod listeners;
 mod node;
 mod run;
 mod startup;
+mod steering;
 mod tick;
 
 #[cfg(test)]

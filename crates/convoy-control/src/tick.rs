@@ -28,6 +28,7 @@ impl Node {
         // clients did here; this node learns what they did elsewhere.
         self.publish_serving();
         self.exchange_usage();
+        self.steer();
         if self.state == NodeState::Converging && Instant::now() >= self.converging_until {
             self.state = NodeState::Converged;
             info!(

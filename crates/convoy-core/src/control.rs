@@ -218,6 +218,27 @@ pub struct ClusterInfo {
     pub bytes_in: u64,
     /// Cluster traffic sent, bytes.
     pub bytes_out: u64,
+    /// How client traffic reaches this node (none without steering).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steering: Option<SteeringInfo>,
+}
+
+/// What this node's steering does now.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SteeringInfo {
+    /// "shared" or "ecmp".
+    pub mode: String,
+    /// shared: convoy's rules are in place; ecmp: the virtual addresses
+    /// are announced.
+    pub active: bool,
+    /// shared: buckets this node takes new flows of, per listener.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub owned: std::collections::BTreeMap<String, u64>,
+    /// The last command's error, if it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Commands run (table replacements, announcements, withdrawals).
+    pub changes: u64,
 }
 
 impl Command {
