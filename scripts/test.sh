@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh machine: installs the real peers the
 # tests drive (redis-server, redis-tools, curl, h2load, openssl, chromium +
 # chromium-driver for the dashboard's browser test, the Prometheus text
-# parser), then runs every test of the workspace.
+# parser; for the cluster steering tests in network namespaces: iproute2,
+# nftables, bird2, python3), then runs every test of the workspace.
 # Usage: ./scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,11 @@ command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v bird >/dev/null 2>&1 || need+=(bird2)
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 # The metrics test reads /metrics with the Prometheus project's own
 # parser (Debian's python3-prometheus-client, for /usr/bin/python3).
 /usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 || need+=(python3-prometheus-client)
@@ -28,6 +34,9 @@ fi
 
 # Here a missing browser fails the dashboard test instead of skipping it.
 export CONVOY_REQUIRE_BROWSER=1
+# As root, the steering tests build network namespaces: required, not
+# skipped.
+[ "$(id -u)" -eq 0 ] && export CONVOY_REQUIRE_NETNS=1
 
 # h2spec (the HTTP/2 conformance suite) cannot be installed from Debian:
 # it runs when H2SPEC names it or it is on PATH.

@@ -157,6 +157,40 @@ pub fn nft_script(vips: &[IpAddr], rules: &[Rule], owned: &BTreeMap<String, Vec<
     s
 }
 
+/// How long the buckets a node should own must stay the same, its view
+/// converged, before it takes new ones: time for their old owners, who
+/// computed the same change, to have released them.
+pub const TAKE_AFTER: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// The buckets a node applies next, per listener, from those it has
+/// applied (`have`) and those its view gives it (`want`, sorted): it
+/// gives buckets up at once, but takes new ones only when `settled` (its
+/// view converged and `want` unchanged for [`TAKE_AFTER`]). A bucket
+/// changes hands only through a moment with no owner (a new flow's SYN
+/// is retransmitted), never with two (two SYN-ACKs: one connection
+/// reset).
+pub fn next_owned(
+    have: &BTreeMap<String, Vec<u16>>,
+    want: &BTreeMap<String, Vec<u16>>,
+    settled: bool,
+) -> BTreeMap<String, Vec<u16>> {
+    if settled {
+        return want.clone();
+    }
+    want.iter()
+        .map(|(l, w)| {
+            let h = have.get(l).map_or(&[][..], Vec::as_slice);
+            (
+                l.clone(),
+                w.iter()
+                    .copied()
+                    .filter(|b| h.binary_search(b).is_ok())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
 /// The script that removes convoy's table (at exit).
 pub fn nft_remove() -> String {
     format!("table ip {TABLE}\ndelete table ip {TABLE}\n")
@@ -326,6 +360,24 @@ mod tests {
         assert!(
             s.contains("udp dport 53 ct state new socket transparent 0 accept"),
             "{s}"
+        );
+    }
+
+    #[test]
+    fn buckets_are_given_up_at_once_and_taken_only_when_settled() {
+        let m = |v: &[(&str, &[u16])]| -> BTreeMap<String, Vec<u16>> {
+            v.iter().map(|(l, b)| (l.to_string(), b.to_vec())).collect()
+        };
+        let have = m(&[("web", &[1, 2, 3]), ("old", &[9])]);
+        let want = m(&[("web", &[2, 3, 4, 5]), ("new", &[7])]);
+        assert_eq!(
+            next_owned(&have, &want, false),
+            m(&[("web", &[2, 3]), ("new", &[])])
+        );
+        assert_eq!(next_owned(&have, &want, true), want);
+        assert_eq!(
+            next_owned(&BTreeMap::new(), &want, false),
+            m(&[("web", &[]), ("new", &[])])
         );
     }
 

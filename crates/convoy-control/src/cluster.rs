@@ -70,7 +70,12 @@ impl ClusterLink {
                 {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(e) => return Err(Error::io(format!("cluster: cannot bind {}", c.address), e)),
+                Err(e) => {
+                    if let Some(s) = &steering {
+                        s.remove(false).await;
+                    }
+                    return Err(Error::io(format!("cluster: cannot bind {}", c.address), e));
+                }
             }
         };
         info!(event = "cluster_joining", name = %c.name, address = %c.address, seeds = c.seeds.len(), "joining the cluster");

@@ -57,7 +57,11 @@ pub(crate) struct Steering {
     vips: Vec<IpAddr>,
     rules: Vec<Rule>,
     /// The owned buckets last sent (shared).
-    owned: Option<BTreeMap<String, Vec<u16>>>,
+    owned: BTreeMap<String, Vec<u16>>,
+    /// The rules changed since `owned` was sent: send again.
+    dirty: bool,
+    /// The buckets the view gives this node, and since when.
+    want: (BTreeMap<String, Vec<u16>>, tokio::time::Instant),
     /// Whether the routes were last told announced (ecmp).
     announced: Option<bool>,
     status: Arc<Mutex<SteeringInfo>>,
@@ -275,10 +279,26 @@ impl Steering {
         let Some(c) = &cfg.cluster else {
             return Ok(None);
         };
+        let addrs = c.interface.clone().map(|i| (i, c.vips.clone()));
+        let rules = rules(cfg);
         let bird = match c.steering {
             Mode::None => return Ok(None),
             Mode::Shared => {
                 check_shared(c).await?;
+                // No new flow until the first view; only a SYN opens one.
+                let script = steer::nft_script(&c.vips, &rules, &BTreeMap::new());
+                run(Command::new("nft").args(["-f", "-"]), Some(&script))
+                    .await
+                    .map_err(|e| {
+                        Error::Cluster(format!("steering: nft refused convoy's table: {e}"))
+                    })?;
+                std::fs::write("/proc/sys/net/netfilter/nf_conntrack_tcp_loose", "0").map_err(
+                    |e| {
+                        Error::Cluster(format!(
+                            "steering: cannot set net.netfilter.nf_conntrack_tcp_loose = 0: {e}"
+                        ))
+                    },
+                )?;
                 None
             }
             Mode::Ecmp => Some(Bird::start(c).await.map_err(|e| {
@@ -287,35 +307,32 @@ impl Steering {
                 ))
             })?),
         };
+        // The listeners bind next: the addresses must be there.
+        addresses(&addrs, true).await.map_err(|e| {
+            Error::Cluster(format!("steering: cannot add the virtual addresses: {e}"))
+        })?;
         let status = Arc::new(Mutex::new(SteeringInfo {
             mode: match c.steering {
                 Mode::Shared => "shared",
                 _ => "ecmp",
             }
             .into(),
+            active: c.steering == Mode::Shared,
             ..SteeringInfo::default()
         }));
         let (tx, rx) = mpsc::unbounded_channel();
-        let addresses = c.interface.clone().map(|i| (i, c.vips.clone()));
-        tokio::spawn(worker(rx, bird, addresses, Arc::clone(&status)));
-        let mut s = Steering {
+        tokio::spawn(worker(rx, bird, addrs, c.steering, Arc::clone(&status)));
+        Ok(Some(Steering {
             mode: c.steering,
             vips: c.vips.clone(),
-            rules: rules(cfg),
-            owned: None,
-            announced: None,
+            rules,
+            owned: BTreeMap::new(),
+            dirty: false,
+            want: (BTreeMap::new(), tokio::time::Instant::now()),
+            announced: Some(false),
             status,
             tx,
-        };
-        match s.mode {
-            // Until the first view, this node takes no new flow.
-            Mode::Shared => s.send_owned(BTreeMap::new()),
-            _ => {
-                s.announced = Some(false);
-                let _ = s.tx.send(Job::Announce(false));
-            }
-        }
-        Ok(Some(s))
+        }))
     }
 
     /// After a reload: the listeners' rules may have changed.
@@ -323,7 +340,7 @@ impl Steering {
         let rules = rules(cfg);
         if rules != self.rules {
             self.rules = rules;
-            self.owned = None;
+            self.dirty = true;
         }
     }
 
@@ -350,8 +367,14 @@ impl Steering {
                         (r.listener.clone(), mine)
                     })
                     .collect();
-                if self.owned.as_ref() != Some(&owned) {
-                    self.send_owned(owned);
+                if owned != self.want.0 {
+                    self.want = (owned, tokio::time::Instant::now());
+                }
+                let settled = v.state == Some(MemberState::Converged)
+                    && self.want.1.elapsed() >= steer::TAKE_AFTER;
+                let next = steer::next_owned(&self.owned, &self.want.0, settled);
+                if next != self.owned || self.dirty {
+                    self.send_owned(next);
                 }
             }
             Mode::Ecmp => {
@@ -372,7 +395,8 @@ impl Steering {
             .collect();
         let script = steer::nft_script(&self.vips, &self.rules, &owned);
         let _ = self.tx.send(Job::Nft(script, counts));
-        self.owned = Some(owned);
+        self.owned = owned;
+        self.dirty = false;
     }
 
     /// What the steering does now, for `convoy ctl cluster`.
@@ -414,10 +438,9 @@ async fn worker(
     mut rx: mpsc::UnboundedReceiver<Job>,
     mut bird: Option<Bird>,
     addrs: Option<(String, Vec<IpAddr>)>,
+    mode: Mode,
     status: Arc<Mutex<SteeringInfo>>,
 ) {
-    let mut addrs_on = false;
-    let mut nft_used = false;
     let note = |r: Result<(), String>, f: &dyn Fn(&mut SteeringInfo)| {
         if let Ok(mut s) = status.lock() {
             s.changes += 1;
@@ -437,42 +460,15 @@ async fn worker(
                 let r = run(Command::new("nft").args(["-f", "-"]), Some(&script))
                     .await
                     .map(|_| ());
-                let ok = r.is_ok();
                 match note(r, &|s| {
                     s.active = true;
                     s.owned = owned.clone();
                 }) {
-                    Ok(()) => {
-                        nft_used = true;
-                        info!(event = "steering_applied", mode = "shared", owned = ?owned);
-                    }
+                    Ok(()) => info!(event = "steering_applied", mode = "shared", owned = ?owned),
                     Err(e) => warn!(event = "steering_error", mode = "shared", error = %e),
-                }
-                if ok && !addrs_on {
-                    // Only an opening SYN may adopt a flow; then the
-                    // addresses, now that the rules are in place.
-                    if std::fs::write("/proc/sys/net/netfilter/nf_conntrack_tcp_loose", "0")
-                        .is_err()
-                    {
-                        warn!(
-                            event = "steering_error",
-                            mode = "shared",
-                            error = "cannot set net.netfilter.nf_conntrack_tcp_loose = 0"
-                        );
-                    }
-                    match addresses(&addrs, true).await {
-                        Ok(()) => addrs_on = true,
-                        Err(e) => warn!(event = "steering_error", mode = "shared", error = %e),
-                    }
                 }
             }
             Job::Announce(on) => {
-                if on && !addrs_on {
-                    match addresses(&addrs, true).await {
-                        Ok(()) => addrs_on = true,
-                        Err(e) => warn!(event = "steering_error", mode = "ecmp", error = %e),
-                    }
-                }
                 let r = match &bird {
                     Some(b) => b.announce(on).await,
                     None => Err("bird is not running".into()),
@@ -495,7 +491,7 @@ async fn worker(
                     b.stop().await;
                 }
                 let _ = addresses(&addrs, false).await;
-                if nft_used {
+                if mode == Mode::Shared {
                     let _ = run(
                         Command::new("nft").args(["-f", "-"]),
                         Some(&steer::nft_remove()),

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod http;
+pub mod netns;
 
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
@@ -245,6 +246,12 @@ impl Convoy {
     /// Writes `config` (a `[node]` section with JSON logs is prepended) and
     /// starts `bin run -c FILE`; waits for the "ready" event.
     pub async fn start(bin: &str, config: &str) -> Convoy {
+        Convoy::start_wrapped(bin, config, &[]).await
+    }
+
+    /// Like `start`, with the command run under `wrapper` (e.g.
+    /// `["prlimit", "--nofile=64"]`, or `ip netns exec NS`).
+    pub async fn start_wrapped(bin: &str, config: &str, wrapper: &[&str]) -> Convoy {
         let dir = temp_dir("node");
         let path = dir.join("convoy.toml");
         let mut full = if config.contains("[node]") {
@@ -257,18 +264,6 @@ impl Convoy {
         if !full.contains("[admin]") {
             full.push_str("\n[admin]\naddress = \"127.0.0.1:0\"\n");
         }
-        std::fs::write(&path, full).expect("write config");
-        Convoy::spawn(bin, dir, path, &[], &[]).await
-    }
-
-    /// Like `start`, with the command run under `wrapper` (e.g.
-    /// `["prlimit", "--nofile=64"]`).
-    pub async fn start_wrapped(bin: &str, config: &str, wrapper: &[&str]) -> Convoy {
-        let dir = temp_dir("node");
-        let path = dir.join("convoy.toml");
-        let full = format!(
-            "[node]\nlog_format = \"json\"\n\n{config}\n[admin]\naddress = \"127.0.0.1:0\"\n"
-        );
         std::fs::write(&path, full).expect("write config");
         Convoy::spawn(bin, dir, path, &[], wrapper).await
     }

@@ -16,17 +16,39 @@ const SERVERS: [(&str, u32, &str); 3] = [
     ("demo-c", 3, "zone-2"),
 ];
 
-/// Serves HTTP/1.1 on `l`, answering every request with `body`.
+/// Serves HTTP/1.1 on `l`, answering every request with `body` (where
+/// `{peer}` becomes the address of the connection's other end).
 pub async fn http_server(l: TcpListener, body: String) {
     loop {
-        let Ok((s, _)) = l.accept().await else {
+        let Ok((s, peer)) = l.accept().await else {
             continue;
         };
-        let body = body.clone();
+        let body = body.replace("{peer}", &peer.to_string());
         tokio::spawn(async move {
             let _ = serve_conn(s, &body).await;
         });
     }
+}
+
+/// `convoy demo-servers`: demo HTTP servers on the given addresses, with
+/// no balancer (e.g. behind a cluster); each answers with its name, its
+/// address and the address of the connection's other end (the balancer
+/// node that carried it). Runs until killed.
+pub async fn servers(addrs: &[String]) -> anyhow::Result<()> {
+    for (i, a) in addrs.iter().enumerate() {
+        let l = TcpListener::bind(a)
+            .await
+            .with_context(|| format!("cannot listen on {a}"))?;
+        let addr = l.local_addr()?;
+        let name = format!("demo-{}", i + 1);
+        println!("{name} listening on {addr}");
+        tokio::spawn(http_server(
+            l,
+            format!("Hello from {name} at {addr}, for {{peer}}\n"),
+        ));
+    }
+    std::future::pending::<()>().await;
+    Ok(())
 }
 
 async fn serve_conn(mut s: TcpStream, body: &str) -> std::io::Result<()> {

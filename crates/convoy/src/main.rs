@@ -59,6 +59,14 @@ enum Cmd {
     },
     /// Control a running node through its admin API (WLBS-style commands).
     Ctl(ctl::CtlArgs),
+    /// Run demo HTTP servers with no balancer (e.g. behind a cluster):
+    /// each answers with its name, its address, and the address of the
+    /// balancer node that carried the request.
+    DemoServers {
+        /// Addresses to listen on, e.g. 10.88.2.1:8000.
+        #[arg(required = true)]
+        addresses: Vec<String>,
+    },
 }
 
 /// Logs to stderr (filtered by `CONVOY_LOG`, default `info`) and copies
@@ -216,6 +224,9 @@ fn main() -> ExitCode {
             runtime(0).and_then(|rt| rt.block_on(demo::run(&listen, &admin, ring)))
         }
         Cmd::Ctl(args) => return ctl::main(args),
+        Cmd::DemoServers { addresses } => {
+            runtime(1).and_then(|rt| rt.block_on(demo::servers(&addresses)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
