@@ -142,6 +142,15 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `BIN ctl --admin ADMIN --json ARGS` from namespace `name` (a
+    /// node's admin API on its own loopback); the JSON answer, or null.
+    pub fn ctl(&self, name: &str, bin: &str, admin: &str, args: &[&str]) -> serde_json::Value {
+        let mut all = vec![bin, "ctl", "--admin", admin, "--json"];
+        all.extend_from_slice(args);
+        let out = self.exec(name, &all);
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
     /// Starts `args` in namespace `name`; killed when the lab goes.
     pub fn spawn(&mut self, name: &str, args: &[&str]) {
         let ns = self.ns(name);
@@ -263,6 +272,8 @@ pub struct Attempt {
     pub error: Option<String>,
     /// How long it took, s.
     pub secs: f64,
+    /// The server that answered (its name).
+    pub server: Option<String>,
 }
 
 /// A connection the load client held open through the run.
@@ -304,6 +315,7 @@ impl Load {
                     node: s(&a[2]),
                     error: s(&a[3]),
                     secs: a[4].as_f64().unwrap_or(0.0),
+                    server: s(&a[5]),
                 })
                 .collect(),
             held: v["held"]

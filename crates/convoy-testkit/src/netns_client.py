@@ -19,7 +19,7 @@ Settings (JSON):
   timeout   seconds for a connection to connect and answer
 
 Prints one JSON object: per attempt [start time, ok, node, error,
-seconds], per held connection its node and whether it broke.
+seconds, server], per held connection its node and whether it broke.
 """
 import json
 import socket
@@ -39,6 +39,12 @@ def node_of(body):
     # "... for 10.88.0.11:40000"
     tail = body.rsplit("for ", 1)[-1].strip()
     return tail.rsplit(":", 1)[0] if ":" in tail else "?"
+
+
+def server_of(body):
+    # "Hello from NAME at ..."
+    words = body.split()
+    return words[2] if len(words) > 2 else "?"
 
 
 def read_response(s):
@@ -83,9 +89,9 @@ def attempt(i):
             body = read_response(s)
         finally:
             s.close()
-        return [t0, True, node_of(body), None, time.time() - t0]
+        return [t0, True, node_of(body), None, time.time() - t0, server_of(body)]
     except Exception as e:  # noqa: BLE001 - every failure is a result
-        return [t0, False, None, type(e).__name__, time.time() - t0]
+        return [t0, False, None, type(e).__name__, time.time() - t0, None]
 
 
 held = []

@@ -130,11 +130,8 @@ impl Shared {
 
     /// `convoy ctl --json ARGS` against node `i`, from its namespace.
     fn ctl(&self, i: usize, args: &[&str]) -> Value {
-        let a = self.node(i).admin_addr();
-        let mut all = vec![BIN, "ctl", "--admin", &a, "--json"];
-        all.extend_from_slice(args);
-        let out = self.lab.exec(&format!("n{i}"), &all);
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+        self.lab
+            .ctl(&format!("n{i}"), BIN, &self.node(i).admin_addr(), args)
     }
 
     /// Buckets of listener `l` that node `i`'s rules take new flows of.
