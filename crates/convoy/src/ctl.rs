@@ -524,6 +524,32 @@ fn human_cluster(v: &Value) -> String {
         let s: Vec<&str> = d.iter().filter_map(Value::as_str).collect();
         let _ = writeln!(out, "down for the cluster: {}", s.join(", "));
     }
+    let st = &v["steering"];
+    if st.is_object() {
+        let what = match (s(st, "mode"), st["active"].as_bool() == Some(true)) {
+            ("shared", true) => {
+                let owned: Vec<String> = st["owned"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(l, n)| format!("{l}={n}"))
+                    .collect();
+                format!("rules in place, new flows of buckets {}", owned.join(" "))
+            }
+            ("shared", false) => "rules not in place".to_string(),
+            (_, true) => "virtual addresses announced".to_string(),
+            (_, false) => "virtual addresses withdrawn".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "steering {}: {what} ({} changes){}",
+            s(st, "mode"),
+            n(st, "changes"),
+            st["error"]
+                .as_str()
+                .map_or(String::new(), |e| format!("; last error: {e}"))
+        );
+    }
     out
 }
 

@@ -374,3 +374,87 @@ async fn shared_a_node_cut_off_from_its_servers_gives_up_its_buckets() {
     s.lab.must("n2", &["nft", "delete table ip cut"]);
     s.wait_owned(&[1, 2, 3], Duration::from_secs(10)).await;
 }
+
+/// Runs the example's script with `arg`, this build's binary and its own
+/// state directory.
+fn example(arg: &str, state: &std::path::Path) -> std::process::Output {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/cluster-netns/cluster.sh"
+    );
+    std::process::Command::new("bash")
+        .arg(script)
+        .arg(arg)
+        .env("CONVOY", BIN)
+        .env("CONVOY_EX_STATE", state)
+        .output()
+        .expect("run the example")
+}
+
+/// Takes the example down even when the test fails.
+struct ExampleDown(std::path::PathBuf);
+
+impl Drop for ExampleDown {
+    fn drop(&mut self) {
+        let _ = example("down", &self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_netns_example_comes_up_serves_and_goes_away() {
+    // The lab holds the one-at-a-time turn; the example makes its own
+    // namespaces.
+    let Some(lab) = Lab::new("ex") else {
+        return;
+    };
+    let state = convoy_testkit::temp_dir("example-state");
+    let down = ExampleDown(state.clone());
+    let up = example("up", &state);
+    assert!(
+        up.status.success(),
+        "up failed: {}{}",
+        String::from_utf8_lossy(&up.stdout),
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert!(String::from_utf8_lossy(&up.stdout).contains("Three convoy nodes share 10.88.0.100"));
+    // Twenty client addresses: all answered, by more than one node.
+    let mut nodes = std::collections::BTreeSet::new();
+    for a in 1..=20 {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", "convoy-ex-c", "curl", "-s", "-m", "3"])
+            .args([
+                "--interface",
+                &format!("10.88.1.{a}"),
+                "http://10.88.0.100/",
+            ])
+            .output()
+            .unwrap();
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            body.starts_with("Hello from demo-"),
+            "from 10.88.1.{a}: {body:?}"
+        );
+        nodes.insert(
+            body.rsplit("for ")
+                .next()
+                .unwrap_or("")
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        );
+    }
+    assert!(nodes.len() >= 2, "one node carried everything: {nodes:?}");
+    drop(down);
+    let list = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains("convoy-ex-"),
+        "down left namespaces: {}",
+        String::from_utf8_lossy(&list.stdout)
+    );
+    assert!(!state.exists(), "down left its state directory");
+    drop(lab);
+}
