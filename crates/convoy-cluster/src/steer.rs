@@ -27,6 +27,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use crate::buckets::BUCKETS;
+use crate::doc::MemberState;
 
 /// The nftables table convoy owns (and never touches another).
 pub const TABLE: &str = "convoy";
@@ -165,14 +166,16 @@ pub const TAKE_AFTER: std::time::Duration = std::time::Duration::from_millis(300
 /// The buckets a node applies next, per listener, from those it has
 /// applied (`have`) and those its view gives it (`want`, sorted): it
 /// gives buckets up at once, but takes new ones only when `settled` (its
-/// view converged and `want` unchanged for [`TAKE_AFTER`]). A bucket
-/// changes hands only through a moment with no owner (a new flow's SYN
-/// is retransmitted), never with two (two SYN-ACKs: one connection
-/// reset).
+/// view converged and `want` unchanged for [`TAKE_AFTER`]), or when
+/// `free(listener, bucket)` (their previous owner is gone: it cannot
+/// answer). A bucket changes hands only through a moment with no owner
+/// (a new flow's SYN is retransmitted), never with two (two SYN-ACKs:
+/// one connection reset).
 pub fn next_owned(
     have: &BTreeMap<String, Vec<u16>>,
     want: &BTreeMap<String, Vec<u16>>,
     settled: bool,
+    free: impl Fn(&str, u16) -> bool,
 ) -> BTreeMap<String, Vec<u16>> {
     if settled {
         return want.clone();
@@ -184,11 +187,70 @@ pub fn next_owned(
                 l.clone(),
                 w.iter()
                     .copied()
-                    .filter(|b| h.binary_search(b).is_ok())
+                    .filter(|b| h.binary_search(b).is_ok() || free(l, *b))
                     .collect(),
             )
         })
         .collect()
+}
+
+/// The DSCP a node sets on the packets it hands to its peers (a codepoint
+/// of the pool for local use, RFC 2474), so that a peer that does not
+/// have the connection either drops them instead of handing them on.
+pub const SECOND_CHANCE_DSCP: u8 = 0x3f;
+
+/// The nftables script of `steering = "ecmp"`: the routers send a flow
+/// to any announcing node, and when their set of next hops changes some
+/// established connections arrive at a node that does not have them
+/// (with plain hash-threshold ECMP, up to half of them). Instead of
+/// resetting them, the node hands such packets (TCP, not opening a
+/// connection, unknown to its conntrack) to its `peers`, unchanged but
+/// for the DSCP; the one that has the connection takes them, the others
+/// drop them. New flows (SYN) and UDP are served where they arrive.
+pub fn ecmp_nft_script(vips: &[IpAddr], rules: &[Rule], peers: &[IpAddr]) -> String {
+    let v4: Vec<String> = vips
+        .iter()
+        .filter(|v| v.is_ipv4())
+        .map(IpAddr::to_string)
+        .collect();
+    let all = format!("{{ {} }}", v4.join(", "));
+    let dups: String = peers
+        .iter()
+        .filter(|p| p.is_ipv4())
+        .map(|p| format!("dup to {p} "))
+        .collect();
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{"
+    );
+    let _ = writeln!(
+        s,
+        "  chain steer {{\n    type filter hook prerouting priority -150; policy accept;"
+    );
+    if !v4.is_empty() {
+        let _ = writeln!(s, "    ip daddr != {all} accept");
+    }
+    let _ = writeln!(s, "    ct state established,related accept");
+    for r in rules.iter().filter(|r| !r.udp) {
+        let daddr = if r.address.is_unspecified() {
+            all.clone()
+        } else {
+            r.address.to_string()
+        };
+        let ports = if r.ports.0 == r.ports.1 {
+            r.ports.0.to_string()
+        } else {
+            format!("{}-{}", r.ports.0, r.ports.1)
+        };
+        let m = format!("ip daddr {daddr} tcp dport {ports}");
+        let _ = writeln!(
+            s,
+            "    {m} tcp flags & (syn|ack) == syn accept\n    {m} ip dscp {SECOND_CHANCE_DSCP:#x} drop\n    {m} ip dscp set {SECOND_CHANCE_DSCP:#x} {dups}drop"
+        );
+    }
+    let _ = writeln!(s, "  }}\n}}");
+    s
 }
 
 /// The script that removes convoy's table (at exit).
@@ -292,10 +354,24 @@ pub fn bird_config(b: &BirdSettings) -> String {
 }
 
 /// Whether a node announces the virtual addresses (`steering = "ecmp"`):
-/// it is converged, serves (not draining or stopped), and has a healthy
-/// server for some listener.
-pub fn announce(converged: bool, serving: bool, any_server_up: bool) -> bool {
-    converged && serving && any_server_up
+/// it has converged once since it started, is a candidate for flows now
+/// (`state` converging or converged: not draining, mismatched, in
+/// conflict or gone), serves (not drain-stopping or stopped), and its own
+/// checks see a server up. A later convergence (another node joins or
+/// dies) does not withdraw: every node would at once.
+pub fn announce(
+    converged_once: bool,
+    state: Option<MemberState>,
+    serving: bool,
+    any_server_up: bool,
+) -> bool {
+    converged_once
+        && matches!(
+            state,
+            Some(MemberState::Converging | MemberState::Converged)
+        )
+        && serving
+        && any_server_up
 }
 
 #[cfg(test)]
@@ -370,15 +446,58 @@ mod tests {
         };
         let have = m(&[("web", &[1, 2, 3]), ("old", &[9])]);
         let want = m(&[("web", &[2, 3, 4, 5]), ("new", &[7])]);
+        let never = |_: &str, _: u16| false;
         assert_eq!(
-            next_owned(&have, &want, false),
+            next_owned(&have, &want, false, never),
             m(&[("web", &[2, 3]), ("new", &[])])
         );
-        assert_eq!(next_owned(&have, &want, true), want);
+        assert_eq!(next_owned(&have, &want, true, never), want);
         assert_eq!(
-            next_owned(&BTreeMap::new(), &want, false),
+            next_owned(&BTreeMap::new(), &want, false, never),
             m(&[("web", &[]), ("new", &[])])
         );
+        // Buckets of a node that is gone are taken at once.
+        let gone = |l: &str, b: u16| l == "web" && b == 5;
+        assert_eq!(
+            next_owned(&have, &want, false, gone),
+            m(&[("web", &[2, 3, 5]), ("new", &[])])
+        );
+    }
+
+    #[test]
+    fn ecmp_hands_strays_to_the_peers_once() {
+        let vip: IpAddr = "10.88.0.100".parse().unwrap();
+        let rules = vec![
+            Rule {
+                listener: "tcp".into(),
+                udp: false,
+                ports: (81, 81),
+                address: vip,
+                key: Key::Client,
+            },
+            Rule {
+                listener: "dns".into(),
+                udp: true,
+                ports: (53, 53),
+                address: vip,
+                key: Key::Flow,
+            },
+        ];
+        let peers: Vec<IpAddr> = vec!["10.89.0.12".parse().unwrap(), "10.89.0.13".parse().unwrap()];
+        let s = ecmp_nft_script(&[vip], &rules, &peers);
+        assert!(s.contains("ct state established,related accept"), "{s}");
+        assert!(
+            s.contains("ip daddr 10.88.0.100 tcp dport 81 tcp flags & (syn|ack) == syn accept"),
+            "{s}"
+        );
+        assert!(s.contains("tcp dport 81 ip dscp 0x3f drop\n"), "{s}");
+        assert!(
+            s.contains("tcp dport 81 ip dscp set 0x3f dup to 10.89.0.12 dup to 10.89.0.13 drop"),
+            "{s}"
+        );
+        assert!(!s.contains("udp"), "UDP is served where it arrives: {s}");
+        let alone = ecmp_nft_script(&[vip], &rules, &[]);
+        assert!(alone.contains("ip dscp set 0x3f drop"), "{alone}");
     }
 
     #[test]
@@ -422,9 +541,21 @@ mod tests {
 
     #[test]
     fn a_node_announces_only_when_converged_serving_and_healthy() {
-        assert!(announce(true, true, true));
-        assert!(!announce(false, true, true));
-        assert!(!announce(true, false, true));
-        assert!(!announce(true, true, false));
+        use MemberState::*;
+        assert!(announce(true, Some(Converged), true, true));
+        assert!(
+            announce(true, Some(Converging), true, true),
+            "a later convergence"
+        );
+        assert!(
+            !announce(false, Some(Converging), true, true),
+            "never converged yet"
+        );
+        for s in [Draining, Mismatched, Conflict, Left] {
+            assert!(!announce(true, Some(s), true, true), "{s:?}");
+        }
+        assert!(!announce(true, None, true, true));
+        assert!(!announce(true, Some(Converged), false, true));
+        assert!(!announce(true, Some(Converged), true, false));
     }
 }

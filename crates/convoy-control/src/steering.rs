@@ -40,8 +40,8 @@ use crate::error::Error;
 /// A command for the steering task.
 enum Job {
     /// Replace convoy's nftables table with this script; the owned
-    /// buckets per listener, for the status.
-    Nft(String, BTreeMap<String, u64>),
+    /// buckets per listener (shared), for the status.
+    Nft(String, Option<BTreeMap<String, u64>>),
     /// Announce (true) or withdraw the virtual addresses.
     Announce(bool),
     /// A new process took over (binary upgrade): leave the table and the
@@ -50,6 +50,10 @@ enum Job {
     /// Undo everything (exit); answered when done.
     Remove(oneshot::Sender<()>),
 }
+
+/// A view's owners of every bucket (index into its candidates) and its
+/// candidates.
+type Owners = (Arc<BTreeMap<String, Vec<Option<u16>>>>, Vec<String>);
 
 /// This node's steering.
 pub(crate) struct Steering {
@@ -62,6 +66,14 @@ pub(crate) struct Steering {
     dirty: bool,
     /// The buckets the view gives this node, and since when.
     want: (BTreeMap<String, Vec<u16>>, tokio::time::Instant),
+    /// The owners and candidates of the last view, and of the view before
+    /// `want` last changed.
+    last: Option<Owners>,
+    before: Option<Owners>,
+    /// The peers stray packets go to (ecmp).
+    peers: Vec<IpAddr>,
+    /// This node has converged since it started (ecmp).
+    converged_once: bool,
     /// Whether the routes were last told announced (ecmp).
     announced: Option<bool>,
     status: Arc<Mutex<SteeringInfo>>,
@@ -160,7 +172,17 @@ impl Bird {
             }),
             vips: c.vips.clone(),
         };
-        let dir = std::env::temp_dir().join(format!("convoy-bird-{}", std::process::id()));
+        let tmp = std::env::temp_dir();
+        // Directories of convoy processes that were killed.
+        for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("convoy-bird-") {
+                if pid.parse::<u32>().is_ok() && !std::path::Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = tmp.join(format!("convoy-bird-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let conf = dir.join("bird.conf");
         std::fs::write(&conf, steer::bird_config(&settings))
@@ -248,14 +270,13 @@ impl Bird {
     }
 }
 
-/// The checks of `shared` at start: nft and ip usable, the interface
-/// present.
-async fn check_shared(c: &Cluster) -> Result<(), Error> {
+/// The checks at start: nft and ip usable, the interface present.
+async fn check_tools(c: &Cluster) -> Result<(), Error> {
     run(Command::new("nft").args(["list", "tables"]), None)
         .await
         .map_err(|e| {
             Error::Cluster(format!(
-                "steering = \"shared\" needs nftables and the right to use it (apt-get install nftables; run as root or with CAP_NET_ADMIN): nft: {e}"
+                "steering needs nftables and the right to use it (apt-get install nftables; run as root or with CAP_NET_ADMIN): nft: {e}"
             ))
         })?;
     let iface = c.interface.as_deref().unwrap_or("lo");
@@ -272,6 +293,19 @@ async fn check_shared(c: &Cluster) -> Result<(), Error> {
     Ok(())
 }
 
+/// Puts convoy's first table in (shared: no new flow until the first
+/// view; ecmp: no peer yet) and lets only an opening SYN start a flow.
+async fn first_table(script: &str) -> Result<(), Error> {
+    run(Command::new("nft").args(["-f", "-"]), Some(script))
+        .await
+        .map_err(|e| Error::Cluster(format!("steering: nft refused convoy's table: {e}")))?;
+    std::fs::write("/proc/sys/net/netfilter/nf_conntrack_tcp_loose", "0").map_err(|e| {
+        Error::Cluster(format!(
+            "steering: cannot set net.netfilter.nf_conntrack_tcp_loose = 0: {e}"
+        ))
+    })
+}
+
 impl Steering {
     /// Checks the tools for `cfg`'s steering and starts its task (none
     /// without steering); for `ecmp`, starts bird.
@@ -284,28 +318,19 @@ impl Steering {
         let bird = match c.steering {
             Mode::None => return Ok(None),
             Mode::Shared => {
-                check_shared(c).await?;
-                // No new flow until the first view; only a SYN opens one.
-                let script = steer::nft_script(&c.vips, &rules, &BTreeMap::new());
-                run(Command::new("nft").args(["-f", "-"]), Some(&script))
-                    .await
-                    .map_err(|e| {
-                        Error::Cluster(format!("steering: nft refused convoy's table: {e}"))
-                    })?;
-                std::fs::write("/proc/sys/net/netfilter/nf_conntrack_tcp_loose", "0").map_err(
-                    |e| {
-                        Error::Cluster(format!(
-                            "steering: cannot set net.netfilter.nf_conntrack_tcp_loose = 0: {e}"
-                        ))
-                    },
-                )?;
+                check_tools(c).await?;
+                first_table(&steer::nft_script(&c.vips, &rules, &BTreeMap::new())).await?;
                 None
             }
-            Mode::Ecmp => Some(Bird::start(c).await.map_err(|e| {
-                Error::Cluster(format!(
-                    "steering = \"ecmp\" runs bird2 (apt-get install bird2 util-linux; as root or with CAP_NET_ADMIN): {e}"
-                ))
-            })?),
+            Mode::Ecmp => {
+                check_tools(c).await?;
+                first_table(&steer::ecmp_nft_script(&c.vips, &rules, &[])).await?;
+                Some(Bird::start(c).await.map_err(|e| {
+                    Error::Cluster(format!(
+                        "steering = \"ecmp\" runs bird2 (apt-get install bird2 util-linux; as root or with CAP_NET_ADMIN): {e}"
+                    ))
+                })?)
+            }
         };
         // The listeners bind next: the addresses must be there.
         addresses(&addrs, true).await.map_err(|e| {
@@ -329,6 +354,10 @@ impl Steering {
             owned: BTreeMap::new(),
             dirty: false,
             want: (BTreeMap::new(), tokio::time::Instant::now()),
+            last: None,
+            before: None,
+            peers: Vec::new(),
+            converged_once: false,
             announced: Some(false),
             status,
             tx,
@@ -369,17 +398,52 @@ impl Steering {
                     .collect();
                 if owned != self.want.0 {
                     self.want = (owned, tokio::time::Instant::now());
+                    self.before = self.last.take();
                 }
+                self.last = Some((Arc::clone(&v.owners), v.candidates.clone()));
                 let settled = v.state == Some(MemberState::Converged)
                     && self.want.1.elapsed() >= steer::TAKE_AFTER;
-                let next = steer::next_owned(&self.owned, &self.want.0, settled);
+                // A bucket whose owner before the change is gone (dead,
+                // left) has nobody to release it: taken at once.
+                let live: std::collections::HashSet<&str> = v
+                    .members
+                    .iter()
+                    .filter(|m| m.state != MemberState::Left)
+                    .map(|m| m.name.as_str())
+                    .collect();
+                let free = |l: &str, b: u16| {
+                    self.before.as_ref().is_some_and(|(owners, cands)| {
+                        match owners.get(l).and_then(|o| o.get(usize::from(b))) {
+                            Some(Some(i)) => cands
+                                .get(usize::from(*i))
+                                .is_some_and(|c| !live.contains(c.as_str())),
+                            _ => true,
+                        }
+                    })
+                };
+                let next = steer::next_owned(&self.owned, &self.want.0, settled, free);
                 if next != self.owned || self.dirty {
                     self.send_owned(next);
                 }
             }
             Mode::Ecmp => {
-                let converged = v.state == Some(MemberState::Converged);
-                let on = steer::announce(converged, serving, reaches_server);
+                // The peers that may have a connection the routers send
+                // here (live members but this node).
+                let mut peers: Vec<IpAddr> = v
+                    .members
+                    .iter()
+                    .filter(|m| !m.me && m.state != MemberState::Left)
+                    .map(|m| m.addr.ip())
+                    .collect();
+                peers.sort_unstable();
+                if peers != self.peers || self.dirty {
+                    let script = steer::ecmp_nft_script(&self.vips, &self.rules, &peers);
+                    let _ = self.tx.send(Job::Nft(script, None));
+                    self.peers = peers;
+                    self.dirty = false;
+                }
+                self.converged_once |= v.state == Some(MemberState::Converged);
+                let on = steer::announce(self.converged_once, v.state, serving, reaches_server);
                 if self.announced != Some(on) {
                     let _ = self.tx.send(Job::Announce(on));
                     self.announced = Some(on);
@@ -394,7 +458,7 @@ impl Steering {
             .map(|(l, b)| (l.clone(), b.len() as u64))
             .collect();
         let script = steer::nft_script(&self.vips, &self.rules, &owned);
-        let _ = self.tx.send(Job::Nft(script, counts));
+        let _ = self.tx.send(Job::Nft(script, Some(counts)));
         self.owned = owned;
         self.dirty = false;
     }
@@ -460,12 +524,21 @@ async fn worker(
                 let r = run(Command::new("nft").args(["-f", "-"]), Some(&script))
                     .await
                     .map(|_| ());
-                match note(r, &|s| {
-                    s.active = true;
-                    s.owned = owned.clone();
-                }) {
-                    Ok(()) => info!(event = "steering_applied", mode = "shared", owned = ?owned),
-                    Err(e) => warn!(event = "steering_error", mode = "shared", error = %e),
+                match (r, owned) {
+                    (r, Some(owned)) => match note(r, &|s| {
+                        s.active = true;
+                        s.owned = owned.clone();
+                    }) {
+                        Ok(()) => {
+                            info!(event = "steering_applied", mode = "shared", owned = ?owned)
+                        }
+                        Err(e) => warn!(event = "steering_error", mode = "shared", error = %e),
+                    },
+                    (Ok(()), None) => info!(event = "steering_peers", mode = "ecmp"),
+                    (Err(e), None) => {
+                        let _ = note(Err(e.clone()), &|_| {});
+                        warn!(event = "steering_error", mode = "ecmp", error = %e);
+                    }
                 }
             }
             Job::Announce(on) => {
@@ -491,7 +564,7 @@ async fn worker(
                     b.stop().await;
                 }
                 let _ = addresses(&addrs, false).await;
-                if mode == Mode::Shared {
+                if mode != Mode::None {
                     let _ = run(
                         Command::new("nft").args(["-f", "-"]),
                         Some(&steer::nft_remove()),

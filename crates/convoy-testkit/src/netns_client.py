@@ -70,6 +70,15 @@ def read_response(s):
     return body[:length].decode(errors="replace")
 
 
+def describe(e):
+    # "ConnectionResetError", or the errno's name for a bare OSError.
+    import errno as E
+    name = type(e).__name__
+    if name == "OSError" and getattr(e, "errno", None):
+        name += ":" + E.errorcode.get(e.errno, str(e.errno))
+    return name
+
+
 def connect(i):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.settimeout(timeout)
@@ -91,7 +100,7 @@ def attempt(i):
             s.close()
         return [t0, True, node_of(body), None, time.time() - t0, server_of(body)]
     except Exception as e:  # noqa: BLE001 - every failure is a result
-        return [t0, False, None, type(e).__name__, time.time() - t0, None]
+        return [t0, False, None, describe(e), time.time() - t0, None]
 
 
 held = []

@@ -274,3 +274,122 @@ async fn ecmp_a_node_without_servers_withdraws() {
     eprintln!("path of the unreachable node dropped after {took:?}");
     assert!(took < Duration::from_secs(1), "BFD took {took:?}");
 }
+
+/// Median and max of `v`.
+fn median_max(v: &mut [f64]) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return (0.0, 0.0);
+    }
+    (v[v.len() / 2], v[v.len() - 1])
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// bench/steering.sh: kills and joins under load, and the throughput of
+/// 3 nodes against 1, with `steering = "ecmp"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: bench/steering.sh runs it"]
+async fn bench_ecmp() {
+    let rounds: usize = std::env::var("CONVOY_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let Some(mut e) = Ecmp::start("benchecmp").await else {
+        return;
+    };
+    let key = convoy_testkit::write_temp("cluster.key", KEY);
+    let n2 = addr(2);
+    let (mut recov, mut withdrawn, mut failed) = (Vec::new(), Vec::new(), 0);
+    let (mut broken_kill, mut broken_join, mut held) = (0, 0, 0);
+    let load = json!({"duration": 4.0, "interval": 0.02, "hold": 30, "hold_every": 0.2});
+    for _ in 0..rounds {
+        let run = e.lab.load_start("c", &e.load(load.clone()));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let t = now();
+        let c = e.nodes[1].take().unwrap();
+        c.signal("KILL");
+        drop(c);
+        withdrawn.push(
+            e.wait_paths(&[addr(1), addr(3)], Duration::from_secs(4))
+                .await
+                .as_secs_f64(),
+        );
+        let l = tokio::task::spawn_blocking(move || run.finish())
+            .await
+            .unwrap();
+        recov.push(
+            l.attempts
+                .iter()
+                .filter(|a| a.at > t - 1.0 && (!a.ok || a.secs > 0.9))
+                .map(|a| a.at - t)
+                .fold(0.0, f64::max),
+        );
+        for a in l
+            .attempts
+            .iter()
+            .filter(|a| a.at > t - 1.0 && (!a.ok || a.secs > 0.9))
+        {
+            println!(
+                "  around the kill: +{:.3} s {:?} {:.3} s",
+                a.at - t,
+                a.error,
+                a.secs
+            );
+        }
+        failed += l.failures().iter().filter(|(a, _)| *a > t).count();
+        broken_kill += l
+            .held
+            .iter()
+            .filter(|h| h.node.as_deref() != Some(n2.as_str()) && h.broke.is_some())
+            .count();
+        held += l.held.len();
+        let run = e.lab.load_start("c", &e.load(load.clone()));
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let back = now();
+        let ns = e.lab.ns("n2");
+        let c = Convoy::start_wrapped(BIN, &node_config(2, 3, &key), &["ip", "netns", "exec", &ns])
+            .await;
+        e.nodes[1] = Some(c);
+        let l = tokio::task::spawn_blocking(move || run.finish())
+            .await
+            .unwrap();
+        broken_join += l.held.iter().filter(|h| h.broke.is_some()).count();
+        for (a, err) in l.failures() {
+            println!("  failed during the join: {:+.3} s {err}", a - back);
+        }
+        failed += l.failures().len();
+        let all: Vec<String> = (1..=3).map(addr).collect();
+        e.wait_paths(&all, Duration::from_secs(10)).await;
+    }
+    let (med, max) = median_max(&mut recov);
+    let (wmed, wmax) = median_max(&mut withdrawn);
+    println!(
+        "ecmp: kill -9 -> path withdrawn at the router: median {:.1} ms, max {:.1} ms; new connections all prompt again: median {med:.3} s, max {max:.3} s over {rounds} kills; \
+         new connections failed after the kill or during the join: {failed}; \
+         held connections broken on the survivors: {broken_kill} during kills, {broken_join} during joins (of {held} each)",
+        wmed * 1000.0,
+        wmax * 1000.0
+    );
+    let url = format!("http://{VIP}:81/");
+    let wrk = |lab: &Lab| -> f64 {
+        let out = lab.must("c", &["wrk", "-t1", "-c32", "-d5s", &url]);
+        out.lines()
+            .find_map(|l| l.strip_prefix("Requests/sec:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("wrk said: {out}"))
+    };
+    let three = wrk(&e.lab);
+    e.ctl(2, &["drainstop"]);
+    e.ctl(3, &["drainstop"]);
+    e.wait_paths(&[addr(1)], Duration::from_secs(10)).await;
+    let one = wrk(&e.lab);
+    println!(
+        "ecmp: HTTP through the TCP listener on the virtual address (wrk -c32, 5 s): 3 nodes {three:.0} req/s, 1 node {one:.0} req/s"
+    );
+}

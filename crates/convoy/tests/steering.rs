@@ -458,3 +458,141 @@ async fn the_netns_example_comes_up_serves_and_goes_away() {
     assert!(!state.exists(), "down left its state directory");
     drop(lab);
 }
+
+/// Median and max of `v` (sorted in place).
+fn median_max(v: &mut [f64]) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return (0.0, 0.0);
+    }
+    (v[v.len() / 2], v[v.len() - 1])
+}
+
+/// Held connections broken on nodes other than `except`.
+fn broken_elsewhere(l: &Load, except: &str) -> usize {
+    l.held
+        .iter()
+        .filter(|h| h.node.as_deref() != Some(except) && h.broke.is_some())
+        .count()
+}
+
+/// When new connections were all prompt again after `t`: the start of
+/// the last attempt that failed or waited for a SYN retransmission,
+/// relative to `t` (0 if none).
+fn recovered_after(l: &Load, t: f64) -> f64 {
+    l.attempts
+        .iter()
+        .filter(|a| a.at > t - 1.0 && (!a.ok || a.secs > 0.9))
+        .map(|a| a.at - t)
+        .fold(0.0, f64::max)
+}
+
+/// `wrk` from the client namespace for 5 s: requests per second.
+fn wrk(lab: &Lab, url: &str) -> f64 {
+    let out = lab.must("c", &["wrk", "-t1", "-c32", "-d5s", url]);
+    out.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("wrk said: {out}"))
+}
+
+/// bench/steering.sh: kills, joins and drains under load, and the
+/// throughput of 3 nodes against 1, with `steering = "shared"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: bench/steering.sh runs it"]
+async fn bench_shared() {
+    let rounds: usize = std::env::var("CONVOY_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let Some(mut s) = Shared::start("bench", &[100, 100, 100], &[], &[]).await else {
+        return;
+    };
+    let n2 = addr(2);
+    let (mut recov, mut failed, mut broken_kill, mut broken_join, mut held) =
+        (Vec::new(), 0, 0, 0, 0);
+    for _ in 0..rounds {
+        let run = s.lab.load_start(
+            "c",
+            &s.load(
+                81,
+                json!({"duration": 4.0, "interval": 0.02, "hold": 30, "hold_every": 0.2}),
+            ),
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let t = now();
+        s.kill(2);
+        let l = tokio::task::spawn_blocking(move || run.finish())
+            .await
+            .unwrap();
+        recov.push(recovered_after(&l, t));
+        for (a, e) in l.failures().iter().filter(|(a, _)| *a > t) {
+            println!("  failed after the kill: +{:.3} s {e}", a - t);
+            failed += 1;
+        }
+        broken_kill += broken_elsewhere(&l, &n2);
+        held += l.held.len();
+        // The node comes back under load.
+        let run = s.lab.load_start(
+            "c",
+            &s.load(
+                81,
+                json!({"duration": 4.0, "interval": 0.02, "hold": 30, "hold_every": 0.2}),
+            ),
+        );
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let back = now();
+        let c = s.start_node(2).await;
+        s.nodes[1] = Some(c);
+        let l = tokio::task::spawn_blocking(move || run.finish())
+            .await
+            .unwrap();
+        broken_join += l.held.iter().filter(|h| h.broke.is_some()).count();
+        for (a, e) in l.failures() {
+            println!("  failed during the join: {a:.3} {e} (join at {back:.3})");
+            failed += 1;
+        }
+        s.wait_owned(&[1, 2, 3], Duration::from_secs(10)).await;
+    }
+    let (med, max) = median_max(&mut recov);
+    println!(
+        "shared: kill -9 -> new connections all prompt again: median {med:.3} s, max {max:.3} s over {rounds} kills; \
+         new connections failed after the kill or during the join: {failed}; \
+         held connections broken on the survivors: {broken_kill} during kills, {broken_join} during joins (of {held} each)"
+    );
+    // Drain under load.
+    let run = s.lab.load_start(
+        "c",
+        &s.load(
+            81,
+            json!({"duration": 4.0, "interval": 0.02, "hold": 30, "hold_every": 0.2}),
+        ),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.ctl(3, &["drainstop"]);
+    let l = tokio::task::spawn_blocking(move || run.finish())
+        .await
+        .unwrap();
+    println!(
+        "shared: drain-stop under load: {} new connections failed, {} held connections broken (of {})",
+        l.failures().len(),
+        l.held.iter().filter(|h| h.broke.is_some()).count(),
+        l.held.len()
+    );
+    // Started again once its drain has finished.
+    wait_until(Duration::from_secs(10), || {
+        s.ctl(3, &["start"]);
+        s.ctl(3, &["query"])["state"] != "draining"
+    })
+    .await;
+    s.wait_owned(&[1, 2, 3], Duration::from_secs(10)).await;
+    let url = format!("http://{VIP}/");
+    let three = wrk(&s.lab, &url);
+    s.ctl(2, &["drainstop"]);
+    s.ctl(3, &["drainstop"]);
+    s.wait_owned(&[1], Duration::from_secs(10)).await;
+    let one = wrk(&s.lab, &url);
+    println!(
+        "shared: HTTP throughput through the virtual address (wrk -c32, 5 s): 3 nodes {three:.0} req/s, 1 node {one:.0} req/s"
+    );
+}
