@@ -324,18 +324,34 @@ impl Steering {
             }
             Mode::Ecmp => {
                 check_tools(c).await?;
-                first_table(&steer::ecmp_nft_script(&c.vips, &rules, &[])).await?;
-                Some(Bird::start(c).await.map_err(|e| {
+                // bird first: if it cannot run, nothing was changed.
+                let bird = Bird::start(c).await.map_err(|e| {
                     Error::Cluster(format!(
                         "steering = \"ecmp\" runs bird2 (apt-get install bird2 util-linux; as root or with CAP_NET_ADMIN): {e}"
                     ))
-                })?)
+                })?;
+                if let Err(e) = first_table(&steer::ecmp_nft_script(&c.vips, &rules, &[])).await {
+                    bird.stop().await;
+                    return Err(e);
+                }
+                Some(bird)
             }
         };
         // The listeners bind next: the addresses must be there.
-        addresses(&addrs, true).await.map_err(|e| {
-            Error::Cluster(format!("steering: cannot add the virtual addresses: {e}"))
-        })?;
+        if let Err(e) = addresses(&addrs, true).await {
+            if let Some(b) = bird {
+                b.stop().await;
+            }
+            let _ = addresses(&addrs, false).await;
+            let _ = run(
+                Command::new("nft").args(["-f", "-"]),
+                Some(&steer::nft_remove()),
+            )
+            .await;
+            return Err(Error::Cluster(format!(
+                "steering: cannot add the virtual addresses: {e}"
+            )));
+        }
         let status = Arc::new(Mutex::new(SteeringInfo {
             mode: match c.steering {
                 Mode::Shared => "shared",

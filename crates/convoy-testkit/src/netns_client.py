@@ -141,8 +141,39 @@ for i in range(cfg.get("hold", 0)):
     threads.append(t)
 time.sleep(0.5 if threads else 0)
 
+def udp_round():
+    # One datagram from each of `count` sockets; each must be answered
+    # exactly once (two answers: two nodes took the flow).
+    import select
+    socks = []
+    for i in range(cfg.get("count", 0)):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        src = sources[i % len(sources)]
+        s.bind((src or "0.0.0.0", 0))
+        s.sendto(b"ping %d" % i, (host, port))
+        socks.append((time.time(), s, []))
+    end = time.time() + cfg.get("timeout", 2.0)
+    while time.time() < end:
+        r, _, _ = select.select([s for _, s, _ in socks], [], [], 0.1)
+        for s in r:
+            d = s.recv(2048).decode(errors="replace")
+            for _, t, got in socks:
+                if t is s:
+                    got.append(d)
+    out = []
+    for t0, s, got in socks:
+        if len(got) == 1:
+            out.append([t0, True, node_of(got[0]), None, 0.0, server_of(got[0])])
+        else:
+            out.append([t0, False, None, "%d answers" % len(got), 0.0, None])
+        s.close()
+    return out
+
+
 attempts = []
-if "duration" in cfg:
+if cfg.get("udp"):
+    attempts = udp_round()
+elif "duration" in cfg:
     end = time.time() + cfg["duration"]
     i = 0
     pending = []

@@ -19,6 +19,14 @@ const KEY: &str = "a cluster key for the steering tests, 32+ bytes";
 const VIP: &str = "10.88.0.100";
 const MAC: &str = "02:bf:0a:58:00:64";
 
+/// A UDP server that answers each datagram with "Hello from udp at ADDR,
+/// for PEER" (the node that carried it).
+const UDP_SERVER: &str = "import socket,sys
+s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind((sys.argv[1],int(sys.argv[2])))
+while True:
+    d,a=s.recvfrom(2048); s.sendto(('Hello from udp at %s, for %s:%d' % (sys.argv[1],a[0],a[1])).encode(),a)
+";
+
 fn now() -> f64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -50,6 +58,8 @@ fn node_config(i: usize, n: usize, w: u32, key: &std::path::Path, extra: &str) -
         "[node]\nname = \"n{i}\"\ndrain_timeout = \"30s\"\n\n\
          [[listeners]]\nname = \"web\"\nprotocol = \"http\"\naddress = \"{VIP}:80\"\npool = \"p\"\n\n\
          [[listeners]]\nname = \"tcp\"\naddress = \"{VIP}:81\"\npool = \"p\"\n\n\
+         [[listeners]]\nname = \"dns\"\nprotocol = \"udp\"\naddress = \"{VIP}:53\"\npool = \"u\"\n\n\
+         [pools.u]\nhealth = {{ check = \"none\" }}\n[[pools.u.servers]]\nname = \"u1\"\naddress = \"10.88.2.1:5353\"\n\n\
          [pools.p]\nslow_start = \"0s\"\nhealth = {{ interval = \"200ms\", timeout = \"200ms\", rise = 1, fall = 2 }}\n{extra}\n\
          [[pools.p.servers]]\nname = \"s1\"\naddress = \"10.88.2.1:8000\"\n\
          [[pools.p.servers]]\nname = \"s2\"\naddress = \"10.88.2.2:8000\"\n\n\
@@ -90,6 +100,7 @@ impl Shared {
             "s",
             &[BIN, "demo-servers", "10.88.2.1:8000", "10.88.2.2:8000"],
         );
+        lab.spawn("s", &["python3", "-c", UDP_SERVER, "10.88.2.1", "5353"]);
         let key = convoy_testkit::write_temp("cluster.key", KEY);
         let n = weights.len();
         let configs: Vec<String> = (1..=n)
@@ -218,6 +229,13 @@ async fn shared_each_connection_has_one_node_and_the_split_follows_the_weights()
     let h = s.lab.load("c", &s.load(80, json!({"count": 128})));
     assert!(h.failures().is_empty(), "failed: {:?}", h.failures());
     assert_eq!(h.per_node().len(), 3, "{:?}", h.per_node());
+    // UDP flows alike: each datagram answered once, by one node.
+    let u = s
+        .lab
+        .load("c", &s.load(53, json!({"udp": true, "count": 200})));
+    assert_eq!(u.attempts.len(), 200);
+    assert!(u.failures().is_empty(), "UDP: {:?}", u.failures());
+    assert_eq!(u.per_node().len(), 3, "{:?}", u.per_node());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -595,4 +613,54 @@ async fn bench_shared() {
     println!(
         "shared: HTTP throughput through the virtual address (wrk -c32, 5 s): 3 nodes {three:.0} req/s, 1 node {one:.0} req/s"
     );
+}
+
+/// A config with `steering` and the given extra `[cluster]` lines.
+fn lone_config(steering: &str, extra: &str, key: &std::path::Path) -> String {
+    format!(
+        "[[listeners]]\nname = \"tcp\"\naddress = \"0.0.0.0:{port}\"\npool = \"p\"\n\n\
+         [[pools.p.servers]]\naddress = \"127.0.0.1:9\"\n\n\
+         [cluster]\npriority = 1\naddress = \"127.0.0.1:{cport}\"\nkey_file = \"{key}\"\n\
+         steering = \"{steering}\"\nvips = [\"10.88.0.100\"]\ninterface = \"lo\"\n{extra}",
+        port = convoy_testkit::free_port(),
+        cport = convoy_testkit::free_udp_port(),
+        key = key.display(),
+    )
+}
+
+#[test]
+fn run_refuses_clearly_without_nftables() {
+    let key = convoy_testkit::write_temp("cluster.key", KEY);
+    let cfg = convoy_testkit::write_temp("convoy.toml", &lone_config("shared", "", &key));
+    // No nft on PATH: refused before anything changes, naming the package.
+    let empty = convoy_testkit::temp_dir("no-tools");
+    let out = std::process::Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .env("PATH", &empty)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("apt-get install nftables"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_refuses_clearly_without_bird_and_changes_nothing() {
+    // In a namespace of its own: a refused start must leave no table.
+    let Some(mut lab) = Lab::new("nobird") else {
+        return;
+    };
+    lab.add("n");
+    let key = convoy_testkit::write_temp("cluster.key", KEY);
+    let bgp = "[cluster.bgp]\nlocal_as = 65001\nneighbors = [{ address = \"10.89.0.1\", as = 65000 }]\nbird = \"/nonexistent/bird\"\n";
+    let cfg = convoy_testkit::write_temp("convoy.toml", &lone_config("ecmp", bgp, &key));
+    let out = lab.exec("n", &[BIN, "run", "-c", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("apt-get install bird2"), "{err}");
+    let tables = lab.must("n", &["nft", "list", "tables"]);
+    assert!(!tables.contains("convoy"), "left: {tables}");
+    let addrs = lab.must("n", &["ip", "addr", "show", "dev", "lo"]);
+    assert!(!addrs.contains("10.88.0.100"), "left: {addrs}");
 }
