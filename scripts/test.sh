@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs the real peers the
-# tests drive (redis-server, redis-tools, curl, h2load, openssl, chromium +
+# tests drive (redis-server, redis-tools, curl, h2load, wrk, openssl, chromium +
 # chromium-driver for the dashboard's browser test, the Prometheus text
 # parser; for the cluster steering tests in network namespaces: iproute2,
 # nftables, bird2, python3), then runs every test of the workspace.
@@ -13,6 +13,7 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)

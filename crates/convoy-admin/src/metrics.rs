@@ -350,6 +350,15 @@ impl NodeCollector {
             MetricType::Gauge,
         )?;
         ConstGauge::new(self.node.uptime_seconds).encode(uptime)?;
+        counters(
+            enc,
+            "local_resource_errors",
+            "Errors from this node's own limits (descriptors, local addresses, buffers, memory): never counted against a server.",
+            None,
+            convoy_core::local::counts()
+                .into_iter()
+                .map(|(k, n)| ([("kind", Esc(k.as_str()))], n)),
+        )?;
         match &self.node.cluster {
             Some(c) => encode_cluster(enc, c),
             None => Ok(()),
@@ -1209,6 +1218,7 @@ address = "127.0.0.1:9003"
         for name in [
             "convoy_node_state",
             "convoy_reloads",
+            "convoy_local_resource_errors",
             "convoy_uptime_seconds",
             "convoy_listener_connections",
             "convoy_listener_connections_accepted",
@@ -1257,7 +1267,7 @@ address = "127.0.0.1:9003"
         ] {
             assert!(families.contains(name), "no family {name}");
         }
-        assert_eq!(families.len(), 47, "{families:?}");
+        assert_eq!(families.len(), 48, "{families:?}");
         assert!(out.contains("convoy_cluster_members{state=\"mismatched\"} 1"));
         assert!(out.contains("convoy_cluster_refused_total{reason=\"bad_tag\"} 5"));
         assert!(out.contains("convoy_cluster_gossip_bytes_total{direction=\"out\"} 2000"));

@@ -16,26 +16,126 @@ pub use duration::Dur;
 pub use error::{ConfigError, ConfigErrors};
 pub use types::*;
 
+/// At most this many errors are reported from one file.
+const MAX_ERRORS: usize = 50;
+
+/// The reason of a TOML error (some syntax errors come without one).
+fn reason_of(e: &toml::de::Error, text: &str, at: usize) -> String {
+    let r = e.message().trim().to_string();
+    if !r.is_empty() {
+        return r;
+    }
+    match text.get(at..).and_then(|t| t.chars().next()) {
+        Some(c) => format!("invalid TOML: unexpected character {c:?}"),
+        None => "invalid TOML: unexpected end of file".to_string(),
+    }
+}
+
+/// Blanks (with spaces, keeping every offset) the whole lines that
+/// `span` touches; false if nothing was left to blank.
+fn blank_lines(text: &mut String, span: &std::ops::Range<usize>) -> bool {
+    let start = text[..span.start.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let end_at = span.end.max(span.start + 1).min(text.len());
+    let end = text[end_at..].find('\n').map_or(text.len(), |i| end_at + i);
+    if text[start..end].trim().is_empty() {
+        return false;
+    }
+    let blank: String = text[start..end]
+        .bytes()
+        .map(|b| if b == b'\n' { '\n' } else { ' ' })
+        .collect();
+    text.replace_range(start..end, &blank);
+    true
+}
+
+/// Every syntax error of `text`: after each, its line is blanked and the
+/// rest is read again (a later error may follow from an earlier one).
+fn syntax_errors(file: &str, text: &str) -> Vec<ConfigError> {
+    let mut work = text.to_string();
+    let mut out: Vec<ConfigError> = Vec::new();
+    while out.len() < MAX_ERRORS {
+        let Err(e) = work.parse::<toml::Table>() else {
+            break;
+        };
+        let span = e.span().unwrap_or(0..0);
+        let err = ConfigError::at(
+            file,
+            text,
+            span.start,
+            String::new(),
+            reason_of(&e, &work, span.start),
+        );
+        if out.iter().any(|o| o.line == err.line) {
+            break;
+        }
+        out.push(err);
+        if !blank_lines(&mut work, &span) {
+            break;
+        }
+    }
+    out
+}
+
 impl Config {
     /// Parses and validates `text`; `file` is used in error messages only.
+    /// Every error it can find is reported in one go: all syntax errors;
+    /// else all errors of types and unknown keys (each bad line set aside
+    /// in turn); else all errors of meaning (validation).
     pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
-        let mut cfg: Config = match toml::from_str(text) {
-            Ok(c) => c,
-            Err(e) => {
-                let span = e.span().unwrap_or(0..0);
-                let key = locate::path_for_span(text, &span);
-                let mut reason = e.message().trim().to_string();
-                if reason.is_empty() {
-                    // Some syntax errors come without a message.
-                    reason = match text.get(span.start..).and_then(|t| t.chars().next()) {
-                        Some(c) => format!("invalid TOML: unexpected character {c:?}"),
-                        None => "invalid TOML: unexpected end of file".to_string(),
-                    };
+        let syntax = syntax_errors(file, text);
+        if !syntax.is_empty() {
+            return Err(ConfigErrors(syntax));
+        }
+        let mut work = text.to_string();
+        let mut errors: Vec<ConfigError> = Vec::new();
+        let mut set_aside: Vec<String> = Vec::new();
+        let parsed = loop {
+            match toml::from_str::<Config>(&work) {
+                Ok(c) => break Some(c),
+                Err(e) => {
+                    let span = e.span().unwrap_or(0..0);
+                    let key = locate::path_for_span(&work, &span);
+                    let reason = reason_of(&e, &work, span.start);
+                    let missing = reason.starts_with("missing field");
+                    // A field missing only because its bad line was set
+                    // aside is not another error.
+                    let artifact =
+                        missing && set_aside.iter().any(|k| reason.contains(&format!("`{k}`")));
+                    if !artifact {
+                        errors.push(ConfigError::at(file, text, span.start, key.clone(), reason));
+                    }
+                    // A missing field points at its table: nothing to set
+                    // aside there.
+                    if missing || errors.len() >= MAX_ERRORS || !blank_lines(&mut work, &span) {
+                        break None;
+                    }
+                    let last = key.rsplit('.').next().unwrap_or("");
+                    set_aside.push(last.split('[').next().unwrap_or("").to_string());
                 }
-                return Err(ConfigErrors(vec![ConfigError::at(
-                    file, text, span.start, key, reason,
-                )]));
             }
+        };
+        let mut cfg = match parsed {
+            Some(c) if errors.is_empty() => c,
+            Some(mut c) => {
+                // The rest read without the bad lines: its errors of
+                // meaning too, except about the keys set aside.
+                c.normalize();
+                for (path, reason) in validate::validate(&c) {
+                    if set_aside
+                        .iter()
+                        .any(|k| !k.is_empty() && path.contains(k.as_str()))
+                    {
+                        continue;
+                    }
+                    let off = locate::span_for_path(text, &path);
+                    errors.push(ConfigError::at(file, text, off, path, reason));
+                }
+                errors.sort_by_key(|e| (e.line, e.column));
+                return Err(ConfigErrors(errors));
+            }
+            None => return Err(ConfigErrors(errors)),
         };
         cfg.normalize();
         let problems = validate::validate(&cfg);

@@ -249,7 +249,8 @@ fn bad_files_get_exact_errors() {
             format!("{text}{POOL}")
         };
         let got = err_of(&text);
-        if !got.starts_with(want) {
+        // Every error of the file is reported: the one wanted is a line.
+        if !got.lines().any(|l| l.starts_with(want)) {
             wrong.push(format!(
                 "for config:\n{text}\nwant prefix: {want}\ngot:         {got}"
             ));
@@ -290,4 +291,56 @@ mod prop {
             }
         }
     }
+}
+
+#[test]
+fn every_error_of_a_file_is_reported_in_one_run() {
+    let lines = |text: &str| -> Vec<String> {
+        Config::parse("bad.toml", text)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(|e| format!("{}:{} {}", e.line, e.key, e.reason))
+            .collect()
+    };
+    // Types and unknown keys: five mistakes, five errors.
+    let types = "[node]\ndrain_timeout = \"soon\"\n\n[[listeners]]\nadress = \"127.0.0.1:80\"\naddress = \"127.0.0.1:80\"\npool = \"p\"\nmax_connections = \"many\"\n\n[pools.p]\nalgorithm = \"fastest\"\n\n[[pools.p.servers]]\naddress = \"127.0.0.1:9\"\nweight = \"heavy\"\n";
+    let got = lines(types);
+    assert_eq!(got.len(), 5, "{got:#?}");
+    for want in [
+        "2:node.drain_timeout invalid duration",
+        "5:listeners[0].adress unknown field",
+        "8:listeners[0].max_connections invalid type",
+        "11:pools.p.algorithm unknown variant",
+        "15:pools.p.servers[0].weight invalid type",
+    ] {
+        assert!(got.iter().any(|g| g.starts_with(want)), "{want}: {got:#?}");
+    }
+    // Meaning: four mistakes, four errors.
+    let meaning = "[[listeners]]\naddress = \"127.0.0.1:80\"\npool = \"nope\"\n\n[[listeners]]\nname = \"b\"\naddress = \"127.0.0.1:80\"\npool = \"p\"\nmode = \"single\"\nprotocol = \"http\"\n\n[pools.p]\nhealth = { interval = \"0s\" }\n\n[[pools.p.servers]]\naddress = \"127.0.0.1:9\"\n";
+    let got = lines(meaning);
+    assert_eq!(got.len(), 4, "{got:#?}");
+    // A type error and errors of meaning elsewhere: both kinds.
+    let mixed = "[[listeners]]\naddress = \"127.0.0.1:80\"\npool = \"nope\"\nidle_timeout = 5\n";
+    let got = lines(mixed);
+    assert!(
+        got.iter()
+            .any(|g| g.starts_with("4:listeners[0].idle_timeout")),
+        "{got:#?}"
+    );
+    assert!(
+        got.iter()
+            .any(|g| g.starts_with("3:listeners[0].pool unknown pool")),
+        "{got:#?}"
+    );
+    // Syntax: each bad line, not only the first.
+    let syntax = "[[listeners]]\naddress = \"127.0.0.1:80\npool = \"p\"\nx = = 3\n[pools.p\n";
+    let got = lines(syntax);
+    assert_eq!(
+        got.iter()
+            .map(|g| g.split(':').next().unwrap())
+            .collect::<Vec<_>>(),
+        ["2", "4", "5"],
+        "{got:#?}"
+    );
 }

@@ -534,6 +534,12 @@ pub struct Listener {
     /// of the server's configured port.
     #[serde(default)]
     pub same_port: bool,
+    /// UDP: the server's answers a client datagram expects; once they
+    /// have come, the flow ends and frees its socket (DNS: 1; syslog and
+    /// other one-way protocols: 0, the flow ends once the datagram is
+    /// sent). Unset: a flow lasts until `idle_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub responses: Option<u32>,
     /// Time allowed to connect to one server before trying the next.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,

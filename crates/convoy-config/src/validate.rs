@@ -115,6 +115,9 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
                 "affinity_timeout needs affinity = \"client\" or \"network\"".into(),
             );
         }
+        if l.responses.is_some() && l.protocol != crate::Protocol::Udp {
+            err(p("responses"), "only applies to UDP listeners".into());
+        }
         if l.same_port && l.mode == crate::FilterMode::Disabled {
             err(
                 p("same_port"),

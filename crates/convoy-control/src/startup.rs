@@ -18,7 +18,7 @@ use convoy_core::Snapshot;
 use convoy_l4::{Context, DataEvent};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::error::Error;
 use crate::handover::{self, Inherited, UpgradeMsg};
@@ -108,6 +108,62 @@ fn data_context(
     })
 }
 
+/// Raises the soft limit of open files to the hard limit (each proxied
+/// connection takes two descriptors, a UDP flow one, a probe one): the
+/// limit in force and the one before.
+fn raise_descriptor_limit() -> Option<(u64, u64)> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let before = getrlimit(Resource::Nofile);
+    let soft = before.current?;
+    let hard = before.maximum.unwrap_or(u64::MAX);
+    // A process may not go past the kernel's nr_open whatever the hard
+    // limit says.
+    let cap = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    let want = hard.min(cap);
+    if want > soft
+        && setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(want),
+                maximum: before.maximum,
+            },
+        )
+        .is_ok()
+    {
+        return Some((want, soft));
+    }
+    Some((soft, soft))
+}
+
+/// Logs the descriptor limit and the connections it allows; warns when
+/// `node.max_connections` asks for more than that.
+fn log_descriptors(limit: Option<(u64, u64)>, max_connections: u64) {
+    let Some((limit, before)) = limit else {
+        return;
+    };
+    // Some descriptors go to listeners, probes, logs: the rest, two per
+    // proxied connection.
+    let budget = limit.saturating_sub(64) / 2;
+    info!(
+        event = "descriptors",
+        limit,
+        raised_from = before,
+        connections = budget,
+        "open files limit {limit} (was {before}): about {budget} proxied connections at once"
+    );
+    if max_connections > budget {
+        warn!(
+            event = "descriptors_short",
+            limit,
+            max_connections,
+            "node.max_connections is {max_connections} but the open files limit allows about {budget}: raise the hard limit (LimitNOFILE=, ulimit -Hn)"
+        );
+    }
+}
+
 impl Node {
     /// Starts a node with `cfg` (read from `path`, which reloads read
     /// again): binds the admin API and every listener, starts the probes,
@@ -191,6 +247,7 @@ impl Node {
         } else if let Some(l) = upgrade_listener {
             tokio::spawn(handover::serve(l, upgrade_tx.clone()));
         }
+        log_descriptors(raise_descriptor_limit(), cfg.node.max_connections);
         info!(
             event = "ready",
             node = %cfg.node.name,

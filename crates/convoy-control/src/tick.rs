@@ -228,8 +228,10 @@ fn run_standby_hook(
     match cmd.spawn() {
         Ok(mut child) => {
             tokio::spawn(async move {
-                let st = child.wait().await;
-                info!(event = "standby_hook", pool = %pool_name, program = %prog, status = ?st.map(|s| s.code()));
+                // The exit code; -1 when it ended by a signal or could
+                // not be waited for.
+                let code = child.wait().await.ok().and_then(|s| s.code()).unwrap_or(-1);
+                info!(event = "standby_hook", pool = %pool_name, program = %prog, status = code);
             });
         }
         Err(e) => {

@@ -17,6 +17,7 @@ pub mod control;
 pub mod events;
 pub mod hist;
 pub mod listener;
+pub mod local;
 pub mod pool;
 pub mod query;
 pub mod state;

@@ -21,6 +21,11 @@ pub struct Query {
     pub listeners: Vec<ListenerView>,
     /// Pools.
     pub pools: Vec<PoolView>,
+    /// Errors from this node's own limits since start, by kind
+    /// (descriptors, addresses, buffers, memory); only those that
+    /// happened.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub local_errors: std::collections::BTreeMap<String, u64>,
 }
 
 /// One listener.
@@ -234,5 +239,10 @@ pub fn query_with(
         cluster: None,
         listeners,
         pools,
+        local_errors: crate::local::counts()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (k.as_str().to_string(), n))
+            .collect(),
     }
 }

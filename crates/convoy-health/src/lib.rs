@@ -31,6 +31,10 @@ pub struct Report {
 /// Why a probe failed (the text is the health event's `detail`).
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
+    /// This node is out of a resource (file descriptors, local ports):
+    /// the probe says nothing about the server and is not counted.
+    #[error("local resource: {0}")]
+    Local(std::io::Error),
     /// The connection was refused or failed.
     #[error("connect: {0}")]
     Connect(std::io::Error),
@@ -66,8 +70,17 @@ pub enum ProbeError {
 pub async fn probe_tcp(addr: SocketAddr, cfg: &Health) -> Result<(), ProbeError> {
     match tokio::time::timeout(cfg.timeout.get(), TcpStream::connect(addr)).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(ProbeError::Connect(e)),
+        Ok(Err(e)) => Err(connect_error(e)),
         Err(_) => Err(ProbeError::ConnectTimeout(cfg.timeout)),
+    }
+}
+
+/// A failed connect: the server's (refused, unreachable) or this node's.
+fn connect_error(e: std::io::Error) -> ProbeError {
+    if convoy_core::local::note(&e, "health check") {
+        ProbeError::Local(e)
+    } else {
+        ProbeError::Connect(e)
     }
 }
 
@@ -77,9 +90,7 @@ pub async fn probe_tcp(addr: SocketAddr, cfg: &Health) -> Result<(), ProbeError>
 pub async fn probe_http(addr: SocketAddr, cfg: &Health) -> Result<(), ProbeError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let run = async {
-        let mut s = TcpStream::connect(addr)
-            .await
-            .map_err(ProbeError::Connect)?;
+        let mut s = TcpStream::connect(addr).await.map_err(connect_error)?;
         let req = format!(
             "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: convoy-health\r\nConnection: close\r\n\r\n",
             cfg.path
@@ -145,6 +156,10 @@ pub fn spawn(
                 CheckKind::Http => probe_http(addr, &cfg).await,
                 _ => probe_tcp(addr, &cfg).await,
             };
+            if let Err(ProbeError::Local(_)) = r {
+                // Neither a success nor a failure: tried again next time.
+                continue;
+            }
             let detail = match &r {
                 Ok(()) => "check ok".to_string(),
                 Err(e) => e.to_string(),

@@ -49,11 +49,30 @@ pub async fn serve(
     stop: watch::Receiver<bool>,
 ) {
     let l = Arc::clone(&listener);
-    accept_loop(listener, socket, stop, move |client, peer| {
+    accept_loop(listener, socket, stop, move |client, peer, admitted| {
         let (ctx, l) = (ctx.clone(), Arc::clone(&l));
-        async move { handle(&ctx, &l, client, peer).await }
+        async move {
+            let _admitted = admitted;
+            handle(&ctx, &l, client, peer).await
+        }
     })
     .await;
+}
+
+/// A connection's place in its listener's limits (per client address,
+/// total, node-wide), given back when it is dropped. The connection's
+/// task holds it: the accept loop spawns the handler's future itself,
+/// with no wrapper (an `async` wrapper that awaits a captured future
+/// stores it twice: the task would double in size).
+pub struct Admitted {
+    listener: Arc<ListenerRuntime>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.listener.release_from(self.ip);
+    }
 }
 
 /// The accept loop every TCP-based listener (L4 and HTTP) runs on one
@@ -69,7 +88,7 @@ pub async fn accept_loop<F, Fut>(
     mut stop: watch::Receiver<bool>,
     handle: F,
 ) where
-    F: Fn(TcpStream, SocketAddr) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Admitted) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let mut backoff = Duration::from_millis(5);
@@ -84,7 +103,9 @@ pub async fn accept_loop<F, Fut>(
                 c
             }
             Err(e) => {
-                warn!(event = "accept_error", listener = %listener.cfg.name, error = %e, backoff_ms = backoff.as_millis() as u64);
+                if !convoy_core::local::note(&e, "accept") {
+                    warn!(event = "accept_error", listener = %listener.cfg.name, error = %e, backoff_ms = backoff.as_millis() as u64);
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
@@ -97,12 +118,11 @@ pub async fn accept_loop<F, Fut>(
             drop(client);
             continue;
         }
-        let l = Arc::clone(&listener);
-        let task = handle(client, peer);
-        tokio::spawn(async move {
-            task.await;
-            l.release_from(peer.ip());
-        });
+        let admitted = Admitted {
+            listener: Arc::clone(&listener),
+            ip: peer.ip(),
+        };
+        tokio::spawn(handle(client, peer, admitted));
     }
     debug!(listener = %listener.cfg.name, "accept loop stopped");
 }
@@ -143,6 +163,11 @@ async fn handle(ctx: &Context, l: &ListenerRuntime, client: TcpStream, peer: Soc
         match connect(addr, l.cfg.connect_timeout.get()).await {
             Ok(stream) => break (stream, idx),
             Err(e) => {
+                if convoy_core::local::note(&e, "connect to a server") {
+                    // This node is out of descriptors or ports: not the
+                    // server's fault; the client's connection closes.
+                    return;
+                }
                 let _ = ctx.events.send(DataEvent::Failure {
                     server: Arc::clone(&s.state),
                     reason: format!("connect: {e}"),

@@ -23,6 +23,10 @@ struct Flow {
     upstream: Arc<UdpSocket>,
     /// `clock::now_ms()` of the last datagram either way.
     last: AtomicU64,
+    /// Datagrams sent to the server (for `responses`).
+    sent: AtomicU64,
+    /// Ends the flow's reply task (`responses = 0`).
+    end: tokio::sync::Notify,
     server: Arc<ServerState>,
     _guard: convoy_core::state::ConnGuard,
 }
@@ -67,10 +71,16 @@ pub async fn serve(
             },
             _ = stop.wait_for(|s| *s) => break,
         };
+        // Counted as sent under the map's lock: a flow that ends after its
+        // answers (`responses`) decides under the same lock, so it never
+        // ends with a datagram still expecting one.
         let existing = flows
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&peer)
+            .inspect(|f| {
+                f.sent.fetch_add(1, Ordering::Relaxed);
+            })
             .cloned();
         let flow = match existing {
             Some(f) if f.server.is_eligible() => f,
@@ -83,12 +93,18 @@ pub async fn serve(
                     debug!(server = %old.server.name, client = %peer, "flow moved off an unavailable server");
                 }
                 match new_flow(&ctx, &listener, &socket, &flows, peer, &stop).await {
-                    Some(f) => f,
+                    Some(f) => {
+                        f.sent.fetch_add(1, Ordering::Relaxed);
+                        f
+                    }
                     None => continue,
                 }
             }
         };
         if let Err(e) = flow.upstream.send(&buf[..n]).await {
+            if convoy_core::local::note(&e, "UDP send to a server") {
+                continue;
+            }
             let _ = ctx.events.send(DataEvent::Failure {
                 server: Arc::clone(&flow.server),
                 reason: format!("udp send: {e}"),
@@ -96,6 +112,14 @@ pub async fn serve(
         } else {
             flow.server.add_bytes(n as u64, 0);
             flow.last.store(clock::now_ms(), Ordering::Relaxed);
+            if listener.cfg.responses == Some(0) {
+                // One-way (syslog): nothing to wait for.
+                flow.end.notify_one();
+                let mut map = flows.lock().unwrap_or_else(|e| e.into_inner());
+                if map.get(&peer).is_some_and(|f| Arc::ptr_eq(f, &flow)) {
+                    map.remove(&peer);
+                }
+            }
         }
     }
     flows.lock().unwrap_or_else(|e| e.into_inner()).clear();
@@ -143,22 +167,29 @@ async fn new_flow(
     let up = match UdpSocket::bind(bind).await {
         Ok(u) => u,
         Err(e) => {
-            warn!(error = %e, "cannot open a UDP socket for a flow");
+            if !convoy_core::local::note(&e, "UDP socket for a flow") {
+                warn!(error = %e, "cannot open a UDP socket for a flow");
+            }
             l.release();
             return None;
         }
     };
     if let Err(e) = up.connect(addr).await {
+        l.release();
+        if convoy_core::local::note(&e, "UDP flow to a server") {
+            return None;
+        }
         let _ = ctx.events.send(DataEvent::Failure {
             server: Arc::clone(&entry.state),
             reason: format!("udp connect: {e}"),
         });
-        l.release();
         return None;
     }
     let flow = Arc::new(Flow {
         upstream: Arc::new(up),
         last: AtomicU64::new(clock::now_ms()),
+        sent: AtomicU64::new(0),
+        end: tokio::sync::Notify::new(),
         server: Arc::clone(&entry.state),
         _guard: entry.state.open(),
     });
@@ -181,13 +212,16 @@ async fn new_flow(
     kill.mark_unchanged();
     server_kill.mark_unchanged();
     listener_kill.mark_unchanged();
+    let responses = l.cfg.responses.map(u64::from);
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65_536];
+        let mut answers = 0u64;
         loop {
             let since = clock::now_ms().saturating_sub(f2.last.load(Ordering::Relaxed));
             let wait = idle.saturating_sub(Duration::from_millis(since));
             let r = tokio::select! {
                 r = tokio::time::timeout(wait, f2.upstream.recv(&mut buf)) => r,
+                _ = f2.end.notified() => break,
                 _ = stop.wait_for(|s| *s) => break,
                 _ = kill.changed() => break,
                 _ = server_kill.changed() => break,
@@ -200,6 +234,18 @@ async fn new_flow(
                     f2.last.store(clock::now_ms(), Ordering::Relaxed);
                     if socket.send_to(&buf[..n], peer).await.is_err() {
                         break;
+                    }
+                    answers += 1;
+                    if let Some(r) = responses {
+                        let mut map = flows.lock().unwrap_or_else(|e| e.into_inner());
+                        if answers >= r * f2.sent.load(Ordering::Relaxed) {
+                            // Every datagram got its answers: the flow
+                            // ends (the next datagram opens a new one).
+                            if map.get(&peer).is_some_and(|f| Arc::ptr_eq(f, &f2)) {
+                                map.remove(&peer);
+                            }
+                            break;
+                        }
                     }
                 }
                 // ECONNREFUSED from an ICMP port unreachable: the server

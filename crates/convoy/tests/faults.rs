@@ -379,7 +379,8 @@ async fn running_out_of_descriptors_backs_off_and_recovers() {
         }
     }
     assert!(
-        c.wait_event("accept_error", Duration::from_secs(5)).await,
+        c.wait_event("local_resource_error", Duration::from_secs(5))
+            .await,
         "convoy reports running out of descriptors: {}",
         c.stderr()
     );
@@ -539,4 +540,65 @@ async fn http1_client_that_stops_reading_is_closed() {
         busy(&admin)
     );
     drop(s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_descriptors_is_never_a_server_fault() {
+    // Two UDP resolvers, each with a TCP port for its health check.
+    let mut servers = Vec::new();
+    let mut tcp = Vec::new();
+    for n in ["r1", "r2"] {
+        let u = convoy_testkit::UdpBackend::start(n).await;
+        let t = TcpListener::bind(u.addr).await.unwrap();
+        tcp.push(tokio::spawn(async move {
+            while let Ok((s, _)) = t.accept().await {
+                drop(s);
+            }
+        }));
+        servers.push(u);
+    }
+    let port = convoy_testkit::free_udp_port();
+    let cfg = format!(
+        "[[listeners]]\nname = \"dns\"\nprotocol = \"udp\"\naddress = \"127.0.0.1:{port}\"\npool = \"r\"\nidle_timeout = \"2s\"\n\n\
+         [pools.r]\nhealth = {{ check = \"tcp\", interval = \"100ms\", timeout = \"500ms\", rise = 1, fall = 1 }}\n\
+         [[pools.r.servers]]\nname = \"r1\"\naddress = \"{}\"\n\
+         [[pools.r.servers]]\nname = \"r2\"\naddress = \"{}\"\n",
+        servers[0].addr, servers[1].addr
+    );
+    // 64 descriptors, soft and hard: convoy cannot raise it.
+    let c = Convoy::start_wrapped(BIN, &cfg, &["prlimit", "--nofile=64"]).await;
+    let d = c.events("descriptors");
+    assert_eq!(
+        d.first().map(|e| e["limit"].clone()),
+        Some(64.into()),
+        "{d:?}"
+    );
+    // 300 queries, each from a new source port: a flow (and a socket)
+    // each, far more than the descriptors.
+    let mut clients = Vec::new();
+    for i in 0..300u32 {
+        let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let _ = s.send_to(&i.to_be_bytes(), ("127.0.0.1", port)).await;
+        clients.push(s);
+    }
+    assert!(
+        c.wait_event("local_resource_error", Duration::from_secs(5))
+            .await,
+        "{}",
+        c.stderr()
+    );
+    // The checks go on (a probe that cannot get a descriptor is tried
+    // again); no resolver is taken down for this node's shortage.
+    // The flows end after their idle timeout, freeing the descriptors.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert!(c.events("server_down").is_empty(), "{}", c.stderr());
+    assert!(c.events("pool_down").is_empty(), "{}", c.stderr());
+    let q = query(&c.admin_addr());
+    assert!(
+        q["local_errors"]["descriptors"].as_u64().unwrap_or(0) > 0,
+        "{q}"
+    );
+    for t in tcp {
+        t.abort();
+    }
 }

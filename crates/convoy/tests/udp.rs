@@ -141,3 +141,82 @@ async fn udp_port_range_with_same_port() {
         s.abort();
     }
 }
+
+/// Open UDP flows of the listener, from `convoy ctl query`.
+fn active(c: &Convoy) -> u64 {
+    let o = std::process::Command::new(BIN)
+        .args(["ctl", "--admin", &c.admin_addr(), "--json", "query"])
+        .output()
+        .unwrap();
+    let q: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    q["listeners"][0]["active"].as_u64().unwrap_or(u64::MAX)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_ends_once_its_answers_came() {
+    let b = UdpBackend::start("dns").await;
+    let port = free_udp_port();
+    let cfg = |responses: Option<u32>| {
+        let mut l = Listener::udp(port, "dns").set("idle_timeout", "30s");
+        if let Some(r) = responses {
+            l = l.set("responses", i64::from(r));
+        }
+        Config::new()
+            .listener(l)
+            .pool(
+                Pool::new("dns")
+                    .health([("check", "none".into())])
+                    .server(Server::at(b.addr)),
+            )
+            .build()
+    };
+    // responses = 1 (DNS): 50 queries, each from a new port, each
+    // answered; no flow stays for the 30 s idle timeout.
+    let c = Convoy::start(BIN, &cfg(Some(1))).await;
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for i in 0..50 {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        assert_eq!(ask(&s, to, &format!("q{i}")).await, format!("dns:q{i}"));
+    }
+    // One client asking twice before reading: both answered.
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    s.send_to(b"a", to).await.unwrap();
+    s.send_to(b"aaaa", to).await.unwrap();
+    let mut got = HashSet::new();
+    for _ in 0..2 {
+        let mut buf = [0u8; 64];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), s.recv_from(&mut buf))
+            .await
+            .expect("both answers")
+            .unwrap();
+        got.insert(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(
+        got,
+        HashSet::from(["dns:a".to_string(), "dns:aaaa".to_string()])
+    );
+    assert!(
+        convoy_testkit::wait_until(Duration::from_secs(3), || active(&c) == 0).await,
+        "flows still open: {}",
+        active(&c)
+    );
+    drop(c);
+    // responses = 0 (syslog): forwarded, and the flow ends at once.
+    let c = Convoy::start(BIN, &cfg(Some(0))).await;
+    for i in 0..20 {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        s.send_to(format!("log {i}").as_bytes(), to).await.unwrap();
+    }
+    assert!(
+        convoy_testkit::wait_until(Duration::from_secs(3), || active(&c) == 0).await,
+        "flows still open: {}",
+        active(&c)
+    );
+    // Without `responses`, a flow waits for its idle timeout.
+    drop(c);
+    let c = Convoy::start(BIN, &cfg(None)).await;
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    assert_eq!(ask(&s, to, "x").await, "dns:x");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(active(&c), 1);
+}

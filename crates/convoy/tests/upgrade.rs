@@ -336,3 +336,223 @@ async fn upgrade_hands_over_server_state_and_load() {
     );
     drop(new);
 }
+
+/// Failed requests in a wrk summary (socket errors other than connect,
+/// non-2xx answers), and requests done.
+fn wrk_failures(out: &str) -> (u64, u64) {
+    let mut failed = 0;
+    let mut done = 0;
+    for l in out.lines() {
+        let l = l.trim();
+        if let Some(rest) = l.strip_prefix("Socket errors:") {
+            // "connect 0, read 0, write 0, timeout 0"
+            for part in rest.split(',') {
+                let mut w = part.split_whitespace();
+                if let (Some(k), Some(v)) = (w.next(), w.next()) {
+                    failed += v.parse::<u64>().unwrap_or(0) * u64::from(k != "connect");
+                }
+            }
+        } else if let Some(rest) = l.strip_prefix("Non-2xx or 3xx responses:") {
+            failed += rest.trim().parse::<u64>().unwrap_or(0);
+        } else if l.contains("requests in") {
+            done = l
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    (failed, done)
+}
+
+/// Failed requests in an h2load summary (failed + errored + timeout), and
+/// requests that succeeded.
+fn h2load_failures(out: &str) -> (u64, u64) {
+    // "requests: 100 total, 100 started, 100 done, 100 succeeded, 0 failed, 0 errored, 0 timeout"
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .unwrap_or("");
+    let num = |what: &str| -> u64 {
+        line.split(',')
+            .find(|p| p.trim().ends_with(what))
+            .and_then(|p| p.split_whitespace().find_map(|w| w.parse().ok()))
+            .unwrap_or(0)
+    };
+    (
+        num("failed") + num("errored") + num("timeout"),
+        num("succeeded"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_upgrades_under_keep_alive_load_lose_no_request() {
+    for tool in ["wrk", "h2load"] {
+        assert!(
+            convoy_testkit::have(tool),
+            "{tool} is missing (scripts/test.sh installs it: apt-get install wrk nghttp2-client)"
+        );
+    }
+    let origin = HttpOrigin::start("o", Duration::ZERO).await;
+    let hport = free_port();
+    let sock = temp_dir("upgrade-ka").join("convoy.sock");
+    let cfg = format!(
+        "[node]\nupgrade_socket = \"{}\"\ndrain_timeout = \"10s\"\n\n\
+         [[listeners]]\nname = \"web\"\nprotocol = \"http\"\naddress = \"127.0.0.1:{hport}\"\npool = \"web\"\n\n\
+         [pools.web]\n[[pools.web.servers]]\nname = \"o\"\naddress = \"{}\"\n",
+        sock.display(),
+        origin.addr,
+    );
+    let mut cur = Convoy::start(BIN, &cfg).await;
+    let url = format!("http://127.0.0.1:{hport}/");
+    // Keep-alive load from three clients for 25 s (they end by themselves):
+    // wrk and h2load over HTTP/1.1, h2load over HTTP/2 (4 streams per
+    // connection).
+    let spawn = |args: &[&str]| {
+        std::process::Command::new(args[0])
+            .args(&args[1..])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let wrk = spawn(&["wrk", "-t1", "-c10", "-d25s", &url]);
+    let h1 = spawn(&["h2load", "--h1", "-c10", "-D", "25", &url]);
+    let h2 = spawn(&["h2load", "-c4", "-m4", "-D", "25", &url]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut upgrades = 0;
+    // The first process's directory holds the config every upgrade reads:
+    // the old processes' handles are kept to the end.
+    let mut gone = Vec::new();
+    let end = tokio::time::Instant::now() + Duration::from_secs(22);
+    while upgrades < 20 && tokio::time::Instant::now() < end {
+        let next = cur.start_upgrade(BIN).await;
+        let code = cur.wait_exit(Duration::from_secs(12)).await;
+        assert_eq!(
+            code,
+            Some(0),
+            "upgrade {upgrades}: the old process exits: {}",
+            cur.stderr()
+        );
+        gone.push(std::mem::replace(&mut cur, next));
+        upgrades += 1;
+    }
+    let outs: Vec<(String, String)> = tokio::task::spawn_blocking(move || {
+        [("wrk", wrk), ("h2load --h1", h1), ("h2load h2", h2)]
+            .into_iter()
+            .map(|(n, c)| {
+                let o = c.wait_with_output().unwrap();
+                (
+                    n.to_string(),
+                    String::from_utf8_lossy(&o.stdout).into_owned(),
+                )
+            })
+            .collect()
+    })
+    .await
+    .unwrap();
+    assert!(upgrades >= 10, "only {upgrades} upgrades in 22 s");
+    for (name, out) in &outs {
+        let (failed, done) = if name == "wrk" {
+            wrk_failures(out)
+        } else {
+            h2load_failures(out)
+        };
+        eprintln!("{name}: {done} requests, {failed} failed over {upgrades} upgrades");
+        assert!(done > 1000, "{name} ran: {out}");
+        assert_eq!(
+            failed, 0,
+            "{name} lost requests over {upgrades} upgrades:\n{out}"
+        );
+    }
+}
+
+/// One keep-alive client: GET after GET on one connection until the
+/// server answers `Connection: close` (or `deadline`): (answered, lost).
+/// A request sent and not answered (a reset, or a close before the
+/// answer) is lost.
+async fn keep_alive_client(port: u16, deadline: tokio::time::Instant) -> (u64, u64) {
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return (0, 0);
+    };
+    let mut ok = 0;
+    let mut buf = Vec::new();
+    while tokio::time::Instant::now() < deadline {
+        if s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return (ok, 1);
+        }
+        // Read one answer: its head, then content-length bytes.
+        let answer = async {
+            loop {
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        buf.drain(..end + 4 + len);
+                        return Some(head.contains("connection: close"));
+                    }
+                }
+                let mut chunk = [0u8; 4096];
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(5), answer).await {
+            Ok(Some(close)) => {
+                ok += 1;
+                if close {
+                    return (ok, 0);
+                }
+            }
+            _ => return (ok, 1),
+        }
+    }
+    (ok, 0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_stop_under_keep_alive_load_answers_every_request_it_read() {
+    let origin = HttpOrigin::start("o", Duration::ZERO).await;
+    let hport = free_port();
+    let cfg = format!(
+        "[node]\ndrain_timeout = \"10s\"\n\n\
+         [[listeners]]\nname = \"web\"\nprotocol = \"http\"\naddress = \"127.0.0.1:{hport}\"\npool = \"web\"\n\n\
+         [pools.web]\n[[pools.web.servers]]\nname = \"o\"\naddress = \"{}\"\n",
+        origin.addr,
+    );
+    let mut c = Convoy::start(BIN, &cfg).await;
+    // 20 keep-alive clients sending without pause (bounded: 8 s).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    let clients: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(keep_alive_client(hport, deadline)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // SIGQUIT: drain-stop, then exit when the last connection ends.
+    c.signal("QUIT");
+    assert_eq!(
+        c.wait_exit(Duration::from_secs(12)).await,
+        Some(0),
+        "{}",
+        c.stderr()
+    );
+    let (mut ok, mut lost) = (0, 0);
+    for t in clients {
+        let (o, l) = t.await.unwrap();
+        ok += o;
+        lost += l;
+    }
+    assert!(ok > 1000, "load ran: {ok}");
+    assert_eq!(
+        lost, 0,
+        "{lost} requests lost in the drain-stop ({ok} answered)"
+    );
+}

@@ -385,6 +385,10 @@ async fn linger_close<S: ClientStream>(mut io: S) {
     }
 }
 
+/// How long an idle connection waits, after a graceful stop, for a
+/// request the client may have sent before it learns of the stop.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// Serves one client connection until it ends. `rbuf`: bytes already
 /// read from it. `handler` answers each request.
 pub async fn serve<S, F, Fut>(
@@ -403,6 +407,10 @@ pub async fn serve<S, F, Fut>(
     // When the connection last finished a response (or started).
     let mut last = Instant::now();
     let mut first = true;
+    // A graceful stop (drain, upgrade): an idle connection waits STOP_GRACE
+    // for a request in flight (answered with `Connection: close`), then
+    // closes.
+    let mut stop_by: Option<Instant> = None;
     loop {
         // ---- a request head ----
         let mut head_start: Option<Instant> = (!rbuf.is_empty()).then(Instant::now);
@@ -422,11 +430,14 @@ pub async fn serve<S, F, Fut>(
                 }
                 head_start.get_or_insert_with(Instant::now);
             }
-            let deadline = match head_start {
+            let mut deadline = match head_start {
                 Some(t) => t + set.header_timeout,
                 None if first => last + set.header_timeout,
                 None => last + set.idle_timeout,
             };
+            if let (Some(s), None) = (stop_by, head_start) {
+                deadline = deadline.min(s);
+            }
             if deadline != armed {
                 timer.as_mut().reset(deadline);
                 armed = deadline;
@@ -446,8 +457,16 @@ pub async fn serve<S, F, Fut>(
                 if sig.poll_kill(cx).is_ready() {
                     return Poll::Ready(Ev::Kill);
                 }
-                if sig.stopping && rbuf.is_empty() {
-                    return Poll::Ready(Ev::Closed);
+                if sig.stopping && rbuf.is_empty() && stop_by.is_none() {
+                    // Closing an idle connection at once would reset a
+                    // request the client has just sent: it gets a moment
+                    // to arrive.
+                    let s = Instant::now() + STOP_GRACE;
+                    stop_by = Some(s);
+                    if s < armed {
+                        timer.as_mut().reset(s);
+                        armed = s;
+                    }
                 }
                 let ready = if rbuf.is_empty() {
                     io.poll_idle(cx)
@@ -488,8 +507,10 @@ pub async fn serve<S, F, Fut>(
                                 "request head timed out",
                             ))
                             .await;
-                        linger_close(io).await;
                     }
+                    // A FIN, then what the client still sends is read: a
+                    // request that crossed it is not answered with a reset.
+                    linger_close(io).await;
                     return;
                 }
             }

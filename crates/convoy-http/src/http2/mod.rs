@@ -512,18 +512,39 @@ where
     let mut c = Conn::new(io, set, handler);
     let mut stop = std::pin::pin!(stop);
     let mut kill = std::pin::pin!(kill);
+    // A graceful stop in two steps (as RFC 9113 §6.8 advises): GOAWAY
+    // with the largest stream id and a PING; at the PING's answer (or
+    // after STOP_WAIT), GOAWAY with the last stream taken. A request the
+    // client sent while the first GOAWAY was on its way is served, not
+    // left for the client to retry.
+    let mut stop_wait: Option<Pin<Box<tokio::time::Sleep>>> = None;
     poll_fn(|cx| {
         if kill.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Ok(()));
         }
-        if !c.stopping && stop.as_mut().poll(cx).is_ready() {
-            c.stopping = true;
-            frame::goaway(&mut c.out.buf, c.last_id, Reason::NO_ERROR, "");
+        if !c.stopping && !c.soft_stop && stop.as_mut().poll(cx).is_ready() {
+            c.soft_stop = true;
+            frame::goaway(&mut c.out.buf, 0x7fff_ffff, Reason::NO_ERROR, "");
+            frame::head(&mut c.out.buf, 8, frame::PING, 0, 0);
+            c.out.buf.extend_from_slice(&STOP_PING);
+            stop_wait = Some(Box::pin(tokio::time::sleep(STOP_WAIT)));
+        }
+        if let Some(w) = &mut stop_wait {
+            if !c.stopping && w.as_mut().poll(cx).is_ready() {
+                c.finish_stop();
+            }
         }
         c.poll(cx)
     })
     .await
 }
+
+/// The payload of the PING that follows a graceful stop's first GOAWAY.
+const STOP_PING: [u8; 8] = *b"convoyGA";
+
+/// How long a graceful stop waits for its PING's answer before the final
+/// GOAWAY.
+const STOP_WAIT: Duration = Duration::from_secs(1);
 
 /// Requests reset by the client that count against it (see `resets`).
 const RESET_BUDGET: u32 = 200;
@@ -561,8 +582,13 @@ struct Conn<S, H, F, B> {
     settings_seen: bool,
     /// A header block continues in CONTINUATION frames.
     cont: Option<Cont>,
-    /// GOAWAY sent for a graceful stop.
+    /// The final GOAWAY sent (a graceful stop, or the client's GOAWAY):
+    /// no new stream is taken.
     stopping: bool,
+    /// A graceful stop's first GOAWAY (last id 2^31-1) and PING are out:
+    /// streams the client opened before it saw them are still served;
+    /// the final GOAWAY goes out at the PING's answer.
+    soft_stop: bool,
     /// GOAWAY sent for an error: flush it and end.
     failed: Option<Error>,
     /// The client said GOAWAY, or closed its side.
@@ -645,6 +671,7 @@ where
             settings_seen: false,
             cont: None,
             stopping: false,
+            soft_stop: false,
             failed: None,
             peer_gone: false,
             resets: 0,
@@ -709,6 +736,15 @@ where
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// A graceful stop's final GOAWAY: the streams taken so far finish,
+    /// no other is taken.
+    fn finish_stop(&mut self) {
+        if self.soft_stop && !self.stopping {
+            self.stopping = true;
+            frame::goaway(&mut self.out.buf, self.last_id, Reason::NO_ERROR, "");
+        }
     }
 
     fn requeue(&self, id: u32) {
@@ -975,6 +1011,10 @@ where
                 if h.flags & ACK == 0 {
                     frame::head(&mut self.out.buf, 8, PING, ACK, 0);
                     self.out.buf.extend_from_slice(&p);
+                } else if p[..] == STOP_PING[..] {
+                    // Every stream the client opened before our first
+                    // GOAWAY has arrived by now.
+                    self.finish_stop();
                 }
                 Ok(())
             }

@@ -742,13 +742,13 @@ async fn streams_over_the_limit_are_refused() {
 async fn a_graceful_stop_finishes_open_streams_and_ignores_new_ones() {
     let (client, server) = tokio::io::duplex(1 << 20);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let gate = Arc::new(tokio::sync::Notify::new());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let g = Arc::clone(&gate);
     let task = tokio::spawn(async move {
         let h = move |_req: Request<H2Body>| {
             let g = Arc::clone(&g);
             Box::pin(async move {
-                g.notified().await;
+                let _ = g.acquire().await;
                 Response::new(Full::new(Bytes::from_static(b"done")))
             }) as Fut
         };
@@ -769,15 +769,27 @@ async fn a_graceful_stop_finishes_open_streams_and_ignores_new_ones() {
     c.send(frame::PING, 0, 0, b"sync____").await;
     c.until(frame::PING).await.unwrap();
     tx.send(()).unwrap();
+    // First GOAWAY: the largest id (nothing refused yet), and a PING.
+    let (_, p) = c.until(frame::GOAWAY).await.unwrap();
+    assert_eq!(u32::from_be_bytes(p[..4].try_into().unwrap()), 0x7fff_ffff);
+    let (h, ping) = c.until(frame::PING).await.unwrap();
+    assert_eq!(h.flags & frame::ACK, 0);
+    // A stream the client opened before it saw the GOAWAY is served.
+    c.get(3, "/", &[]).await;
+    c.send(frame::PING, frame::ACK, 0, &ping).await;
+    // At the PING's answer: the final GOAWAY names the last stream taken.
     let (_, p) = c.until(frame::GOAWAY).await.unwrap();
     assert_eq!(
         u32::from_be_bytes(p[..4].try_into().unwrap()),
-        1,
+        3,
         "last stream id"
     );
-    c.get(3, "/", &[]).await;
-    gate.notify_waiters();
+    // A stream after it is ignored.
+    c.get(5, "/", &[]).await;
+    gate.add_permits(2);
     let (status, _, body) = c.response(1).await;
+    assert_eq!((status, &body[..]), (200, &b"done"[..]));
+    let (status, _, body) = c.response(3).await;
     assert_eq!((status, &body[..]), (200, &b"done"[..]));
     assert!(matches!(task.await, Ok(Ok(()))));
 }

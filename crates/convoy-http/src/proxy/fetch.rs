@@ -275,6 +275,11 @@ fn retry_after(
 ) -> bool {
     let server = &pool.servers[idx];
     let connect = e.is_connect();
+    if connect && e.is_local() {
+        // This node is out of descriptors or ports: not the server's
+        // fault, and no other server would do better now.
+        return false;
+    }
     let kind = if connect {
         ErrorKind::Connect
     } else {

@@ -34,9 +34,10 @@ pub async fn serve(
 ) {
     let shared = Arc::new(Shared::new(ctx, Arc::clone(&listener), cache));
     let conn_stop = stop.clone();
-    convoy_l4::tcp::accept_loop(listener, socket, stop, move |stream, peer| {
+    convoy_l4::tcp::accept_loop(listener, socket, stop, move |stream, peer, admitted| {
         let (sh, stop, tls) = (Arc::clone(&shared), conn_stop.clone(), tls.clone());
         async move {
+            let _admitted = admitted;
             if !sh.listener.takes_new() {
                 // A disabled (or operator-drained) listener takes no new
                 // connection: it is closed at once, as on TCP listeners.

@@ -34,6 +34,28 @@ pub(super) enum UpErr {
 }
 
 impl UpErr {
+    /// The connect failed for lack of a resource of this node (file
+    /// descriptors, local ports): not the server's fault. Counted.
+    pub(super) fn is_local(&self) -> bool {
+        match self {
+            UpErr::H1(crate::h1::client::SendError::Connect(e)) => {
+                convoy_core::local::note(e, "connect to a server")
+            }
+            UpErr::H1(_) => false,
+            UpErr::H2(e) => {
+                use std::error::Error as _;
+                let mut src = e.source();
+                while let Some(s) = src {
+                    if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                        return convoy_core::local::note(io, "connect to a server");
+                    }
+                    src = s.source();
+                }
+                false
+            }
+        }
+    }
+
     /// The request never reached the server (it may go to another).
     pub(super) fn is_connect(&self) -> bool {
         match self {
