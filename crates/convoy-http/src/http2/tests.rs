@@ -3,9 +3,15 @@
 //! frame or request is answered with.
 
 use super::*;
+use bytes::{Buf, BytesMut};
+use frame::Head;
+use hpack::{Name, Pseudo};
+use http::header::HeaderValue;
 use http_body_util::{BodyExt, Full};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::time::Instant;
 
 type Resp = Response<Full<Bytes>>;
 type Fut = Pin<Box<dyn Future<Output = Resp> + Send>>;

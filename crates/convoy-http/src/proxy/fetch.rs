@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use convoy_core::admission::{Admit, Grant};
 use convoy_core::context::DataEvent;
+use convoy_core::pool::ServerEntry;
 use convoy_core::state::ErrorKind;
 use convoy_core::PoolRuntime;
 use http::{HeaderValue, Response, StatusCode};
@@ -87,25 +88,11 @@ pub(super) async fn fetch(
             r.tier = Some(server.cfg.tier);
             r.retries = tried.len();
         }
-        if tried.iter().any(|&t| {
-            first_pool
-                .servers
-                .get(t)
-                .is_some_and(|e| Arc::ptr_eq(&e.state, &server.state))
-        }) {
+        if tried_before(first_pool, &tried, server) {
             // A queued retry was handed the server it already failed on.
             return Err(local(StatusCode::BAD_GATEWAY, "no server could be reached"));
         }
-        // HTTP/2 clients send no Host header, HTTP/1.0 clients may not;
-        // HTTP/1.1 servers need one: the request's authority, else the
-        // server's own address.
-        let host = if parts.headers.contains_key(http::header::HOST) {
-            None
-        } else {
-            rc.host
-                .clone()
-                .or_else(|| HeaderValue::try_from(server.cfg.address.0.to_string()).ok())
-        };
+        let host = host_for(parts, rc, server);
         let out = Outbound {
             parts,
             path: &rc.path,
@@ -183,6 +170,34 @@ pub(super) async fn fetch(
                 }
             }
         }
+    }
+}
+
+/// Whether `server` is one of the servers of `first_pool` the request
+/// was already tried on.
+fn tried_before(first_pool: &PoolRuntime, tried: &[usize], server: &ServerEntry) -> bool {
+    tried.iter().any(|&t| {
+        first_pool
+            .servers
+            .get(t)
+            .is_some_and(|e| Arc::ptr_eq(&e.state, &server.state))
+    })
+}
+
+/// The Host header to add for `server`: HTTP/2 clients send no Host
+/// header, HTTP/1.0 clients may not; HTTP/1.1 servers need one: the
+/// request's authority, else the server's own address.
+fn host_for(
+    parts: &http::request::Parts,
+    rc: &ReqCtx,
+    server: &ServerEntry,
+) -> Option<HeaderValue> {
+    if parts.headers.contains_key(http::header::HOST) {
+        None
+    } else {
+        rc.host
+            .clone()
+            .or_else(|| HeaderValue::try_from(server.cfg.address.0.to_string()).ok())
     }
 }
 

@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use convoy_config::compiled::RouteDecision;
 use convoy_core::admission::Affinity;
 use convoy_core::PoolRuntime;
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -128,22 +129,12 @@ pub(super) async fn handle(
     let snap = sh.ctx.snapshot.load_full();
     let explain = explain_asked(sh, req.headers_mut());
     let d = decide_from(&l.routes, &req, Some(peer.ip()));
-    if let Some(r) = rec {
-        r.route = d.route.clone();
-        r.class = d.class;
-        r.cost = d.cost;
-        r.pool = d.pool.clone();
-    }
+    note_route(rec, d);
     let Some(first_pool) = snap.pools.get(&d.pool).cloned() else {
         return local(StatusCode::BAD_GATEWAY, "no such pool");
     };
     let (class, cost) = (d.class, d.cost);
-    // The Host header, or the HTTP/2 :authority.
-    let host: Option<HeaderValue> = req.headers().get(http::header::HOST).cloned().or_else(|| {
-        req.uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    let host = host_header(&req);
     // Framing: the HTTP/1 codec refuses differing Content-Lengths and
     // Content-Length beside Transfer-Encoding (400); HTTP/2 bodies are DATA
     // frames, checked by h2 against a Content-Length; either way the
@@ -234,6 +225,25 @@ pub(super) async fn handle(
         return tunnel(sh, f);
     }
     finish(sh, f, &parts, &rc, None)
+}
+
+/// Notes the route's decision in the access-log record.
+fn note_route(rec: &mut Option<Box<AccessRec>>, d: &RouteDecision) {
+    if let Some(r) = rec {
+        r.route = d.route.clone();
+        r.class = d.class;
+        r.cost = d.cost;
+        r.pool = d.pool.clone();
+    }
+}
+
+/// The Host header, or the HTTP/2 :authority.
+fn host_header<B>(req: &Request<B>) -> Option<HeaderValue> {
+    req.headers().get(http::header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
 }
 
 /// The body towards servers, and whether the request can be sent again

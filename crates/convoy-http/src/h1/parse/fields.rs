@@ -1,0 +1,216 @@
+//! Header helpers shared by request and response heads: the spans of
+//! the fields httparse found, the field map built from them (values share
+//! the head's bytes), what the framing and hop-by-hop fields say, and the
+//! removal of hop-by-hop fields.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use super::{hop, MAX_HEADERS};
+
+/// What the framing fields of a head said.
+#[derive(Default)]
+pub(super) struct Fields {
+    pub(super) length: Option<u64>,
+    pub(super) lengths_differ: bool,
+    pub(super) bad_length: bool,
+    /// Transfer codings listed, and whether the last is chunked.
+    pub(super) te_tokens: u32,
+    pub(super) te_chunked: bool,
+    pub(super) close: bool,
+    pub(super) keep_alive: bool,
+    pub(super) hosts: u32,
+    pub(super) expect_continue: bool,
+    pub(super) hop: u16,
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+/// Parses a decimal `Content-Length` (digits only, no sign, no overflow).
+fn parse_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &b in v {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u64::from(b - b'0');
+    }
+    Some(n)
+}
+
+impl Fields {
+    /// Notes one field; `name` is already the `http` name.
+    fn note(&mut self, name: &HeaderName, value: &[u8]) {
+        if *name == header::CONTENT_LENGTH {
+            // A list of equal values is one length (RFC 9110 §8.6).
+            for part in value.split(|&b| b == b',') {
+                match parse_length(trim(part)) {
+                    Some(n) => match self.length {
+                        Some(m) if m != n => self.lengths_differ = true,
+                        _ => self.length = Some(n),
+                    },
+                    None => self.bad_length = true,
+                }
+            }
+        } else if *name == header::TRANSFER_ENCODING {
+            self.hop |= hop::TRANSFER_ENCODING;
+            for part in value.split(|&b| b == b',') {
+                let t = trim(part);
+                if !t.is_empty() {
+                    self.te_tokens += 1;
+                    self.te_chunked = t.eq_ignore_ascii_case(b"chunked");
+                }
+            }
+            if self.te_tokens == 0 {
+                // An empty Transfer-Encoding is still one that is there.
+                self.te_tokens = u32::MAX / 2;
+            }
+        } else if *name == header::CONNECTION {
+            self.hop |= hop::CONNECTION;
+            for part in value.split(|&b| b == b',') {
+                let t = trim(part);
+                if t.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                    self.keep_alive = true;
+                } else if t.eq_ignore_ascii_case(b"upgrade") {
+                    // Upgrade itself is marked below.
+                } else if !t.is_empty() {
+                    self.hop |= hop::NAMED;
+                }
+            }
+        } else if *name == header::HOST {
+            self.hosts += 1;
+        } else if *name == header::EXPECT {
+            if trim(value).eq_ignore_ascii_case(b"100-continue") {
+                self.expect_continue = true;
+            }
+        } else if *name == header::UPGRADE {
+            self.hop |= hop::UPGRADE;
+        } else if *name == header::TE {
+            self.hop |= hop::TE;
+        } else if *name == header::TRAILER {
+            self.hop |= hop::TRAILER;
+        } else if *name == header::PROXY_AUTHENTICATE || *name == header::PROXY_AUTHORIZATION {
+            self.hop |= hop::PROXY_AUTH;
+        } else if name.as_str() == "keep-alive" {
+            self.hop |= hop::KEEP_ALIVE;
+        } else if name.as_str() == "proxy-connection" {
+            self.hop |= hop::PROXY_CONNECTION;
+        }
+    }
+}
+
+/// Offsets of one field in the head.
+#[derive(Clone, Copy, Default)]
+pub struct Span {
+    pub(super) name: (usize, usize),
+    pub(super) value: (usize, usize),
+}
+
+thread_local! {
+    /// Field offsets of the head being parsed (kept to avoid a fresh
+    /// array per head).
+    static SPANS: std::cell::Cell<Vec<Span>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs `f` with the thread's span scratch vector, emptied.
+pub(super) fn with_spans<R>(f: impl FnOnce(&mut Vec<Span>) -> R) -> R {
+    let mut v = SPANS.with(std::cell::Cell::take);
+    v.clear();
+    let r = f(&mut v);
+    SPANS.with(|c| c.set(v));
+    r
+}
+
+/// Uninitialized room for httparse's fields (no zeroing per head).
+pub(super) fn raw_headers<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+    [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
+pub(super) fn span_of(base: &[u8], part: &[u8]) -> (usize, usize) {
+    let start = part.as_ptr() as usize - base.as_ptr() as usize;
+    (start, start + part.len())
+}
+
+/// Builds the field map from spans into the frozen head, noting framing
+/// fields on the way.
+pub(super) fn fields(
+    head: &Bytes,
+    spans: &[Span],
+    f: &mut Fields,
+    room: usize,
+) -> Result<HeaderMap, &'static str> {
+    let mut map = HeaderMap::with_capacity(spans.len() + room);
+    for s in spans {
+        let name =
+            HeaderName::from_bytes(&head[s.name.0..s.name.1]).map_err(|_| "invalid header name")?;
+        let raw = head.slice(s.value.0..s.value.1);
+        f.note(&name, &raw);
+        let value = HeaderValue::from_maybe_shared(raw).map_err(|_| "invalid header value")?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// Removes the hop-by-hop fields noted in `mask` (RFC 9110 §7.6.1),
+/// including those named by `Connection`. Costs nothing for `mask == 0`.
+pub fn strip_hop(h: &mut HeaderMap, mask: u16) {
+    if mask == 0 {
+        return;
+    }
+    if mask & hop::NAMED != 0 {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            // Host is end to end whatever Connection says: routing read
+            // it, and the server must get the same (RFC 9110 §7.6.1 lets
+            // no client turn it into a hop-by-hop field).
+            .filter(|n| n != header::HOST)
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
+    }
+    if mask & hop::CONNECTION != 0 {
+        h.remove(header::CONNECTION);
+    }
+    if mask & hop::KEEP_ALIVE != 0 {
+        h.remove("keep-alive");
+    }
+    if mask & hop::PROXY_CONNECTION != 0 {
+        h.remove("proxy-connection");
+    }
+    if mask & hop::PROXY_AUTH != 0 {
+        h.remove(header::PROXY_AUTHENTICATE);
+        h.remove(header::PROXY_AUTHORIZATION);
+    }
+    if mask & hop::TE != 0 {
+        h.remove(header::TE);
+    }
+    if mask & hop::TRAILER != 0 {
+        h.remove(header::TRAILER);
+    }
+    if mask & hop::TRANSFER_ENCODING != 0 {
+        h.remove(header::TRANSFER_ENCODING);
+    }
+    if mask & hop::UPGRADE != 0 {
+        h.remove(header::UPGRADE);
+    }
+}

@@ -1,0 +1,214 @@
+//! One client's HTTP/1.1 connection: read a request head, hand the
+//! request to the request path, feed its body while waiting for the
+//! response, write the response (one write for a small one), and go on
+//! with the next request on the same connection.
+//!
+//! - **Timeouts**: a head must arrive whole within `header_timeout` of
+//!   its first byte (408 otherwise: slowloris); a connection with no
+//!   request for `idle_timeout` is closed, and so is one whose client
+//!   takes no response byte for `idle_timeout` (it stopped reading); a
+//!   new connection that sends nothing is closed after `header_timeout`.
+//! - **The client leaves**: its end of stream or an error at any time
+//!   drops the request in progress at once (its server slot is freed).
+//! - **Bad input** gets its status (400, 405, 431, 501, 505) and the
+//!   connection closes; nothing reaches a server.
+//! - **Memory**: an idle plain-TCP connection keeps no read buffer; it
+//!   waits for the socket to become readable.
+//! - **Upgrades**: after a server's `101`, the two connections are joined
+//!   byte for byte (see [`Tunnel`]).
+
+mod exchange;
+mod head;
+mod out;
+mod signals;
+mod tunnel;
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{Request, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+use super::body::ReqBody;
+use super::client::BoxError;
+use super::parse::{self, Limits};
+use exchange::{exchange, Done};
+use head::{error_response, head_deadline, linger_close, poll_head, put_spare, Ev};
+
+pub use signals::Signals;
+pub use tunnel::{Tunnel, TunnelSlot};
+
+/// A client connection's stream.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Waits until the stream can be read, without a buffer (plain TCP);
+    /// streams that cannot tell are always ready.
+    fn poll_idle(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl ClientStream for TcpStream {
+    fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+}
+
+impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {}
+
+#[cfg(test)]
+impl ClientStream for tokio::io::DuplexStream {}
+
+/// The connection's timeouts and limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// A head must arrive within this of its first byte.
+    pub header_timeout: Duration,
+    /// A connection without a request closes after this.
+    pub idle_timeout: Duration,
+    /// Head size limit.
+    pub limits: Limits,
+}
+
+/// What the request path is told besides the request.
+#[derive(Clone, Copy, Debug)]
+pub struct Meta {
+    /// Hop-by-hop fields were already removed (requests that do not ask
+    /// for an upgrade).
+    pub stripped: bool,
+}
+
+/// The type of response bodies the loop writes.
+pub type BoxedResp = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// The current `Date` value, formatted once a second per thread.
+pub fn date() -> [u8; 29] {
+    use std::cell::Cell;
+    thread_local! {
+        static CACHE: Cell<(u64, [u8; 29])> = const { Cell::new((0, [0; 29])) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHE.with(|c| {
+        let (s, v) = c.get();
+        if s == secs {
+            return v;
+        }
+        let text = httpdate::fmt_http_date(now);
+        let mut v = [b' '; 29];
+        let n = text.len().min(29);
+        v[..n].copy_from_slice(&text.as_bytes()[..n]);
+        c.set((secs, v));
+        v
+    })
+}
+
+/// Serves one client connection until it ends. `rbuf`: bytes already
+/// read from it. `handler` answers each request.
+pub async fn serve<S, F, Fut>(
+    mut io: S,
+    mut rbuf: BytesMut,
+    set: Settings,
+    mut sig: Signals,
+    handler: F,
+) where
+    S: ClientStream,
+    F: Fn(Request<ReqBody>, Meta) -> Fut,
+    Fut: Future<Output = Response<BoxedResp>> + Send + 'static,
+{
+    let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(set.header_timeout));
+    let mut armed = Instant::now() + set.header_timeout;
+    // When the connection last finished a response (or started).
+    let mut last = Instant::now();
+    let mut first = true;
+    // A graceful stop (drain, upgrade): an idle connection waits STOP_GRACE
+    // for a request in flight (answered with `Connection: close`), then
+    // closes.
+    let mut stop_by: Option<Instant> = None;
+    loop {
+        // ---- a request head ----
+        let mut head_start: Option<Instant> = (!rbuf.is_empty()).then(Instant::now);
+        let head = loop {
+            if !rbuf.is_empty() {
+                match parse::parse_request(&mut rbuf, set.limits) {
+                    Ok(Some(h)) => break h,
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(error = e.reason(), "refused request head");
+                        if e != parse::HeadError::NotHttp {
+                            let _ = io.write_all(&error_response(e.status(), e.reason())).await;
+                        }
+                        linger_close(io).await;
+                        return;
+                    }
+                }
+                head_start.get_or_insert_with(Instant::now);
+            }
+            let deadline = head_deadline(&set, head_start, first, last, stop_by);
+            if deadline != armed {
+                timer.as_mut().reset(deadline);
+                armed = deadline;
+            }
+            if rbuf.is_empty() && rbuf.capacity() > 0 {
+                // Idle: no buffer held while waiting (it goes back to the
+                // thread's spares when nothing else uses it).
+                put_spare(std::mem::take(&mut rbuf));
+            }
+            let ev = poll_fn(|cx| {
+                poll_head(
+                    cx,
+                    &mut io,
+                    &mut rbuf,
+                    &mut sig,
+                    &mut timer,
+                    &mut armed,
+                    &mut stop_by,
+                )
+            })
+            .await;
+            match ev {
+                Ev::Data => {}
+                Ev::Closed | Ev::Kill => return,
+                Ev::Timeout => {
+                    if head_start.is_some() {
+                        tracing::debug!("request head timed out: 408");
+                        let _ = io
+                            .write_all(&error_response(
+                                StatusCode::REQUEST_TIMEOUT,
+                                "request head timed out",
+                            ))
+                            .await;
+                    }
+                    // A FIN, then what the client still sends is read: a
+                    // request that crossed it is not answered with a reset.
+                    linger_close(io).await;
+                    return;
+                }
+            }
+        };
+        first = false;
+        match Box::pin(exchange(&mut io, &mut rbuf, &mut sig, &handler, head, set)).await {
+            Done::Keep => {}
+            Done::Close => return,
+            Done::Shutdown => {
+                let _ = io.shutdown().await;
+                return;
+            }
+            Done::Linger => {
+                Box::pin(linger_close(io)).await;
+                return;
+            }
+        }
+        last = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,158 @@
+//! The connection loop against a client on an in-memory pipe.
+
+use super::*;
+use http_body_util::{BodyExt, Full};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, DuplexStream};
+use tokio::sync::watch;
+
+type Fut = Pin<Box<dyn Future<Output = Response<BoxedResp>> + Send>>;
+
+fn text(t: String) -> Response<BoxedResp> {
+    Response::new(
+        Full::new(Bytes::from(t))
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    )
+}
+
+/// Serves one connection whose other end is returned; the signals'
+/// senders are kept alive with it.
+fn start<H>(handler: H) -> (DuplexStream, impl Drop)
+where
+    H: Fn(Request<ReqBody>, Meta) -> Fut + Send + Sync + 'static,
+{
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let (stop_tx, stop) = watch::channel(false);
+    let (k1, r1) = watch::channel(0u64);
+    let (k2, r2) = watch::channel(0u64);
+    let sig = Signals::new(stop, [r1, r2], Arc::new(tokio::sync::Notify::new()));
+    let set = Settings {
+        header_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        limits: Default::default(),
+    };
+    let task = tokio::spawn(serve(server, BytesMut::new(), set, sig, handler));
+    struct Guard(
+        tokio::task::JoinHandle<()>,
+        #[allow(dead_code)] (watch::Sender<bool>, watch::Sender<u64>, watch::Sender<u64>),
+    );
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    (client, Guard(task, (stop_tx, k1, k2)))
+}
+
+/// Reads until `want` responses (by their blank line) arrived, or the
+/// connection closed.
+async fn read_until(c: &mut DuplexStream, marker: &str, n: usize) -> String {
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    while String::from_utf8_lossy(&got).matches(marker).count() < n {
+        let k = tokio::time::timeout(Duration::from_secs(30), c.read(&mut b))
+            .await
+            .expect("an answer")
+            .unwrap();
+        if k == 0 {
+            break;
+        }
+        got.extend_from_slice(&b[..k]);
+    }
+    String::from_utf8(got).unwrap()
+}
+
+fn path_echo(req: Request<ReqBody>, _: Meta) -> Fut {
+    Box::pin(async move { text(format!("<{}>", req.uri().path())) })
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    let (mut c, _g) = start(path_echo);
+    c.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let out = read_until(&mut c, "</", 2).await;
+    let (a, b) = (out.find("</one>").unwrap(), out.find("</two>").unwrap());
+    assert!(a < b, "{out}");
+    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
+    assert!(!out.contains("connection: close"), "kept alive: {out}");
+}
+
+#[tokio::test]
+async fn expect_continue_is_sent_when_the_body_is_asked_for() {
+    let (mut c, _g) = start(|req: Request<ReqBody>, _| {
+        Box::pin(async move {
+            let b = req.into_body().collect().await.unwrap().to_bytes();
+            text(format!("got {}", b.len()))
+        }) as Fut
+    });
+    c.write_all(b"PUT /u HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    // Nothing of the body is sent before the 100.
+    let first = read_until(&mut c, "\r\n\r\n", 1).await;
+    assert_eq!(first, "HTTP/1.1 100 Continue\r\n\r\n");
+    c.write_all(b"hello").await.unwrap();
+    let out = read_until(&mut c, "got 5", 1).await;
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_that_does_not_arrive_in_time_gets_408() {
+    let (mut c, _g) = start(path_echo);
+    c.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+    let out = read_until(&mut c, "\r\n\r\n", 1).await;
+    assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
+    assert!(out.contains("connection: close"), "{out}");
+}
+
+#[tokio::test]
+async fn a_malformed_head_gets_400_and_never_reaches_the_handler() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let n = Arc::clone(&calls);
+    let (mut c, _g) = start(move |req, m| {
+        n.fetch_add(1, Ordering::SeqCst);
+        path_echo(req, m)
+    });
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+        .await
+        .unwrap();
+    let out = read_until(&mut c, "\r\n\r\n", 1).await;
+    assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_drops_its_request() {
+    struct Flag(Arc<AtomicUsize>);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let d = Arc::clone(&dropped);
+    let (mut c, _g) = start(move |_req, _| {
+        let f = Flag(Arc::clone(&d));
+        Box::pin(async move {
+            let _f = f;
+            std::future::pending::<()>().await;
+            text(String::new())
+        }) as Fut
+    });
+    c.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::task::yield_now().await;
+    drop(c);
+    let gone = tokio::time::timeout(Duration::from_secs(5), async {
+        while dropped.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the request path was not dropped");
+}
