@@ -70,6 +70,17 @@ pub struct PoolView {
     pub algorithm: convoy_config::Algorithm,
     /// Standby servers are switched on.
     pub standby_on: bool,
+    /// What serves it: "l4" (TCP/UDP listeners only), "http", "mixed", or
+    /// "none" (no listener).
+    pub serves: &'static str,
+    /// The affinity of its TCP/UDP listeners ("none", "client",
+    /// "network"), when one of them uses one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<convoy_config::Affinity>,
+    /// Its `mode = "single"` listeners: the server each uses now (none
+    /// before its first connection), by listener.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub single: std::collections::BTreeMap<String, Option<String>>,
     /// Servers grouped by zone, zones in name order.
     pub zones: Vec<ZoneView>,
 }
@@ -148,6 +159,7 @@ pub fn query_with(
     listeners: &[std::sync::Arc<ListenerRuntime>],
     earlier: &std::collections::HashMap<(String, String), crate::hist::Reading>,
 ) -> Query {
+    let runtimes = listeners;
     let listeners = listeners
         .iter()
         .map(|l| {
@@ -214,6 +226,23 @@ pub fn query_with(
                     bytes_out,
                 });
             }
+            let users: Vec<&std::sync::Arc<ListenerRuntime>> =
+                runtimes.iter().filter(|l| l.cfg.pool == p.name).collect();
+            let http = users
+                .iter()
+                .filter(|l| l.cfg.protocol == convoy_config::Protocol::Http)
+                .count();
+            let serves = match (http, users.len() - http) {
+                (0, 0) => "none",
+                (0, _) => "l4",
+                (_, 0) => "http",
+                _ => "mixed",
+            };
+            let l4 = || {
+                users
+                    .iter()
+                    .filter(|l| l.cfg.protocol != convoy_config::Protocol::Http)
+            };
             PoolView {
                 name: p.name.clone(),
                 eligible: p.tables().eligible,
@@ -221,6 +250,15 @@ pub fn query_with(
                 queue_max: p.cfg.queue_max,
                 algorithm: p.cfg.algorithm,
                 standby_on: p.standby_is_on(),
+                serves,
+                affinity: l4()
+                    .map(|l| l.cfg.affinity)
+                    .find(|a| *a != convoy_config::Affinity::None)
+                    .or_else(|| l4().next().map(|l| l.cfg.affinity)),
+                single: l4()
+                    .filter(|l| l.cfg.mode == convoy_config::FilterMode::Single)
+                    .map(|l| (l.cfg.name.clone(), l.current().map(|s| s.name.to_string())))
+                    .collect(),
                 zones: zones
                     .into_iter()
                     .map(|(z, servers)| ZoneView {

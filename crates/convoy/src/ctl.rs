@@ -1,4 +1,5 @@
-//! `convoy ctl`: the admin API's commands from the shell, WLBS style.
+//! `convoy ctl`: the admin API's commands from the shell (the commands
+//! follow WLBS's: start, stop, drainstop, suspend, resume, query).
 //! Human tables by default, the API's JSON with `--json`.
 //!
 //! Exit codes: 0 done; 1 refused by the node (unknown name, wrong state,
@@ -586,6 +587,10 @@ fn human_query(v: &Value) -> String {
     }
     out.push_str(&table(&rows));
     for p in v["pools"].as_array().into_iter().flatten() {
+        if s(p, "serves") == "l4" {
+            out.push_str(&human_l4_pool(p));
+            continue;
+        }
         let _ = writeln!(
             out,
             "\npool {} ({}): {} available, queue {}/{}{}",
@@ -653,6 +658,93 @@ fn human_query(v: &Value) -> String {
             }
         }
         out.push_str(&table(&rows));
+    }
+    out
+}
+
+/// A server's state as the tables show it.
+fn server_state(sv: &Value) -> String {
+    if s(sv, "health") == "down" {
+        "down".to_string()
+    } else if sv["ejected"] == Value::Bool(true) {
+        "ejected".to_string()
+    } else {
+        match s(sv, "admin") {
+            "enabled" => "up".to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// A pool that only TCP and UDP listeners use: connections, not
+/// requests; the affinity; in `single` rules, each server's priority and
+/// the one in use.
+fn human_l4_pool(p: &Value) -> String {
+    let mut out = String::new();
+    let current: Vec<String> = p["single"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(l, c)| format!("{l} uses {}", c.as_str().unwrap_or("none yet")))
+        .collect();
+    let _ = writeln!(
+        out,
+        "\npool {} (TCP/UDP): {} available, affinity {}{}",
+        s(p, "name"),
+        n(p, "eligible"),
+        p["affinity"].as_str().unwrap_or("none"),
+        if current.is_empty() {
+            String::new()
+        } else {
+            format!("; single: {}", current.join(", "))
+        }
+    );
+    let in_use: Vec<&str> = p["single"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, c)| c.as_str())
+        .collect();
+    let mut rows = vec![[
+        "ZONE",
+        "SERVER",
+        "ADDRESS",
+        "STATE",
+        "WEIGHT",
+        "PRIO",
+        "CONNS",
+        "TOTAL",
+        "FAILED",
+        "BYTES-IN",
+        "BYTES-OUT",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for z in p["zones"].as_array().into_iter().flatten() {
+        for sv in z["servers"].as_array().into_iter().flatten() {
+            let name = s(sv, "name");
+            rows.push(vec![
+                s(z, "zone").into(),
+                if in_use.contains(&name) {
+                    format!("{name} *")
+                } else {
+                    name.into()
+                },
+                s(sv, "address").into(),
+                server_state(sv),
+                n(sv, "weight"),
+                n(sv, "priority"),
+                n(sv, "active"),
+                n(sv, "total"),
+                n(sv, "failures"),
+                n(sv, "bytes_in"),
+                n(sv, "bytes_out"),
+            ]);
+        }
+    }
+    out.push_str(&table(&rows));
+    if !in_use.is_empty() {
+        out.push_str("* in use by a single-mode listener\n");
     }
     out
 }

@@ -104,6 +104,24 @@ pub async fn run(
         "[node]\nname = \"demo\"\ndrain_timeout = \"5s\"\n\n[admin]\naddress = \"{admin}\"\n\n[[listeners]]\nname = \"web\"\nprotocol = \"http\"\naddress = \"{listen}\"\npool = \"demo\"\n\n[pools.demo]\nslow_start = \"0s\"\n\n{servers}"
     );
     let cfg = Config::parse("demo", &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The balancer binds its addresses first: the banner comes once they
+    // are ours, and a busy port says which option moves it.
+    let (node, inputs) = match convoy_control::Node::start(cfg.clone(), None, ring, None).await {
+        Ok(x) => x,
+        Err(e) => {
+            let why = convoy_control::report(&e);
+            let hint = if why.contains("in use") {
+                if why.starts_with("admin API") {
+                    format!("\n  {admin} is taken: choose another address with --admin, e.g. convoy demo --admin 127.0.0.1:9901")
+                } else {
+                    format!("\n  {listen} is taken: choose another address with --listen, e.g. convoy demo --listen 127.0.0.1:8081")
+                }
+            } else {
+                String::new()
+            };
+            anyhow::bail!("demo balancer: {why}{hint}");
+        }
+    };
     println!("convoy demo: three HTTP servers behind a balancer on {listen}\n");
     println!("  servers (weights 1:2:3):");
     for s in &cfg.pools["demo"].servers {
@@ -118,7 +136,7 @@ pub async fn run(
     println!("  dashboard: http://{admin}/   (drain or enable a server there)");
     println!("  or from the shell: convoy ctl --admin {admin} query\n");
     println!("  Ctrl-C stops everything.\n");
-    crate::run_node(cfg, None, ring, None)
-        .await
-        .context("demo balancer")
+    let signals = crate::os_signals()?;
+    convoy_control::run(node, inputs, signals).await;
+    Ok(())
 }

@@ -17,6 +17,8 @@ use convoy_config::{Config, LogFormat};
 
 /// convoy: put a farm of redundant servers behind one address.
 #[derive(Parser, Debug)]
+/// convoy: a load balancer for farms of servers (TCP, UDP, HTTP), alone or
+/// as a cluster of nodes. Try `convoy demo`.
 #[command(name = "convoy", version, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
@@ -25,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Run a node with a config file.
+    /// Run the balancer with a config file (see docs/CONFIG.md).
     ///
     /// Signals: SIGHUP reloads the config; SIGQUIT or SIGUSR1 drain-stops
     /// (stop accepting, exit when the last connection ends or after
@@ -41,14 +43,16 @@ enum Cmd {
         #[arg(long)]
         upgrade: bool,
     },
-    /// Validate a config file and print it normalized (all defaults filled in).
+    /// Check a config file: print every mistake (exit 2), or the whole
+    /// config with every default filled in.
     Check {
         /// Config file (TOML).
         #[arg(short, long)]
         config: PathBuf,
     },
-    /// Start three demo HTTP servers on loopback behind a balancer, with
-    /// the dashboard on the admin address.
+    /// Try convoy with nothing to set up: three small web servers on this
+    /// machine behind a balancer, and a live dashboard in your browser.
+    /// Ctrl-C stops it all.
     Demo {
         /// Address of the demo balancer.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -57,7 +61,8 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:9900")]
         admin: String,
     },
-    /// Control a running node through its admin API (WLBS-style commands).
+    /// Control a running balancer from the shell: see its state, drain or
+    /// enable servers, change weights, reload, stop (uses its admin API).
     Ctl(ctl::CtlArgs),
     /// Run demo HTTP servers with no balancer (e.g. behind a cluster):
     /// each answers with its name, its address, and the address of the
@@ -112,7 +117,7 @@ async fn run_node(
 
 /// Installs the handlers of the signals the node takes and forwards each
 /// one to the returned channel.
-fn os_signals() -> anyhow::Result<tokio::sync::mpsc::Receiver<convoy_control::Signal>> {
+pub(crate) fn os_signals() -> anyhow::Result<tokio::sync::mpsc::Receiver<convoy_control::Signal>> {
     use convoy_control::Signal;
     use tokio::signal::unix::{signal, SignalKind};
     let (tx, rx) = tokio::sync::mpsc::channel(16);

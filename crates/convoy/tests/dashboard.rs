@@ -700,3 +700,114 @@ fn base64_decoder_matches_rfc4648_vectors() {
     assert!(base64_decode("Zm9vY").is_err());
     assert!(base64_decode("Zm9v!").is_err());
 }
+
+/// `convoy demo` as a newcomer meets it: the dashboard's buttons act
+/// without asking for a token (the demo has none).
+async fn demo_scenario(s: &Session<'_>, admin: &str) -> Result<(), String> {
+    s.goto(&format!("http://{admin}/")).await?;
+    let row = |n: &str| format!("tr[data-server=\"demo/{n}\"]");
+    let end = Instant::now() + Duration::from_secs(15);
+    while !(s.exists("body[data-loaded=\"1\"]").await? && s.exists(&row("demo-a")).await?) {
+        if Instant::now() >= end {
+            return Err(format!(
+                "the demo's dashboard did not load: {}",
+                s.report().await
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s.click(&format!("{} button.drain", row("demo-a"))).await?;
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = s.text(&format!("{} td.state", row("demo-a"))).await?;
+        if state.as_deref() == Some("draining") {
+            break;
+        }
+        if Instant::now() >= end {
+            return Err(format!(
+                "demo-a never showed draining (last {state:?}): {}",
+                s.report().await
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !s.exists("#token-box[hidden]").await? {
+        return Err(format!("the demo asked for a token: {}", s.report().await));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_dashboard_acts_without_a_token() {
+    let Some((driver, wd, browser)) = browser().await else {
+        return;
+    };
+    let (listen, admin) = (free_port(), free_port());
+    let mut demo = std::process::Command::new(BIN)
+        .args([
+            "demo",
+            "--listen",
+            &format!("127.0.0.1:{listen}"),
+            "--admin",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The banner comes once the addresses are bound.
+    let mut out = std::io::BufReader::new(demo.stdout.take().unwrap());
+    let mut banner = String::new();
+    while !banner.contains("Ctrl-C stops everything") {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut out, &mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        banner.push_str(&line);
+    }
+    assert!(banner.contains("dashboard: http://127.0.0.1:"), "{banner}");
+    let session = match wd.new_session(&browser).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = demo.kill();
+            panic!(
+                "could not start {browser:?}: {e}\nchromedriver log:\n{}",
+                driver.log_tail()
+            );
+        }
+    };
+    let outcome = demo_scenario(&session, &format!("127.0.0.1:{admin}")).await;
+    let _ = session.close().await;
+    drop(driver);
+    let _ = demo.kill();
+    let _ = demo.wait();
+    if let Err(e) = outcome {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn a_busy_demo_port_names_the_option_to_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = std::process::Command::new(BIN)
+        .args([
+            "demo",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("is taken: choose another address with --listen"),
+        "{err}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("Ctrl-C stops everything"),
+        "no banner for a demo that did not start"
+    );
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use convoy_testkit::config::{table, Config, Listener, Pool, Route, Server};
 use convoy_testkit::http::HttpOrigin;
-use convoy_testkit::{free_port, Convoy};
+use convoy_testkit::{free_port, wait_until, Convoy};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -796,7 +796,7 @@ async fn upgrade_is_relayed_both_ways() {
         .listener(Listener::http(port, "web"))
         .pool(Pool::new("web").set("max_in_flight", 5).origins(&[&o]))
         .build();
-    let _c = Convoy::start(BIN, &cfg).await;
+    let c = Convoy::start(BIN, &cfg).await;
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
@@ -825,6 +825,22 @@ async fn upgrade_is_relayed_both_ways() {
             .unwrap();
         assert_eq!(back, msg);
     }
+    // The tunnel's bytes count on the server, while it is open.
+    let sent = (5 + 5 + 100_000) as u64;
+    let counted = wait_until(Duration::from_secs(3), || {
+        let o = std::process::Command::new(BIN)
+            .args(["ctl", "--admin", &c.admin_addr(), "--json", "query"])
+            .output()
+            .unwrap();
+        let q: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        let s = &q["pools"][0]["zones"][0]["servers"][0];
+        s["bytes_in"].as_u64().unwrap_or(0) >= sent && s["bytes_out"].as_u64().unwrap_or(0) >= sent
+    })
+    .await;
+    assert!(
+        counted,
+        "the upgraded connection's bytes are counted on the server"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -650,3 +650,57 @@ async fn drainstop_waits_for_connections_of_a_reloaded_listener() {
     drop(old_conn);
     assert_eq!(c.wait_exit(Duration::from_secs(5)).await, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_shows_connections_bytes_and_the_single_server_in_use() {
+    let s1 = NamedBackend::start("p1").await;
+    let s2 = NamedBackend::start("p2").await;
+    let port = free_port();
+    let cfg = Config::new()
+        .listener(
+            Listener::tcp(port, "p")
+                .set("name", "front")
+                .set("mode", "single"),
+        )
+        .pool(
+            Pool::new("p")
+                .health([("check", "none".into())])
+                .server(server(&s2).set("priority", 2))
+                .server(server(&s1).set("priority", 1)),
+        )
+        .build();
+    let c = Convoy::start(BIN, &cfg).await;
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (counts, failed) = spread(to, 5, 1).await;
+    assert_eq!((counts.get("p1"), failed), (Some(&5), 0), "{counts:?}");
+    let out = std::process::Command::new(BIN)
+        .args(["ctl", "--admin", &c.admin_addr(), "query"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // An L4 pool is shown with connections and bytes, not HTTP columns.
+    assert!(
+        text.contains("pool p (TCP/UDP): 2 available, affinity none; single: front uses p1"),
+        "{text}"
+    );
+    for col in ["PRIO", "CONNS", "TOTAL", "FAILED", "BYTES-IN", "BYTES-OUT"] {
+        assert!(text.contains(col), "{col}: {text}");
+    }
+    assert!(!text.contains("P99MS"), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.contains("p1 *"))
+        .unwrap_or_else(|| panic!("the server in use is marked: {text}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    // ZONE SERVER * ADDRESS STATE WEIGHT PRIO CONNS TOTAL FAILED IN OUT
+    assert_eq!(cells[cells.len() - 4], "5", "total connections: {row}");
+    assert_ne!(cells[cells.len() - 1], "0", "bytes out: {row}");
+    // The JSON says the same.
+    let out = std::process::Command::new(BIN)
+        .args(["ctl", "--admin", &c.admin_addr(), "--json", "query"])
+        .output()
+        .unwrap();
+    let q: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(q["pools"][0]["serves"], "l4");
+    assert_eq!(q["pools"][0]["single"]["front"], "p1");
+}

@@ -391,6 +391,7 @@ fn tunnel(sh: &Shared, f: Fetched) -> Response<RespBody> {
         }) as Pin<Box<dyn Future<Output = ()> + Send>>
     })
     .collect();
+    let state = std::sync::Arc::clone(&pool.servers[idx].state);
     let mut r = Response::from_parts(rparts, empty());
     r.extensions_mut()
         .insert(crate::h1::server::TunnelSlot::new(
@@ -399,6 +400,7 @@ fn tunnel(sh: &Shared, f: Fetched) -> Response<RespBody> {
                 server_buf,
                 hold: Box::new(slot),
                 kills,
+                on_bytes: Box::new(move |up, down| state.add_bytes(up, down)),
             },
         ));
     r

@@ -27,6 +27,9 @@ pub struct Tunnel {
     pub hold: Box<dyn std::any::Any + Send>,
     /// Close the tunnel when any of these completes.
     pub kills: Vec<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// Told the bytes moved (client to server, server to client) as
+    /// they move, for the server's counters.
+    pub on_bytes: Box<dyn FnMut(u64, u64) + Send>,
 }
 
 /// The response extension that carries a [`Tunnel`].
@@ -57,6 +60,7 @@ pub(super) async fn tunnel<S: ClientStream>(
         server_buf,
         hold,
         mut kills,
+        mut on_bytes,
     } = t;
     let mut up = Dir::new(client_buf);
     let mut down = Dir::new(server_buf);
@@ -74,6 +78,10 @@ pub(super) async fn tunnel<S: ClientStream>(
         if up.moved || down.moved {
             up.moved = false;
             down.moved = false;
+            on_bytes(
+                std::mem::take(&mut up.written),
+                std::mem::take(&mut down.written),
+            );
             last = Instant::now();
             timer.as_mut().reset(last + idle);
         }
@@ -98,6 +106,8 @@ struct Dir {
     eof: bool,
     shut: bool,
     moved: bool,
+    /// Bytes written since last told.
+    written: u64,
 }
 
 impl Dir {
@@ -107,6 +117,7 @@ impl Dir {
             eof: false,
             shut: false,
             moved: false,
+            written: 0,
         }
     }
 
@@ -125,6 +136,7 @@ impl Dir {
                 }
                 let _ = self.buf.split_to(n);
                 self.moved = true;
+                self.written += n as u64;
             }
             if self.eof {
                 if !self.shut {
