@@ -205,7 +205,13 @@ async fn node(State(st): State<AppState>, h: HeaderMap, Path(action): Path<Strin
         "suspend" => Command::Suspend,
         "resume" => Command::Resume,
         "reload" => Command::Reload,
-        other => return unknown_action(other, "start, stop, drainstop, suspend, resume, reload"),
+        "reopen-log" => Command::ReopenLog,
+        other => {
+            return unknown_action(
+                other,
+                "start, stop, drainstop, suspend, resume, reload, reopen-log",
+            )
+        }
     };
     run(&st, &h, cmd).await
 }

@@ -91,6 +91,7 @@ impl Node {
                 Ok(Answer::Events { last, events })
             }
             Command::Metrics => Ok(Answer::Metrics(self.metrics())),
+            Command::ReopenLog => self.reopen_log(),
         }
     }
 
@@ -316,5 +317,34 @@ impl Node {
             cluster: self.cluster_figures(),
         };
         convoy_admin::metrics::render(&snap, &rts, &fig)
+    }
+}
+
+impl Node {
+    /// `log reopen`: the access log's file opened again by its name.
+    pub(crate) fn reopen_log(&self) -> Reply {
+        let Some(log) = &self.ctx.access else {
+            return Err(CmdError::new(
+                CmdErrorKind::NotFound,
+                "there is no access log (node.access_log is not set)",
+            ));
+        };
+        let dest = self
+            .snap()
+            .config
+            .node
+            .access_log
+            .clone()
+            .unwrap_or_default();
+        match log.reopen() {
+            Ok(()) => {
+                tracing::info!(event = "access_log_reopened", file = %dest);
+                Ok(Answer::Reopened { reopened: dest })
+            }
+            Err(e) => Err(CmdError::new(
+                CmdErrorKind::Failed,
+                format!("cannot open {dest}: {e}"),
+            )),
+        }
     }
 }

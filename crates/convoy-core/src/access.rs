@@ -8,11 +8,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::Duration;
 
+/// A newly opened file for the writer to switch to.
+type NextFile = std::sync::Arc<std::sync::Mutex<Option<std::fs::File>>>;
+
 /// Where lines go.
 #[derive(Debug)]
 pub struct AccessLog {
     tx: SyncSender<String>,
     dropped: AtomicU64,
+    /// The destination as configured.
+    dest: String,
+    /// A file opened by [`AccessLog::reopen`], taken by the writer.
+    next: NextFile,
+}
+
+/// Opens a log file for appending (created if missing).
+fn open_file(path: &str) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 impl AccessLog {
@@ -21,19 +36,22 @@ impl AccessLog {
         let mut out: Box<dyn Write + Send> = match dest {
             "stderr" => Box::new(std::io::stderr()),
             "stdout" => Box::new(std::io::stdout()),
-            path => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            ),
+            path => Box::new(open_file(path)?),
         };
+        let next: NextFile = std::sync::Arc::default();
+        let switch = std::sync::Arc::clone(&next);
         let (tx, rx) = sync_channel::<String>(65_536);
         std::thread::Builder::new()
             .name("convoy-access-log".into())
             .spawn(move || {
                 let mut buf = Vec::with_capacity(64 * 1024);
                 loop {
+                    // A reopened file: what was written so far stays in
+                    // the old one (moved away by logrotate).
+                    if let Some(f) = switch.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                        let _ = out.flush();
+                        out = Box::new(f);
+                    }
                     match rx.recv_timeout(Duration::from_millis(200)) {
                         Ok(line) => {
                             buf.extend_from_slice(line.as_bytes());
@@ -60,7 +78,22 @@ impl AccessLog {
         Ok(AccessLog {
             tx,
             dropped: AtomicU64::new(0),
+            dest: dest.to_string(),
+            next,
         })
+    }
+
+    /// Opens the file again by its name (after logrotate moved it): the
+    /// lines from now on go to the new file. Nothing to do for stderr or
+    /// stdout. An error (the directory is gone, no permission) leaves the
+    /// old file in use.
+    pub fn reopen(&self) -> std::io::Result<()> {
+        if self.dest == "stderr" || self.dest == "stdout" {
+            return Ok(());
+        }
+        let f = open_file(&self.dest)?;
+        *self.next.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
+        Ok(())
     }
 
     /// Queues one line (without its newline).
@@ -105,6 +138,27 @@ mod tests {
         }
         assert_eq!(text.lines().count(), 100);
         assert_eq!(text.lines().last(), Some("{\"i\":99}"));
+        // logrotate: the file is moved away, then the log is reopened.
+        let rotated = p.with_extension("log.1");
+        std::fs::rename(&p, &rotated).unwrap();
+        log.reopen().unwrap();
+        // The writer switches at its next turn (within 200 ms).
+        std::thread::sleep(Duration::from_millis(300));
+        log.write("{\"after\":1}".to_string());
+        let mut fresh = String::new();
+        for _ in 0..50 {
+            fresh = std::fs::read_to_string(&p).unwrap_or_default();
+            if !fresh.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(fresh, "{\"after\":1}\n");
+        assert_eq!(
+            std::fs::read_to_string(&rotated).unwrap().lines().count(),
+            100
+        );
         let _ = std::fs::remove_file(&p);
+        let _ = std::fs::remove_file(&rotated);
     }
 }

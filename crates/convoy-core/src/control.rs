@@ -86,6 +86,8 @@ pub enum Command {
     },
     /// Prometheus text exposition of the node's metrics.
     Metrics,
+    /// Opens the access log file again (after logrotate moved it).
+    ReopenLog,
     /// The cluster: members, their states and shares, this node's part.
     Cluster,
     /// A command for every node of the cluster.
@@ -427,6 +429,12 @@ pub enum Answer {
     },
     /// `metrics`: the Prometheus (OpenMetrics) text, served as is.
     Metrics(String),
+    /// `log reopen`: the file the access log writes to now.
+    /// JSON: `{"reopened": PATH}`.
+    Reopened {
+        /// The access log's destination.
+        reopened: String,
+    },
     /// The cluster.
     Cluster(ClusterInfo),
     /// A cluster-wide command: the nodes that applied it, and those that

@@ -108,6 +108,11 @@ enum CtlCmd {
     },
     /// The Prometheus metrics text.
     Metrics,
+    /// The access log: `reopen` opens its file again (after logrotate).
+    Log {
+        /// reopen.
+        action: LogAction,
+    },
     /// The cluster: members, states, flow buckets owned, load; or
     /// drain-stop (start) a named node of it.
     Cluster {
@@ -126,6 +131,13 @@ enum CtlCmd {
 }
 
 /// A command on a named node of the cluster.
+/// What to do with the access log.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogAction {
+    /// Open the file again by its name (logrotate's postrotate).
+    Reopen,
+}
+
 #[derive(Subcommand, Debug)]
 enum ClusterAction {
     /// Drain-stop the node: its flows go to the others, its connections
@@ -290,6 +302,9 @@ fn request_of(cmd: &CtlCmd) -> (&'static str, String, Option<String>) {
         CtlCmd::Explain { pool } => ("GET", format!("/api/v1/pools/{}/explain", enc(pool)), None),
         CtlCmd::Events { since } => ("GET", format!("/api/v1/events?since={since}"), None),
         CtlCmd::Metrics => ("GET", "/metrics".into(), None),
+        CtlCmd::Log {
+            action: LogAction::Reopen,
+        } => ("POST", "/api/v1/node/reopen-log".into(), None),
         CtlCmd::Cluster { action: None } => ("GET", "/api/v1/cluster".into(), None),
         CtlCmd::Cluster {
             action: Some(ClusterAction::Drainstop { node }),
