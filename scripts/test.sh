@@ -3,7 +3,8 @@
 # tests drive (redis-server, redis-tools, curl, h2load, wrk, openssl, chromium +
 # chromium-driver for the dashboard's browser test, the Prometheus text
 # parser; for the cluster steering tests in network namespaces: iproute2,
-# nftables, bird2, python3), then runs every test of the workspace.
+# nftables, bird2, python3; PostgreSQL for the postgres check's test),
+# then runs every test of the workspace.
 # Usage: ./scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,9 @@ command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v bird >/dev/null 2>&1 || need+=(bird2)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+# The PostgreSQL check's test runs a primary and a standby.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 # The metrics test reads /metrics with the Prometheus project's own
 # parser (Debian's python3-prometheus-client, for /usr/bin/python3).
 /usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 || need+=(python3-prometheus-client)

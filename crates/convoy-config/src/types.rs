@@ -889,6 +889,10 @@ pub struct Pool {
     /// Active health checking.
     #[serde(default)]
     pub health: Health,
+    /// An agent on each server that says what the server wants (weight,
+    /// drain, down), as HAProxy's `agent-check`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<Agent>,
     /// Passive failure detection from live traffic.
     #[serde(default)]
     pub passive: Passive,
@@ -984,6 +988,15 @@ pub enum CheckKind {
     /// An HTTP GET of `path` must answer `expect_status` (and contain
     /// `expect_body`, if set).
     Http,
+    /// On one connection, `send` (or `send_hex`) is sent and the answer
+    /// must contain `expect` (SMTP `220`, any line protocol).
+    Expect,
+    /// Redis: `PING` answered `+PONG` (after `AUTH` with a password),
+    /// and with `role`, `INFO replication` says so.
+    Redis,
+    /// PostgreSQL: a login as `user` to `database`, and with `role`,
+    /// `pg_is_in_recovery()` says so.
+    Postgres,
     /// No active check (passive detection only).
     None,
 }
@@ -1008,6 +1021,28 @@ pub struct Health {
     pub expect_status: u16,
     /// HTTP checks: text the body must contain (empty = anything).
     pub expect_body: String,
+    /// `expect` checks: text sent first (TOML escapes: "\r\n"); may be
+    /// empty (a greeting is awaited).
+    pub send: String,
+    /// `expect` checks: bytes sent first, in hex (instead of `send`).
+    pub send_hex: String,
+    /// `expect` checks: text the answer must contain.
+    pub expect: String,
+    /// `redis`: "master" or "replica"; `postgres`: "primary" or
+    /// "standby". Unset: any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// `postgres`: the user to log in as.
+    pub user: String,
+    /// `postgres`: the database (default: the user's name).
+    pub database: String,
+    /// `redis`, `postgres`: the password, in the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// `redis`, `postgres`: the name of an environment variable holding
+    /// the password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
 }
 
 impl Default for Health {
@@ -1021,8 +1056,43 @@ impl Default for Health {
             path: "/".into(),
             expect_status: 200,
             expect_body: String::new(),
+            send: String::new(),
+            send_hex: String::new(),
+            expect: String::new(),
+            role: None,
+            user: "postgres".into(),
+            database: String::new(),
+            password: None,
+            password_env: None,
         }
     }
+}
+
+/// A server's agent: a small TCP text service on the server's address (at
+/// `port`) whose one-line answer says `up`, `down`, `drain`, `maint`,
+/// `ready` and/or a weight as a percentage (`75%`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agent {
+    /// The agent's port on each server's IP address.
+    pub port: u16,
+    /// Time between two questions.
+    #[serde(default = "default_agent_interval")]
+    pub interval: Dur,
+    /// Time an answer may take.
+    #[serde(default = "default_agent_timeout")]
+    pub timeout: Dur,
+    /// Text sent first (some agents want a question); may be empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub send: String,
+}
+
+fn default_agent_interval() -> Dur {
+    Dur::secs(2)
+}
+
+fn default_agent_timeout() -> Dur {
+    Dur::secs(1)
 }
 
 /// Passive detection: failures seen on live traffic.

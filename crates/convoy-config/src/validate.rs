@@ -373,6 +373,18 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
                     );
                 }
             }
+            validate_app_check(h, &pp, &mut err);
+        }
+        if let Some(a) = &pool.agent {
+            if a.port == 0 {
+                err(pp("agent.port"), "must be a port 1-65535".into());
+            }
+            if a.interval.get().is_zero() || a.timeout.get().is_zero() {
+                err(
+                    pp("agent.interval"),
+                    "interval and timeout must be greater than 0s".into(),
+                );
+            }
         }
         let mut snames: HashMap<&str, usize> = HashMap::new();
         let mut addrs: HashMap<std::net::SocketAddr, usize> = HashMap::new();
@@ -419,6 +431,102 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
 }
 
 /// The `[cluster]` table.
+/// The settings of the application checks (expect, redis, postgres).
+fn validate_app_check(
+    h: &crate::Health,
+    pp: &dyn Fn(&str) -> String,
+    err: &mut impl FnMut(String, String),
+) {
+    match h.check {
+        CheckKind::Expect => {
+            if h.expect.is_empty() {
+                err(
+                    pp("health.expect"),
+                    "check = \"expect\" needs the text the answer must contain".into(),
+                );
+            }
+            if !h.send.is_empty() && !h.send_hex.is_empty() {
+                err(
+                    pp("health.send_hex"),
+                    "give send or send_hex, not both".into(),
+                );
+            }
+            let digits: Vec<u8> = h
+                .send_hex
+                .bytes()
+                .filter(|b| !b.is_ascii_whitespace())
+                .collect();
+            if !digits.len().is_multiple_of(2) || !digits.iter().all(u8::is_ascii_hexdigit) {
+                err(
+                    pp("health.send_hex"),
+                    format!(
+                        "{:?} is not hex bytes (e.g. \"50 49 4e 47 0d 0a\")",
+                        h.send_hex
+                    ),
+                );
+            }
+        }
+        CheckKind::Redis => {
+            if let Some(r) = h
+                .role
+                .as_deref()
+                .filter(|r| !["master", "replica"].contains(r))
+            {
+                err(
+                    pp("health.role"),
+                    format!("{r:?}: a redis check's role is \"master\" or \"replica\""),
+                );
+            }
+        }
+        CheckKind::Postgres => {
+            if let Some(r) = h
+                .role
+                .as_deref()
+                .filter(|r| !["primary", "standby"].contains(r))
+            {
+                err(
+                    pp("health.role"),
+                    format!("{r:?}: a postgres check's role is \"primary\" or \"standby\""),
+                );
+            }
+            if h.user.is_empty() {
+                err(
+                    pp("health.user"),
+                    "a postgres check logs in as a user".into(),
+                );
+            }
+        }
+        _ => {}
+    }
+    let app = matches!(h.check, CheckKind::Redis | CheckKind::Postgres);
+    if !app && (h.password.is_some() || h.password_env.is_some()) {
+        err(
+            pp("health.password"),
+            "only for check = \"redis\" or \"postgres\"".into(),
+        );
+    }
+    if h.password.is_some() && h.password_env.is_some() {
+        err(
+            pp("health.password_env"),
+            "give password or password_env, not both".into(),
+        );
+    }
+    if h.role.is_some() && !app {
+        err(
+            pp("health.role"),
+            "only for check = \"redis\" or \"postgres\"".into(),
+        );
+    }
+    if h.check != CheckKind::Expect
+        && (!h.send.is_empty() || !h.send_hex.is_empty() || !h.expect.is_empty())
+    {
+        err(
+            pp("health.expect"),
+            "send, send_hex and expect are for check = \"expect\"".into(),
+        );
+    }
+}
+
 /// The settings of `[cluster] steering`.
 fn validate_steering(
     c: &crate::Cluster,

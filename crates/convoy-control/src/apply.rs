@@ -30,6 +30,10 @@ pub struct Overrides {
     /// (listener, route) → (priority, cost).
     pub(crate) route: HashMap<(String, String), (Option<u8>, Option<u32>)>,
     pub(crate) listener_admin: HashMap<String, AdminState>,
+    /// What each server's agent says (`[pools.NAME.agent]`), on top of
+    /// the operator's changes; not handed over on an upgrade (the agents
+    /// say it again).
+    pub(crate) agent: HashMap<ServerKey, convoy_health::app::AgentSays>,
 }
 
 fn admin_of(s: &str) -> Option<AdminState> {
@@ -98,6 +102,9 @@ impl Overrides {
                 if let Some(w) = self.server_weight.get(&key) {
                     s.weight = *w;
                 }
+                if let Some(a) = self.agent.get(&key) {
+                    agent_layer(s, a);
+                }
             }
         }
         for l in c.listeners.iter_mut() {
@@ -113,6 +120,25 @@ impl Overrides {
             }
         }
         c
+    }
+}
+
+/// What a server's agent says, applied over the operator's state: a
+/// weight as a share of the weight in force (0 %: no new traffic),
+/// `drain`/`maint` (no new traffic), `down` (no traffic: as disabled).
+fn agent_layer(s: &mut convoy_config::Server, a: &convoy_health::app::AgentSays) {
+    if let Some(p) = a.weight_percent {
+        if p == 0 {
+            s.drain = true;
+        } else {
+            s.weight = (u64::from(s.weight) * u64::from(p) / 100).clamp(1, 10_000) as u32;
+        }
+    }
+    if a.drain == Some(true) {
+        s.drain = true;
+    }
+    if a.up == Some(false) {
+        s.enabled = false;
     }
 }
 

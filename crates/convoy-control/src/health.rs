@@ -61,6 +61,84 @@ impl Node {
             }
             keep
         });
+        self.sync_agents(&snap);
+    }
+
+    /// One agent task per server of every pool with `[agent]`; what a
+    /// removed agent said is forgotten.
+    fn sync_agents(&mut self, snap: &Snapshot) {
+        let mut wanted = HashSet::new();
+        for (pname, pool) in &snap.pools {
+            let Some(a) = &pool.cfg.agent else {
+                continue;
+            };
+            for s in &pool.servers {
+                let key = (pname.clone(), s.cfg.name.clone());
+                let addr = std::net::SocketAddr::new(s.cfg.address.0.ip(), a.port);
+                wanted.insert(key.clone());
+                if self
+                    .agents
+                    .get(&key)
+                    .is_some_and(|(ad, c, _)| *ad == addr && c == a)
+                {
+                    continue;
+                }
+                if let Some((_, _, t)) = self.agents.remove(&key) {
+                    t.abort();
+                }
+                let task = convoy_health::spawn_agent(
+                    Arc::clone(&s.state),
+                    addr,
+                    a.clone(),
+                    self.health_tx.clone(),
+                );
+                self.agents.insert(key, (addr, a.clone(), task));
+            }
+        }
+        self.agents.retain(|k, (_, _, t)| {
+            let keep = wanted.contains(k);
+            if !keep {
+                t.abort();
+            }
+            keep
+        });
+        if self.overrides.agent.keys().any(|k| !wanted.contains(k)) {
+            let mut ov = self.overrides.clone();
+            ov.agent.retain(|k, _| wanted.contains(k));
+            let _ = self.apply_overrides(ov);
+        }
+    }
+
+    /// What a server's agent said (it changed): applied over the
+    /// operator's state, like an operator change (weight, drain, down).
+    fn on_agent(&mut self, server: &Arc<ServerState>, says: convoy_health::app::AgentSays) {
+        let key = (server.pool.to_string(), server.name.to_string());
+        let mut ov = self.overrides.clone();
+        let merged = {
+            let e = ov.agent.entry(key).or_default();
+            // A word not said keeps what was said before.
+            if says.up.is_some() {
+                e.up = says.up;
+            }
+            if says.drain.is_some() {
+                e.drain = says.drain;
+            }
+            if says.weight_percent.is_some() {
+                e.weight_percent = says.weight_percent;
+            }
+            e.clone()
+        };
+        info!(
+            event = "server_agent",
+            pool = %server.pool,
+            server = %server.name,
+            up = ?merged.up,
+            drain = ?merged.drain,
+            weight_percent = ?merged.weight_percent,
+        );
+        if let Err(e) = self.apply_overrides(ov) {
+            warn!(event = "server_agent_refused", pool = %server.pool, server = %server.name, error = %e.error);
+        }
     }
 
     /// This node's own verdict on a server (its probes, passive
@@ -147,7 +225,10 @@ impl Node {
 
     /// A probe task's report: a server went up or down.
     pub fn on_health(&mut self, r: convoy_health::Report) {
-        self.set_health(&r.server, r.up, "active", &r.detail);
+        match r.agent {
+            Some(says) => self.on_agent(&r.server, says),
+            None => self.set_health(&r.server, r.up, "active", &r.detail),
+        }
     }
 
     /// A passive failure seen by the data plane: counted, and at the

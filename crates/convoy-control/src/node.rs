@@ -43,6 +43,10 @@ pub struct Node {
     pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
     pub(crate) listeners: Vec<RunningListener>,
     pub(crate) probes: HashMap<ServerKey, Probe>,
+    /// Agent tasks (`[pools.NAME.agent]`), with the address and settings
+    /// they ask with.
+    pub(crate) agents:
+        HashMap<ServerKey, (std::net::SocketAddr, convoy_config::Agent, JoinHandle<()>)>,
     /// Bumped to close every connection of the node.
     pub(crate) kill: watch::Sender<u64>,
     /// What every data-plane task shares.

@@ -213,6 +213,7 @@ impl Node {
             snapshot,
             listeners: Vec::new(),
             probes: HashMap::new(),
+            agents: HashMap::new(),
             kill,
             ctx,
             health_tx,

@@ -6,6 +6,8 @@
 //! needs `rise` good probes to return.
 #![forbid(unsafe_code)]
 
+pub mod app;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -26,6 +28,9 @@ pub struct Report {
     pub up: bool,
     /// Last probe result, for the log.
     pub detail: String,
+    /// From the server's agent (then `up` is not a check's verdict): what
+    /// it said.
+    pub agent: Option<app::AgentSays>,
 }
 
 /// Why a probe failed (the text is the health event's `detail`).
@@ -61,9 +66,23 @@ pub enum ProbeError {
     /// The body lacks `expect_body`.
     #[error("body lacks {0:?}")]
     Body(String),
-    /// The whole HTTP check took longer than the timeout.
-    #[error("http check timed out after {0}")]
+    /// The whole check took longer than the timeout.
+    #[error("check timed out after {0}")]
     Timeout(convoy_config::Dur),
+    /// The answer lacks the text expected.
+    #[error("expected {want:?}, got {got}")]
+    Expect {
+        /// The text expected.
+        want: String,
+        /// What came instead (its first line), and how it ended.
+        got: String,
+    },
+    /// The server refused the login or the query.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The server is up but not in the role wanted.
+    #[error("role: {0}")]
+    Role(String),
 }
 
 /// Probes `addr` with a TCP connect.
@@ -76,7 +95,7 @@ pub async fn probe_tcp(addr: SocketAddr, cfg: &Health) -> Result<(), ProbeError>
 }
 
 /// A failed connect: the server's (refused, unreachable) or this node's.
-fn connect_error(e: std::io::Error) -> ProbeError {
+pub(crate) fn connect_error(e: std::io::Error) -> ProbeError {
     if convoy_core::local::note(&e, "health check") {
         ProbeError::Local(e)
     } else {
@@ -135,6 +154,65 @@ pub async fn probe_http(addr: SocketAddr, cfg: &Health) -> Result<(), ProbeError
     }
 }
 
+/// What an application check sends and logs in with, built once per
+/// probe task (the password read from its environment variable then).
+enum AppCheck {
+    /// TCP, HTTP or none: nothing more.
+    Plain,
+    /// A conversation (expect, redis).
+    Steps(Vec<app::Step>),
+    /// PostgreSQL: the login and the role wanted.
+    Postgres(app::PgLogin, Option<bool>),
+}
+
+impl AppCheck {
+    fn of(cfg: &Health) -> AppCheck {
+        let password = cfg.password.clone().or_else(|| {
+            cfg.password_env
+                .as_ref()
+                .and_then(|v| std::env::var(v).ok())
+        });
+        match cfg.check {
+            CheckKind::Expect => AppCheck::Steps(vec![app::Step {
+                send: if cfg.send_hex.is_empty() {
+                    cfg.send.clone().into_bytes()
+                } else {
+                    app::hex(&cfg.send_hex).unwrap_or_default()
+                },
+                expect: Some(cfg.expect.clone().into_bytes()),
+            }]),
+            CheckKind::Redis => {
+                AppCheck::Steps(app::redis_steps(password.as_deref(), cfg.role.as_deref()))
+            }
+            CheckKind::Postgres => AppCheck::Postgres(
+                app::PgLogin {
+                    user: cfg.user.clone(),
+                    database: if cfg.database.is_empty() {
+                        cfg.user.clone()
+                    } else {
+                        cfg.database.clone()
+                    },
+                    password,
+                },
+                cfg.role.as_deref().map(|r| r == "primary"),
+            ),
+            _ => AppCheck::Plain,
+        }
+    }
+}
+
+/// One probe of `addr` as `cfg` says.
+async fn probe(addr: SocketAddr, cfg: &Health, app: &AppCheck) -> Result<(), ProbeError> {
+    match (cfg.check, app) {
+        (CheckKind::Http, _) => probe_http(addr, cfg).await,
+        (_, AppCheck::Steps(steps)) => app::converse(addr, cfg.timeout.get(), steps).await,
+        (_, AppCheck::Postgres(login, primary)) => {
+            app::postgres(addr, cfg.timeout.get(), login, *primary).await
+        }
+        _ => probe_tcp(addr, cfg).await,
+    }
+}
+
 /// Starts the probe task for one server.
 pub fn spawn(
     server: Arc<ServerState>,
@@ -142,6 +220,7 @@ pub fn spawn(
     cfg: Health,
     reports: mpsc::UnboundedSender<Report>,
 ) -> JoinHandle<()> {
+    let app = AppCheck::of(&cfg);
     tokio::spawn(async move {
         let mut m = HealthMachine::new(cfg.rise, cfg.fall, server.is_seen_up());
         let mut tick = interval(cfg.interval.get());
@@ -152,10 +231,7 @@ pub fn spawn(
             if m.is_up() != server.is_seen_up() {
                 m.force(server.is_seen_up());
             }
-            let r = match cfg.check {
-                CheckKind::Http => probe_http(addr, &cfg).await,
-                _ => probe_tcp(addr, &cfg).await,
-            };
+            let r = probe(addr, &cfg, &app).await;
             if let Err(ProbeError::Local(_)) = r {
                 // Neither a success nor a failure: tried again next time.
                 continue;
@@ -171,11 +247,47 @@ pub fn spawn(
                         server: Arc::clone(&server),
                         up,
                         detail,
+                        agent: None,
                     })
                     .is_err()
                 {
                     return;
                 }
+            }
+        }
+    })
+}
+
+/// Starts the agent task for one server: every `cfg.interval` it asks the
+/// agent at `addr` and reports what it says when that changes. An agent
+/// that does not answer changes nothing (the checks judge the server).
+pub fn spawn_agent(
+    server: Arc<ServerState>,
+    addr: SocketAddr,
+    cfg: convoy_config::Agent,
+    reports: mpsc::UnboundedSender<Report>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = interval(cfg.interval.get());
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last: Option<app::AgentSays> = None;
+        loop {
+            tick.tick().await;
+            match app::agent(addr, cfg.timeout.get(), cfg.send.as_bytes()).await {
+                Ok(says) if last.as_ref() != Some(&says) => {
+                    last = Some(says.clone());
+                    let r = Report {
+                        server: Arc::clone(&server),
+                        up: says.up.unwrap_or(true),
+                        detail: format!("agent at {addr}"),
+                        agent: Some(says),
+                    };
+                    if reports.send(r).is_err() {
+                        return;
+                    }
+                }
+                // Unchanged, or no answer: nothing to tell.
+                Ok(_) | Err(_) => {}
             }
         }
     })

@@ -71,6 +71,7 @@ async fn passive_failures_take_a_server_down_until_retry_after() {
         server: Arc::clone(&a),
         up: false,
         detail: "timeout".into(),
+        agent: None,
     });
     assert!(!a.is_up());
     assert!(n.passive_retry.is_empty(), "active reports need no retry");
