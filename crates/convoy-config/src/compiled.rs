@@ -162,6 +162,8 @@ pub struct RouteDecision {
     pub cache: bool,
     /// Refresh cached responses ahead of expiry.
     pub hot: bool,
+    /// What it rewrites (none: nothing).
+    pub rewrite: Option<std::sync::Arc<crate::rewrite::Rewrite>>,
 }
 
 /// A route's conditions, typed; every one given must hold.
@@ -222,6 +224,9 @@ impl RouteTable {
                 max_body: l.max_body,
                 cache: true,
                 hot: false,
+                rewrite: Some(crate::rewrite::of_listener(l))
+                    .filter(|w| !w.is_empty())
+                    .map(std::sync::Arc::new),
             },
         }
     }
@@ -300,6 +305,9 @@ fn compile_route(l: &Listener, r: &Route) -> CompiledRoute {
             max_body: r.max_body.unwrap_or(l.max_body),
             cache: r.cache,
             hot: r.hot,
+            rewrite: Some(crate::rewrite::of_route(l, r))
+                .filter(|w| !w.is_empty())
+                .map(std::sync::Arc::new),
         },
     }
 }

@@ -9,6 +9,7 @@ pub mod compiled;
 mod duration;
 mod error;
 mod locate;
+pub mod rewrite;
 mod types;
 mod validate;
 

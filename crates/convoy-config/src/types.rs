@@ -593,6 +593,62 @@ pub struct Listener {
     /// HTTP: a shared response cache (RFC 9111) in front of the pools.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheSettings>,
+    /// HTTP: fields set, added or removed on every request before it goes
+    /// to a server (routes may add their own).
+    #[serde(default, skip_serializing_if = "HeaderOps::is_empty")]
+    pub request_headers: HeaderOps,
+    /// HTTP: fields set, added or removed on every response.
+    #[serde(default, skip_serializing_if = "HeaderOps::is_empty")]
+    pub response_headers: HeaderOps,
+    /// HTTP: a request id field (e.g. "X-Request-Id"): kept when the
+    /// client sent one, made otherwise; sent to the server, returned to
+    /// the client and written in the access log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// HTTP: bodies for convoy's own error answers, by status (e.g.
+    /// `503 = "/etc/convoy/503.html"`), read at start and on reload.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub error_pages: BTreeMap<String, std::path::PathBuf>,
+}
+
+/// Fields to set (replace), add (append) or remove. Values may use
+/// `{client_ip}`, `{request_id}`, `{host}`, `{listener}`, `{route}`, and
+/// in responses `{server}` (the server that answered).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeaderOps {
+    /// Name → value; an existing field of that name is replaced.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    /// Name → value; added beside any existing field of that name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    /// Names removed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+impl HeaderOps {
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// A route that answers with a redirect instead of going to a server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    /// The `Location`: a template with `{scheme}`, `{host}`, `{path}`
+    /// (path and query as received), e.g. "https://{host}{path}".
+    pub to: String,
+    /// 301, 302, 303, 307 or 308.
+    #[serde(default = "default_redirect_status")]
+    pub status: u16,
+}
+
+fn default_redirect_status() -> u16 {
+    302
 }
 
 /// The response cache of an HTTP listener.
@@ -825,6 +881,21 @@ pub struct Route {
     /// Path prefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
+    /// With `path_prefix`: the prefix is replaced by this before the
+    /// request goes to a server ("" strips it; what is left keeps its
+    /// leading "/").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite_prefix: Option<String>,
+    /// Answer with a redirect instead of going to a server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
+    /// Fields set, added or removed on the requests of this route (after
+    /// the listener's).
+    #[serde(default, skip_serializing_if = "HeaderOps::is_empty")]
+    pub request_headers: HeaderOps,
+    /// Fields set, added or removed on the responses of this route.
+    #[serde(default, skip_serializing_if = "HeaderOps::is_empty")]
+    pub response_headers: HeaderOps,
     /// Method, e.g. "GET".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,

@@ -150,7 +150,9 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
                     err(rp(k), why);
                 }
             }
+            validate_route_rewrite(r, &rp, &mut err);
         }
+        validate_listener_rewrite(l, &p, &mut err);
         if l.protocol == Protocol::Http {
             if l.mode == crate::FilterMode::Single {
                 err(
@@ -431,6 +433,122 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
 }
 
 /// The `[cluster]` table.
+/// Field operations: names, values, templates; `{server}` only where the
+/// server is known (responses).
+fn validate_ops(
+    ops: &crate::HeaderOps,
+    key: &str,
+    response: bool,
+    at: &dyn Fn(&str) -> String,
+    err: &mut impl FnMut(String, String),
+) {
+    match crate::rewrite::field_ops(ops) {
+        Err(problems) => {
+            for (k, why) in problems {
+                err(at(&format!("{key}.{k}")), why);
+            }
+        }
+        Ok(_) if !response => {
+            let all = ops.set.iter().map(|(n, v)| ("set", n, v));
+            for (kind, n, v) in all.chain(ops.add.iter().map(|(n, v)| ("add", n, v))) {
+                if crate::rewrite::Template::parse(v)
+                    .is_ok_and(|t| t.uses(crate::rewrite::Var::Server))
+                {
+                    err(
+                        at(&format!("{key}.{kind}.{n}")),
+                        "{server} is known only in responses (response_headers)".into(),
+                    );
+                }
+            }
+        }
+        Ok(_) => {}
+    }
+}
+
+/// A listener's own rewriting settings (HTTP only).
+fn validate_listener_rewrite(
+    l: &crate::Listener,
+    p: &dyn Fn(&str) -> String,
+    err: &mut impl FnMut(String, String),
+) {
+    let http = l.protocol == Protocol::Http;
+    let any = !l.request_headers.is_empty()
+        || !l.response_headers.is_empty()
+        || l.request_id.is_some()
+        || !l.error_pages.is_empty();
+    if any && !http {
+        err(p("request_headers"), "request_headers, response_headers, request_id and error_pages need protocol = \"http\"".into());
+        return;
+    }
+    validate_ops(&l.request_headers, "request_headers", false, p, err);
+    validate_ops(&l.response_headers, "response_headers", true, p, err);
+    if let Some(n) = &l.request_id {
+        if !crate::rewrite::field_name(n) {
+            err(
+                p("request_id"),
+                format!("{n:?} is not a field name (e.g. \"X-Request-Id\")"),
+            );
+        }
+    }
+    for status in l.error_pages.keys() {
+        if !status
+            .parse::<u16>()
+            .is_ok_and(|s| (400..=599).contains(&s))
+        {
+            err(
+                p(&format!("error_pages.{status}")),
+                "a status 400-599, e.g. 503".into(),
+            );
+        }
+    }
+}
+
+/// A route's rewriting settings.
+fn validate_route_rewrite(
+    r: &crate::Route,
+    rp: &dyn Fn(&str) -> String,
+    err: &mut impl FnMut(String, String),
+) {
+    validate_ops(&r.request_headers, "request_headers", false, rp, err);
+    validate_ops(&r.response_headers, "response_headers", true, rp, err);
+    if let Some(d) = &r.redirect {
+        match crate::rewrite::Template::parse(&d.to) {
+            Err(e) => err(rp("redirect.to"), e),
+            Ok(t) if t.uses(crate::rewrite::Var::Server) => err(
+                rp("redirect.to"),
+                "{server} is not known for a redirect".into(),
+            ),
+            Ok(_) => {}
+        }
+        if d.to.is_empty() {
+            err(rp("redirect.to"), "the Location to redirect to".into());
+        }
+        if ![301, 302, 303, 307, 308].contains(&d.status) {
+            err(
+                rp("redirect.status"),
+                format!(
+                    "{} is not a redirect status (301, 302, 303, 307, 308)",
+                    d.status
+                ),
+            );
+        }
+    }
+    if let Some(to) = &r.rewrite_prefix {
+        if r.path_prefix.is_none() {
+            err(
+                rp("rewrite_prefix"),
+                "needs the route's path_prefix (the part it replaces)".into(),
+            );
+        }
+        if !(to.is_empty() || to.starts_with('/')) || to.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            err(
+                rp("rewrite_prefix"),
+                format!("{to:?} must be empty or a path starting with '/'"),
+            );
+        }
+    }
+}
+
 /// The settings of the application checks (expect, redis, postgres).
 fn validate_app_check(
     h: &crate::Health,

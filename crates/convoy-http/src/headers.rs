@@ -73,6 +73,11 @@ pub struct ClientInfo {
 }
 
 impl ClientInfo {
+    /// Whether the client came over TLS.
+    pub fn is_https(&self) -> bool {
+        self.https
+    }
+
     /// For a connection from `client` over `proto` ("http" or "https").
     pub fn new(client: SocketAddr, proto: &'static str) -> Self {
         let ip = match client.ip() {

@@ -156,6 +156,9 @@ impl HttpOrigin {
                                     "connection",
                                     "x-hop",
                                     "host",
+                                    "x-client",
+                                    "x-secret",
+                                    "x-request-id",
                                 ] {
                                     if let Some(v) = req.headers().get(h) {
                                         r.headers_mut().insert(

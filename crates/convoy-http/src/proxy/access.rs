@@ -27,6 +27,7 @@ pub(super) struct AccessRec {
     pub(super) retries: usize,
     pub(super) status: u16,
     pub(super) bytes: u64,
+    pub(super) request_id: Option<String>,
 }
 
 impl AccessRec {
@@ -60,6 +61,7 @@ impl AccessRec {
             retries: 0,
             status: 0,
             bytes: 0,
+            request_id: None,
         }
     }
 
@@ -85,6 +87,7 @@ impl AccessRec {
             "retries": self.retries,
             "status": self.status,
             "bytes_out": self.bytes,
+            "request_id": self.request_id,
         })
         .to_string()
     }

@@ -19,6 +19,7 @@ pub(super) fn local(status: StatusCode, msg: &str) -> Response<RespBody> {
     *r.status_mut() = status;
     r.headers_mut()
         .insert("content-type", HeaderValue::from_static("text/plain"));
+    r.extensions_mut().insert(super::rewrite::LocalAnswer);
     r
 }
 

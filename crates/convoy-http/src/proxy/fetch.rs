@@ -362,6 +362,11 @@ pub(super) fn finish(
             rparts.headers.insert("x-convoy-explain", v);
         }
     }
+    rparts
+        .extensions
+        .insert(super::rewrite::ServedBy(Arc::clone(
+            &pool.servers[idx].state.name,
+        )));
     let guarded = Guarded {
         inner: rbody,
         slot,

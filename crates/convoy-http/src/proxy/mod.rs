@@ -1,8 +1,10 @@
 //! The HTTP gateway: the listener and each client connection
 //! ([`listener`]), the request path ([`request`], [`fetch`], the cache's
 //! part in [`cached`]), the bodies on that path ([`bodies`]), the way to
-//! servers ([`upstream`]), convoy's own answers ([`answers`]), the access
-//! log line ([`access`]) and the explanation header ([`explain`]).
+//! servers ([`upstream`]), convoy's own answers ([`answers`]), rewriting
+//! (request id, redirects, prefixes, fields, error pages: [`rewrite`]),
+//! the access log line ([`access`]) and the explanation header
+//! ([`explain`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +20,7 @@ mod explain;
 mod fetch;
 mod listener;
 mod request;
+mod rewrite;
 mod upstream;
 
 pub use bodies::{InBody, RespBody, UpResp};
@@ -39,6 +42,8 @@ struct Shared {
     body_timeout: Duration,
     response_timeout: Duration,
     request_timeout: Option<Duration>,
+    /// Bodies for convoy's own error answers.
+    error_pages: rewrite::ErrorPages,
 }
 
 impl Shared {
@@ -59,6 +64,7 @@ impl Shared {
             body_timeout: cfg.body_timeout().get(),
             response_timeout: cfg.response_timeout().get(),
             request_timeout: cfg.request_timeout.map(|d| d.get()),
+            error_pages: rewrite::ErrorPages::load(cfg),
             ctx,
             listener,
         }

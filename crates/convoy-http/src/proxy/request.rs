@@ -25,6 +25,8 @@ use super::Shared;
 use crate::headers::{add_forwarding, cookie, strip_hop_by_hop, ClientInfo};
 use crate::route::decide_from;
 
+use super::rewrite;
+
 /// Answers one request: the request path under the request timeout, with
 /// its access-log line written when the response body ends.
 pub(super) async fn respond(
@@ -51,6 +53,7 @@ pub(super) async fn respond(
             None => fut.await,
         }
     };
+    let resp = sh.error_pages.dress(resp);
     sh.listener.count_response(resp.status().as_u16());
     if rec.is_none() {
         return resp;
@@ -126,10 +129,88 @@ pub(super) async fn handle(
     if !l.allow_request(peer.ip()) {
         return rate_limited(l, peer);
     }
-    let snap = sh.ctx.snapshot.load_full();
-    let explain = explain_asked(sh, req.headers_mut());
+    let request_id = take_request_id(l, req.headers_mut());
+    if let (Some(r), Some(id)) = (rec.as_mut(), &request_id) {
+        r.request_id = Some(id.clone());
+    }
     let d = decide_from(&l.routes, &req, Some(peer.ip()));
     note_route(rec, d);
+    // Rewriting, when the route (or the listener) has some: the values
+    // of its variables, taken from the request as it came.
+    let vars = d.rewrite.as_ref().map(|_| rewrite::Vars {
+        client_ip: peer.ip().to_string(),
+        request_id: request_id.clone(),
+        host: crate::route::host_of(&req).unwrap_or_default(),
+        listener: l.cfg.name.clone(),
+        route: d.route.clone(),
+        scheme: if info.is_https() { "https" } else { "http" },
+        path: req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string(),
+    });
+    let rw = d.rewrite.as_deref().zip(vars.as_ref());
+    let mut resp = match rw.and_then(|(w, v)| w.redirect.as_ref().map(|r| (r, v))) {
+        Some(((to, status), v)) => rewrite::redirect(to, *status, v),
+        None => proxy(sh, req, peer, info, stripped, rec, d, rw).await,
+    };
+    if let Some((w, v)) = rw {
+        let server = resp.extensions().get::<rewrite::ServedBy>().cloned();
+        rewrite::apply(
+            resp.headers_mut(),
+            &w.response,
+            v,
+            server.as_ref().map(|s| &*s.0),
+        );
+    }
+    if let (Some(name), Some(id)) = (&l.cfg.request_id, request_id) {
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&id),
+        ) {
+            resp.headers_mut().insert(n, v);
+        }
+    }
+    resp
+}
+
+/// The request id (`request_id`): the client's, else a new one, put on
+/// the request for the server.
+fn take_request_id(l: &convoy_core::ListenerRuntime, h: &mut http::HeaderMap) -> Option<String> {
+    let name = l.cfg.request_id.as_deref()?;
+    if let Some(v) = h
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+    {
+        return Some(v.to_string());
+    }
+    let id = rewrite::new_request_id();
+    if let (Ok(n), Ok(v)) = (
+        http::HeaderName::from_bytes(name.as_bytes()),
+        HeaderValue::from_str(&id),
+    ) {
+        h.insert(n, v);
+    }
+    Some(id)
+}
+
+/// The request to a server (or the cache), with `rw`'s path and field
+/// rewriting when the route has some.
+#[allow(clippy::too_many_arguments)]
+async fn proxy(
+    sh: &Arc<Shared>,
+    mut req: Request<InBody>,
+    peer: SocketAddr,
+    info: &ClientInfo,
+    stripped: bool,
+    rec: &mut Option<Box<AccessRec>>,
+    d: &RouteDecision,
+    rw: Option<(&convoy_config::rewrite::Rewrite, &rewrite::Vars)>,
+) -> Response<RespBody> {
+    let snap = sh.ctx.snapshot.load_full();
+    let explain = explain_asked(sh, req.headers_mut());
     let Some(first_pool) = snap.pools.get(&d.pool).cloned() else {
         return local(StatusCode::BAD_GATEWAY, "no such pool");
     };
@@ -150,6 +231,9 @@ pub(super) async fn handle(
     }
     let version = req.version();
     let (mut parts, mut body) = req.into_parts();
+    if let Some(uri) = rw.and_then(|(w, _)| rewrite::rewritten_path(w, &parts.uri)) {
+        parts.uri = uri;
+    }
     let first = match first_frame(sh, &mut body, peer).await {
         Ok(f) => f,
         Err(r) => return r,
@@ -187,6 +271,9 @@ pub(super) async fn handle(
         host.as_ref(),
         version,
     );
+    if let Some((w, vars)) = rw {
+        rewrite::apply(&mut parts.headers, &w.request, vars, None);
+    }
     let path = parts
         .uri
         .path_and_query()
