@@ -464,11 +464,51 @@ pub fn router(token: Option<String>, tx: mpsc::Sender<Request>) -> Router {
         .with_state(st)
 }
 
-/// Serves the admin API on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, token: Option<String>, tx: mpsc::Sender<Request>) {
+/// Serves the admin API on `listener` until the task is dropped; over
+/// TLS with `tls` (`[admin] tls`).
+pub async fn serve(
+    listener: TcpListener,
+    token: Option<String>,
+    tx: mpsc::Sender<Request>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let app = router(token, tx);
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(event = "admin_error", error = %e, "admin API stopped");
+    let Some(tls) = tls else {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(event = "admin_error", error = %e, "admin API stopped");
+        }
+        return;
+    };
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(event = "admin_error", error = %e, "admin API: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (tls, app) = (tls.clone(), app.clone());
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                tls.accept(stream),
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(client = %peer, error = %e, "admin API: TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let svc = hyper_util::service::TowerToHyperService::new(app);
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+        });
     }
 }
 

@@ -202,6 +202,15 @@ impl Config {
         if let Some(f) = &mut self.admin.token_file {
             fix(f);
         }
+        if let Some(t) = &mut self.admin.tls {
+            for c in &mut t.certificates {
+                fix(&mut c.cert);
+                fix(&mut c.key);
+            }
+            if let Some(ca) = &mut t.client_ca {
+                fix(ca);
+            }
+        }
         if let Some(f) = self.cluster.as_mut().and_then(|c| c.key_file.as_mut()) {
             fix(f);
         }

@@ -232,6 +232,10 @@ pub struct Admin {
     /// A file holding the token (surrounding whitespace ignored).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<std::path::PathBuf>,
+    /// Serve the admin API, metrics and dashboard over TLS (the same
+    /// settings as a listener's `tls`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
 }
 
 impl Default for Admin {
@@ -242,6 +246,7 @@ impl Default for Admin {
             token: None,
             token_env: None,
             token_file: None,
+            tls: None,
         }
     }
 }

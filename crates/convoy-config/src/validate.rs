@@ -44,6 +44,20 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
     if a.token.as_deref().is_some_and(|t| t.trim().len() < 8) {
         err("admin.token".into(), "must be at least 8 characters".into());
     }
+    if let Some(t) = &a.tls {
+        if t.certificates.is_empty() {
+            err(
+                "admin.tls.certificates".into(),
+                "give at least one certificate".into(),
+            );
+        }
+        if t.certificates.iter().filter(|c| c.names.is_empty()).count() > 1 {
+            err(
+                "admin.tls.certificates".into(),
+                "only one certificate may be the default (without names)".into(),
+            );
+        }
+    }
     if a.enabled && sources == 0 && !a.address.ip().is_loopback() {
         err(
             "admin.address".into(),

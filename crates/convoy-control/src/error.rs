@@ -21,7 +21,8 @@ pub enum Error {
     /// A system call failed (the caller says what it was doing).
     #[error(transparent)]
     Os(#[from] std::io::Error),
-    /// The admin token cannot be read (`admin.token_env`, `admin.token_file`).
+    /// The admin token cannot be read (`admin.token_env`, `admin.token_file`),
+    /// or the admin API's certificates do not load (`admin.tls`).
     #[error("{0}")]
     Token(String),
     /// A listener's certificates or keys do not load (`tls.` and the key

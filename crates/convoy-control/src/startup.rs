@@ -295,10 +295,19 @@ impl Node {
             }
             let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
             info!(event = "admin_listening", address = %addr, auth = token.is_some(), "admin API, metrics and dashboard");
+            let tls = match &cfg.admin.tls {
+                Some(t) => Some(
+                    convoy_http::tls::TlsState::new(t)
+                        .map_err(|e| Error::Token(format!("admin.tls: {e}")))?
+                        .acceptor(),
+                ),
+                None => None,
+            };
             self.admin_task = Some(tokio::spawn(convoy_admin::serve(
                 l,
                 token,
                 commands.clone(),
+                tls,
             )));
         }
         self.reapply_listener_admin();

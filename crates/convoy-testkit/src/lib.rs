@@ -468,6 +468,16 @@ pub fn remove(p: &Path) {
 /// A self-signed certificate for `localhost` and 127.0.0.1, made with the
 /// openssl command in a fresh temp dir: (certificate, key) paths.
 pub fn self_signed() -> (PathBuf, PathBuf) {
+    make_self_signed(&[])
+}
+
+/// Like [`self_signed`], marked as no CA (`CA:FALSE`): what rustls (webpki)
+/// accepts as a server certificate that is its own trust anchor.
+pub fn self_signed_leaf() -> (PathBuf, PathBuf) {
+    make_self_signed(&["-addext", "basicConstraints=critical,CA:FALSE"])
+}
+
+fn make_self_signed(extra: &[&str]) -> (PathBuf, PathBuf) {
     let dir = temp_dir("cert");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let ok = Command::new("openssl")
@@ -485,8 +495,9 @@ pub fn self_signed() -> (PathBuf, PathBuf) {
             "subjectAltName=DNS:localhost,IP:127.0.0.1",
             "-days",
             "2",
-            "-keyout",
         ])
+        .args(extra)
+        .arg("-keyout")
         .arg(&key)
         .arg("-out")
         .arg(&cert)

@@ -19,9 +19,14 @@ use serde_json::Value;
 /// Options and command of `convoy ctl`.
 #[derive(Args, Debug)]
 pub struct CtlArgs {
-    /// Admin address of the node.
+    /// Admin address of the node: HOST:PORT, or https://HOST:PORT when
+    /// the admin API has `tls` (then give --cacert).
     #[arg(long, env = "CONVOY_ADMIN", default_value = "127.0.0.1:9900")]
     admin: String,
+    /// CA certificates (PEM) the admin API's certificate must chain to
+    /// (https only).
+    #[arg(long, env = "CONVOY_CACERT")]
+    cacert: Option<std::path::PathBuf>,
     /// Bearer token (or set CONVOY_TOKEN).
     #[arg(long, env = "CONVOY_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -205,8 +210,33 @@ pub fn main(args: CtlArgs) -> ExitCode {
             return ExitCode::from(FAILED);
         }
     };
-    let url = format!("http://{}{path}", args.admin);
-    let res = rt.block_on(send(&url, method, token.as_deref(), body));
+    let (url, tls) = match args.admin.strip_prefix("https://") {
+        Some(rest) => {
+            let Some(ca) = &args.cacert else {
+                eprintln!("convoy ctl: an https admin address needs --cacert FILE (the CA of its certificate)");
+                return ExitCode::from(2);
+            };
+            let t = convoy_config::UpstreamTls {
+                ca: ca.clone(),
+                sni: None,
+            };
+            match convoy_http::tls::client_config(&t, false) {
+                Ok(c) => (
+                    format!("https://{}{path}", rest.trim_end_matches('/')),
+                    Some(c),
+                ),
+                Err(e) => {
+                    eprintln!("convoy ctl: --cacert {}: {e}", ca.display());
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        None => {
+            let host = args.admin.strip_prefix("http://").unwrap_or(&args.admin);
+            (format!("http://{}{path}", host.trim_end_matches('/')), None)
+        }
+    };
+    let res = rt.block_on(send(&url, method, token.as_deref(), body, tls));
     let (status, text) = match res {
         Ok(r) => r,
         Err(e) => {
@@ -333,8 +363,8 @@ async fn send(
     method: &str,
     token: Option<&str>,
     body: Option<String>,
+    tls: Option<rustls::ClientConfig>,
 ) -> Result<(u16, String), String> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut b = http::Request::builder().method(method).uri(url);
     if let Some(t) = token {
         b = b.header("authorization", format!("Bearer {t}"));
@@ -345,7 +375,25 @@ async fn send(
     let req = b
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| e.to_string())?;
-    let fut = client.request(req);
+    let fut = async {
+        match tls {
+            None => {
+                let client: Client<_, Full<Bytes>> =
+                    Client::builder(TokioExecutor::new()).build_http();
+                client.request(req).await
+            }
+            Some(cfg) => {
+                let https = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(cfg)
+                    .https_only()
+                    .enable_http1()
+                    .build();
+                let client: Client<_, Full<Bytes>> =
+                    Client::builder(TokioExecutor::new()).build(https);
+                client.request(req).await
+            }
+        }
+    };
     let resp = tokio::time::timeout(std::time::Duration::from_secs(30), fut)
         .await
         .map_err(|_| "no answer within 30 s".to_string())?
