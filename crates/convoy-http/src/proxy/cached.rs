@@ -298,6 +298,7 @@ pub(super) fn background(
         replayable: true,
         fwd: rc.fwd.clone(),
         hot: false,
+        note_server: false,
     };
     tokio::spawn(async move {
         let fault = Fault::default();

@@ -362,11 +362,13 @@ pub(super) fn finish(
             rparts.headers.insert("x-convoy-explain", v);
         }
     }
-    rparts
-        .extensions
-        .insert(super::rewrite::ServedBy(Arc::clone(
-            &pool.servers[idx].state.name,
-        )));
+    if rc.note_server {
+        rparts
+            .extensions
+            .insert(super::rewrite::ServedBy(Arc::clone(
+                &pool.servers[idx].state.name,
+            )));
+    }
     let guarded = Guarded {
         inner: rbody,
         slot,

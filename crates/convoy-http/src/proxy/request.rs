@@ -292,6 +292,7 @@ async fn proxy(
         replayable,
         fwd,
         hot: d.hot,
+        note_server: rw.is_some_and(|(w, _)| !w.response.is_empty()),
     };
     if let (true, Some(cache)) = (use_cache, &sh.cache) {
         // Boxed: the common path's future stays small.
@@ -536,6 +537,9 @@ pub(super) struct ReqCtx {
     pub(super) path: String,
     /// The request has no body (it can be sent again).
     pub(super) replayable: bool,
+    /// The route rewrites its responses: the server that answered is
+    /// noted on the response (`{server}`).
+    pub(super) note_server: bool,
 }
 
 #[cfg(test)]
