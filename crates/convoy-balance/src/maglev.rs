@@ -88,10 +88,11 @@ impl Table {
         }
         let m = table_size(backends.len());
         let max_w = backends.iter().map(|(_, w)| *w).max().unwrap_or(1) as u64;
+        // Each backend's preference list is offset, offset + skip, ...
+        // (mod m): walked by adding, not by multiplying and dividing.
         struct Perm {
-            offset: u64,
+            pos: u64,
             skip: u64,
-            next: u64,
             credit: u64,
             weight: u64,
         }
@@ -100,9 +101,8 @@ impl Table {
             .map(|(name, w)| {
                 let name = name.as_ref();
                 Perm {
-                    offset: hash64(name, 0x6d61_676c_6576_3031) % m as u64,
+                    pos: hash64(name, 0x6d61_676c_6576_3031) % m as u64,
                     skip: hash64(name, 0x6d61_676c_6576_3032) % (m as u64 - 1) + 1,
-                    next: 0,
                     credit: 0,
                     weight: u64::from(*w),
                 }
@@ -120,9 +120,13 @@ impl Table {
                     continue;
                 }
                 p.credit -= max_w;
+                let m64 = m as u64;
                 loop {
-                    let slot = ((p.offset + p.next * p.skip) % m as u64) as usize;
-                    p.next += 1;
+                    let slot = p.pos as usize;
+                    p.pos += p.skip;
+                    if p.pos >= m64 {
+                        p.pos -= m64;
+                    }
                     if entries[slot] == EMPTY {
                         entries[slot] = i as u32;
                         filled += 1;

@@ -207,14 +207,31 @@ pub struct RouteTable {
     /// Some route has a host condition (the request's host is worked out
     /// only then).
     pub needs_host: bool,
+    /// The routes with a host condition, by host: indices into `routes`,
+    /// ascending. A request looks only at its host's routes and the
+    /// host-less ones, so matching does not grow with the number of
+    /// virtual hosts.
+    pub by_host: std::collections::HashMap<String, Vec<u32>>,
+    /// The routes without a host condition: indices, ascending.
+    pub any_host: Vec<u32>,
 }
 
 impl RouteTable {
     /// Compiles the listener's routes.
     pub fn compile(l: &Listener) -> RouteTable {
         let routes: Vec<CompiledRoute> = l.routes.iter().map(|r| compile_route(l, r)).collect();
+        let mut by_host: std::collections::HashMap<String, Vec<u32>> = Default::default();
+        let mut any_host = Vec::new();
+        for (i, r) in routes.iter().enumerate() {
+            match &r.when.host {
+                Some(h) => by_host.entry(h.clone()).or_default().push(i as u32),
+                None => any_host.push(i as u32),
+            }
+        }
         RouteTable {
-            needs_host: routes.iter().any(|r| r.when.host.is_some()),
+            needs_host: !by_host.is_empty(),
+            by_host,
+            any_host,
             routes,
             default: RouteDecision {
                 route: "default".into(),

@@ -273,15 +273,23 @@ fn server_diff(
     out: &mut Vec<Change>,
 ) {
     let key = |s: &convoy_config::Server| (pool.to_string(), s.name.clone());
+    // By name: a pool of thousands of servers is compared in linear time.
+    fn by_name(v: &[convoy_config::Server]) -> HashMap<&str, usize> {
+        v.iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect()
+    }
+    let (old_at, new_at) = (by_name(old), by_name(new));
     for o in old {
-        if !new.iter().any(|n| n.name == o.name) {
+        if !new_at.contains_key(o.name.as_str()) {
             let (pool, server) = key(o);
             out.push(Change::ServerRemoved { pool, server });
         }
     }
     for n in new {
         let (pool, server) = key(n);
-        let Some(o) = old.iter().find(|o| o.name == n.name) else {
+        let Some(o) = old_at.get(n.name.as_str()).map(|&i| &old[i]) else {
             out.push(Change::ServerAdded {
                 pool,
                 server,

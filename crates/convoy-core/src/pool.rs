@@ -32,15 +32,20 @@ pub struct ServerEntry {
 /// `servers`).
 #[derive(Debug)]
 pub struct Tables {
-    /// Weighted round-robin sweep, with slow-start weights.
-    pub rr: Table,
+    /// Weighted round-robin sweep, with slow-start weights (the same table
+    /// as `hash` unless a server is ramping up).
+    pub rr: Arc<Table>,
     /// Consistent hash over available servers at full weight: where the
     /// clients of an unavailable server go.
-    pub hash: Table,
+    pub hash: Arc<Table>,
     /// Servers that could take traffic when the tables were built.
     pub eligible: usize,
     /// True while some server is ramping up (tables need rebuilding).
     pub ramping: bool,
+    /// The weights `hash` and `rr` were built from (by server index): a
+    /// rebuild with the same weights keeps the tables.
+    full: Vec<u32>,
+    ramped: Vec<u32>,
 }
 
 /// A pool with its servers and current tables.
@@ -58,7 +63,7 @@ pub struct PoolRuntime {
     /// Consistent hash over every configured server at its configured
     /// weight, whatever its state: health and admin changes never move the
     /// clients of servers that stay available.
-    pub(crate) primary: Table,
+    pub(crate) primary: Arc<Table>,
     tables: ArcSwap<Tables>,
     pub(crate) admission: Arc<crate::admission::Admission>,
     /// Smooth weighted round-robin scores (HTTP).
@@ -112,11 +117,25 @@ impl PoolRuntime {
             .enumerate()
             .map(|(i, s)| (Arc::clone(&s.state.name), i))
             .collect();
-        let all: Vec<(&[u8], u32)> = servers
-            .iter()
-            .map(|s| (s.cfg.name.as_bytes(), s.cfg.weight))
-            .collect();
-        let primary = Table::build(&all);
+        // The same servers at the same weights (a reload, an admin
+        // command): the previous primary table is the same table.
+        let same_servers = prev.is_some_and(|p| {
+            p.servers.len() == servers.len()
+                && p.servers
+                    .iter()
+                    .zip(&servers)
+                    .all(|(a, b)| a.cfg.name == b.cfg.name && a.cfg.weight == b.cfg.weight)
+        });
+        let primary = match prev {
+            Some(p) if same_servers => Arc::clone(&p.primary),
+            _ => {
+                let all: Vec<(&[u8], u32)> = servers
+                    .iter()
+                    .map(|s| (s.cfg.name.as_bytes(), s.cfg.weight))
+                    .collect();
+                Arc::new(Table::build(&all))
+            }
+        };
         let sticky_ids = servers
             .iter()
             .enumerate()
@@ -152,10 +171,12 @@ impl PoolRuntime {
             },
             swrr: std::sync::Mutex::new(convoy_balance::swrr::Swrr::new(cfg.servers.len())),
             tables: ArcSwap::from_pointee(Tables {
-                rr: Table::build::<&str>(&[]),
-                hash: Table::build::<&str>(&[]),
+                rr: Arc::new(Table::build::<&str>(&[])),
+                hash: Arc::new(Table::build::<&str>(&[])),
                 eligible: 0,
                 ramping: false,
+                full: Vec::new(),
+                ramped: Vec::new(),
             }),
             counter: AtomicU64::new(prev.map_or(0, |p| p.counter.load(Ordering::Relaxed))),
             tier_probe: AtomicU64::new(0),
@@ -210,6 +231,7 @@ impl PoolRuntime {
         let mut eligible = 0;
         let mut full = Vec::with_capacity(self.servers.len());
         let mut ramped = Vec::with_capacity(self.servers.len());
+        let mut all_full = true;
         // Weights are scaled ×100 so that a ramp from 10% to 100% has steps
         // even for weight 1; shares depend only on ratios.
         for (i, s) in self.servers.iter().enumerate() {
@@ -225,20 +247,46 @@ impl PoolRuntime {
                 }
                 _ => w,
             };
-            full.push((s.cfg.name.as_bytes(), w));
-            ramped.push((s.cfg.name.as_bytes(), rw));
+            all_full &= ok;
+            full.push(w);
+            ramped.push(rw);
         }
-        let hash = Table::build(&full);
-        let rr = if ramping {
-            Table::build(&ramped)
+        let cur = self.tables.load();
+        if cur.full == full
+            && cur.ramped == ramped
+            && cur.eligible == eligible
+            && cur.ramping == ramping
+            && !self.servers.is_empty()
+        {
+            return; // nothing a table depends on changed
+        }
+        let named = |w: &[u32]| -> Vec<(&[u8], u32)> {
+            self.servers
+                .iter()
+                .zip(w)
+                .map(|(s, &w)| (s.cfg.name.as_bytes(), w))
+                .collect()
+        };
+        // Every server available at its configured weight: the table is
+        // the primary one (weights ×100 give the same table).
+        let hash = if all_full {
+            Arc::clone(&self.primary)
         } else {
-            hash.clone()
+            Arc::new(Table::build(&named(&full)))
+        };
+        // Not ramping: one table for both (a large pool's table is MBs).
+        let rr = if ramping {
+            Arc::new(Table::build(&named(&ramped)))
+        } else {
+            Arc::clone(&hash)
         };
         self.tables.store(Arc::new(Tables {
             rr,
             hash,
             eligible,
             ramping,
+            full,
+            ramped,
         }));
     }
 
@@ -306,6 +354,52 @@ mod tests {
         }
         let c = Config::parse("t", &text).unwrap();
         PoolRuntime::new("p", &c.pools["p"], None)
+    }
+
+    /// Tables are shared, not rebuilt, when nothing they depend on
+    /// changed, and the shared ones are the tables a build would give.
+    #[test]
+    fn tables_are_reused_only_when_equal() {
+        let p = pool(&[1, 3, 2, 1]);
+        let t = p.tables();
+        assert!(Arc::ptr_eq(&t.hash, &p.primary), "all available: primary");
+        assert!(Arc::ptr_eq(&t.rr, &t.hash));
+        // The primary table (configured weights) is the table of the
+        // weights ×100 the rebuild uses.
+        let scaled: Vec<(&[u8], u32)> = p
+            .servers
+            .iter()
+            .map(|s| (s.cfg.name.as_bytes(), s.cfg.weight * 100))
+            .collect();
+        let fresh = Table::build(&scaled);
+        for k in 0..20_000u64 {
+            let k = k.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            assert_eq!(fresh.lookup(k), p.primary.lookup(k));
+        }
+        // A rebuild with nothing changed keeps the tables.
+        p.rebuild();
+        assert!(Arc::ptr_eq(&p.tables().hash, &t.hash));
+        // A server down: a new hash table without it.
+        p.servers[1].state.set_up(false);
+        p.rebuild();
+        let down = p.tables();
+        assert!(!Arc::ptr_eq(&down.hash, &p.primary));
+        assert_eq!(down.eligible, 3);
+        for k in 0..20_000u64 {
+            let k = k.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            assert_ne!(down.hash.lookup(k), Some(1));
+        }
+        // Back up: the primary again; a reload of the same servers shares
+        // it.
+        p.servers[1].state.set_up(true);
+        p.rebuild();
+        assert!(Arc::ptr_eq(&p.tables().hash, &p.primary));
+        let again = PoolRuntime::new("p", &p.cfg, Some(&p));
+        assert!(Arc::ptr_eq(&again.primary, &p.primary));
+        let mut cfg = p.cfg.clone();
+        cfg.servers[2].weight = 5;
+        let changed = PoolRuntime::new("p", &cfg, Some(&p));
+        assert!(!Arc::ptr_eq(&changed.primary, &p.primary));
     }
 
     #[test]

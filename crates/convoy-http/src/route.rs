@@ -89,10 +89,27 @@ pub fn decide_from<'a, B>(
         return &t.default;
     }
     let host = if t.needs_host { host_of(req) } else { None };
-    t.routes
-        .iter()
-        .find(|r| matches(&r.when, req, host.as_deref(), client))
-        .map_or(&t.default, |r| &r.then)
+    let for_host: &[u32] = host
+        .as_deref()
+        .and_then(|h| t.by_host.get(h))
+        .map_or(&[], Vec::as_slice);
+    // The host's routes and the host-less ones, merged in their order:
+    // the first that matches wins, as if every route were tried.
+    let (mut a, mut b) = (for_host.iter().peekable(), t.any_host.iter().peekable());
+    loop {
+        let i = match (a.peek(), b.peek()) {
+            (Some(&&x), Some(&&y)) if x < y => a.next(),
+            (Some(_), None) => a.next(),
+            _ => b.next(),
+        };
+        let Some(&i) = i else {
+            return &t.default;
+        };
+        let r = &t.routes[i as usize];
+        if matches(&r.when, req, host.as_deref(), client) {
+            return &r.then;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -169,6 +186,77 @@ address = "127.0.0.1:3"
         assert_eq!((d.class, d.route.as_str()), (1, "vip"));
         let d = decide(&l, &req("GET", "/x", &[("x-tier", "silver")]));
         assert_eq!((d.class, d.cost), (4, 1));
+    }
+
+    /// The host index gives the answer a scan of every route in order
+    /// gives, for host routes interleaved with host-less ones.
+    #[test]
+    fn host_index_keeps_first_match_order() {
+        let text = r#"
+[[listeners]]
+protocol = "http"
+address = "127.0.0.1:1"
+pool = "web"
+[[listeners.routes]]
+name = "a-x"
+host = "a.example"
+path_prefix = "/x/"
+[[listeners.routes]]
+name = "any-xy"
+path_prefix = "/x/y"
+[[listeners.routes]]
+name = "b-root"
+host = "B.example"
+path_prefix = "/"
+[[listeners.routes]]
+name = "a-root"
+host = "a.example"
+path_prefix = "/"
+[[listeners.routes]]
+name = "any-z"
+path = "/z"
+[pools.web]
+[[pools.web.servers]]
+address = "127.0.0.1:2"
+"#;
+        let t = RouteTable::compile(&Config::parse("t", text).unwrap().listeners.remove(0));
+        assert_eq!(t.any_host, vec![1, 4]);
+        assert_eq!(t.by_host["b.example"], vec![2]);
+        let scan = |r: &Request<()>| {
+            let host = host_of(r);
+            t.routes
+                .iter()
+                .find(|x| matches(&x.when, r, host.as_deref(), None))
+                .map_or("default", |x| x.then.route.as_str())
+                .to_string()
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for host in ["a.example", "A.EXAMPLE:80", "b.example", "c.example", ""] {
+            for path in ["/x/y", "/x/q", "/z", "/", "/x"] {
+                let hs: &[(&str, &str)] = if host.is_empty() {
+                    &[]
+                } else {
+                    &[("host", host)]
+                };
+                let r = req("GET", path, hs);
+                let got = decide(&t, &r).route.clone();
+                assert_eq!(got, scan(&r), "{host} {path}");
+                seen.insert(got);
+            }
+        }
+        assert_eq!(
+            seen.len(),
+            6,
+            "every route and the default chosen: {seen:?}"
+        );
+        let r = req("GET", "/x/y", &[("host", "b.example")]);
+        assert_eq!(
+            decide(&t, &r).route,
+            "any-xy",
+            "earlier host-less route wins"
+        );
+        let r = req("GET", "/z", &[("host", "a.example")]);
+        assert_eq!(decide(&t, &r).route, "a-root", "earlier host route wins");
     }
 
     #[test]
