@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# Memory per idle keep-alive HTTP connection at about 10,000 connections:
-# convoy (`protocol = "http"`) against HAProxy `mode http`, one nginx
-# origin, all on loopback, in one run. Each connection sends one request,
-# reads the answer and stays open; the proxy's RSS is read before and
-# after. How to read the figures: bench/RESULTS.md.
+# Memory per idle connection, convoy against HAProxy 2.6 in one run, one
+# nginx origin, all on loopback:
+#  - HTTP keep-alive (`protocol = "http"` / `mode http`) at about 10,000
+#    connections: each sends one request, reads the answer and stays open;
+#  - TCP (`protocol = "tcp"` / `mode tcp`) at about 5,000: each carries one
+#    request and answer end to end and stays open (a TCP connection holds
+#    a server connection too: two descriptors each).
+# The proxy's RSS is read before and after; the client's time to open and
+# use all the connections is printed as a rate (connections/s through the
+# proxy, one Python client: a comparison, not the proxy's limit).
+# How to read the figures: bench/RESULTS.md.
 #
-#   bench/idle.sh [connections]     (default 9900: the most HAProxy takes
-#   under this machine's hard descriptor limit of 20000; needs a release build)
+#   bench/idle.sh [http_connections] [tcp_connections]
+#   (defaults 9900 and 4900: the most HAProxy takes under this machine's
+#   hard descriptor limit of 20000; needs a release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-9900}
+NT=${2:-4900}
 BIN=${CONVOY_BIN:-target/release/convoy}
 [ -x "$BIN" ] || cargo build --release -p convoy
 for t in haproxy nginx python3; do
@@ -19,11 +27,21 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 W=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; sleep 0.3; rm -rf "$W"' EXIT
-ORIGIN=18281; HAP=18282; CONVOY=18283
+ORIGIN=18281; HAP=18282; CONVOY=18283; HAP_T=18284; CONVOY_T=18285
 
 . bench/lib.sh
 origin_conf "$W" $ORIGIN
+sed -i 's/worker_connections 4096/worker_connections 19000/' "$W/nginx.conf"
 haproxy_http_conf "$W" $HAP $ORIGIN 9990 "  fd-hard-limit 20000"
+cat >> "$W/haproxy.cfg" <<HA
+frontend ft
+  mode tcp
+  bind 127.0.0.1:$HAP_T
+  default_backend bt
+backend bt
+  mode tcp
+  server o 127.0.0.1:$ORIGIN
+HA
 cat > "$W/convoy.toml" <<CV
 [node]
 workers = 1
@@ -38,6 +56,13 @@ pool = "web"
 max_connections = 15000
 idle_timeout = "120s"
 
+[[listeners]]
+protocol = "tcp"
+address = "127.0.0.1:$CONVOY_T"
+pool = "web"
+max_connections = 15000
+idle_timeout = "120s"
+
 [pools.web]
 health = { check = "none" }
 [[pools.web.servers]]
@@ -47,14 +72,15 @@ CV
 nginx -c "$W/nginx.conf" &
 sleep 0.5
 
-measure() { # name port -> "rss_before rss_after KB_per_conn"
-  local pid=$1 port=$2
+measure() { # pid port count -> "rss_before rss_after KB_per_conn conn_per_s"
+  local pid=$1 port=$2 n=$3
   sleep 0.5
   local before; before=$(awk '/VmRSS/ {print $2}' /proc/$pid/status)
-  python3 - "$port" "$N" "$W/ready" <<'PY' &
+  python3 - "$port" "$n" "$W/ready" <<'PY' &
 import selectors, socket, sys, time
 port, n, ready = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 socks = []
+t0 = time.monotonic()
 for i in range(n):
     s = socket.create_connection(("127.0.0.1", port))
     s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -64,25 +90,31 @@ for i in range(n):
             t.recv(4096)
 for t in socks[len(socks) - len(socks) % 500:]:
     t.recv(4096)
-open(ready, "w").write("ok")
+open(ready + ".tmp", "w").write("%.0f" % (n / (time.monotonic() - t0)))
+import os
+os.rename(ready + ".tmp", ready)
 time.sleep(60)
 PY
   local py=$!
   for _ in $(seq 600); do [ -f "$W/ready" ] && break; sleep 0.1; done
   sleep 2
   local after; after=$(awk '/VmRSS/ {print $2}' /proc/$pid/status)
+  local rate; rate=$(cat "$W/ready")
   kill $py 2>/dev/null; wait $py 2>/dev/null || true
   rm -f "$W/ready"
-  awk -v a="$after" -v b="$before" -v n="$N" 'BEGIN { printf "%d %d %.2f\n", b, a, (a-b)/n }'
+  awk -v a="$after" -v b="$before" -v n="$n" -v r="$rate" 'BEGIN { printf "%d %d %.2f %s\n", b, a, (a-b)/n, r }'
 }
 
-echo "# $N idle keep-alive connections; convoy $($BIN --version | cut -d' ' -f2) vs $(haproxy -v | head -1 | cut -d' ' -f1-3), $(date -u +%F), $(nproc) cores"
-echo "proxy rss_before_KB rss_after_KB KB_per_conn"
-haproxy -f "$W/haproxy.cfg" -db >/dev/null 2>&1 &
-HPID=$!
-echo "haproxy $(measure $HPID $HAP)"
-kill $HPID; wait $HPID 2>/dev/null || true
-"$BIN" run -c "$W/convoy.toml" 2>/dev/null &
-CPID=$!
-echo "convoy $(measure $CPID $CONVOY)"
-kill $CPID; wait $CPID 2>/dev/null || true
+echo "# idle connections; convoy $($BIN --version | cut -d' ' -f2) vs $(haproxy -v | head -1 | cut -d' ' -f1-3), $(date -u +%F), $(nproc) cores"
+echo "kind connections proxy rss_before_KB rss_after_KB KB_per_conn conn_per_s"
+for kind in http tcp; do
+  if [ $kind = http ]; then n=$N; hp=$HAP; cp=$CONVOY; else n=$NT; hp=$HAP_T; cp=$CONVOY_T; fi
+  haproxy -f "$W/haproxy.cfg" -db >/dev/null 2>&1 &
+  HPID=$!
+  echo "$kind $n haproxy $(measure $HPID $hp $n)"
+  kill $HPID; wait $HPID 2>/dev/null || true
+  "$BIN" run -c "$W/convoy.toml" 2>/dev/null &
+  CPID=$!
+  echo "$kind $n convoy $(measure $CPID $cp $n)"
+  kill $CPID; wait $CPID 2>/dev/null || true
+done

@@ -80,20 +80,27 @@ const COPY_BUF: usize = 16 * 1024;
 /// buffer, which costs the fewest syscalls for request/response traffic;
 /// with `splice`, a read that fills the buffer (a bulk stream) switches the
 /// direction to splice(2) for good, so large transfers stay zero-copy.
-/// Nothing is allocated before the first byte arrives, so idle connections
-/// cost no buffer and no pipe.
+/// The buffer is held only while bytes flow: when the source has nothing
+/// more to read it goes back to the thread's spares, so an idle
+/// connection holds no buffer and no pipe.
 async fn pump(d: Dir<'_>, splice: bool, transfers: &AtomicU64) -> Result<(), SideError> {
     let (src_side, dst_side) = (d.src_side, d.dst_side);
     let at_src = |e| (src_side, e);
     let at_dst = |e| (dst_side, e);
     d.src.readable().await.map_err(at_src)?;
-    let mut buf = vec![0u8; COPY_BUF];
+    let mut buf = take_buf();
     loop {
-        let n = match d.src.try_read(&mut buf) {
-            Ok(0) => return shutdown_write(d.dst).map_err(at_dst),
+        buf.clear();
+        let n = match d.src.try_read_buf(&mut buf) {
+            Ok(0) => {
+                put_buf(buf);
+                return shutdown_write(d.dst).map_err(at_dst);
+            }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                put_buf(buf);
                 d.src.readable().await.map_err(at_src)?;
+                buf = take_buf();
                 continue;
             }
             Err(e) => return Err(at_src(e)),
@@ -112,11 +119,11 @@ async fn pump(d: Dir<'_>, splice: bool, transfers: &AtomicU64) -> Result<(), Sid
         }
         d.bytes.fetch_add(n as u64, Ordering::Relaxed);
         transfers.fetch_add(1, Ordering::Relaxed);
-        if splice && n == buf.len() && cfg!(target_os = "linux") {
+        if splice && n == buf.capacity() && cfg!(target_os = "linux") {
             break;
         }
     }
-    drop(buf);
+    put_buf(buf);
     #[cfg(target_os = "linux")]
     {
         let p = crate::splice::Pipe::new().map_err(at_dst)?;
@@ -131,6 +138,34 @@ async fn pump(d: Dir<'_>, splice: bool, transfers: &AtomicU64) -> Result<(), Sid
         }
     }
     shutdown_write(d.dst).map_err(at_dst)
+}
+
+thread_local! {
+    /// Copy buffers not in use on this thread.
+    static SPARES: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// How many spare copy buffers a thread keeps (16 KB each).
+const MAX_SPARES: usize = 64;
+
+/// An empty copy buffer with `COPY_BUF` of room: a spare, or a new one.
+fn take_buf() -> Vec<u8> {
+    SPARES.with(|s| s.borrow_mut().pop()).unwrap_or_else(|| {
+        #[cfg(test)]
+        tests::MADE.with(|m| m.set(m.get() + 1));
+        Vec::with_capacity(COPY_BUF)
+    })
+}
+
+/// Gives a copy buffer back to the thread's spares (or frees it).
+fn put_buf(mut b: Vec<u8>) {
+    b.clear();
+    SPARES.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < MAX_SPARES && b.capacity() == COPY_BUF {
+            s.push(b);
+        }
+    });
 }
 
 fn shutdown_write(s: &TcpStream) -> io::Result<()> {
@@ -282,6 +317,45 @@ mod tests {
             assert_eq!(out.end, End::Done);
             assert_eq!((out.to_server, out.to_client), (1_000_000, 4));
         }
+    }
+
+    thread_local! {
+        /// Copy buffers made on this thread.
+        pub(super) static MADE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Between exchanges a connection holds no copy buffer: every buffer
+    /// made is back in the thread's spares (one thread here), and comes
+    /// out again for the next exchange.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_idle_connection_holds_no_buffer() {
+        let spares = || SPARES.with(|s| s.borrow().len());
+        let made = || MADE.with(|m| m.get());
+        let (mut client, c_side) = pair().await;
+        let (mut server, s_side) = pair().await;
+        let relay = tokio::spawn(relay(
+            c_side,
+            s_side,
+            false,
+            Duration::from_secs(5),
+            &mut [],
+        ));
+        for round in 0..3 {
+            client.write_all(b"ping").await.unwrap();
+            let mut got = [0u8; 4];
+            server.read_exact(&mut got).await.unwrap();
+            server.write_all(b"pong").await.unwrap();
+            client.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"pong");
+            // Let the relay see that both sides are drained.
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            assert!(made() >= 1);
+            assert_eq!(spares(), made(), "round {round}: every buffer is a spare");
+        }
+        drop((client, server));
+        assert_eq!(relay.await.unwrap().end, End::Done);
     }
 
     #[tokio::test]

@@ -145,7 +145,7 @@ pub async fn serve<S, F, Fut>(
                         if e != parse::HeadError::NotHttp {
                             let _ = io.write_all(&error_response(e.status(), e.reason())).await;
                         }
-                        linger_close(io).await;
+                        Box::pin(linger_close(io)).await;
                         return;
                     }
                 }
@@ -188,7 +188,7 @@ pub async fn serve<S, F, Fut>(
                     }
                     // A FIN, then what the client still sends is read: a
                     // request that crossed it is not answered with a reset.
-                    linger_close(io).await;
+                    Box::pin(linger_close(io)).await;
                     return;
                 }
             }
