@@ -548,8 +548,20 @@ async fn running_out_of_descriptors_is_never_a_server_fault() {
     let mut servers = Vec::new();
     let mut tcp = Vec::new();
     for n in ["r1", "r2"] {
-        let u = convoy_testkit::UdpBackend::start(n).await;
-        let t = TcpListener::bind(u.addr).await.unwrap();
+        // The TCP port of the same number may be taken (by another
+        // test's connection): then another UDP port.
+        let mut tries = 0;
+        let (u, t) = loop {
+            let u = convoy_testkit::UdpBackend::start(n).await;
+            match TcpListener::bind(u.addr).await {
+                Ok(t) => break (u, t),
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    eprintln!("TCP {} taken ({e}): another port", u.addr);
+                }
+                Err(e) => panic!("no UDP port whose TCP twin is free: {e}"),
+            }
+        };
         tcp.push(tokio::spawn(async move {
             while let Ok((s, _)) = t.accept().await {
                 drop(s);
