@@ -17,6 +17,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{ready, Poll};
+
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
@@ -63,8 +69,8 @@ struct Counters {
 }
 
 struct Dir<'a> {
-    src: &'a TcpStream,
-    dst: &'a TcpStream,
+    src: ReadHalf<'a>,
+    dst: WriteHalf<'a>,
     src_side: Side,
     dst_side: Side,
     bytes: &'a AtomicU64,
@@ -83,61 +89,78 @@ const COPY_BUF: usize = 16 * 1024;
 /// The buffer is held only while bytes flow: when the source has nothing
 /// more to read it goes back to the thread's spares, so an idle
 /// connection holds no buffer and no pipe.
-async fn pump(d: Dir<'_>, splice: bool, transfers: &AtomicU64) -> Result<(), SideError> {
+async fn pump(mut d: Dir<'_>, splice: bool, transfers: &AtomicU64) -> Result<(), SideError> {
     let (src_side, dst_side) = (d.src_side, d.dst_side);
     let at_src = |e| (src_side, e);
     let at_dst = |e| (dst_side, e);
-    d.src.readable().await.map_err(at_src)?;
-    let mut buf = take_buf();
+    let dst: &TcpStream = d.dst.as_ref();
+    let mut held: Option<Vec<u8>> = None;
     loop {
-        buf.clear();
-        let n = match d.src.try_read_buf(&mut buf) {
+        // A buffer is taken only once the source is readable, and given
+        // back if the read finds nothing after all. A read shorter than
+        // the buffer tells tokio the socket is drained (edge-triggered
+        // epoll): the next wait waits, with no read that would only say
+        // EAGAIN.
+        let n = poll_fn(|cx| {
+            ready!(d.src.as_ref().poll_read_ready(cx))?;
+            let b = held.get_or_insert_with(take_buf);
+            let mut rb = ReadBuf::new(&mut b[..]);
+            match Pin::new(&mut d.src).poll_read(cx, &mut rb) {
+                Poll::Ready(r) => Poll::Ready(r.map(|()| rb.filled().len())),
+                Poll::Pending => {
+                    put_buf(held.take().unwrap_or_default());
+                    Poll::Pending
+                }
+            }
+        })
+        .await;
+        let buf = held.take().unwrap_or_default();
+        let n = match n {
             Ok(0) => {
                 put_buf(buf);
-                return shutdown_write(d.dst).map_err(at_dst);
+                return shutdown_write(dst).map_err(at_dst);
             }
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Err(e) => {
                 put_buf(buf);
-                d.src.readable().await.map_err(at_src)?;
-                buf = take_buf();
-                continue;
+                return Err(at_src(e));
             }
-            Err(e) => return Err(at_src(e)),
         };
         let mut off = 0;
         while off < n {
             // Try first: a socket is nearly always writable, so waiting for
             // readiness first would cost a poll for nothing.
-            match d.dst.try_write(&buf[off..n]) {
+            match dst.try_write(&buf[off..n]) {
                 Ok(m) => off += m,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    d.dst.writable().await.map_err(at_dst)?;
+                    dst.writable().await.map_err(at_dst)?;
                 }
                 Err(e) => return Err(at_dst(e)),
             }
         }
         d.bytes.fetch_add(n as u64, Ordering::Relaxed);
         transfers.fetch_add(1, Ordering::Relaxed);
-        if splice && n == buf.capacity() && cfg!(target_os = "linux") {
+        let full = n == buf.len();
+        put_buf(buf);
+        if splice && full && cfg!(target_os = "linux") {
             break;
         }
     }
-    put_buf(buf);
     #[cfg(target_os = "linux")]
     {
+        let src: &TcpStream = d.src.as_ref();
         let p = crate::splice::Pipe::new().map_err(at_dst)?;
         loop {
-            let n = p.fill(d.src).await.map_err(at_src)?;
+            let n = p.fill(src).await.map_err(at_src)?;
             if n == 0 {
                 break;
             }
-            p.drain(d.dst, n).await.map_err(at_dst)?;
+            p.drain(dst, n).await.map_err(at_dst)?;
             d.bytes.fetch_add(n as u64, Ordering::Relaxed);
             transfers.fetch_add(1, Ordering::Relaxed);
         }
     }
-    shutdown_write(d.dst).map_err(at_dst)
+    shutdown_write(dst).map_err(at_dst)
 }
 
 thread_local! {
@@ -148,21 +171,24 @@ thread_local! {
 /// How many spare copy buffers a thread keeps (16 KB each).
 const MAX_SPARES: usize = 64;
 
-/// An empty copy buffer with `COPY_BUF` of room: a spare, or a new one.
+/// A copy buffer of `COPY_BUF` bytes (zeroed when made, then reused as
+/// it is): a spare, or a new one.
 fn take_buf() -> Vec<u8> {
     SPARES.with(|s| s.borrow_mut().pop()).unwrap_or_else(|| {
         #[cfg(test)]
         tests::MADE.with(|m| m.set(m.get() + 1));
-        Vec::with_capacity(COPY_BUF)
+        vec![0; COPY_BUF]
     })
 }
 
 /// Gives a copy buffer back to the thread's spares (or frees it).
-fn put_buf(mut b: Vec<u8>) {
-    b.clear();
+fn put_buf(b: Vec<u8>) {
+    if b.len() != COPY_BUF {
+        return;
+    }
     SPARES.with(|s| {
         let mut s = s.borrow_mut();
-        if s.len() < MAX_SPARES && b.capacity() == COPY_BUF {
+        if s.len() < MAX_SPARES {
             s.push(b);
         }
     });
@@ -178,17 +204,24 @@ fn shutdown_write(s: &TcpStream) -> io::Result<()> {
 /// Moves bytes both ways until both directions end or one fails; on a reset
 /// from one side, resets the other (SO_LINGER 0) rather than closing it
 /// gracefully, so the peer learns the exchange was cut.
-async fn mover(client: TcpStream, server: TcpStream, splice: bool, c: Arc<Counters>) -> End {
+async fn mover(
+    mut client: TcpStream,
+    mut server: TcpStream,
+    splice: bool,
+    c: Arc<Counters>,
+) -> End {
+    let (client_r, client_w) = client.split();
+    let (server_r, server_w) = server.split();
     let up = Dir {
-        src: &client,
-        dst: &server,
+        src: client_r,
+        dst: server_w,
         src_side: Side::Client,
         dst_side: Side::Server,
         bytes: &c.to_server,
     };
     let down = Dir {
-        src: &server,
-        dst: &client,
+        src: server_r,
+        dst: client_w,
         src_side: Side::Server,
         dst_side: Side::Client,
         bytes: &c.to_client,
