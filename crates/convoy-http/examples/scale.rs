@@ -72,7 +72,7 @@ fn main() {
     for i in 0..5 {
         pool.servers[i].state.set_up(false);
         let t = Instant::now();
-        pool.rebuild();
+        pool.rebuild_now();
         times.push(t.elapsed());
         pool.servers[i].state.set_up(true);
     }
