@@ -37,7 +37,8 @@ pub async fn serve(
     convoy_l4::tcp::accept_loop(listener, socket, stop, move |stream, peer, admitted| {
         let (sh, stop, tls) = (Arc::clone(&shared), conn_stop.clone(), tls.clone());
         async move {
-            let _admitted = admitted;
+            // Held (moved in) until the connection ends.
+            let _ = &admitted;
             if !sh.listener.takes_new() {
                 // A disabled (or operator-drained) listener takes no new
                 // connection: it is closed at once, as on TCP listeners.
@@ -148,64 +149,72 @@ pub(super) fn kill_future(sh: &Shared) -> Pin<Box<dyn Future<Output = ()> + Send
 /// Serves one client connection (plain or TLS) until it ends, the
 /// listener stops (graceful) or the node or listener kills it: HTTP/1.1
 /// on convoy's own loop, HTTP/2 (ALPN `h2`, or the prior-knowledge
-/// preface) on convoy's own HTTP/2 loop.
-pub(super) async fn serve_conn<S>(
-    sh: &Arc<Shared>,
+/// preface) on convoy's own HTTP/2 loop. (A plain function returning an
+/// `async move` block: an `async fn` would keep its arguments twice in
+/// the future every connection carries.)
+// Not an `async fn` on purpose: see above.
+#[allow(clippy::manual_async_fn)]
+pub(super) fn serve_conn<'a, S>(
+    sh: &'a Arc<Shared>,
     mut stream: S,
     peer: SocketAddr,
     proto: &'static str,
     stop: watch::Receiver<bool>,
     alpn_h2: bool,
-) where
+) -> impl Future<Output = ()> + Send + 'a
+where
     S: crate::h1::server::ClientStream,
 {
-    let info = Arc::new(ClientInfo::new(peer, proto));
-    let mut rbuf = bytes::BytesMut::new();
-    let mut h2 = alpn_h2;
-    if !h2 {
-        // The first bytes tell HTTP/2 prior knowledge from HTTP/1.
-        let sniff = async {
-            use tokio::io::AsyncReadExt;
-            loop {
-                rbuf.reserve(4096);
-                match stream.read_buf(&mut rbuf).await {
-                    Ok(0) | Err(_) => return false,
-                    Ok(_) => {}
+    async move {
+        let info = Arc::new(ClientInfo::new(peer, proto));
+        let mut rbuf = bytes::BytesMut::new();
+        let mut h2 = alpn_h2;
+        if !h2 {
+            // The first bytes tell HTTP/2 prior knowledge from HTTP/1.
+            let sniff = async {
+                use tokio::io::AsyncReadExt;
+                loop {
+                    rbuf.reserve(4096);
+                    match stream.read_buf(&mut rbuf).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(_) => {}
+                    }
+                    let n = rbuf.len().min(H2_PREFACE.len());
+                    if rbuf[..n] != H2_PREFACE[..n] || n == H2_PREFACE.len() {
+                        return true;
+                    }
                 }
-                let n = rbuf.len().min(H2_PREFACE.len());
-                if rbuf[..n] != H2_PREFACE[..n] || n == H2_PREFACE.len() {
-                    return true;
-                }
+            };
+            match tokio::time::timeout(sh.header_timeout, sniff).await {
+                Ok(true) => {}
+                // Nothing (or not enough to tell) in time: closed quietly.
+                _ => return,
             }
-        };
-        match tokio::time::timeout(sh.header_timeout, sniff).await {
-            Ok(true) => {}
-            // Nothing (or not enough to tell) in time: closed quietly.
-            _ => return,
+            h2 = rbuf.starts_with(H2_PREFACE);
         }
-        h2 = rbuf.starts_with(H2_PREFACE);
+        if !h2 {
+            let set = crate::h1::server::Settings {
+                header_timeout: sh.header_timeout,
+                idle_timeout: sh.idle_timeout,
+                limits: Default::default(),
+            };
+            let sig = crate::h1::server::Signals::new(
+                stop,
+                [sh.ctx.kill.clone(), sh.listener.kill_signal()],
+                sh.listener.connection_wake(),
+            );
+            let handler = |req: Request<crate::h1::body::ReqBody>,
+                           meta: crate::h1::server::Meta| {
+                let sh = Arc::clone(sh);
+                let info = Arc::clone(&info);
+                async move { respond(&sh, req.map(InBody::H1), peer, &info, meta.stripped).await }
+            };
+            crate::h1::server::serve(stream, rbuf, set, sig, handler).await;
+            return;
+        }
+        // Boxed: HTTP/1 connections (most) do not carry the HTTP/2 state.
+        Box::pin(serve_h2(sh, stream, rbuf, peer, info, stop)).await;
     }
-    if !h2 {
-        let set = crate::h1::server::Settings {
-            header_timeout: sh.header_timeout,
-            idle_timeout: sh.idle_timeout,
-            limits: Default::default(),
-        };
-        let sig = crate::h1::server::Signals::new(
-            stop,
-            [sh.ctx.kill.clone(), sh.listener.kill_signal()],
-            sh.listener.connection_wake(),
-        );
-        let handler = |req: Request<crate::h1::body::ReqBody>, meta: crate::h1::server::Meta| {
-            let sh = Arc::clone(sh);
-            let info = Arc::clone(&info);
-            async move { respond(&sh, req.map(InBody::H1), peer, &info, meta.stripped).await }
-        };
-        crate::h1::server::serve(stream, rbuf, set, sig, handler).await;
-        return;
-    }
-    // Boxed: HTTP/1 connections (most) do not carry the HTTP/2 state.
-    Box::pin(serve_h2(sh, stream, rbuf, peer, info, stop)).await;
 }
 
 /// An HTTP/2 connection, on convoy's own loop ([`crate::http2`]): its

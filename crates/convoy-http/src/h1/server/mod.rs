@@ -112,101 +112,114 @@ pub fn date() -> [u8; 29] {
 
 /// Serves one client connection until it ends. `rbuf`: bytes already
 /// read from it. `handler` answers each request.
-pub async fn serve<S, F, Fut>(
+///
+/// A plain function returning an `async move` block, not an `async fn`:
+/// an `async fn` moves its arguments into locals and its future keeps
+/// room for both (200 bytes here), which every idle connection carries.
+// Not an `async fn` on purpose: see above.
+#[allow(clippy::manual_async_fn)]
+pub fn serve<S, F, Fut>(
     mut io: S,
     mut rbuf: BytesMut,
     set: Settings,
     mut sig: Signals,
     handler: F,
-) where
+) -> impl Future<Output = ()>
+where
     S: ClientStream,
     F: Fn(Request<ReqBody>, Meta) -> Fut,
     Fut: Future<Output = Response<BoxedResp>> + Send + 'static,
 {
-    let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(set.header_timeout));
-    let mut armed = Instant::now() + set.header_timeout;
-    // When the connection last finished a response (or started).
-    let mut last = Instant::now();
-    let mut first = true;
-    // A graceful stop (drain, upgrade): an idle connection waits STOP_GRACE
-    // for a request in flight (answered with `Connection: close`), then
-    // closes.
-    let mut stop_by: Option<Instant> = None;
-    loop {
-        // ---- a request head ----
-        let mut head_start: Option<Instant> = (!rbuf.is_empty()).then(Instant::now);
-        let head = loop {
-            if !rbuf.is_empty() {
-                match parse::parse_request(&mut rbuf, set.limits) {
-                    Ok(Some(h)) => break h,
-                    Ok(None) => {}
-                    Err(e) => {
+    async move {
+        let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(set.header_timeout));
+        let mut armed = Instant::now() + set.header_timeout;
+        // When the connection last finished a response (or started).
+        let mut last = Instant::now();
+        let mut first = true;
+        // A graceful stop (drain, upgrade): an idle connection waits STOP_GRACE
+        // for a request in flight (answered with `Connection: close`), then
+        // closes.
+        let mut stop_by: Option<Instant> = None;
+        loop {
+            // ---- a request head ----
+            let mut head_start: Option<Instant> = (!rbuf.is_empty()).then(Instant::now);
+            let head = loop {
+                if !rbuf.is_empty() {
+                    // The parse result is not kept across the awaits below
+                    // (it would take its 248 bytes in the connection's future).
+                    let refused = match parse::parse_request(&mut rbuf, set.limits) {
+                        Ok(Some(h)) => break h,
+                        Ok(None) => None,
+                        Err(e) => Some(e),
+                    };
+                    if let Some(e) = refused {
                         tracing::debug!(error = e.reason(), "refused request head");
                         if e != parse::HeadError::NotHttp {
-                            let _ = io.write_all(&error_response(e.status(), e.reason())).await;
+                            let answer = error_response(e.status(), e.reason());
+                            let _ = io.write_all(&answer).await;
                         }
                         Box::pin(linger_close(io)).await;
                         return;
                     }
+                    head_start.get_or_insert_with(Instant::now);
                 }
-                head_start.get_or_insert_with(Instant::now);
-            }
-            let deadline = head_deadline(&set, head_start, first, last, stop_by);
-            if deadline != armed {
-                timer.as_mut().reset(deadline);
-                armed = deadline;
-            }
-            if rbuf.is_empty() && rbuf.capacity() > 0 {
-                // Idle: no buffer held while waiting (it goes back to the
-                // thread's spares when nothing else uses it).
-                put_spare(std::mem::take(&mut rbuf));
-            }
-            let ev = poll_fn(|cx| {
-                poll_head(
-                    cx,
-                    &mut io,
-                    &mut rbuf,
-                    &mut sig,
-                    &mut timer,
-                    &mut armed,
-                    &mut stop_by,
-                )
-            })
-            .await;
-            match ev {
-                Ev::Data => {}
-                Ev::Closed | Ev::Kill => return,
-                Ev::Timeout => {
-                    if head_start.is_some() {
-                        tracing::debug!("request head timed out: 408");
-                        let _ = io
-                            .write_all(&error_response(
-                                StatusCode::REQUEST_TIMEOUT,
-                                "request head timed out",
-                            ))
-                            .await;
+                let deadline = head_deadline(&set, head_start, first, last, stop_by);
+                if deadline != armed {
+                    timer.as_mut().reset(deadline);
+                    armed = deadline;
+                }
+                if rbuf.is_empty() && rbuf.capacity() > 0 {
+                    // Idle: no buffer held while waiting (it goes back to the
+                    // thread's spares when nothing else uses it).
+                    put_spare(std::mem::take(&mut rbuf));
+                }
+                let ev = poll_fn(|cx| {
+                    poll_head(
+                        cx,
+                        &mut io,
+                        &mut rbuf,
+                        &mut sig,
+                        &mut timer,
+                        &mut armed,
+                        &mut stop_by,
+                    )
+                })
+                .await;
+                match ev {
+                    Ev::Data => {}
+                    Ev::Closed | Ev::Kill => return,
+                    Ev::Timeout => {
+                        if head_start.is_some() {
+                            tracing::debug!("request head timed out: 408");
+                            let _ = io
+                                .write_all(&error_response(
+                                    StatusCode::REQUEST_TIMEOUT,
+                                    "request head timed out",
+                                ))
+                                .await;
+                        }
+                        // A FIN, then what the client still sends is read: a
+                        // request that crossed it is not answered with a reset.
+                        Box::pin(linger_close(io)).await;
+                        return;
                     }
-                    // A FIN, then what the client still sends is read: a
-                    // request that crossed it is not answered with a reset.
+                }
+            };
+            first = false;
+            match Box::pin(exchange(&mut io, &mut rbuf, &mut sig, &handler, head, set)).await {
+                Done::Keep => {}
+                Done::Close => return,
+                Done::Shutdown => {
+                    let _ = io.shutdown().await;
+                    return;
+                }
+                Done::Linger => {
                     Box::pin(linger_close(io)).await;
                     return;
                 }
             }
-        };
-        first = false;
-        match Box::pin(exchange(&mut io, &mut rbuf, &mut sig, &handler, head, set)).await {
-            Done::Keep => {}
-            Done::Close => return,
-            Done::Shutdown => {
-                let _ = io.shutdown().await;
-                return;
-            }
-            Done::Linger => {
-                Box::pin(linger_close(io)).await;
-                return;
-            }
+            last = Instant::now();
         }
-        last = Instant::now();
     }
 }
 
