@@ -205,9 +205,13 @@ where
             );
             let handler = |req: Request<crate::h1::body::ReqBody>,
                            meta: crate::h1::server::Meta| {
-                let sh = Arc::clone(sh);
-                let info = Arc::clone(&info);
-                async move { respond(&sh, req.map(InBody::H1), peer, &info, meta.stripped).await }
+                respond(
+                    Arc::clone(sh),
+                    req.map(InBody::H1),
+                    peer,
+                    Arc::clone(&info),
+                    meta.stripped,
+                )
             };
             crate::h1::server::serve(stream, rbuf, set, sig, handler).await;
             return;
@@ -234,8 +238,13 @@ pub(super) async fn serve_h2<S>(
         s: stream,
     };
     let handler = |req: Request<crate::http2::H2Body>| {
-        let (sh, info) = (Arc::clone(sh), Arc::clone(&info));
-        async move { respond(&sh, req.map(InBody::H2), peer, &info, false).await }
+        respond(
+            Arc::clone(sh),
+            req.map(InBody::H2),
+            peer,
+            Arc::clone(&info),
+            false,
+        )
     };
     let stopped = async {
         let _ = stop.wait_for(|s| *s).await;

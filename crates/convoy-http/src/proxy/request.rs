@@ -29,45 +29,55 @@ use super::rewrite;
 
 /// Answers one request: the request path under the request timeout, with
 /// its access-log line written when the response body ends.
-pub(super) async fn respond(
-    sh: &Arc<Shared>,
+///
+/// A plain function returning an `async move` block that owns its
+/// arguments: the connection calls it as is (no wrapping block holding
+/// them too), and the future, boxed and copied once per request, holds
+/// them once (an `async fn` holds its arguments twice).
+// Not an `async fn` on purpose: see above.
+#[allow(clippy::manual_async_fn)]
+pub(super) fn respond(
+    sh: Arc<Shared>,
     req: Request<InBody>,
     peer: SocketAddr,
-    info: &ClientInfo,
+    info: Arc<ClientInfo>,
     stripped: bool,
-) -> Response<RespBody> {
-    let mut rec = sh
-        .ctx
-        .access
-        .as_ref()
-        .map(|_| Box::new(AccessRec::new(&sh.listener.cfg.name, peer, &req)));
-    // Pinned where it is built: a timeout around it by value would copy
-    // the whole request path's state (KBs) and hold room for it twice.
-    let resp = {
-        let fut = std::pin::pin!(handle(sh, req, peer, info, stripped, &mut rec));
-        match sh.request_timeout {
-            Some(t) => match tokio::time::timeout(t, fut).await {
-                Ok(r) => r,
-                Err(_) => local(StatusCode::GATEWAY_TIMEOUT, "request timed out"),
-            },
-            None => fut.await,
+) -> impl Future<Output = Response<RespBody>> + Send + 'static {
+    async move {
+        let sh = &sh;
+        let mut rec = sh
+            .ctx
+            .access
+            .as_ref()
+            .map(|_| Box::new(AccessRec::new(&sh.listener.cfg.name, peer, &req)));
+        // Pinned where it is built: a timeout around it by value would copy
+        // the whole request path's state (KBs) and hold room for it twice.
+        let resp = {
+            let fut = std::pin::pin!(handle(sh, req, peer, &info, stripped, &mut rec));
+            match sh.request_timeout {
+                Some(t) => match tokio::time::timeout(t, fut).await {
+                    Ok(r) => r,
+                    Err(_) => local(StatusCode::GATEWAY_TIMEOUT, "request timed out"),
+                },
+                None => fut.await,
+            }
+        };
+        let resp = sh.error_pages.dress(resp);
+        sh.listener.count_response(resp.status().as_u16());
+        if rec.is_none() {
+            return resp;
         }
-    };
-    let resp = sh.error_pages.dress(resp);
-    sh.listener.count_response(resp.status().as_u16());
-    if rec.is_none() {
-        return resp;
+        if let Some(r) = &mut rec {
+            r.status = resp.status().as_u16();
+        }
+        let (parts, body) = resp.into_parts();
+        let body = Tracked {
+            inner: body,
+            rec,
+            access: sh.ctx.access.clone(),
+        };
+        Response::from_parts(parts, body.boxed_unsync())
     }
-    if let Some(r) = &mut rec {
-        r.status = resp.status().as_u16();
-    }
-    let (parts, body) = resp.into_parts();
-    let body = Tracked {
-        inner: body,
-        rec,
-        access: sh.ctx.access.clone(),
-    };
-    Response::from_parts(parts, body.boxed_unsync())
 }
 
 /// The request's affinity: its hash key (for `algorithm = "hash"`) and the
@@ -116,63 +126,68 @@ pub(super) fn upgrade_of<B>(req: &Request<B>) -> Option<HeaderValue> {
     req.headers().get(http::header::UPGRADE).cloned()
 }
 
-pub(super) async fn handle(
-    sh: &Arc<Shared>,
+// Not an `async fn`: an `async fn` holds its arguments twice (see
+// `respond`).
+#[allow(clippy::manual_async_fn)]
+pub(super) fn handle<'a>(
+    sh: &'a Arc<Shared>,
     mut req: Request<InBody>,
     peer: SocketAddr,
-    info: &ClientInfo,
+    info: &'a ClientInfo,
     stripped: bool,
-    rec: &mut Option<Box<AccessRec>>,
-) -> Response<RespBody> {
-    let l = &sh.listener;
-    l.count_request();
-    if !l.allow_request(peer.ip()) {
-        return rate_limited(l, peer);
-    }
-    let request_id = take_request_id(l, req.headers_mut());
-    if let (Some(r), Some(id)) = (rec.as_mut(), &request_id) {
-        r.request_id = Some(id.clone());
-    }
-    let d = decide_from(&l.routes, &req, Some(peer.ip()));
-    note_route(rec, d);
-    // Rewriting, when the route (or the listener) has some: the values
-    // of its variables, taken from the request as it came.
-    let vars = d.rewrite.as_ref().map(|_| rewrite::Vars {
-        client_ip: peer.ip().to_string(),
-        request_id: request_id.clone(),
-        host: crate::route::host_of(&req).unwrap_or_default(),
-        listener: l.cfg.name.clone(),
-        route: d.route.clone(),
-        scheme: if info.is_https() { "https" } else { "http" },
-        path: req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string(),
-    });
-    let rw = d.rewrite.as_deref().zip(vars.as_ref());
-    let mut resp = match rw.and_then(|(w, v)| w.redirect.as_ref().map(|r| (r, v))) {
-        Some(((to, status), v)) => rewrite::redirect(to, *status, v),
-        None => proxy(sh, req, peer, info, stripped, rec, d, rw).await,
-    };
-    if let Some((w, v)) = rw {
-        let server = resp.extensions().get::<rewrite::ServedBy>().cloned();
-        rewrite::apply(
-            resp.headers_mut(),
-            &w.response,
-            v,
-            server.as_ref().map(|s| &*s.0),
-        );
-    }
-    if let (Some(name), Some(id)) = (&l.cfg.request_id, request_id) {
-        if let (Ok(n), Ok(v)) = (
-            http::HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(&id),
-        ) {
-            resp.headers_mut().insert(n, v);
+    rec: &'a mut Option<Box<AccessRec>>,
+) -> impl Future<Output = Response<RespBody>> + Send + 'a {
+    async move {
+        let l = &sh.listener;
+        l.count_request();
+        if !l.allow_request(peer.ip()) {
+            return rate_limited(l, peer);
         }
+        let request_id = take_request_id(l, req.headers_mut());
+        if let (Some(r), Some(id)) = (rec.as_mut(), &request_id) {
+            r.request_id = Some(id.clone());
+        }
+        let d = decide_from(&l.routes, &req, Some(peer.ip()));
+        note_route(rec, d);
+        // Rewriting, when the route (or the listener) has some: the values
+        // of its variables, taken from the request as it came.
+        let vars = d.rewrite.as_ref().map(|_| rewrite::Vars {
+            client_ip: peer.ip().to_string(),
+            request_id: request_id.clone(),
+            host: crate::route::host_of(&req).unwrap_or_default(),
+            listener: l.cfg.name.clone(),
+            route: d.route.clone(),
+            scheme: if info.is_https() { "https" } else { "http" },
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+        });
+        let rw = d.rewrite.as_deref().zip(vars.as_ref());
+        let mut resp = match rw.and_then(|(w, v)| w.redirect.as_ref().map(|r| (r, v))) {
+            Some(((to, status), v)) => rewrite::redirect(to, *status, v),
+            None => proxy(sh, req, peer, info, stripped, rec, d, rw).await,
+        };
+        if let Some((w, v)) = rw {
+            let server = resp.extensions().get::<rewrite::ServedBy>().cloned();
+            rewrite::apply(
+                resp.headers_mut(),
+                &w.response,
+                v,
+                server.as_ref().map(|s| &*s.0),
+            );
+        }
+        if let (Some(name), Some(id)) = (&l.cfg.request_id, request_id) {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&id),
+            ) {
+                resp.headers_mut().insert(n, v);
+            }
+        }
+        resp
     }
-    resp
 }
 
 /// The request id (`request_id`): the client's, else a new one, put on
@@ -199,120 +214,126 @@ fn take_request_id(l: &convoy_core::ListenerRuntime, h: &mut http::HeaderMap) ->
 /// The request to a server (or the cache), with `rw`'s path and field
 /// rewriting when the route has some.
 #[allow(clippy::too_many_arguments)]
-async fn proxy(
-    sh: &Arc<Shared>,
+// Not an `async fn`: an `async fn` holds its arguments twice (see
+// `respond`).
+#[allow(clippy::manual_async_fn)]
+fn proxy<'a>(
+    sh: &'a Arc<Shared>,
     mut req: Request<InBody>,
     peer: SocketAddr,
-    info: &ClientInfo,
+    info: &'a ClientInfo,
     stripped: bool,
-    rec: &mut Option<Box<AccessRec>>,
-    d: &RouteDecision,
-    rw: Option<(&convoy_config::rewrite::Rewrite, &rewrite::Vars)>,
-) -> Response<RespBody> {
-    let snap = sh.ctx.snapshot.load_full();
-    let explain = explain_asked(sh, req.headers_mut());
-    let Some(first_pool) = snap.pools.get(&d.pool).cloned() else {
-        return local(StatusCode::BAD_GATEWAY, "no such pool");
-    };
-    let (class, cost) = (d.class, d.cost);
-    let host = host_header(&req);
-    // Framing: the HTTP/1 codec refuses differing Content-Lengths and
-    // Content-Length beside Transfer-Encoding (400); HTTP/2 bodies are DATA
-    // frames, checked by h2 against a Content-Length; either way the
-    // request is re-framed towards the server, so nothing can be smuggled
-    // past convoy.
-    // Protocol upgrade (WebSocket and others, HTTP/1.1): the Upgrade and
-    // Connection headers go to the server, and on its 101 the two
-    // connections are joined into a byte tunnel.
-    let upgrade = upgrade_of(&req);
-    let max_body = d.max_body;
-    if max_body > 0 && body_len(&req).is_some_and(|n| n > max_body) {
-        return too_large();
-    }
-    let version = req.version();
-    let (mut parts, mut body) = req.into_parts();
-    if let Some(uri) = rw.and_then(|(w, _)| rewrite::rewritten_path(w, &parts.uri)) {
-        parts.uri = uri;
-    }
-    let first = match first_frame(sh, &mut body, peer).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    // Whether the listener's cache answers this request: GET or HEAD,
-    // bodiless, no Range (the cache keeps whole responses only, and a 206
-    // must neither be served for a GET nor displace a copy), no upgrade.
-    let use_cache = sh.cache.is_some()
-        && d.cache
-        && upgrade.is_none()
-        && first.is_none()
-        && body.is_end_stream()
-        && (parts.method == http::Method::GET || parts.method == http::Method::HEAD)
-        && !parts.headers.contains_key(http::header::RANGE);
-    // A fresh hit is answered before anything a server would need is
-    // built (hot routes go the long way: a hit may refresh them).
-    let mut looked = None;
-    if let (true, Some(cache)) = (use_cache && !d.hot, &sh.cache) {
-        let key = cache.key(&parts);
-        match cache.lookup_keyed(&parts, &key, std::time::SystemTime::now()) {
-            crate::cache::Lookup::Fresh(c) => return from_cache(sh, &parts, c, "HIT"),
-            other => looked = Some((key, other)),
+    rec: &'a mut Option<Box<AccessRec>>,
+    d: &'a RouteDecision,
+    rw: Option<(&'a convoy_config::rewrite::Rewrite, &'a rewrite::Vars)>,
+) -> impl Future<Output = Response<RespBody>> + Send + 'a {
+    async move {
+        let snap = sh.ctx.snapshot.load_full();
+        let explain = explain_asked(sh, req.headers_mut());
+        let Some(first_pool) = snap.pools.get(&d.pool).cloned() else {
+            return local(StatusCode::BAD_GATEWAY, "no such pool");
+        };
+        let (class, cost) = (d.class, d.cost);
+        let host = host_header(&req);
+        // Framing: the HTTP/1 codec refuses differing Content-Lengths and
+        // Content-Length beside Transfer-Encoding (400); HTTP/2 bodies are DATA
+        // frames, checked by h2 against a Content-Length; either way the
+        // request is re-framed towards the server, so nothing can be smuggled
+        // past convoy.
+        // Protocol upgrade (WebSocket and others, HTTP/1.1): the Upgrade and
+        // Connection headers go to the server, and on its 101 the two
+        // connections are joined into a byte tunnel.
+        let upgrade = upgrade_of(&req);
+        let max_body = d.max_body;
+        if max_body > 0 && body_len(&req).is_some_and(|n| n > max_body) {
+            return too_large();
         }
-    }
-    let fault = Arc::new(Fault::default());
-    let Some((mut out_body, replayable)) = outgoing(first, body, max_body, sh.body_timeout, &fault)
-    else {
-        return too_large();
-    };
-    let fwd = rewrite_head(
-        &mut parts.headers,
-        stripped,
-        upgrade.as_ref(),
-        info,
-        host.as_ref(),
-        version,
-    );
-    if let Some((w, vars)) = rw {
-        rewrite::apply(&mut parts.headers, &w.request, vars, None);
-    }
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    first_pool.note_request();
-    let aff = affinity(&first_pool, &parts.headers, peer);
-    let rc = ReqCtx {
-        class,
-        cost,
-        aff,
-        explain,
-        upgrade: upgrade.is_some(),
-        host,
-        path,
-        replayable,
-        fwd,
-        hot: d.hot,
-        note_server: rw.is_some_and(|(w, _)| !w.response.is_empty()),
-    };
-    if let (true, Some(cache)) = (use_cache, &sh.cache) {
-        // Boxed: the common path's future stays small.
-        return Box::pin(cached(sh, cache, &first_pool, &parts, &rc, rec, looked)).await;
-    }
-    let f = match fetch(sh, &first_pool, &parts, &mut out_body, &rc, &fault, rec).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    // A successful unsafe request (POST, PUT, DELETE...) makes the cached
-    // copies of its URL stale (RFC 9111 §4.4).
-    if let Some(cache) = &sh.cache {
-        if !parts.method.is_safe() {
-            cache.invalidate(&parts, f.resp.status());
+        let version = req.version();
+        let (mut parts, mut body) = req.into_parts();
+        if let Some(uri) = rw.and_then(|(w, _)| rewrite::rewritten_path(w, &parts.uri)) {
+            parts.uri = uri;
         }
+        let first = match first_frame(sh, &mut body, peer).await {
+            Ok(f) => f,
+            Err(r) => return r,
+        };
+        // Whether the listener's cache answers this request: GET or HEAD,
+        // bodiless, no Range (the cache keeps whole responses only, and a 206
+        // must neither be served for a GET nor displace a copy), no upgrade.
+        let use_cache = sh.cache.is_some()
+            && d.cache
+            && upgrade.is_none()
+            && first.is_none()
+            && body.is_end_stream()
+            && (parts.method == http::Method::GET || parts.method == http::Method::HEAD)
+            && !parts.headers.contains_key(http::header::RANGE);
+        // A fresh hit is answered before anything a server would need is
+        // built (hot routes go the long way: a hit may refresh them).
+        let mut looked = None;
+        if let (true, Some(cache)) = (use_cache && !d.hot, &sh.cache) {
+            let key = cache.key(&parts);
+            match cache.lookup_keyed(&parts, &key, std::time::SystemTime::now()) {
+                crate::cache::Lookup::Fresh(c) => return from_cache(sh, &parts, c, "HIT"),
+                other => looked = Some((key, other)),
+            }
+        }
+        let fault = Arc::new(Fault::default());
+        let Some((mut out_body, replayable)) =
+            outgoing(first, body, max_body, sh.body_timeout, &fault)
+        else {
+            return too_large();
+        };
+        let fwd = rewrite_head(
+            &mut parts.headers,
+            stripped,
+            upgrade.as_ref(),
+            info,
+            host.as_ref(),
+            version,
+        );
+        if let Some((w, vars)) = rw {
+            rewrite::apply(&mut parts.headers, &w.request, vars, None);
+        }
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        first_pool.note_request();
+        let aff = affinity(&first_pool, &parts.headers, peer);
+        let rc = ReqCtx {
+            class,
+            cost,
+            aff,
+            explain,
+            upgrade: upgrade.is_some(),
+            host,
+            path,
+            replayable,
+            fwd,
+            hot: d.hot,
+            note_server: rw.is_some_and(|(w, _)| !w.response.is_empty()),
+        };
+        if let (true, Some(cache)) = (use_cache, &sh.cache) {
+            // Boxed: the common path's future stays small.
+            return Box::pin(cached(sh, cache, &first_pool, &parts, &rc, rec, looked)).await;
+        }
+        let f = match fetch(sh, &first_pool, &parts, &mut out_body, &rc, &fault, rec).await {
+            Ok(f) => f,
+            Err(r) => return r,
+        };
+        // A successful unsafe request (POST, PUT, DELETE...) makes the cached
+        // copies of its URL stale (RFC 9111 §4.4).
+        if let Some(cache) = &sh.cache {
+            if !parts.method.is_safe() {
+                cache.invalidate(&parts, f.resp.status());
+            }
+        }
+        if f.resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some() {
+            return tunnel(sh, f);
+        }
+        finish(sh, f, &parts, &rc, None)
     }
-    if f.resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some() {
-        return tunnel(sh, f);
-    }
-    finish(sh, f, &parts, &rc, None)
 }
 
 /// Notes the route's decision in the access-log record.
