@@ -15,7 +15,7 @@ mod body;
 mod stream;
 
 use std::collections::{HashMap, VecDeque};
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -326,7 +326,10 @@ impl Pool {
         loop {
             let (mut c, reused) = match (!fresh).then(|| self.checkout(key)).flatten() {
                 Some(c) => (c, true),
-                None => (self.connect(t).await?, false),
+                // Boxed (in a plain function): a new connection is the
+                // rare case, and its 1.3 KB of state would otherwise sit in
+                // every request's future.
+                None => (connect_boxed(self, t).await?, false),
             };
             match exchange(&mut c, &head, full.as_ref(), pump.as_mut(), method).await {
                 Ok(resp) => return Ok(self.response(key, c, resp, pump)),
@@ -462,6 +465,14 @@ async fn exchange(
         }
     })
     .await
+}
+
+/// [`Pool::connect`], boxed.
+fn connect_boxed<'a>(
+    pool: &'a Pool,
+    t: &'a Target<'_>,
+) -> Pin<Box<impl Future<Output = Result<UpConn, SendError>> + 'a>> {
+    Box::pin(pool.connect(t))
 }
 
 #[cfg(test)]
