@@ -296,11 +296,15 @@ impl PoolRuntime {
         let build_needed = !all_full || ramping;
         let runtime = tokio::runtime::Handle::try_current().ok();
         let job = Build {
-            names: self
-                .servers
-                .iter()
-                .map(|s| Arc::clone(&s.state.name))
-                .collect(),
+            // Names only when a table is to be built.
+            names: if build_needed {
+                self.servers
+                    .iter()
+                    .map(|s| Arc::clone(&s.state.name))
+                    .collect()
+            } else {
+                Vec::new()
+            },
             primary: all_full.then(|| Arc::clone(&self.primary)),
             eligible,
             ramping,
@@ -489,18 +493,17 @@ mod tests {
     async fn a_large_pool_builds_aside_and_the_newest_wins() {
         let p = pool(&vec![1; BUILD_ASIDE_AT + 500]);
         assert_eq!(p.tables().eligible, BUILD_ASIDE_AT + 500, "built at once");
-        let wait_for = |eligible: usize| {
-            let p = &p;
-            async move {
-                for _ in 0..500 {
-                    if p.tables().eligible == eligible {
-                        return true;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+        // Until `pool`'s tables count `eligible` servers (5 s at most).
+        async fn wait_for_in(pool: &PoolRuntime, eligible: usize) -> bool {
+            for _ in 0..500 {
+                if pool.tables().eligible == eligible {
+                    return true;
                 }
-                false
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-        };
+            false
+        }
+        let wait_for = |eligible: usize| wait_for_in(&p, eligible);
         p.servers[3].state.set_up(false);
         p.rebuild();
         assert!(
@@ -540,15 +543,10 @@ mod tests {
             next.tables().eligible >= BUILD_ASIDE_AT + 499,
             "never empty"
         );
-        let mut landed = false;
-        for _ in 0..500 {
-            if next.tables().eligible == BUILD_ASIDE_AT + 499 {
-                landed = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(landed, "the reloaded pool's tables are built");
+        assert!(
+            wait_for_in(&next, BUILD_ASIDE_AT + 499).await,
+            "the reloaded pool's tables are built"
+        );
         assert!(Arc::ptr_eq(&next.primary, &p.primary));
     }
 
