@@ -438,6 +438,15 @@ impl NodeCollector {
             None,
             ls.iter().map(|l| (labels(l), level(l.counters().active))),
         )?;
+        gauges(
+            enc,
+            "listener_parked_connections",
+            "Idle HTTP/1.1 connections parked outside a task (part of listener_connections).",
+            None,
+            ls.iter()
+                .filter(|l| l.cfg.protocol == Protocol::Http)
+                .map(|l| (labels(l), level(l.parked()))),
+        )?;
         counters(
             enc,
             "listener_connections_accepted",
@@ -888,6 +897,11 @@ address = "127.0.0.1:9003"
         assert!(!out.contains(&format!("convoy_listener_requests_total{db}")));
         assert_line(
             &out,
+            &format!("convoy_listener_parked_connections{front} 0"),
+        );
+        assert!(!out.contains(&format!("convoy_listener_parked_connections{db}")));
+        assert_line(
+            &out,
             r#"convoy_listener_responses_total{listener="front",protocol="http",code="2xx"} 2"#,
         );
         assert_line(
@@ -1221,6 +1235,7 @@ address = "127.0.0.1:9003"
             "convoy_local_resource_errors",
             "convoy_uptime_seconds",
             "convoy_listener_connections",
+            "convoy_listener_parked_connections",
             "convoy_listener_connections_accepted",
             "convoy_listener_connections_refused",
             "convoy_listener_no_server",
@@ -1267,7 +1282,7 @@ address = "127.0.0.1:9003"
         ] {
             assert!(families.contains(name), "no family {name}");
         }
-        assert_eq!(families.len(), 48, "{families:?}");
+        assert_eq!(families.len(), 49, "{families:?}");
         assert!(out.contains("convoy_cluster_members{state=\"mismatched\"} 1"));
         assert!(out.contains("convoy_cluster_refused_total{reason=\"bad_tag\"} 5"));
         assert!(out.contains("convoy_cluster_gossip_bytes_total{direction=\"out\"} 2000"));

@@ -200,6 +200,12 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
                 err(p(k), "must be greater than 0s".into());
             }
         }
+        if l.park_after.is_some() && l.protocol != Protocol::Http {
+            err(
+                p("park_after"),
+                "only applies to protocol = \"http\" listeners".into(),
+            );
+        }
         if l.cache.is_some() && l.protocol != Protocol::Http {
             err(p("cache"), "the cache needs protocol = \"http\"".into());
         }

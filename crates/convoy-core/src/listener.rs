@@ -56,6 +56,8 @@ pub struct ListenerRuntime {
     /// (only kept when `[cluster]` is set).
     sticky_touched: Mutex<Option<HashMap<u64, Arc<str>>>>,
     requests: AtomicU64,
+    /// HTTP/1.1 connections parked while idle (part of `active`).
+    parked: AtomicU64,
     rate_limited: AtomicU64,
     /// HTTP responses by status class (1xx to 5xx), convoy's own included.
     responses: [AtomicU64; 5],
@@ -166,6 +168,7 @@ impl ListenerRuntime {
             sticky: Arc::new(Mutex::new(HashMap::new())),
             sticky_touched: Mutex::new(None),
             requests: AtomicU64::new(0),
+            parked: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
             responses: Default::default(),
             admin: std::sync::atomic::AtomicU8::new(0),
@@ -468,6 +471,21 @@ impl ListenerRuntime {
     /// Counts an HTTP request.
     pub fn count_request(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An idle connection was parked.
+    pub fn count_parked(&self) {
+        self.parked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A parked connection left its lot (woken or closed).
+    pub fn count_unparked(&self) {
+        self.parked.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Idle connections parked now.
+    pub fn parked(&self) -> u64 {
+        self.parked.load(Ordering::Relaxed)
     }
 
     /// HTTP requests since start.

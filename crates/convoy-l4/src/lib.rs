@@ -7,6 +7,7 @@
 //! failure signals go back to it over a channel.
 #![forbid(unsafe_code)]
 
+pub mod park;
 pub mod proxy_protocol;
 pub mod relay;
 #[cfg(target_os = "linux")]

@@ -481,3 +481,158 @@ async fn responses_are_compressed_for_clients_that_accept_it() {
         assert!(!headers.contains("content-encoding"), "{path}: {headers}");
     }
 }
+
+/// The listener "web"'s line of a metric, from `convoy ctl metrics`.
+fn metric(c: &Convoy, name: &str) -> Option<u64> {
+    let m = std::process::Command::new(BIN)
+        .args(["ctl", "--admin", &c.admin_addr(), "metrics"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&m.stdout).into_owned();
+    let prefix = format!("{name}{{listener=\"web\",protocol=\"http\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Sends one request on `s` and returns the response head.
+async fn ask(s: &mut TcpStream, path: &str) -> String {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_parked_and_served_again_timed_out_and_killed() {
+    let o = HttpOrigin::start("o", Duration::ZERO).await;
+    let port = free_port();
+    let cfg = Config::new()
+        .listener(
+            web(port)
+                .set("park_after", "200ms")
+                .set("idle_timeout", "3s"),
+        )
+        .pool(Pool::new("web").origins(&[&o]))
+        .build();
+    let c = Convoy::start(BIN, &cfg).await;
+    let mut conns = Vec::new();
+    for i in 0..20 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let a = ask(&mut s, &format!("/first/{i}")).await;
+        assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+        conns.push(s);
+    }
+    let parked = |n: u64| {
+        let c = &c;
+        async move {
+            convoy_testkit::wait_until(Duration::from_secs(5), || {
+                metric(c, "convoy_listener_parked_connections") == Some(n)
+            })
+            .await
+        }
+    };
+    assert!(parked(20).await, "all 20 idle connections parked");
+    assert_eq!(metric(&c, "convoy_listener_connections"), Some(20));
+
+    // A parked connection is served again when its next request comes,
+    // and parked again once idle.
+    for (i, s) in conns.iter_mut().enumerate().take(10) {
+        let a = ask(s, &format!("/again/{i}")).await;
+        assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+        assert!(!a.contains("connection: close"), "{a}");
+    }
+    let answered = Instant::now();
+    assert!(parked(20).await, "parked again");
+    assert_eq!(o.seen.count.load(Ordering::SeqCst), 30);
+
+    // The idle timeout still holds, counted from each last response: the
+    // ten not asked again close first, the others about 3 s after their
+    // second answer.
+    let (text, _) = read_to_close(&mut conns[15]).await;
+    assert_eq!(text, "", "an idle close sends nothing");
+    let (text, _) = read_to_close(&mut conns[5]).await;
+    assert_eq!(text, "");
+    let t = answered.elapsed();
+    assert!(
+        t >= Duration::from_millis(2500) && t < Duration::from_secs(6),
+        "closed {t:?} after its last answer"
+    );
+    assert!(
+        parked(0).await,
+        "{:?}",
+        metric(&c, "convoy_listener_parked_connections")
+    );
+    drop(conns);
+
+    // Disabling the listener closes parked connections at once.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let a = ask(&mut s, "/before-disable").await;
+    assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    assert!(parked(1).await);
+    let out = std::process::Command::new(BIN)
+        .args([
+            "ctl",
+            "--admin",
+            &c.admin_addr(),
+            "listener",
+            "web",
+            "disable",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let (text, took) = read_to_close(&mut s).await;
+    assert_eq!(text, "");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(parked(0).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_stop_wakes_parked_connections_answers_a_late_request_and_exits() {
+    let o = HttpOrigin::start("o", Duration::ZERO).await;
+    let port = free_port();
+    let cfg = Config::new()
+        .listener(
+            web(port)
+                .set("park_after", "100ms")
+                .set("idle_timeout", "60s"),
+        )
+        .pool(Pool::new("web").origins(&[&o]))
+        .build();
+    let mut c = Convoy::start(BIN, &cfg).await;
+    let mut conns = Vec::new();
+    for i in 0..5 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let a = ask(&mut s, &format!("/{i}")).await;
+        assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+        conns.push(s);
+    }
+    assert!(
+        convoy_testkit::wait_until(Duration::from_secs(5), || {
+            metric(&c, "convoy_listener_parked_connections") == Some(5)
+        })
+        .await
+    );
+    let t = Instant::now();
+    c.signal("QUIT");
+    // A request the client sends as the stop begins is answered (and the
+    // connection closed after it), not lost.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let a = ask(&mut conns[0], "/late").await;
+    assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    assert!(a.to_ascii_lowercase().contains("connection: close"), "{a}");
+    // The others are closed after the stop's grace, not kept until their
+    // idle timeout: the node exits.
+    for s in conns.iter_mut().skip(1) {
+        let (text, _) = read_to_close(s).await;
+        assert_eq!(text, "");
+    }
+    assert_eq!(c.wait_exit(Duration::from_secs(10)).await, Some(0));
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+}

@@ -12,10 +12,11 @@ use std::task::{Context as TaskCx, Poll};
 use bytes::Bytes;
 use convoy_core::context::Context;
 use convoy_core::ListenerRuntime;
+use convoy_l4::tcp::Admitted;
 use http::Request;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::bodies::InBody;
 use super::request::respond;
@@ -32,13 +33,28 @@ pub async fn serve(
     tls: Option<Arc<crate::tls::TlsState>>,
     cache: Option<Arc<crate::cache::Cache>>,
 ) {
-    let shared = Arc::new(Shared::new(ctx, Arc::clone(&listener), cache));
+    // Idle HTTP/1.1 connections in clear are parked (TLS ones keep their
+    // task: their state lives in the TLS stream).
+    let park_after = listener.cfg.park_after().filter(|_| tls.is_none());
+    let lot = park_after.and_then(|after| match convoy_l4::park::Lot::new() {
+        Ok((lot, watcher)) => Some((lot, watcher, after)),
+        Err(e) => {
+            warn!(listener = %listener.cfg.name, error = %e, "idle connections will not be parked");
+            None
+        }
+    });
+    let (lot, watcher) = match lot {
+        Some((lot, watcher, after)) => (Some((lot, after)), Some(watcher)),
+        None => (None, None),
+    };
+    let shared = Arc::new(Shared::new(ctx, Arc::clone(&listener), cache, lot));
+    // Stops the lot (parked connections handed back to wind down) when
+    // this ends, however it ends.
+    let _lot_guard = watcher.and_then(|w| start_lot(&shared, w, stop.clone()));
     let conn_stop = stop.clone();
     convoy_l4::tcp::accept_loop(listener, socket, stop, move |stream, peer, admitted| {
         let (sh, stop, tls) = (Arc::clone(&shared), conn_stop.clone(), tls.clone());
         async move {
-            // Held (moved in) until the connection ends.
-            let _ = &admitted;
             if !sh.listener.takes_new() {
                 // A disabled (or operator-drained) listener takes no new
                 // connection: it is closed at once, as on TCP listeners.
@@ -50,14 +66,171 @@ pub async fn serve(
             }
             let _ = stream.set_nodelay(true);
             match tls {
-                None => serve_conn(&sh, stream, peer, "http", stop, false).await,
+                None => {
+                    if let Some((io, since)) =
+                        serve_conn(&sh, stream, peer, "http", stop.clone(), false).await
+                    {
+                        // Parked with its place in the limits (`admitted`).
+                        park_or_serve(&sh, io, since, peer, stop, admitted).await;
+                    }
+                }
                 // Boxed: a plain connection's task does not carry the
                 // room a TLS one needs.
-                Some(tls) => Box::pin(serve_tls(&sh, &tls, stream, peer, stop)).await,
+                Some(tls) => {
+                    // Held (moved in) until the connection ends.
+                    let _admitted = admitted;
+                    Box::pin(serve_tls(&sh, &tls, stream, peer, stop)).await
+                }
             }
         }
     })
     .await;
+}
+
+/// An idle HTTP/1.1 connection out of its task ([`convoy_l4::park`]):
+/// its socket, and what serving it again needs. Nothing it points to was
+/// allocated for this connection alone (its client info is made again
+/// when it wakes), so that the memory its task used can be reused whole.
+pub(super) struct Parked {
+    io: std::net::TcpStream,
+    peer: SocketAddr,
+    /// When its last response ended (its idle timeout counts from there).
+    since: tokio::time::Instant,
+    /// Its place in the listener's limits.
+    admitted: Admitted,
+    /// Counted in the listener's parked connections while it exists.
+    counted: Counted,
+}
+
+/// One of a listener's parked connections, counted until dropped.
+pub(super) struct Counted(Arc<ListenerRuntime>);
+
+impl Counted {
+    fn new(l: &Arc<ListenerRuntime>) -> Counted {
+        l.count_parked();
+        Counted(Arc::clone(l))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.count_unparked();
+    }
+}
+
+/// Stops a lot when dropped.
+struct StopLot(convoy_l4::park::Lot<Parked>);
+
+impl Drop for StopLot {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+/// Starts the lot's thread (a connection it hands back gets a task on
+/// this runtime) and the task that closes parked connections on a kill.
+fn start_lot(
+    sh: &Arc<Shared>,
+    watcher: convoy_l4::park::Watcher<Parked>,
+    stop: watch::Receiver<bool>,
+) -> Option<StopLot> {
+    let (lot, _) = sh.lot.clone()?;
+    let rt = tokio::runtime::Handle::current();
+    let (sh2, stop2) = (Arc::clone(sh), stop.clone());
+    let resumed = move |p: Parked, _why: convoy_l4::park::Wake| {
+        // Readable, expired or stopping: the loop tells which from the
+        // socket, the clock and the stop flag.
+        let (sh, stop) = (Arc::clone(&sh2), stop2.clone());
+        rt.spawn(resume(sh, p, stop));
+    };
+    if let Err(e) = watcher.spawn(resumed) {
+        warn!(listener = %sh.listener.cfg.name, error = %e, "idle connections will not be parked");
+        lot.stop();
+        return None;
+    }
+    let mut kills = [sh.ctx.kill.clone(), sh.listener.kill_signal()];
+    for k in kills.iter_mut() {
+        k.mark_unchanged();
+    }
+    let (l, mut stop) = (lot.clone(), stop);
+    tokio::spawn(async move {
+        let [mut k1, mut k2] = kills;
+        loop {
+            tokio::select! {
+                r = k1.changed() => if r.is_err() { return },
+                r = k2.changed() => if r.is_err() { return },
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            l.kill();
+        }
+    });
+    Some(StopLot(lot))
+}
+
+/// A parked connection handed back: served again from where it was.
+async fn resume(sh: Arc<Shared>, p: Parked, stop: watch::Receiver<bool>) {
+    let Parked {
+        io,
+        peer,
+        since,
+        admitted,
+        counted,
+    } = p;
+    drop(counted);
+    let Ok(io) = tokio::net::TcpStream::from_std(io) else {
+        return;
+    };
+    let rbuf = bytes::BytesMut::new();
+    let info = Arc::new(ClientInfo::new(peer, "http"));
+    let park = sh.lot.is_some();
+    if let Some((io, since)) =
+        serve_h1(&sh, io, rbuf, peer, info, stop.clone(), Some(since), park).await
+    {
+        park_or_serve(&sh, io, since, peer, stop, admitted).await;
+    }
+}
+
+/// Parks an idle connection, or (the lot takes no more) serves it on in
+/// this task without parking.
+async fn park_or_serve(
+    sh: &Arc<Shared>,
+    io: tokio::net::TcpStream,
+    since: tokio::time::Instant,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+    admitted: Admitted,
+) {
+    let Some((lot, _)) = &sh.lot else { return };
+    let io = match io.into_std() {
+        Ok(io) => io,
+        Err(_) => return,
+    };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&io);
+    let deadline = since + sh.idle_timeout;
+    let p = Parked {
+        io,
+        peer,
+        since,
+        admitted,
+        counted: Counted::new(&sh.listener),
+    };
+    let Err(p) = lot.park(p, &[fd], deadline) else {
+        return;
+    };
+    let Parked {
+        io,
+        admitted,
+        counted,
+        ..
+    } = p;
+    drop(counted);
+    let info = Arc::new(ClientInfo::new(peer, "http"));
+    let _admitted = admitted;
+    let Ok(io) = tokio::net::TcpStream::from_std(io) else {
+        return;
+    };
+    let rbuf = bytes::BytesMut::new();
+    Box::pin(serve_h1(sh, io, rbuf, peer, info, stop, Some(since), false)).await;
 }
 
 /// A TLS connection: the handshake (within the header timeout), then the
@@ -73,7 +246,8 @@ async fn serve_tls(
     match tokio::time::timeout(sh.header_timeout, acceptor.accept(stream)).await {
         Ok(Ok(s)) => {
             let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
-            serve_conn(sh, s, peer, "https", stop, h2).await
+            // Never handed back: TLS listeners do not park.
+            let _ = serve_conn(sh, s, peer, "https", stop, h2).await;
         }
         Ok(Err(e)) => debug!(client = %peer, error = %e, "TLS handshake failed"),
         Err(_) => debug!(client = %peer, "TLS handshake timed out"),
@@ -149,7 +323,9 @@ pub(super) fn kill_future(sh: &Shared) -> Pin<Box<dyn Future<Output = ()> + Send
 /// Serves one client connection (plain or TLS) until it ends, the
 /// listener stops (graceful) or the node or listener kills it: HTTP/1.1
 /// on convoy's own loop, HTTP/2 (ALPN `h2`, or the prior-knowledge
-/// preface) on convoy's own HTTP/2 loop. (A plain function returning an
+/// preface) on convoy's own HTTP/2 loop. An HTTP/1.1 connection idle for
+/// the listener's park time (listeners that park) is handed back with
+/// the time its last response ended. (A plain function returning an
 /// `async move` block: an `async fn` would keep its arguments twice in
 /// the future every connection carries.)
 // Not an `async fn` on purpose: see above.
@@ -161,7 +337,7 @@ pub(super) fn serve_conn<'a, S>(
     proto: &'static str,
     stop: watch::Receiver<bool>,
     alpn_h2: bool,
-) -> impl Future<Output = ()> + Send + 'a
+) -> impl Future<Output = Option<(S, tokio::time::Instant)>> + Send + 'a
 where
     S: crate::h1::server::ClientStream,
 {
@@ -188,36 +364,60 @@ where
             match tokio::time::timeout(sh.header_timeout, sniff).await {
                 Ok(true) => {}
                 // Nothing (or not enough to tell) in time: closed quietly.
-                _ => return,
+                _ => return None,
             }
             h2 = rbuf.starts_with(H2_PREFACE);
         }
         if !h2 {
-            let set = crate::h1::server::Settings {
-                header_timeout: sh.header_timeout,
-                idle_timeout: sh.idle_timeout,
-                limits: Default::default(),
-            };
-            let sig = crate::h1::server::Signals::new(
-                stop,
-                [sh.ctx.kill.clone(), sh.listener.kill_signal()],
-                sh.listener.connection_wake(),
-            );
-            let handler = |req: Request<crate::h1::body::ReqBody>,
-                           meta: crate::h1::server::Meta| {
-                respond(
-                    Arc::clone(sh),
-                    req.map(InBody::H1),
-                    peer,
-                    Arc::clone(&info),
-                    meta.stripped,
-                )
-            };
-            crate::h1::server::serve(stream, rbuf, set, sig, handler).await;
-            return;
+            let park = sh.lot.is_some();
+            return serve_h1(sh, stream, rbuf, peer, info, stop, None, park).await;
         }
         // Boxed: HTTP/1 connections (most) do not carry the HTTP/2 state.
         Box::pin(serve_h2(sh, stream, rbuf, peer, info, stop)).await;
+        None
+    }
+}
+
+/// An HTTP/1.1 connection on convoy's own loop ([`crate::h1::server`]),
+/// from its first request or (`since`: when its last response ended)
+/// after being parked; handed back when idle for the park time (`park`).
+// Not an `async fn` on purpose: see serve_conn.
+#[allow(clippy::manual_async_fn, clippy::too_many_arguments)]
+fn serve_h1<'a, S>(
+    sh: &'a Arc<Shared>,
+    stream: S,
+    rbuf: bytes::BytesMut,
+    peer: SocketAddr,
+    info: Arc<ClientInfo>,
+    stop: watch::Receiver<bool>,
+    since: Option<tokio::time::Instant>,
+    park: bool,
+) -> impl Future<Output = Option<(S, tokio::time::Instant)>> + Send + 'a
+where
+    S: crate::h1::server::ClientStream,
+{
+    async move {
+        let set = crate::h1::server::Settings {
+            header_timeout: sh.header_timeout,
+            idle_timeout: sh.idle_timeout,
+            limits: Default::default(),
+            park_after: sh.lot.as_ref().map(|(_, after)| *after).filter(|_| park),
+        };
+        let sig = crate::h1::server::Signals::new(
+            stop,
+            [sh.ctx.kill.clone(), sh.listener.kill_signal()],
+            sh.listener.connection_wake(),
+        );
+        let handler = |req: Request<crate::h1::body::ReqBody>, meta: crate::h1::server::Meta| {
+            respond(
+                Arc::clone(sh),
+                req.map(InBody::H1),
+                peer,
+                Arc::clone(&info),
+                meta.stripped,
+            )
+        };
+        crate::h1::server::serve(stream, rbuf, since, set, sig, handler).await
     }
 }
 

@@ -44,6 +44,9 @@ struct Shared {
     request_timeout: Option<Duration>,
     /// Bodies for convoy's own error answers.
     error_pages: rewrite::ErrorPages,
+    /// Where idle HTTP/1.1 connections in clear are parked, and after how
+    /// long (`None`: TLS listeners, or `park_after = "0s"`).
+    lot: Option<(convoy_l4::park::Lot<listener::Parked>, Duration)>,
 }
 
 impl Shared {
@@ -52,6 +55,7 @@ impl Shared {
         ctx: Context,
         listener: Arc<ListenerRuntime>,
         cache: Option<Arc<crate::cache::Cache>>,
+        lot: Option<(convoy_l4::park::Lot<listener::Parked>, Duration)>,
     ) -> Shared {
         let cfg = &listener.cfg;
         Shared {
@@ -65,6 +69,7 @@ impl Shared {
             response_timeout: cfg.response_timeout().get(),
             request_timeout: cfg.request_timeout.map(|d| d.get()),
             error_pages: rewrite::ErrorPages::load(cfg),
+            lot,
             ctx,
             listener,
         }

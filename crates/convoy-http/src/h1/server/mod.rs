@@ -73,6 +73,9 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// Head size limit.
     pub limits: Limits,
+    /// A connection idle this long between requests is handed back by
+    /// [`serve`] to be parked outside its task (`None`: never).
+    pub park_after: Option<Duration>,
 }
 
 /// What the request path is told besides the request.
@@ -111,7 +114,13 @@ pub fn date() -> [u8; 29] {
 }
 
 /// Serves one client connection until it ends. `rbuf`: bytes already
-/// read from it. `handler` answers each request.
+/// read from it; `since`: when the connection last finished a response,
+/// for one that served requests before (parked and woken), else `None`.
+/// `handler` answers each request.
+///
+/// With `set.park_after`, a connection that stays idle that long between
+/// requests (no stop under way) is handed back, with the time its last
+/// response ended: the caller parks it and serves it again from there.
 ///
 /// A plain function returning an `async move` block, not an `async fn`:
 /// an `async fn` moves its arguments into locals and its future keeps
@@ -121,10 +130,11 @@ pub fn date() -> [u8; 29] {
 pub fn serve<S, F, Fut>(
     mut io: S,
     mut rbuf: BytesMut,
+    since: Option<Instant>,
     set: Settings,
     mut sig: Signals,
     handler: F,
-) -> impl Future<Output = ()>
+) -> impl Future<Output = Option<(S, Instant)>>
 where
     S: ClientStream,
     F: Fn(Request<ReqBody>, Meta) -> Fut,
@@ -134,8 +144,12 @@ where
         let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(set.header_timeout));
         let mut armed = Instant::now() + set.header_timeout;
         // When the connection last finished a response (or started).
-        let mut last = Instant::now();
-        let mut first = true;
+        let mut last = since.unwrap_or_else(Instant::now);
+        let mut first = since.is_none();
+        // The park time counts from the last response, or from this start
+        // for a connection woken from its lot (readable): it is not parked
+        // again before its request is read.
+        let mut idle_from = Instant::now();
         // A graceful stop (drain, upgrade): an idle connection waits STOP_GRACE
         // for a request in flight (answered with `Connection: close`), then
         // closes.
@@ -159,11 +173,28 @@ where
                             let _ = io.write_all(&answer).await;
                         }
                         Box::pin(linger_close(io)).await;
-                        return;
+                        return None;
                     }
                     head_start.get_or_insert_with(Instant::now);
                 }
-                let deadline = head_deadline(&set, head_start, first, last, stop_by);
+                let mut deadline = head_deadline(&set, head_start, first, last, stop_by);
+                // Idle between requests: handed back to be parked when
+                // this comes first.
+                let park_at = match set.park_after {
+                    Some(p)
+                        if !first
+                            && head_start.is_none()
+                            && stop_by.is_none()
+                            && !sig.stopping
+                            && rbuf.is_empty() =>
+                    {
+                        Some(idle_from + p).filter(|t| *t < deadline)
+                    }
+                    _ => None,
+                };
+                if let Some(t) = park_at {
+                    deadline = t;
+                }
                 if deadline != armed {
                     timer.as_mut().reset(deadline);
                     armed = deadline;
@@ -187,7 +218,14 @@ where
                 .await;
                 match ev {
                     Ev::Data => {}
-                    Ev::Closed | Ev::Kill => return,
+                    Ev::Closed | Ev::Kill => return None,
+                    // The park time, not a timeout: parked unless a stop
+                    // came meanwhile (then the wait goes on).
+                    Ev::Timeout if park_at.is_some_and(|t| Instant::now() >= t) => {
+                        if !sig.stopping {
+                            return Some((io, last));
+                        }
+                    }
                     Ev::Timeout => {
                         if head_start.is_some() {
                             tracing::debug!("request head timed out: 408");
@@ -201,24 +239,25 @@ where
                         // A FIN, then what the client still sends is read: a
                         // request that crossed it is not answered with a reset.
                         Box::pin(linger_close(io)).await;
-                        return;
+                        return None;
                     }
                 }
             };
             first = false;
             match Box::pin(exchange(&mut io, &mut rbuf, &mut sig, &handler, head, set)).await {
                 Done::Keep => {}
-                Done::Close => return,
+                Done::Close => return None,
                 Done::Shutdown => {
                     let _ = io.shutdown().await;
-                    return;
+                    return None;
                 }
                 Done::Linger => {
                     Box::pin(linger_close(io)).await;
-                    return;
+                    return None;
                 }
             }
             last = Instant::now();
+            idle_from = last;
         }
     }
 }

@@ -23,17 +23,42 @@ fn start<H>(handler: H) -> (DuplexStream, impl Drop)
 where
     H: Fn(Request<ReqBody>, Meta) -> Fut + Send + Sync + 'static,
 {
+    let (c, _task, g) = start_with(None, handler);
+    (c, g)
+}
+
+type Ended = Option<(DuplexStream, Instant)>;
+
+/// [`start`] with a park time; also gives what the loop hands back.
+fn start_with<H>(
+    park_after: Option<Duration>,
+    handler: H,
+) -> (
+    DuplexStream,
+    tokio::sync::oneshot::Receiver<Ended>,
+    impl Drop,
+)
+where
+    H: Fn(Request<ReqBody>, Meta) -> Fut + Send + Sync + 'static,
+{
     let (client, server) = tokio::io::duplex(64 * 1024);
     let (stop_tx, stop) = watch::channel(false);
     let (k1, r1) = watch::channel(0u64);
     let (k2, r2) = watch::channel(0u64);
     let sig = Signals::new(stop, [r1, r2], Arc::new(tokio::sync::Notify::new()));
-    let set = Settings {
-        header_timeout: Duration::from_secs(10),
-        idle_timeout: Duration::from_secs(60),
-        limits: Default::default(),
-    };
-    let task = tokio::spawn(serve(server, BytesMut::new(), set, sig, handler));
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let end = serve(
+            server,
+            BytesMut::new(),
+            None,
+            settings(park_after),
+            sig,
+            handler,
+        )
+        .await;
+        let _ = done_tx.send(end);
+    });
     struct Guard(
         tokio::task::JoinHandle<()>,
         #[allow(dead_code)] (watch::Sender<bool>, watch::Sender<u64>, watch::Sender<u64>),
@@ -43,7 +68,16 @@ where
             self.0.abort();
         }
     }
-    (client, Guard(task, (stop_tx, k1, k2)))
+    (client, done, Guard(task, (stop_tx, k1, k2)))
+}
+
+fn settings(park_after: Option<Duration>) -> Settings {
+    Settings {
+        header_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        limits: Default::default(),
+        park_after,
+    }
 }
 
 /// Reads until `want` responses (by their blank line) arrived, or the
@@ -155,4 +189,125 @@ async fn a_client_that_leaves_drops_its_request() {
     })
     .await;
     assert!(gone.is_ok(), "the request path was not dropped");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_connection_is_handed_back_to_be_parked_and_goes_on_from_there() {
+    let (mut c, done, _g) = start_with(Some(Duration::from_secs(2)), path_echo);
+    let t0 = Instant::now();
+    // Requests closer together than the park time keep the loop.
+    for path in ["/a", "/b"] {
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        read_until(&mut c, "</", 1).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let (io, last) = tokio::time::timeout(Duration::from_secs(10), done)
+        .await
+        .expect("handed back")
+        .unwrap()
+        .expect("parked, not ended");
+    // Handed back 2 s after the last response, not before.
+    assert!(last >= t0 + Duration::from_secs(1), "{:?}", last - t0);
+    assert!(Instant::now() >= last + Duration::from_secs(2));
+    // Served again from where it was: the next request is answered...
+    let (_stop_tx, stop) = watch::channel(false);
+    let (_k1, r1) = watch::channel(0u64);
+    let (_k2, r2) = watch::channel(0u64);
+    let sig = Signals::new(stop, [r1, r2], Arc::new(tokio::sync::Notify::new()));
+    let again = tokio::spawn(serve(
+        io,
+        BytesMut::new(),
+        Some(last),
+        settings(None),
+        sig,
+        path_echo,
+    ));
+    c.write_all(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let out = read_until(&mut c, "</c>", 1).await;
+    assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+    // ...and the idle timeout counts from the last response: closed 60 s
+    // after it (the first response's time is not a fresh start).
+    let read = tokio::time::timeout(Duration::from_secs(61), c.read(&mut [0u8; 16])).await;
+    assert!(matches!(read, Ok(Ok(0))), "closed when idle for 60 s");
+    assert!(again.await.unwrap().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_connection_and_a_stopping_one_are_never_handed_back() {
+    // Before its first request: the header timeout, no parking.
+    let (mut c, done, _g) = start_with(Some(Duration::from_millis(100)), path_echo);
+    let read = tokio::time::timeout(Duration::from_secs(11), c.read(&mut [0u8; 16])).await;
+    assert!(matches!(read, Ok(Ok(0))), "closed at the header timeout");
+    assert!(done.await.unwrap().is_none());
+    // Stopping while idle: closed after the grace, not handed back.
+    let (mut c, server) = tokio::io::duplex(64 * 1024);
+    let (stop_tx, stop) = watch::channel(false);
+    let (_k1, r1) = watch::channel(0u64);
+    let (_k2, r2) = watch::channel(0u64);
+    let sig = Signals::new(stop, [r1, r2], Arc::new(tokio::sync::Notify::new()));
+    stop_tx.send(true).unwrap();
+    let since = Some(Instant::now());
+    let task = tokio::spawn(serve(
+        server,
+        BytesMut::new(),
+        since,
+        settings(Some(Duration::from_millis(100))),
+        sig,
+        path_echo,
+    ));
+    let read = tokio::time::timeout(Duration::from_secs(5), c.read(&mut [0u8; 16])).await;
+    assert!(matches!(read, Ok(Ok(0))), "closed after the stop's grace");
+    assert!(task.await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_woken_connection_reads_its_request_before_it_may_park_again() {
+    // A real socket: tokio learns of its readiness only after a turn of
+    // its reactor, later than a timer already due.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (server, _) = l.accept().await.unwrap();
+    c.write_all(b"GET /woken HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (_stop_tx, stop) = watch::channel(false);
+    let (_k1, r1) = watch::channel(0u64);
+    let (_k2, r2) = watch::channel(0u64);
+    let sig = Signals::new(stop, [r1, r2], Arc::new(tokio::sync::Notify::new()));
+    // Idle for longer than the park time already.
+    let since = Instant::now() - Duration::from_secs(5);
+    let set = settings(Some(Duration::from_millis(50)));
+    // Out of tokio's reactor and back, as a parked socket is.
+    let server = tokio::net::TcpStream::from_std(server.into_std().unwrap()).unwrap();
+    let task = tokio::spawn(serve(
+        server,
+        BytesMut::new(),
+        Some(since),
+        set,
+        sig,
+        path_echo,
+    ));
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("</woken>") {
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut b))
+            .await
+            .expect("the request is answered")
+            .unwrap();
+        assert!(n > 0, "closed without an answer");
+        got.extend_from_slice(&b[..n]);
+    }
+    // Then, idle again, it is handed back.
+    let back = tokio::time::timeout(Duration::from_secs(5), task).await;
+    assert!(
+        matches!(back, Ok(Ok(Some(_)))),
+        "handed back once idle again"
+    );
 }

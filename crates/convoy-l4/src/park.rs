@@ -1,0 +1,452 @@
+//! Idle connections parked outside any task.
+//!
+//! A keep-alive connection that has waited a while for its next request
+//! does not need a task, a timer and a registered waker of its own: a
+//! [`Lot`] keeps it as a plain record (its socket, out of tokio's reactor,
+//! and what the owner needs to go on) in one epoll set of its own (`mio`),
+//! watched by one thread per lot. The connection gets a task again when
+//! its socket becomes readable, when its deadline passes, or when the lot
+//! is stopped (graceful stop: the owner's own code then winds it down); a
+//! kill closes every parked connection at once.
+//!
+//! A parked connection costs its record and a place in the epoll set
+//! instead of a task (the connection's future, tokio's task header, its
+//! timer and its waiters); parking and waking cost four `epoll_ctl`
+//! calls and a hand-off between threads, so owners park only connections
+//! idle for some time.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use tokio::time::Instant;
+
+/// Why a parked connection was handed back to its owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// One of its sockets became readable (data, end of stream or error).
+    Readable,
+    /// Its deadline passed.
+    Expired,
+    /// The lot stopped (graceful stop): the owner winds it down.
+    Stopped,
+}
+
+/// The token of the lot's own waker (slab keys never reach it).
+const WAKER: Token = Token(usize::MAX);
+
+/// A parked connection's record.
+struct Slot<T> {
+    item: T,
+    /// Its sockets (-1: none).
+    fds: [RawFd; 2],
+    id: u64,
+}
+
+struct State<T> {
+    slots: Slab<Slot<T>>,
+    /// Deadlines, earliest first; an entry whose slot is gone (or was
+    /// reused: other id) is skipped.
+    deadlines: BinaryHeap<Reverse<(Instant, u64, usize)>>,
+    next_id: u64,
+    /// Stopped: takes no more, hands every one back, the thread ends.
+    stopped: bool,
+    /// The parked connections are to be closed (the lot goes on).
+    kill: bool,
+}
+
+struct Inner<T> {
+    registry: mio::Registry,
+    waker: mio::Waker,
+    state: Mutex<State<T>>,
+}
+
+/// A set of parked connections (records of type `T`). Cloning gives
+/// another handle to the same lot.
+pub struct Lot<T> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T> Clone for Lot<T> {
+    fn clone(&self) -> Self {
+        Lot {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+/// The lot's own part: the epoll set its thread waits on.
+pub struct Watcher<T> {
+    inner: Arc<Inner<T>>,
+    poll: Poll,
+}
+
+impl<T> Inner<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a slot out of the lot and its sockets out of the epoll set.
+    fn take(&self, st: &mut State<T>, key: usize) -> Option<T> {
+        let slot = st.slots.try_remove(key)?;
+        for fd in slot.fds.iter().filter(|fd| **fd >= 0) {
+            let _ = self.registry.deregister(&mut SourceFd(fd));
+        }
+        Some(slot.item)
+    }
+}
+
+impl<T: Send + 'static> Lot<T> {
+    /// A new lot, and the watcher its thread runs ([`Watcher::run`]).
+    pub fn new() -> io::Result<(Lot<T>, Watcher<T>)> {
+        let poll = Poll::new()?;
+        let inner = Arc::new(Inner {
+            registry: poll.registry().try_clone()?,
+            waker: mio::Waker::new(poll.registry(), WAKER)?,
+            state: Mutex::new(State {
+                slots: Slab::new(),
+                deadlines: BinaryHeap::new(),
+                next_id: 0,
+                stopped: false,
+                kill: false,
+            }),
+        });
+        Ok((
+            Lot {
+                inner: Arc::clone(&inner),
+            },
+            Watcher { inner, poll },
+        ))
+    }
+
+    /// Parks `item`, whose sockets are `fds` (one or two, already out of
+    /// tokio's reactor), until one is readable or `deadline` passes.
+    /// `Err(item)` when the lot takes no more (stopped or killed) or the
+    /// sockets cannot be watched: the caller keeps serving it.
+    pub fn park(&self, item: T, fds: &[RawFd], deadline: Instant) -> Result<(), T> {
+        let mut st = self.inner.lock();
+        if st.stopped || fds.is_empty() || fds.len() > 2 {
+            return Err(item);
+        }
+        let key = st.slots.vacant_key();
+        for (i, fd) in fds.iter().enumerate() {
+            let r = self
+                .inner
+                .registry
+                .register(&mut SourceFd(fd), Token(key), Interest::READABLE);
+            if r.is_err() {
+                for fd in &fds[..i] {
+                    let _ = self.inner.registry.deregister(&mut SourceFd(fd));
+                }
+                return Err(item);
+            }
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        let mut slot_fds = [-1; 2];
+        slot_fds[..fds.len()].copy_from_slice(fds);
+        st.slots.insert(Slot {
+            item,
+            fds: slot_fds,
+            id,
+        });
+        let earliest = st
+            .deadlines
+            .peek()
+            .is_none_or(|Reverse((d, _, _))| deadline < *d);
+        st.deadlines.push(Reverse((deadline, id, key)));
+        drop(st);
+        if earliest {
+            // The thread may be sleeping until a later deadline.
+            let _ = self.inner.waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Graceful stop: every parked connection is handed back with
+    /// [`Wake::Stopped`], the lot takes no more and its thread ends.
+    pub fn stop(&self) {
+        self.inner.lock().stopped = true;
+        let _ = self.inner.waker.wake();
+    }
+
+    /// Kill: every connection parked now is closed (the lot goes on).
+    pub fn kill(&self) {
+        self.inner.lock().kill = true;
+        let _ = self.inner.waker.wake();
+    }
+
+    /// How many connections are parked.
+    pub fn len(&self) -> usize {
+        self.inner.lock().slots.len()
+    }
+
+    /// Whether none is parked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T: Send + 'static> Watcher<T> {
+    /// Starts the lot's thread; `resume` gets each connection handed back
+    /// (on that thread: it should hand the work to a runtime, not do it).
+    /// The thread ends after [`Lot::stop`] or [`Lot::kill`].
+    pub fn spawn<R>(self, resume: R) -> io::Result<std::thread::JoinHandle<()>>
+    where
+        R: Fn(T, Wake) + Send + 'static,
+    {
+        std::thread::Builder::new()
+            .name("convoy-park".into())
+            .spawn(move || self.run(resume))
+    }
+
+    /// Watches the lot until it is stopped or killed.
+    pub fn run<R: Fn(T, Wake)>(self, resume: R) {
+        let Watcher { inner, mut poll } = self;
+        let mut events = Events::with_capacity(256);
+        loop {
+            let (stopped, kill) = {
+                let mut st = inner.lock();
+                (st.stopped, std::mem::take(&mut st.kill))
+            };
+            if kill {
+                close(&inner, None, &resume);
+            }
+            if stopped {
+                return close(&inner, Some(Wake::Stopped), &resume);
+            }
+            let next = inner.lock().deadlines.peek().map(|Reverse((d, _, _))| *d);
+            let timeout = next.map(|d| d.saturating_duration_since(Instant::now()));
+            if let Err(e) = poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::warn!(error = %e, "parked connections: the wait failed; all handed back");
+                inner.lock().stopped = true;
+                return close(&inner, Some(Wake::Stopped), &resume);
+            }
+            for ev in events.iter() {
+                if ev.token() == WAKER {
+                    continue;
+                }
+                let item = inner.take(&mut inner.lock(), ev.token().0);
+                if let Some(item) = item {
+                    resume(item, Wake::Readable);
+                }
+            }
+            let now = Instant::now();
+            loop {
+                let item = {
+                    let mut st = inner.lock();
+                    match st.deadlines.peek() {
+                        Some(Reverse((d, _, _))) if *d <= now => {}
+                        _ => break,
+                    }
+                    let Some(Reverse((_, id, key))) = st.deadlines.pop() else {
+                        break;
+                    };
+                    if st.slots.get(key).is_none_or(|s| s.id != id) {
+                        continue;
+                    }
+                    inner.take(&mut st, key)
+                };
+                if let Some(item) = item {
+                    resume(item, Wake::Expired);
+                }
+            }
+            // Deadlines of connections that woke first are dropped now
+            // and then, so the heap stays about the size of the lot.
+            let mut st = inner.lock();
+            if st.deadlines.len() > 2 * st.slots.len() + 64 {
+                let State {
+                    slots, deadlines, ..
+                } = &mut *st;
+                deadlines
+                    .retain(|Reverse((_, id, key))| slots.get(*key).is_some_and(|s| s.id == *id));
+            }
+        }
+    }
+}
+
+/// Empties a lot: each connection handed back with `why`, or dropped
+/// (closed) without one.
+fn close<T>(inner: &Inner<T>, why: Option<Wake>, resume: &impl Fn(T, Wake)) {
+    let items: Vec<T> = {
+        let mut st = inner.lock();
+        st.deadlines.clear();
+        let keys: Vec<usize> = st.slots.iter().map(|(k, _)| k).collect();
+        keys.into_iter()
+            .filter_map(|k| inner.take(&mut st, k))
+            .collect()
+    };
+    if let Some(why) = why {
+        for item in items {
+            resume(item, why);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        b.set_nonblocking(true).unwrap();
+        (a, b)
+    }
+
+    /// Runs a lot whose resumed items go to a channel.
+    type Woken = mpsc::Receiver<(u32, Wake)>;
+
+    fn lot() -> (Lot<(u32, TcpStream)>, Woken) {
+        let (lot, watcher) = Lot::new().unwrap();
+        let (tx, rx) = mpsc::channel();
+        watcher
+            .spawn(move |(n, _s): (u32, TcpStream), why| {
+                tx.send((n, why)).unwrap();
+            })
+            .unwrap();
+        (lot, rx)
+    }
+
+    async fn next(rx: &Woken) -> (u32, Wake) {
+        for _ in 0..500 {
+            if let Ok(v) = rx.try_recv() {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("nothing was resumed in 5 s");
+    }
+
+    #[tokio::test]
+    async fn a_readable_socket_is_handed_back_and_only_it() {
+        let (lot, rx) = lot();
+        let far = Instant::now() + Duration::from_secs(60);
+        let (mut a1, b1) = pair();
+        let (_a2, b2) = pair();
+        let fd1 = b1.as_raw_fd();
+        let fd2 = b2.as_raw_fd();
+        lot.park((1, b1), &[fd1], far).map_err(|_| ()).unwrap();
+        lot.park((2, b2), &[fd2], far).map_err(|_| ()).unwrap();
+        assert_eq!(lot.len(), 2);
+        a1.write_all(b"GET").unwrap();
+        assert_eq!(next(&rx).await, (1, Wake::Readable));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(rx.try_recv().is_err(), "the quiet socket was handed back");
+        assert_eq!(lot.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn data_already_waiting_wakes_at_once_and_a_close_wakes_too() {
+        let (lot, rx) = lot();
+        let far = Instant::now() + Duration::from_secs(60);
+        let (mut a1, b1) = pair();
+        a1.write_all(b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let fd = b1.as_raw_fd();
+        lot.park((1, b1), &[fd], far).map_err(|_| ()).unwrap();
+        assert_eq!(next(&rx).await, (1, Wake::Readable));
+        let (a2, b2) = pair();
+        let fd = b2.as_raw_fd();
+        lot.park((2, b2), &[fd], far).map_err(|_| ()).unwrap();
+        drop(a2);
+        assert_eq!(next(&rx).await, (2, Wake::Readable));
+    }
+
+    #[tokio::test]
+    async fn deadlines_expire_in_order_even_when_parked_out_of_order() {
+        let (lot, rx) = lot();
+        let now = Instant::now();
+        let (_a1, b1) = pair();
+        let (_a2, b2) = pair();
+        let (fd1, fd2) = (b1.as_raw_fd(), b2.as_raw_fd());
+        lot.park((1, b1), &[fd1], now + Duration::from_millis(400))
+            .map_err(|_| ())
+            .unwrap();
+        lot.park((2, b2), &[fd2], now + Duration::from_millis(150))
+            .map_err(|_| ())
+            .unwrap();
+        assert_eq!(next(&rx).await, (2, Wake::Expired));
+        assert!(now.elapsed() >= Duration::from_millis(150));
+        assert_eq!(next(&rx).await, (1, Wake::Expired));
+        assert!(now.elapsed() >= Duration::from_millis(400));
+    }
+
+    #[tokio::test]
+    async fn either_of_two_sockets_wakes_a_pair() {
+        let (lot, rx) = lot();
+        let far = Instant::now() + Duration::from_secs(60);
+        let (_a1, b1) = pair();
+        let (mut a2, b2) = pair();
+        let fds = [b1.as_raw_fd(), b2.as_raw_fd()];
+        let item = (7, b1);
+        lot.park(item, &fds, far).map_err(|_| ()).unwrap();
+        a2.write_all(b"y").unwrap();
+        assert_eq!(next(&rx).await, (7, Wake::Readable));
+        drop(b2);
+    }
+
+    #[tokio::test]
+    async fn a_stop_hands_every_one_back_and_parks_no_more() {
+        let (lot, rx) = lot();
+        let far = Instant::now() + Duration::from_secs(60);
+        let mut keep = Vec::new();
+        for n in 0..3 {
+            let (a, b) = pair();
+            let fd = b.as_raw_fd();
+            lot.park((n, b), &[fd], far).map_err(|_| ()).unwrap();
+            keep.push(a);
+        }
+        lot.stop();
+        let mut got: Vec<u32> = Vec::new();
+        for _ in 0..3 {
+            let (n, why) = next(&rx).await;
+            assert_eq!(why, Wake::Stopped);
+            got.push(n);
+        }
+        got.sort();
+        assert_eq!(got, [0, 1, 2]);
+        let (_a, b) = pair();
+        let fd = b.as_raw_fd();
+        assert!(lot.park((9, b), &[fd], far).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_kill_closes_every_parked_connection_and_the_lot_goes_on() {
+        let (lot, rx) = lot();
+        let far = Instant::now() + Duration::from_secs(60);
+        let (mut a, b) = pair();
+        let fd = b.as_raw_fd();
+        lot.park((1, b), &[fd], far).map_err(|_| ()).unwrap();
+        lot.kill();
+        a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 8];
+        let n = tokio::task::spawn_blocking(move || a.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 0, "the client sees the connection closed");
+        assert!(rx.try_recv().is_err());
+        assert!(lot.is_empty());
+        // The lot goes on parking after a kill.
+        let (mut a, b) = pair();
+        let fd = b.as_raw_fd();
+        lot.park((2, b), &[fd], far).map_err(|_| ()).unwrap();
+        a.write_all(b"z").unwrap();
+        assert_eq!(next(&rx).await, (2, Wake::Readable));
+    }
+}
