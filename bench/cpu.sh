@@ -19,23 +19,7 @@ bench_workdir
 ORIGIN=18971; CONVOY=18972; HAP=18973
 origin_conf "$W" $ORIGIN
 haproxy_http_conf "$W" $HAP $ORIGIN
-cat > "$W/convoy.toml" <<CV
-[node]
-workers = 1
-log_format = "text"
-[admin]
-enabled = false
-
-[[listeners]]
-protocol = "http"
-address = "127.0.0.1:$CONVOY"
-pool = "o"
-
-[pools.o]
-health = { check = "none" }
-[[pools.o.servers]]
-address = "127.0.0.1:$ORIGIN"
-CV
+convoy_http_conf "$W/convoy.toml" $CONVOY $ORIGIN
 nginx -c "$W/nginx.conf" & echo $! >> "$W/pids"
 CONVOY_LOG=warn "$BIN" run -c "$W/convoy.toml" >/dev/null 2>&1 & CPID=$!
 haproxy -f "$W/haproxy.cfg" -db >/dev/null 2>&1 & HPID=$!

@@ -21,6 +21,31 @@ http {
 NG
 }
 
+# convoy_http_conf FILE PORT ORIGIN_PORT [LISTENER_LINES] — convoy with one
+# worker, no admin API, one HTTP listener (plus LISTENER_LINES, such as
+# `park_after = "20ms"`) in front of the origin, no health checks.
+convoy_http_conf() {
+  local file=$1 port=$2 origin=$3 extra=${4:-}
+  cat > "$file" <<CV
+[node]
+workers = 1
+log_format = "text"
+[admin]
+enabled = false
+
+[[listeners]]
+protocol = "http"
+address = "127.0.0.1:$port"
+pool = "o"
+$extra
+
+[pools.o]
+health = { check = "none" }
+[[pools.o.servers]]
+address = "127.0.0.1:$origin"
+CV
+}
+
 # haproxy_http_conf DIR PORT ORIGIN_PORT [MAXCONN] [EXTRA_GLOBAL] [BIND_OPTS]
 # — HAProxy 2.6 `mode http`, `nbthread 1`, `http-reuse always`; BIND_OPTS
 # go on the `bind` line (`proto h2`, `ssl crt …`); writes DIR/haproxy.cfg.

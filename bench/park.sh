@@ -22,22 +22,7 @@ ORIGIN=18291; PROXY=18292
 origin_conf "$W" $ORIGIN
 haproxy_http_conf "$W" $PROXY $ORIGIN 9990 ""
 for park in 0s 20ms; do
-  cat > "$W/convoy-$park.toml" <<CV
-[node]
-workers = 1
-log_format = "text"
-[admin]
-enabled = false
-[[listeners]]
-protocol = "http"
-address = "127.0.0.1:$PROXY"
-pool = "web"
-park_after = "$park"
-[pools.web]
-health = { check = "none" }
-[[pools.web.servers]]
-address = "127.0.0.1:$ORIGIN"
-CV
+  convoy_http_conf "$W/convoy-$park.toml" $PROXY $ORIGIN "park_after = \"$park\""
 done
 cat > "$W/think.py" <<'PY'
 import selectors, socket, sys, time
