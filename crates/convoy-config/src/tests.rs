@@ -152,6 +152,10 @@ fn bad_files_get_exact_errors() {
             "bad.toml:5:13: listeners[0].same_port: only applies to TCP and UDP listeners",
         ),
         (
+            "[[listeners]]\naddress = \"127.0.0.1:80\"\npool = \"p\"\npark_after = \"1s\"\n",
+            "bad.toml:4:14: listeners[0].park_after: only applies to protocol = \"http\" listeners",
+        ),
+        (
             "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:80\"\npool = \"p\"\n[[listeners.routes]]\nclient = \"10.0.0.0/33\"\n",
             "bad.toml:6:10: listeners[0].routes[0].client: \"10.0.0.0/33\" is not an address or network",
         ),
