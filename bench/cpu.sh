@@ -8,6 +8,8 @@
 # How to read the figures: bench/RESULTS.md ("HTTP CPU under load").
 #
 #   bench/cpu.sh [rounds]     (default 2; release build)
+#   THREADS=2 bench/cpu.sh    both proxies on both cores: convoy
+#                             `workers = 0`, HAProxy `nbthread 2`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-2}
@@ -20,6 +22,11 @@ ORIGIN=18971; CONVOY=18972; HAP=18973
 origin_conf "$W" $ORIGIN
 haproxy_http_conf "$W" $HAP $ORIGIN
 convoy_http_conf "$W/convoy.toml" $CONVOY $ORIGIN
+THREADS=${THREADS:-1}
+if [ "$THREADS" = 2 ]; then
+  sed -i 's/^  nbthread 1$/  nbthread 2/' "$W/haproxy.cfg"
+  sed -i 's/^workers = 1$/workers = 0/' "$W/convoy.toml"
+fi
 nginx -c "$W/nginx.conf" & echo $! >> "$W/pids"
 CONVOY_LOG=warn "$BIN" run -c "$W/convoy.toml" >/dev/null 2>&1 & CPID=$!
 haproxy -f "$W/haproxy.cfg" -db >/dev/null 2>&1 & HPID=$!
@@ -29,7 +36,7 @@ HZ=$(getconf CLK_TCK)
 cs() { awk '/^voluntary_ctxt/ {v=$2} /^nonvoluntary_ctxt/ {n=$2} END {print v, n}' /proc/"$1"/status; }
 cpu() { awk '{print $14, $15}' /proc/"$1"/stat; }
 
-echo "# HTTP under wrk -t1 -c50; convoy $($BIN --version | cut -d' ' -f2) vs $(haproxy -v | head -1 | cut -d' ' -f1-3), $(date -u +%F), $(nproc) cores"
+echo "# HTTP under wrk -t1 -c50, proxy threads: $THREADS; convoy $($BIN --version | cut -d' ' -f2) vs $(haproxy -v | head -1 | cut -d' ' -f1-3), $(date -u +%F), $(nproc) cores"
 echo "round proxy requests user_us/req sys_us/req vol_cs/req invol_cs/req"
 for r in $(seq "$ROUNDS"); do
   for name in haproxy convoy; do
