@@ -6,7 +6,9 @@
 #  - TCP (`protocol = "tcp"` / `mode tcp`) at about 5,000: each carries one
 #    request and answer end to end and stays open (a TCP connection holds
 #    a server connection too: two descriptors each).
-# The proxy's RSS is read before and after; the client's time to open and
+# The proxy's RSS is read before and after, and so is the heap glibc's
+# malloc has handed out (through gdb: the memory the connections hold, as
+# opposed to the high-water mark RSS keeps); the client's time to open and
 # use all the connections is printed as a rate (connections/s through the
 # proxy, one Python client: a comparison, not the proxy's limit).
 # How to read the figures: bench/RESULTS.md.
@@ -77,10 +79,20 @@ sed -i '0,/park_after = "20ms"/!{/park_after = "20ms"/d}' "$W/convoy-park20ms.to
 nginx -c "$W/nginx.conf" &
 sleep 0.5
 
-measure() { # pid port count -> "rss_before rss_after KB_per_conn conn_per_s"
-  local pid=$1 port=$2 n=$3
+# heap PID ERRFILE -> bytes glibc's malloc has handed out and not got back
+# ("in use bytes" of malloc_stats(), called through gdb; the process's
+# standard error must go to ERRFILE), or "-" without gdb.
+heap() {
+  command -v gdb >/dev/null || { echo -; return; }
+  gdb -p "$1" -batch -ex 'call (void)malloc_stats()' >/dev/null 2>&1 || true
+  awk '/^Total/ {t = 1; next} t && /in use bytes/ {v = $NF; t = 0} END {print (v == "" ? "-" : v)}' "$2"
+}
+
+measure() { # pid port count errfile -> "rss_before rss_after KB_per_conn conn_per_s heap_KB_per_conn"
+  local pid=$1 port=$2 n=$3 err=$4
   sleep 0.5
   local before; before=$(awk '/VmRSS/ {print $2}' /proc/$pid/status)
+  local hb; hb=$(heap "$pid" "$err")
   python3 - "$port" "$n" "$W/ready" <<'PY' &
 import selectors, socket, sys, time
 port, n, ready = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
@@ -104,28 +116,30 @@ PY
   for _ in $(seq 600); do [ -f "$W/ready" ] && break; sleep 0.1; done
   sleep 4  # past convoy's park time (2 s): the idle state, not the burst
   local after; after=$(awk '/VmRSS/ {print $2}' /proc/$pid/status)
+  local ha; ha=$(heap "$pid" "$err")
   local rate; rate=$(cat "$W/ready")
   kill $py 2>/dev/null; wait $py 2>/dev/null || true
   rm -f "$W/ready"
-  awk -v a="$after" -v b="$before" -v n="$n" -v r="$rate" 'BEGIN { printf "%d %d %.2f %s\n", b, a, (a-b)/n, r }'
+  awk -v a="$after" -v b="$before" -v n="$n" -v r="$rate" -v ha="$ha" -v hb="$hb" \
+    'BEGIN { h = (ha == "-" || hb == "-") ? "-" : sprintf("%.2f", (ha - hb) / 1024 / n); printf "%d %d %.2f %s %s\n", b, a, (a-b)/n, r, h }'
 }
 
 echo "# idle connections; convoy $($BIN --version | cut -d' ' -f2) vs $(haproxy -v | head -1 | cut -d' ' -f1-3), $(date -u +%F), $(nproc) cores"
-echo "kind connections proxy rss_before_KB rss_after_KB KB_per_conn conn_per_s"
+echo "kind connections proxy rss_before_KB rss_after_KB KB_per_conn conn_per_s heap_KB_per_conn"
 for kind in http tcp; do
   if [ $kind = http ]; then n=$N; hp=$HAP; cp=$CONVOY; else n=$NT; hp=$HAP_T; cp=$CONVOY_T; fi
-  haproxy -f "$W/haproxy.cfg" -db >/dev/null 2>&1 &
+  haproxy -f "$W/haproxy.cfg" -db >/dev/null 2>"$W/err.haproxy" &
   HPID=$!
-  echo "$kind $n haproxy $(measure $HPID $hp $n)"
+  echo "$kind $n haproxy $(measure $HPID $hp $n "$W/err.haproxy")"
   kill $HPID; wait $HPID 2>/dev/null || true
-  "$BIN" run -c "$W/convoy.toml" 2>/dev/null &
+  "$BIN" run -c "$W/convoy.toml" 2>"$W/err.convoy" &
   CPID=$!
-  echo "$kind $n convoy $(measure $CPID $cp $n)"
+  echo "$kind $n convoy $(measure $CPID $cp $n "$W/err.convoy")"
   kill $CPID; wait $CPID 2>/dev/null || true
   if [ $kind = http ]; then
-    "$BIN" run -c "$W/convoy-park20ms.toml" 2>/dev/null &
+    "$BIN" run -c "$W/convoy-park20ms.toml" 2>"$W/err.convoy" &
     CPID=$!
-    echo "$kind $n convoy-park20ms $(measure $CPID $cp $n)"
+    echo "$kind $n convoy-park20ms $(measure $CPID $cp $n "$W/err.convoy")"
     kill $CPID; wait $CPID 2>/dev/null || true
   fi
 done
