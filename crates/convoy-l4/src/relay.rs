@@ -133,7 +133,11 @@ async fn pump(mut d: Dir<'_>, splice: bool, transfers: &AtomicU64) -> Result<(),
             match dst.try_write(&buf[off..n]) {
                 Ok(m) => off += m,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    dst.writable().await.map_err(at_dst)?;
+                    // Polled in place: `writable()`'s future would take
+                    // 152 bytes in every connection's.
+                    poll_fn(|cx| dst.poll_write_ready(cx))
+                        .await
+                        .map_err(at_dst)?;
                 }
                 Err(e) => return Err(at_dst(e)),
             }
@@ -146,21 +150,34 @@ async fn pump(mut d: Dir<'_>, splice: bool, transfers: &AtomicU64) -> Result<(),
             break;
         }
     }
+    // Boxed: only bulk streams get here, and its futures would double
+    // the size of every connection's.
     #[cfg(target_os = "linux")]
-    {
-        let src: &TcpStream = d.src.as_ref();
-        let p = crate::splice::Pipe::new().map_err(at_dst)?;
-        loop {
-            let n = p.fill(src).await.map_err(at_src)?;
-            if n == 0 {
-                break;
-            }
-            p.drain(dst, n).await.map_err(at_dst)?;
-            d.bytes.fetch_add(n as u64, Ordering::Relaxed);
-            transfers.fetch_add(1, Ordering::Relaxed);
-        }
-    }
+    Box::pin(splice_rest(d.src.as_ref(), dst, d.bytes, transfers))
+        .await
+        .map_err(|(s, e)| (if s { src_side } else { dst_side }, e))?;
     shutdown_write(dst).map_err(at_dst)
+}
+
+/// The rest of a bulk direction, through a pipe with splice(2), until the
+/// source's end of stream; an error says whether the source had it.
+#[cfg(target_os = "linux")]
+async fn splice_rest(
+    src: &TcpStream,
+    dst: &TcpStream,
+    bytes: &AtomicU64,
+    transfers: &AtomicU64,
+) -> Result<(), (bool, io::Error)> {
+    let p = crate::splice::Pipe::new().map_err(|e| (false, e))?;
+    loop {
+        let n = p.fill(src).await.map_err(|e| (true, e))?;
+        if n == 0 {
+            return Ok(());
+        }
+        p.drain(dst, n).await.map_err(|e| (false, e))?;
+        bytes.fetch_add(n as u64, Ordering::Relaxed);
+        transfers.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 thread_local! {
@@ -203,91 +220,102 @@ fn shutdown_write(s: &TcpStream) -> io::Result<()> {
 
 /// Moves bytes both ways until both directions end or one fails; on a reset
 /// from one side, resets the other (SO_LINGER 0) rather than closing it
-/// gracefully, so the peer learns the exchange was cut.
-async fn mover(
+/// gracefully, so the peer learns the exchange was cut. (A plain function
+/// returning an `async move` block: an `async fn` keeps its arguments
+/// twice in the future every connection's mover task carries.)
+// Not an `async fn` on purpose: see above.
+#[allow(clippy::manual_async_fn)]
+fn mover(
     mut client: TcpStream,
     mut server: TcpStream,
     splice: bool,
     c: Arc<Counters>,
-) -> End {
-    let (client_r, client_w) = client.split();
-    let (server_r, server_w) = server.split();
-    let up = Dir {
-        src: client_r,
-        dst: server_w,
-        src_side: Side::Client,
-        dst_side: Side::Server,
-        bytes: &c.to_server,
-    };
-    let down = Dir {
-        src: server_r,
-        dst: client_w,
-        src_side: Side::Server,
-        dst_side: Side::Client,
-        bytes: &c.to_client,
-    };
-    let r = tokio::try_join!(
-        pump(up, splice, &c.transfers),
-        pump(down, splice, &c.transfers)
-    );
-    let end = match r {
-        Ok(_) => End::Done,
-        Err((Side::Client, e)) => End::ClientError(e.kind()),
-        Err((Side::Server, e)) => End::ServerError(e.kind()),
-    };
-    let reset = |s: &TcpStream| {
-        let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
-    };
-    match end {
-        End::ClientError(io::ErrorKind::ConnectionReset) => reset(&server),
-        End::ServerError(io::ErrorKind::ConnectionReset) => reset(&client),
-        _ => {}
+) -> impl Future<Output = End> + Send {
+    async move {
+        let (client_r, client_w) = client.split();
+        let (server_r, server_w) = server.split();
+        let up = Dir {
+            src: client_r,
+            dst: server_w,
+            src_side: Side::Client,
+            dst_side: Side::Server,
+            bytes: &c.to_server,
+        };
+        let down = Dir {
+            src: server_r,
+            dst: client_w,
+            src_side: Side::Server,
+            dst_side: Side::Client,
+            bytes: &c.to_client,
+        };
+        let r = tokio::try_join!(
+            pump(up, splice, &c.transfers),
+            pump(down, splice, &c.transfers)
+        );
+        let end = match r {
+            Ok(_) => End::Done,
+            Err((Side::Client, e)) => End::ClientError(e.kind()),
+            Err((Side::Server, e)) => End::ServerError(e.kind()),
+        };
+        let reset = |s: &TcpStream| {
+            let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+        };
+        match end {
+            End::ClientError(io::ErrorKind::ConnectionReset) => reset(&server),
+            End::ServerError(io::ErrorKind::ConnectionReset) => reset(&client),
+            _ => {}
+        }
+        end
     }
-    end
 }
 
 /// Relays until both directions end, the idle timeout passes with no
 /// traffic, or one of `kills` changes. Takes both streams and closes them.
-pub async fn relay(
+/// (A plain function returning an `async move` block, as [`mover`].)
+// Not an `async fn` on purpose: see mover.
+#[allow(clippy::manual_async_fn)]
+pub fn relay<'a>(
     client: TcpStream,
     server: TcpStream,
     splice: bool,
     idle: Duration,
-    kills: &mut [watch::Receiver<u64>],
-) -> Outcome {
-    let counters = Arc::new(Counters::default());
-    let mut task = tokio::spawn(mover(client, server, splice, Arc::clone(&counters)));
-    // The watchdog wakes every quarter of the idle timeout and notes when
-    // the transfer count last moved: an idle connection closes between 1×
-    // and 1.25× the idle timeout after its last byte.
-    let step = (idle / 4).max(Duration::from_millis(10));
-    let mut seen = 0;
-    let mut last_change = Instant::now();
-    let mut next = last_change + step;
-    let end = loop {
-        tokio::select! {
-            r = &mut task => break r.unwrap_or(End::Killed),
-            _ = sleep_until(next) => {
-                let now = counters.transfers.load(Ordering::Relaxed);
-                if now != seen {
-                    seen = now;
-                    last_change = Instant::now();
-                } else if last_change.elapsed() >= idle {
-                    task.abort();
-                    break End::Idle;
+    kills: &'a mut [watch::Receiver<u64>],
+) -> impl Future<Output = Outcome> + Send + 'a {
+    async move {
+        let counters = Arc::new(Counters::default());
+        let mut task = tokio::spawn(mover(client, server, splice, Arc::clone(&counters)));
+        // The watchdog wakes every quarter of the idle timeout and notes when
+        // the transfer count last moved: an idle connection closes between 1×
+        // and 1.25× the idle timeout after its last byte.
+        let step = (idle / 4).max(Duration::from_millis(10));
+        let mut seen = 0;
+        let mut last_change = Instant::now();
+        let mut next = last_change + step;
+        let end = loop {
+            tokio::select! {
+                r = &mut task => break r.unwrap_or(End::Killed),
+                _ = sleep_until(next) => {
+                    let now = counters.transfers.load(Ordering::Relaxed);
+                    if now != seen {
+                        seen = now;
+                        last_change = Instant::now();
+                    } else if last_change.elapsed() >= idle {
+                        task.abort();
+                        break End::Idle;
+                    }
+                    next = Instant::now() + step;
                 }
-                next = Instant::now() + step;
+                _ = any_changed(kills) => {
+                    task.abort();
+                    break End::Killed;
+                }
             }
-            _ = any_changed(kills) => {
-                task.abort();
-                break End::Killed;
-            }
+        };
+        Outcome {
+            to_server: counters.to_server.load(Ordering::Relaxed),
+            to_client: counters.to_client.load(Ordering::Relaxed),
+            end,
         }
-    };
-    Outcome {
-        to_server: counters.to_server.load(Ordering::Relaxed),
-        to_client: counters.to_client.load(Ordering::Relaxed),
-        end,
     }
 }
 

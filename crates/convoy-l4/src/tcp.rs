@@ -127,99 +127,111 @@ pub async fn accept_loop<F, Fut>(
     debug!(listener = %listener.cfg.name, "accept loop stopped");
 }
 
-async fn handle(ctx: &Context, l: &ListenerRuntime, client: TcpStream, peer: SocketAddr) {
-    let opened = tokio::time::Instant::now();
-    let _ = client.set_nodelay(true);
-    // The address the client reached (not the listening one, which may be
-    // a wildcard): the PROXY header's destination and, with `same_port`,
-    // the port to use on the server.
-    let local = client.local_addr().ok();
-    let snap = ctx.snapshot.load_full();
-    let Some(pool) = snap.pools.get(&l.cfg.pool) else {
-        l.count_failed();
-        return;
-    };
-    let mut tried: Vec<usize> = Vec::new();
-    let (server_stream, idx) = loop {
-        let idx = match l.choose(pool, peer.ip(), &tried) {
-            Ok(i) => i,
-            Err(why) => {
-                l.count_failed();
-                if l.failed_log.allow() {
-                    let reason = match why {
-                        NoServer::Disabled => "listener disabled",
-                        NoServer::NoneAvailable => "no server available",
-                    };
-                    info!(event = "no_server", listener = %l.cfg.name, client = %peer, reason, tried = tried.len(), failed_total = l.counters().failed);
-                }
-                return;
-            }
+/// One client connection: a server, the connect, the PROXY header, the
+/// relay, the accounting. (A plain function returning an `async move`
+/// block: an `async fn` keeps its arguments twice in the future every
+/// connection carries.)
+// Not an `async fn` on purpose: see above.
+#[allow(clippy::manual_async_fn)]
+fn handle<'a>(
+    ctx: &'a Context,
+    l: &'a ListenerRuntime,
+    client: TcpStream,
+    peer: SocketAddr,
+) -> impl std::future::Future<Output = ()> + Send + 'a {
+    async move {
+        let opened = tokio::time::Instant::now();
+        let _ = client.set_nodelay(true);
+        // The address the client reached (not the listening one, which may be
+        // a wildcard): the PROXY header's destination and, with `same_port`,
+        // the port to use on the server.
+        let local = client.local_addr().ok();
+        let snap = ctx.snapshot.load_full();
+        let Some(pool) = snap.pools.get(&l.cfg.pool) else {
+            l.count_failed();
+            return;
         };
-        let s = &pool.servers[idx];
-        let mut addr = s.cfg.address.0;
-        if let (true, Some(local)) = (l.cfg.same_port, local) {
-            addr.set_port(local.port());
-        }
-        match connect(addr, l.cfg.connect_timeout.get()).await {
-            Ok(stream) => break (stream, idx),
-            Err(e) => {
-                if convoy_core::local::note(&e, "connect to a server") {
-                    // This node is out of descriptors or ports: not the
-                    // server's fault; the client's connection closes.
+        let mut tried: Vec<usize> = Vec::new();
+        let (server_stream, idx) = loop {
+            let idx = match l.choose(pool, peer.ip(), &tried) {
+                Ok(i) => i,
+                Err(why) => {
+                    l.count_failed();
+                    if l.failed_log.allow() {
+                        let reason = match why {
+                            NoServer::Disabled => "listener disabled",
+                            NoServer::NoneAvailable => "no server available",
+                        };
+                        info!(event = "no_server", listener = %l.cfg.name, client = %peer, reason, tried = tried.len(), failed_total = l.counters().failed);
+                    }
                     return;
                 }
-                let _ = ctx.events.send(DataEvent::Failure {
-                    server: Arc::clone(&s.state),
-                    reason: format!("connect: {e}"),
-                });
-                debug!(listener = %l.cfg.name, server = %s.cfg.name, error = %e, "connect failed, trying another server");
-                tried.push(idx);
+            };
+            let s = &pool.servers[idx];
+            let mut addr = s.cfg.address.0;
+            if let (true, Some(local)) = (l.cfg.same_port, local) {
+                addr.set_port(local.port());
+            }
+            match connect(addr, l.cfg.connect_timeout.get()).await {
+                Ok(stream) => break (stream, idx),
+                Err(e) => {
+                    if convoy_core::local::note(&e, "connect to a server") {
+                        // This node is out of descriptors or ports: not the
+                        // server's fault; the client's connection closes.
+                        return;
+                    }
+                    let _ = ctx.events.send(DataEvent::Failure {
+                        server: Arc::clone(&s.state),
+                        reason: format!("connect: {e}"),
+                    });
+                    debug!(listener = %l.cfg.name, server = %s.cfg.name, error = %e, "connect failed, trying another server");
+                    tried.push(idx);
+                }
+            }
+        };
+        let entry = &pool.servers[idx];
+        let guard = entry.state.open();
+        let mut server = server_stream;
+        if let (Some(pp), Some(local)) = (l.cfg.proxy_protocol, local) {
+            let hdr = match pp {
+                ProxyProtocol::V1 => crate::proxy_protocol::v1(peer, local),
+                ProxyProtocol::V2 => crate::proxy_protocol::v2(peer, local),
+            };
+            if let Err(e) = server.write_all(&hdr).await {
+                debug!(server = %entry.cfg.name, error = %e, "cannot send PROXY header");
+                return;
             }
         }
-    };
-    let entry = &pool.servers[idx];
-    let guard = entry.state.open();
-    let mut server = server_stream;
-    if let (Some(pp), Some(local)) = (l.cfg.proxy_protocol, local) {
-        let hdr = match pp {
-            ProxyProtocol::V1 => crate::proxy_protocol::v1(peer, local),
-            ProxyProtocol::V2 => crate::proxy_protocol::v2(peer, local),
-        };
-        if let Err(e) = server.write_all(&hdr).await {
-            debug!(server = %entry.cfg.name, error = %e, "cannot send PROXY header");
-            return;
+        let mut kills = [ctx.kill.clone(), entry.state.kill_signal(), l.kill_signal()];
+        for k in kills.iter_mut() {
+            k.mark_unchanged();
         }
-    }
-    let mut kills = [ctx.kill.clone(), entry.state.kill_signal(), l.kill_signal()];
-    for k in kills.iter_mut() {
-        k.mark_unchanged();
-    }
-    let out = relay(
-        client,
-        server,
-        ctx.splice,
-        l.cfg.idle_timeout().get(),
-        &mut kills,
-    )
-    .await;
-    entry.state.add_bytes(out.to_server, out.to_client);
-    // Passive signals: a reset before any response byte counts as a failed
-    // connection; any response proves the server alive.
-    match out.end {
-        End::ServerError(io::ErrorKind::ConnectionReset) if out.to_client == 0 => {
-            let _ = ctx.events.send(DataEvent::Failure {
-                server: Arc::clone(&entry.state),
-                reason: "connection reset by server before any response".into(),
-            });
+        let out = relay(
+            client,
+            server,
+            ctx.splice,
+            l.cfg.idle_timeout().get(),
+            &mut kills,
+        )
+        .await;
+        entry.state.add_bytes(out.to_server, out.to_client);
+        // Passive signals: a reset before any response byte counts as a failed
+        // connection; any response proves the server alive.
+        match out.end {
+            End::ServerError(io::ErrorKind::ConnectionReset) if out.to_client == 0 => {
+                let _ = ctx.events.send(DataEvent::Failure {
+                    server: Arc::clone(&entry.state),
+                    reason: "connection reset by server before any response".into(),
+                });
+            }
+            // Any response, or a clean close both ways (protocols where the
+            // server never answers, e.g. syslog), proves the server alive.
+            _ if out.to_client > 0 || out.end == End::Done => entry.state.record_success(),
+            _ => {}
         }
-        // Any response, or a clean close both ways (protocols where the
-        // server never answers, e.g. syslog), proves the server alive.
-        _ if out.to_client > 0 || out.end == End::Done => entry.state.record_success(),
-        _ => {}
-    }
-    debug!(listener = %l.cfg.name, server = %entry.cfg.name, client = %peer, to_server = out.to_server, to_client = out.to_client, end = ?out.end, "connection closed");
-    if let Some(log) = &ctx.access {
-        log.write(format!(
+        debug!(listener = %l.cfg.name, server = %entry.cfg.name, client = %peer, to_server = out.to_server, to_client = out.to_client, end = ?out.end, "connection closed");
+        if let Some(log) = &ctx.access {
+            log.write(format!(
             "{{\"time_ms\":{},\"kind\":\"tcp\",\"listener\":{},\"client\":\"{}\",\"server\":{},\"duration_ms\":{},\"bytes_in\":{},\"bytes_out\":{},\"end\":\"{:?}\",\"retries\":{}}}",
             convoy_core::access::epoch_ms(),
             json_str(&l.cfg.name),
@@ -231,8 +243,9 @@ async fn handle(ctx: &Context, l: &ListenerRuntime, client: TcpStream, peer: Soc
             out.end,
             tried.len(),
         ));
+        }
+        drop(guard);
     }
-    drop(guard);
 }
 
 /// A JSON string literal (names come from the config, but quote them
