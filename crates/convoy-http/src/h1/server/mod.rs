@@ -177,7 +177,8 @@ where
                     }
                     head_start.get_or_insert_with(Instant::now);
                 }
-                let mut deadline = head_deadline(&set, head_start, first, last, stop_by);
+                let due = head_deadline(&set, head_start, first, last, stop_by);
+                let mut deadline = due;
                 // Idle between requests: handed back to be parked when
                 // this comes first.
                 let park_at = match set.park_after {
@@ -219,9 +220,10 @@ where
                 match ev {
                     Ev::Data => {}
                     Ev::Closed | Ev::Kill => return None,
-                    // The park time, not a timeout: parked unless a stop
-                    // came meanwhile (then the wait goes on).
-                    Ev::Timeout if park_at.is_some_and(|t| Instant::now() >= t) => {
+                    // The park time, not a timeout (that is still to come):
+                    // parked unless a stop came meanwhile (then the wait
+                    // goes on).
+                    Ev::Timeout if park_at.is_some() && Instant::now() < due => {
                         if !sig.stopping {
                             return Some((io, last));
                         }
