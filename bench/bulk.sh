@@ -18,23 +18,7 @@ need_tools "haproxy iperf3" haproxy iperf3
 [ -x "$BIN" ] || cargo build --release -p convoy
 bench_workdir
 IPERF=18581; CONVOY=18582; HAP=18583
-cat > "$W/convoy.toml" <<CV
-[node]
-workers = 1
-log_format = "text"
-[admin]
-enabled = false
-
-[[listeners]]
-protocol = "tcp"
-address = "127.0.0.1:$CONVOY"
-pool = "iperf"
-
-[pools.iperf]
-health = { check = "none" }
-[[pools.iperf.servers]]
-address = "127.0.0.1:$IPERF"
-CV
+convoy_conf "$W/convoy.toml" tcp $CONVOY $IPERF
 cat > "$W/haproxy.cfg" <<HA
 global
   nbthread 1

@@ -21,7 +21,7 @@ bench_workdir
 ORIGIN=18971; CONVOY=18972; HAP=18973
 origin_conf "$W" $ORIGIN
 haproxy_http_conf "$W" $HAP $ORIGIN
-convoy_http_conf "$W/convoy.toml" $CONVOY $ORIGIN
+convoy_conf "$W/convoy.toml" http $CONVOY $ORIGIN
 THREADS=${THREADS:-1}
 if [ "$THREADS" = 2 ]; then
   sed -i 's/^  nbthread 1$/  nbthread 2/' "$W/haproxy.cfg"

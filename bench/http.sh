@@ -22,18 +22,8 @@ W=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; sleep 0.3; rm -rf "$W"' EXIT
 ORIGIN=18181; HAP=18182; CONVOY=18183; IPERF=18184; HAP_I=18185; CONVOY_I=18186
 
-cat > "$W/nginx.conf" <<NG
-worker_processes 1;
-daemon off;
-pid $W/nginx.pid;
-error_log $W/nginx.err;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$ORIGIN; location / { return 200 "hello\n"; } }
-}
-NG
+. bench/lib.sh
+origin_conf "$W" $ORIGIN
 cat > "$W/haproxy.cfg" <<HA
 global
   nbthread 1

@@ -29,24 +29,7 @@ ORIGIN=18601; HAP=18602; CONVOY=18603
 . bench/lib.sh
 origin_conf "$W" $ORIGIN
 haproxy_http_conf "$W" $HAP $ORIGIN
-cat > "$W/convoy.toml" <<CV
-[node]
-workers = 1
-log_format = "text"
-[admin]
-enabled = false
-
-[[listeners]]
-protocol = "http"
-address = "127.0.0.1:$CONVOY"
-pool = "origin"
-max_connections = 100000
-
-[pools.origin]
-health = { check = "none" }
-[[pools.origin.servers]]
-address = "127.0.0.1:$ORIGIN"
-CV
+convoy_conf "$W/convoy.toml" http $CONVOY $ORIGIN "max_connections = 100000"
 
 nginx -c "$W/nginx.conf" &
 haproxy -f "$W/haproxy.cfg" -db >/dev/null 2>&1 &

@@ -21,11 +21,12 @@ http {
 NG
 }
 
-# convoy_http_conf FILE PORT ORIGIN_PORT [LISTENER_LINES] — convoy with one
-# worker, no admin API, one HTTP listener (plus LISTENER_LINES, such as
-# `park_after = "20ms"`) in front of the origin, no health checks.
-convoy_http_conf() {
-  local file=$1 port=$2 origin=$3 extra=${4:-}
+# convoy_conf FILE PROTOCOL PORT SERVER_PORT [LISTENER_LINES] — convoy with
+# one worker, no admin API, one listener of PROTOCOL ("http" or "tcp";
+# plus LISTENER_LINES, such as `park_after = "20ms"`) in front of one
+# server, no health checks.
+convoy_conf() {
+  local file=$1 proto=$2 port=$3 server=$4 extra=${5:-}
   cat > "$file" <<CV
 [node]
 workers = 1
@@ -34,7 +35,7 @@ log_format = "text"
 enabled = false
 
 [[listeners]]
-protocol = "http"
+protocol = "$proto"
 address = "127.0.0.1:$port"
 pool = "o"
 $extra
@@ -42,7 +43,7 @@ $extra
 [pools.o]
 health = { check = "none" }
 [[pools.o.servers]]
-address = "127.0.0.1:$origin"
+address = "127.0.0.1:$server"
 CV
 }
 

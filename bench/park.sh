@@ -22,7 +22,7 @@ ORIGIN=18291; PROXY=18292
 origin_conf "$W" $ORIGIN
 haproxy_http_conf "$W" $PROXY $ORIGIN 9990 ""
 for park in 0s 20ms; do
-  convoy_http_conf "$W/convoy-$park.toml" $PROXY $ORIGIN "park_after = \"$park\""
+  convoy_conf "$W/convoy-$park.toml" http $PROXY $ORIGIN "park_after = \"$park\""
 done
 cat > "$W/think.py" <<'PY'
 import selectors, socket, sys, time

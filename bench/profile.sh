@@ -19,37 +19,11 @@ done
 W=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; sleep 0.3; rm -rf "$W"' EXIT
 ORIGIN=18381; CONVOY=18383
-cat > "$W/nginx.conf" <<NG
-worker_processes 1;
-daemon off;
-pid $W/nginx.pid;
-error_log $W/nginx.err;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$ORIGIN; location / { return 200 "hello\n"; } }
-}
-NG
+. bench/lib.sh
+origin_conf "$W" $ORIGIN
 proto=http
 [ "$MODE" = tcp ] && proto=tcp
-cat > "$W/convoy.toml" <<CV
-[node]
-workers = 1
-log_format = "text"
-[admin]
-enabled = false
-
-[[listeners]]
-protocol = "$proto"
-address = "127.0.0.1:$CONVOY"
-pool = "origin"
-
-[pools.origin]
-health = { check = "none" }
-[[pools.origin.servers]]
-address = "127.0.0.1:$ORIGIN"
-CV
+convoy_conf "$W/convoy.toml" "$proto" $CONVOY $ORIGIN
 nginx -c "$W/nginx.conf" &
 sleep 0.5
 CONVOY_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$W/cg.%p" -q "$BIN" run -c "$W/convoy.toml" >/dev/null 2>&1 &

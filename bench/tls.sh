@@ -58,18 +58,8 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
   -keyout "$W/key.pem" -out "$W/cert.pem" -days 2 -subj /CN=localhost 2>/dev/null
 cat "$W/cert.pem" "$W/key.pem" > "$W/haproxy.pem"
 
-cat > "$W/nginx.conf" <<NG
-worker_processes 1;
-daemon off;
-pid $W/nginx.pid;
-error_log $W/nginx.err;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$ORIGIN; location / { return 200 "hello\n"; } }
-}
-NG
+. bench/lib.sh
+origin_conf "$W" $ORIGIN
 cat > "$W/haproxy.cfg" <<HA
 global
   nbthread 1

@@ -80,7 +80,8 @@ impl<T> Clone for Lot<T> {
     }
 }
 
-/// The lot's own part: the epoll set its thread waits on.
+/// The lot's own part: the epoll set its thread waits on
+/// ([`Watcher::spawn`]).
 pub struct Watcher<T> {
     inner: Arc<Inner<T>>,
     poll: Poll,
@@ -102,7 +103,7 @@ impl<T> Inner<T> {
 }
 
 impl<T: Send + 'static> Lot<T> {
-    /// A new lot, and the watcher its thread runs ([`Watcher::run`]).
+    /// A new lot, and the watcher whose thread watches it.
     pub fn new() -> io::Result<(Lot<T>, Watcher<T>)> {
         let poll = Poll::new()?;
         let inner = Arc::new(Inner {
@@ -205,8 +206,8 @@ impl<T: Send + 'static> Watcher<T> {
             .spawn(move || self.run(resume))
     }
 
-    /// Watches the lot until it is stopped or killed.
-    pub fn run<R: Fn(T, Wake)>(self, resume: R) {
+    /// Watches the lot until it is stopped.
+    fn run<R: Fn(T, Wake)>(self, resume: R) {
         let Watcher { inner, mut poll } = self;
         let mut events = Events::with_capacity(256);
         loop {

@@ -67,11 +67,10 @@ pub async fn serve(
             let _ = stream.set_nodelay(true);
             match tls {
                 None => {
-                    if let Some((io, since)) =
-                        serve_conn(&sh, stream, peer, "http", stop.clone(), false).await
-                    {
-                        // Parked with its place in the limits (`admitted`).
-                        park_or_serve(&sh, io, since, peer, stop, admitted).await;
+                    let idle = serve_conn(&sh, stream, peer, "http", stop.clone(), false).await;
+                    // Parked with its place in the limits (`admitted`).
+                    if let Some(p) = idle.and_then(|(io, since)| Parked::new(&sh, io, since, peer, admitted)) {
+                        park_or_serve(&sh, p, stop).await;
                     }
                 }
                 // Boxed: a plain connection's task does not carry the
@@ -169,68 +168,69 @@ fn start_lot(
 
 /// A parked connection handed back: served again from where it was.
 async fn resume(sh: Arc<Shared>, p: Parked, stop: watch::Receiver<bool>) {
-    let Parked {
-        io,
-        peer,
-        since,
-        admitted,
-        counted,
-    } = p;
-    drop(counted);
-    let Ok(io) = tokio::net::TcpStream::from_std(io) else {
-        return;
-    };
-    let rbuf = bytes::BytesMut::new();
-    let info = Arc::new(ClientInfo::new(peer, "http"));
-    let park = sh.lot.is_some();
-    if let Some((io, since)) =
-        serve_h1(&sh, io, rbuf, peer, info, stop.clone(), Some(since), park).await
-    {
-        park_or_serve(&sh, io, since, peer, stop, admitted).await;
+    if let Some(p) = serve_again(&sh, p, stop.clone(), true).await {
+        park_or_serve(&sh, p, stop).await;
     }
 }
 
-/// Parks an idle connection, or (the lot takes no more) serves it on in
-/// this task without parking.
-async fn park_or_serve(
+impl Parked {
+    /// The record of an idle connection, its socket out of tokio's
+    /// reactor (`None`: that failed, the connection is closed).
+    fn new(
+        sh: &Shared,
+        io: tokio::net::TcpStream,
+        since: tokio::time::Instant,
+        peer: SocketAddr,
+        admitted: Admitted,
+    ) -> Option<Parked> {
+        Some(Parked {
+            io: io.into_std().ok()?,
+            peer,
+            since,
+            admitted,
+            counted: Counted::new(&sh.listener),
+        })
+    }
+}
+
+/// Serves a connection out of the lot again from the end of its last
+/// response; with `park`, hands it back as a new record once idle again.
+async fn serve_again(
     sh: &Arc<Shared>,
-    io: tokio::net::TcpStream,
-    since: tokio::time::Instant,
-    peer: SocketAddr,
+    p: Parked,
     stop: watch::Receiver<bool>,
-    admitted: Admitted,
-) {
-    let Some((lot, _)) = &sh.lot else { return };
-    let io = match io.into_std() {
-        Ok(io) => io,
-        Err(_) => return,
-    };
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&io);
-    let deadline = since + sh.idle_timeout;
-    let p = Parked {
+    park: bool,
+) -> Option<Parked> {
+    let Parked {
         io,
         peer,
         since,
         admitted,
-        counted: Counted::new(&sh.listener),
-    };
-    let Err(p) = lot.park(p, &[fd], deadline) else {
-        return;
-    };
-    let Parked {
-        io,
-        admitted,
         counted,
-        ..
     } = p;
     drop(counted);
+    let io = tokio::net::TcpStream::from_std(io).ok()?;
     let info = Arc::new(ClientInfo::new(peer, "http"));
-    let _admitted = admitted;
-    let Ok(io) = tokio::net::TcpStream::from_std(io) else {
-        return;
-    };
     let rbuf = bytes::BytesMut::new();
-    Box::pin(serve_h1(sh, io, rbuf, peer, info, stop, Some(since), false)).await;
+    let (io, since) = serve_h1(sh, io, rbuf, peer, info, stop, Some(since), park).await?;
+    Parked::new(sh, io, since, peer, admitted)
+}
+
+/// Parks an idle connection, or (no lot, or it takes no more) serves it
+/// on in this task without parking.
+async fn park_or_serve(sh: &Arc<Shared>, p: Parked, stop: watch::Receiver<bool>) {
+    let p = match &sh.lot {
+        Some((lot, _)) => {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&p.io);
+            let deadline = p.since + sh.idle_timeout;
+            match lot.park(p, &[fd], deadline) {
+                Ok(()) => return,
+                Err(p) => p,
+            }
+        }
+        None => p,
+    };
+    Box::pin(serve_again(sh, p, stop, false)).await;
 }
 
 /// A TLS connection: the handshake (within the header timeout), then the
