@@ -243,7 +243,9 @@ fn proxy<'a>(
         // Protocol upgrade (WebSocket and others, HTTP/1.1): the Upgrade and
         // Connection headers go to the server, and on its 101 the two
         // connections are joined into a byte tunnel.
-        let upgrade = upgrade_of(&req);
+        // (An HTTP/1 request that asks for none has no Connection field
+        // left: no lookup.)
+        let upgrade = if stripped { None } else { upgrade_of(&req) };
         let max_body = d.max_body;
         if max_body > 0 && body_len(&req).is_some_and(|n| n > max_body) {
             return too_large();
@@ -332,7 +334,10 @@ fn proxy<'a>(
         if f.resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some() {
             return tunnel(sh, f);
         }
-        finish(sh, f, &parts, &rc, None)
+        let resp = finish(sh, f, &parts, &rc, None);
+        // The request was sent: its map serves the next head parsed here.
+        crate::h1::parse::recycle(parts.headers);
+        resp
     }
 }
 

@@ -362,16 +362,14 @@ impl Pool {
         head: parse::ResponseHead,
         pump: Option<Pump>,
     ) -> Response<UpBody> {
+        // (The parser left its hop-by-hop fields out, but for a 101's.)
         let parse::ResponseHead {
-            mut parts,
+            parts,
             framing,
             keep_alive,
-            hop,
+            ..
         } = head;
         let upgrade = parts.status == http::StatusCode::SWITCHING_PROTOCOLS;
-        if !upgrade {
-            parse::strip_hop(&mut parts.headers, hop);
-        }
         let pump = pump.filter(|p| !p.done);
         let state = match framing {
             _ if upgrade => BodyState::Upgrade,

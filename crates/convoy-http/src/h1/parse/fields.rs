@@ -52,8 +52,9 @@ fn parse_length(v: &[u8]) -> Option<u64> {
 }
 
 impl Fields {
-    /// Notes one field; `name` is already the `http` name.
-    fn note(&mut self, name: &HeaderName, value: &[u8]) {
+    /// Notes one field; `name` is already the `http` name. `true`: a
+    /// hop-by-hop field (RFC 9110 §7.6.1).
+    fn note(&mut self, name: &HeaderName, value: &[u8]) -> bool {
         if *name == header::CONTENT_LENGTH {
             // A list of equal values is one length (RFC 9110 §8.6).
             for part in value.split(|&b| b == b',') {
@@ -65,6 +66,7 @@ impl Fields {
                     None => self.bad_length = true,
                 }
             }
+            return false;
         } else if *name == header::TRANSFER_ENCODING {
             self.hop |= hop::TRANSFER_ENCODING;
             for part in value.split(|&b| b == b',') {
@@ -94,10 +96,12 @@ impl Fields {
             }
         } else if *name == header::HOST {
             self.hosts += 1;
+            return false;
         } else if *name == header::EXPECT {
             if trim(value).eq_ignore_ascii_case(b"100-continue") {
                 self.expect_continue = true;
             }
+            return false;
         } else if *name == header::UPGRADE {
             self.hop |= hop::UPGRADE;
         } else if *name == header::TE {
@@ -110,7 +114,10 @@ impl Fields {
             self.hop |= hop::KEEP_ALIVE;
         } else if name.as_str() == "proxy-connection" {
             self.hop |= hop::PROXY_CONNECTION;
+        } else {
+            return false;
         }
+        true
     }
 }
 
@@ -148,22 +155,129 @@ pub(super) fn span_of(base: &[u8], part: &[u8]) -> (usize, usize) {
 
 /// Builds the field map from spans into the frozen head, noting framing
 /// fields on the way.
+///
+/// Hop-by-hop fields (RFC 9110 §7.6.1), and the fields their `Connection`
+/// names, are left out of the map when `strip(f)` says so once the whole
+/// head is read (a request that asks for no upgrade, a response other
+/// than 101): they would be removed before the message goes on, and most
+/// heads carry one (`Connection: keep-alive`). Otherwise they are kept,
+/// after the other fields.
 pub(super) fn fields(
     head: &Bytes,
     spans: &[Span],
     f: &mut Fields,
     room: usize,
+    strip: impl FnOnce(&Fields) -> bool,
 ) -> Result<HeaderMap, &'static str> {
-    let mut map = HeaderMap::with_capacity(spans.len() + room);
-    for s in spans {
+    let mut map = take_map(spans.len() + room);
+    // Spans of the hop-by-hop fields, a bit each (at most MAX_HEADERS).
+    let mut held: u128 = 0;
+    for (i, s) in spans.iter().enumerate() {
         let name =
             HeaderName::from_bytes(&head[s.name.0..s.name.1]).map_err(|_| "invalid header name")?;
-        let raw = head.slice(s.value.0..s.value.1);
-        f.note(&name, &raw);
-        let value = HeaderValue::from_maybe_shared(raw).map_err(|_| "invalid header value")?;
+        let bytes = &head[s.value.0..s.value.1];
+        if f.note(&name, bytes) {
+            if !bytes.iter().all(|&b| valid_value_byte(b)) {
+                return Err("invalid header value");
+            }
+            held |= 1 << i;
+            continue;
+        }
+        let value = HeaderValue::from_maybe_shared(head.slice(s.value.0..s.value.1))
+            .map_err(|_| "invalid header value")?;
         map.append(name, value);
     }
+    if held != 0 {
+        hop_fields(head, spans, held, f, strip(f), &mut map)?;
+    }
     Ok(map)
+}
+
+const _: () = assert!(MAX_HEADERS <= 128, "hop-by-hop spans are bits of a u128");
+
+/// The byte rule of `http`'s `HeaderValue` (visible ASCII, space, tab,
+/// obs-text), for values checked without being built.
+fn valid_value_byte(b: u8) -> bool {
+    (b >= 0x20 && b != 0x7f) || b == b'\t'
+}
+
+/// The hop-by-hop fields of a head (`held`, by span index): put in the map
+/// (`!strip`), or left out with the fields their `Connection` names.
+#[cold]
+fn hop_fields(
+    head: &Bytes,
+    spans: &[Span],
+    held: u128,
+    f: &Fields,
+    strip: bool,
+    map: &mut HeaderMap,
+) -> Result<(), &'static str> {
+    let held = spans
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| held & (1 << i) != 0)
+        .map(|(_, s)| s);
+    if !strip {
+        for s in held {
+            let name = HeaderName::from_bytes(&head[s.name.0..s.name.1])
+                .map_err(|_| "invalid header name")?;
+            let value = HeaderValue::from_maybe_shared(head.slice(s.value.0..s.value.1))
+                .map_err(|_| "invalid header value")?;
+            map.append(name, value);
+        }
+    } else if f.hop & hop::NAMED != 0 {
+        for s in held {
+            if !head[s.name.0..s.name.1].eq_ignore_ascii_case(b"connection") {
+                continue;
+            }
+            for n in head[s.value.0..s.value.1].split(|&b| b == b',') {
+                // Host is end to end whatever Connection says (see
+                // `strip_hop`).
+                if let Ok(n) = HeaderName::from_bytes(trim(n)) {
+                    if n != header::HOST {
+                        map.remove(n);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// Field maps of finished messages, emptied, for the next heads (a
+    /// fresh map costs two allocations and their frees per head).
+    static MAPS: std::cell::RefCell<Vec<HeaderMap>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Most maps kept per thread, and the largest kept (in fields).
+const MAPS_KEPT: usize = 64;
+const MAP_KEPT_CAPACITY: usize = 64;
+
+/// A map for at least `n` fields: a recycled one, or a new one.
+fn take_map(n: usize) -> HeaderMap {
+    match MAPS.with(|m| m.borrow_mut().pop()) {
+        Some(mut map) => {
+            map.reserve(n);
+            map
+        }
+        None => HeaderMap::with_capacity(n),
+    }
+}
+
+/// Gives a message's field map back once the message is written, for
+/// the next head parsed on this thread (emptied; a large one is dropped).
+pub fn recycle(mut map: HeaderMap) {
+    if map.capacity() > MAP_KEPT_CAPACITY {
+        return;
+    }
+    map.clear();
+    MAPS.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() < MAPS_KEPT {
+            m.push(map);
+        }
+    });
 }
 
 /// Removes the hop-by-hop fields noted in `mask` (RFC 9110 §7.6.1),

@@ -17,7 +17,7 @@ mod response;
 mod write;
 
 pub use chunked::{chunk_head, ChunkError, ChunkedDecoder, Decoded};
-pub use fields::{strip_hop, Span};
+pub use fields::{recycle, strip_hop, Span};
 pub use request::{parse_request, HeadError, Limits, RequestHead};
 pub use response::{parse_response, ResponseError, ResponseHead};
 pub use write::{write_dec, write_request_head, ResponseWrite};

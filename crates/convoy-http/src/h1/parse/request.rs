@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
 use super::fields::{fields, raw_headers, span_of, with_spans, Fields, Span};
-use super::Framing;
+use super::{hop, Framing};
 
 /// Why a request head is refused, with the status the client gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,7 +64,9 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// `Expect: 100-continue`.
     pub expect_continue: bool,
-    /// Hop-by-hop fields present ([`hop`](super::hop) bits).
+    /// Hop-by-hop fields the head had ([`hop`](super::hop) bits). They
+    /// are not in `parts.headers` (nor the fields `Connection` names),
+    /// unless the request asks for an upgrade (`hop::UPGRADE`).
     pub hop: u16,
 }
 
@@ -115,7 +117,10 @@ fn parse_request_in(
     let head = buf.split_to(len).freeze();
     let (method, uri) = method_and_target(&head, method, target)?;
     let mut f = Fields::default();
-    let headers = fields(&head, spans, &mut f, 8).map_err(HeadError::Bad)?;
+    // Hop-by-hop fields stay only in a request that asks for an upgrade:
+    // the request path sends them on for it.
+    let headers =
+        fields(&head, spans, &mut f, 8, |f| f.hop & hop::UPGRADE == 0).map_err(HeadError::Bad)?;
     let version = if minor == 0 {
         Version::HTTP_10
     } else {
@@ -310,7 +315,6 @@ fn bump_minor_version(buf: &mut BytesMut) -> Result<bool, HeadError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{hop, strip_hop};
     use super::*;
 
     fn req(text: &[u8]) -> Result<Option<RequestHead>, HeadError> {
@@ -357,10 +361,21 @@ mod tests {
                 .unwrap()
                 .unwrap();
         assert!(!h.keep_alive);
-        let mut hm = h.parts.headers;
-        strip_hop(&mut hm, h.hop);
+        assert_eq!(h.hop, hop::CONNECTION | hop::NAMED);
+        // Hop-by-hop fields, and those Connection names, are left out.
+        let hm = &h.parts.headers;
         assert!(hm.get("x-secret").is_none() && hm.get("connection").is_none());
         assert!(hm.get("host").is_some());
+        // An upgrade request keeps its hop-by-hop fields (the request
+        // path passes Upgrade and Connection on, and removes the rest).
+        let h = req(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nTE: trailers\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.hop, hop::CONNECTION | hop::UPGRADE | hop::TE);
+        let hm = &h.parts.headers;
+        assert_eq!(hm["connection"], "Upgrade");
+        assert_eq!(hm["upgrade"], "websocket");
+        assert_eq!(hm["te"], "trailers");
         // Expect.
         let h =
             req(b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")

@@ -17,7 +17,9 @@ pub struct ResponseHead {
     pub framing: Framing,
     /// The server keeps the connection open after this response.
     pub keep_alive: bool,
-    /// Hop-by-hop fields present ([`hop`](super::hop) bits).
+    /// Hop-by-hop fields the head had ([`hop`](super::hop) bits). They
+    /// are not in `parts.headers` (nor the fields `Connection` names),
+    /// unless the status is 101.
     pub hop: u16,
 }
 
@@ -80,7 +82,11 @@ fn parse_response_in(
             continue;
         }
         let mut f = Fields::default();
-        let headers = fields(&head, spans, &mut f, 4).map_err(ResponseError::Bad)?;
+        // A 101 keeps its Connection and Upgrade for the client.
+        let headers = fields(&head, spans, &mut f, 4, |_| {
+            status != StatusCode::SWITCHING_PROTOCOLS
+        })
+        .map_err(ResponseError::Bad)?;
         let version = if minor == 0 {
             Version::HTTP_10
         } else {
@@ -141,6 +147,59 @@ mod tests {
     fn resp(text: &[u8], m: &Method) -> Result<Option<ResponseHead>, ResponseError> {
         let mut b = BytesMut::from(text);
         parse_response(&mut b, m, 64 * 1024)
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_left_out_but_a_101_keeps_them() {
+        let get = Method::GET;
+        let h = resp(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\n\
+              X-Hop: 1\r\nTransfer-Encoding: chunked\r\nServer: s\r\nHost: h\r\n\r\n",
+            &get,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.framing, Framing::Chunked);
+        assert!(h.keep_alive);
+        assert_eq!(
+            h.hop,
+            super::super::hop::CONNECTION
+                | super::super::hop::NAMED
+                | super::super::hop::KEEP_ALIVE
+                | super::super::hop::TRANSFER_ENCODING
+        );
+        let mut names: Vec<&str> = h.parts.headers.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        // Host is never taken as hop-by-hop, whatever Connection says.
+        assert_eq!(names, ["host", "server"]);
+        let h = resp(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            &get,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.parts.headers["upgrade"], "websocket");
+        assert_eq!(h.parts.headers["connection"], "Upgrade");
+        // A hop-by-hop field's value is checked even when left out.
+        assert!(resp(b"HTTP/1.1 200 OK\r\nKeep-Alive: a\x7fb\r\n\r\n", &get).is_err());
+    }
+
+    #[test]
+    fn a_recycled_map_comes_back_empty() {
+        let get = Method::GET;
+        let h = resp(
+            b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nContent-Length: 0\r\n\r\n",
+            &get,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.parts.headers.len(), 3);
+        super::super::recycle(h.parts.headers);
+        let h = resp(b"HTTP/1.1 204 No Content\r\nC: 3\r\n\r\n", &get)
+            .unwrap()
+            .unwrap();
+        let names: Vec<&str> = h.parts.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["c"]);
     }
 
     #[test]

@@ -283,6 +283,8 @@ where
         keep,
     );
     keep = kept;
+    // The head is written: its map serves the next head parsed here.
+    parse::recycle(headers);
     let mut cut = false;
     // A client that takes no response bytes for `idle_timeout` (it
     // stopped reading) is closed: it would hold the server's slot.
@@ -315,15 +317,12 @@ where
     Done::after(keep && feed.done(), feed.done() && rbuf.is_empty())
 }
 
-/// Removes the request's hop-by-hop fields, unless it asks for an
-/// upgrade, and `Expect` when it is answered here; `true`: removed.
+/// Removes `Expect` when it is answered here; `true`: the request's
+/// hop-by-hop fields are gone (the parser left them out unless it asks
+/// for an upgrade: then the request path removes the rest and keeps its
+/// Connection and Upgrade fields).
 fn strip_request(h: &mut http::HeaderMap, hop: u16, expect_continue: bool) -> bool {
-    // Upgrade requests keep their Connection and Upgrade fields for
-    // the request path, which removes the rest.
     let stripped = hop & parse::hop::UPGRADE == 0;
-    if stripped {
-        parse::strip_hop(h, hop);
-    }
     if expect_continue {
         // Answered here: the server need not.
         h.remove(http::header::EXPECT);
@@ -383,8 +382,11 @@ fn response_head(
     http10: bool,
     mut keep: bool,
 ) -> (bool, bool) {
+    // (A server's Connection field never gets here: the HTTP/1 client
+    // leaves it out. One a response built here carries is read and
+    // removed in one lookup.)
     if headers
-        .get(http::header::CONNECTION)
+        .remove(http::header::CONNECTION)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
     {
         keep = false;
@@ -393,7 +395,6 @@ fn response_head(
     if framing == Framing::Close {
         keep = false;
     }
-    headers.remove(http::header::CONNECTION);
     out.start_response(parse::ResponseWrite {
         status,
         headers,
