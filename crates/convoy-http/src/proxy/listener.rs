@@ -414,7 +414,7 @@ where
                 req.map(InBody::H1),
                 peer,
                 Arc::clone(&info),
-                meta.stripped,
+                meta,
             )
         };
         crate::h1::server::serve(stream, rbuf, since, set, sig, handler).await
@@ -443,7 +443,7 @@ pub(super) async fn serve_h2<S>(
             req.map(InBody::H2),
             peer,
             Arc::clone(&info),
-            false,
+            crate::h1::server::Meta::UNKNOWN,
         )
     };
     let stopped = async {

@@ -22,6 +22,7 @@ use super::bodies::{Fault, InBody, Prefixed, RespBody, Tracked, UpResp};
 use super::cached::{cached, from_cache};
 use super::fetch::{fetch, finish, Fetched};
 use super::Shared;
+use crate::h1::server::Meta;
 use crate::headers::{add_forwarding, cookie, strip_hop_by_hop, ClientInfo};
 use crate::route::decide_from;
 
@@ -41,7 +42,7 @@ pub(super) fn respond(
     req: Request<InBody>,
     peer: SocketAddr,
     info: Arc<ClientInfo>,
-    stripped: bool,
+    meta: Meta,
 ) -> impl Future<Output = Response<RespBody>> + Send + 'static {
     async move {
         let sh = &sh;
@@ -53,7 +54,7 @@ pub(super) fn respond(
         // Pinned where it is built: a timeout around it by value would copy
         // the whole request path's state (KBs) and hold room for it twice.
         let resp = {
-            let fut = std::pin::pin!(handle(sh, req, peer, &info, stripped, &mut rec));
+            let fut = std::pin::pin!(handle(sh, req, peer, &info, meta, &mut rec));
             match sh.request_timeout {
                 Some(t) => match tokio::time::timeout(t, fut).await {
                     Ok(r) => r,
@@ -134,7 +135,7 @@ pub(super) fn handle<'a>(
     mut req: Request<InBody>,
     peer: SocketAddr,
     info: &'a ClientInfo,
-    stripped: bool,
+    meta: Meta,
     rec: &'a mut Option<Box<AccessRec>>,
 ) -> impl Future<Output = Response<RespBody>> + Send + 'a {
     async move {
@@ -167,7 +168,7 @@ pub(super) fn handle<'a>(
         let rw = d.rewrite.as_deref().zip(vars.as_ref());
         let mut resp = match rw.and_then(|(w, v)| w.redirect.as_ref().map(|r| (r, v))) {
             Some(((to, status), v)) => rewrite::redirect(to, *status, v),
-            None => proxy(sh, req, peer, info, stripped, rec, d, rw).await,
+            None => proxy(sh, req, peer, info, meta, rec, d, rw).await,
         };
         if let Some((w, v)) = rw {
             let server = resp.extensions().get::<rewrite::ServedBy>().cloned();
@@ -222,14 +223,15 @@ fn proxy<'a>(
     mut req: Request<InBody>,
     peer: SocketAddr,
     info: &'a ClientInfo,
-    stripped: bool,
+    meta: Meta,
     rec: &'a mut Option<Box<AccessRec>>,
     d: &'a RouteDecision,
     rw: Option<(&'a convoy_config::rewrite::Rewrite, &'a rewrite::Vars)>,
 ) -> impl Future<Output = Response<RespBody>> + Send + 'a {
     async move {
         let snap = sh.ctx.snapshot.load_full();
-        let explain = explain_asked(sh, req.headers_mut());
+        // (An HTTP/1 head without the field needs no lookup.)
+        let explain = meta.explain && explain_asked(sh, req.headers_mut());
         let Some(first_pool) = snap.pools.get(&d.pool).cloned() else {
             return local(StatusCode::BAD_GATEWAY, "no such pool");
         };
@@ -245,7 +247,11 @@ fn proxy<'a>(
         // connections are joined into a byte tunnel.
         // (An HTTP/1 request that asks for none has no Connection field
         // left: no lookup.)
-        let upgrade = if stripped { None } else { upgrade_of(&req) };
+        let upgrade = if meta.stripped {
+            None
+        } else {
+            upgrade_of(&req)
+        };
         let max_body = d.max_body;
         if max_body > 0 && body_len(&req).is_some_and(|n| n > max_body) {
             return too_large();
@@ -285,9 +291,13 @@ fn proxy<'a>(
         else {
             return too_large();
         };
+        // The client's own forwarding fields: none when its HTTP/1 head
+        // had none and no request id field was added since.
+        let forwarding = meta.forwarding || sh.listener.cfg.request_id.is_some();
         let fwd = rewrite_head(
             &mut parts.headers,
-            stripped,
+            meta.stripped,
+            forwarding,
             upgrade.as_ref(),
             info,
             host.as_ref(),
@@ -448,10 +458,12 @@ async fn first_frame(
 /// The head towards servers: hop-by-hop fields removed (unless the
 /// HTTP/1 loop did), `Upgrade` and `Connection: upgrade` back for an
 /// upgrade; the forwarding lines to add, or none when the client sent
-/// forwarding fields of its own (then merged into its fields here).
+/// forwarding fields of its own (then merged into its fields here;
+/// `forwarding`: it may have).
 fn rewrite_head(
     h: &mut http::HeaderMap,
     stripped: bool,
+    forwarding: bool,
     upgrade: Option<&HeaderValue>,
     info: &ClientInfo,
     host: Option<&HeaderValue>,
@@ -467,7 +479,7 @@ fn rewrite_head(
             HeaderValue::from_static("upgrade"),
         );
     }
-    if crate::headers::has_forwarding(h) {
+    if forwarding && crate::headers::has_forwarding(h) {
         add_forwarding(h, info, host, version);
         Bytes::new()
     } else {
@@ -597,6 +609,7 @@ mod tests {
         let lines = rewrite_head(
             &mut h,
             false,
+            true,
             None,
             &info,
             Some(&host),
@@ -611,6 +624,7 @@ mod tests {
         let up = HeaderValue::from_static("websocket");
         let lines = rewrite_head(
             &mut h,
+            true,
             true,
             Some(&up),
             &info,

@@ -22,6 +22,9 @@ pub(super) struct Fields {
     pub(super) hosts: u32,
     pub(super) expect_continue: bool,
     pub(super) hop: u16,
+    /// An `X-Forwarded-*` field, and `X-Convoy-Explain`, are there.
+    pub(super) forwarding: bool,
+    pub(super) explain: bool,
 }
 
 fn trim(v: &[u8]) -> &[u8] {
@@ -115,6 +118,12 @@ impl Fields {
         } else if name.as_str() == "proxy-connection" {
             self.hop |= hop::PROXY_CONNECTION;
         } else {
+            let n = name.as_str();
+            if n.starts_with("x-forwarded-") {
+                self.forwarding = true;
+            } else if n == "x-convoy-explain" {
+                self.explain = true;
+            }
             return false;
         }
         true

@@ -68,6 +68,11 @@ pub struct RequestHead {
     /// are not in `parts.headers` (nor the fields `Connection` names),
     /// unless the request asks for an upgrade (`hop::UPGRADE`).
     pub hop: u16,
+    /// It has `X-Forwarded-*` fields (`false`: the request path need not
+    /// look for the forwarding fields a client sent).
+    pub forwarding: bool,
+    /// It has an `X-Convoy-Explain` field.
+    pub explain: bool,
 }
 
 /// Limits for request heads.
@@ -143,6 +148,8 @@ fn parse_request_in(
         keep_alive,
         expect_continue: f.expect_continue && version == Version::HTTP_11,
         hop: f.hop,
+        forwarding: f.forwarding,
+        explain: f.explain,
     }))
 }
 
@@ -333,6 +340,14 @@ mod tests {
         assert_eq!(h.framing, Framing::Empty);
         assert!(h.keep_alive);
         assert_eq!(h.hop, 0);
+        assert!(!h.forwarding && !h.explain);
+        // Fields the request path would otherwise look up.
+        let h = req(
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-Proto: https\r\nX-Convoy-Explain: t\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(h.forwarding && h.explain);
         // Incomplete.
         assert!(req(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
         // Bodies.

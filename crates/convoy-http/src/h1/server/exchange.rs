@@ -220,6 +220,8 @@ where
         keep_alive,
         expect_continue,
         hop,
+        forwarding,
+        explain,
     } = head;
     let mut keep = keep_alive && !sig.stopping;
     let is_head = parts.method == Method::HEAD;
@@ -227,7 +229,15 @@ where
     let stripped = strip_request(&mut parts.headers, hop, expect_continue);
     let (body, mut feed) = request_body(framing);
     let mut cont = if expect_continue { 0 } else { CONTINUE.len() };
-    let mut fut = boxed_call(handler, Request::from_parts(parts, body), Meta { stripped });
+    let mut fut = boxed_call(
+        handler,
+        Request::from_parts(parts, body),
+        Meta {
+            stripped,
+            forwarding,
+            explain,
+        },
+    );
     let resp = poll_fn(|cx| {
         if sig.poll_kill(cx).is_ready() {
             return Poll::Ready(None);

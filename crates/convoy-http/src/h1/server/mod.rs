@@ -84,6 +84,21 @@ pub struct Meta {
     /// Hop-by-hop fields were already removed (requests that do not ask
     /// for an upgrade).
     pub stripped: bool,
+    /// The request may carry `X-Forwarded-*` fields (`false`: its head
+    /// had none).
+    pub forwarding: bool,
+    /// The request may carry `X-Convoy-Explain`.
+    pub explain: bool,
+}
+
+impl Meta {
+    /// For a request whose fields were not looked at (HTTP/2): nothing
+    /// removed, anything may be there.
+    pub const UNKNOWN: Meta = Meta {
+        stripped: false,
+        forwarding: true,
+        explain: true,
+    };
 }
 
 /// The type of response bodies the loop writes.
