@@ -61,6 +61,9 @@ pub(super) enum ClientFault {
 #[derive(Debug, Default)]
 pub(super) struct Fault(std::sync::atomic::AtomicU8);
 
+/// The fault of a request whose body is not streamed: never set.
+pub(super) static NO_FAULT: Fault = Fault(std::sync::atomic::AtomicU8::new(0));
+
 impl Fault {
     fn set(&self, f: ClientFault) {
         let v = match f {

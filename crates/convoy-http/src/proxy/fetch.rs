@@ -95,7 +95,7 @@ pub(super) async fn fetch(
         let host = host_for(parts, rc, server);
         let out = Outbound {
             parts,
-            path: &rc.path,
+            path: rc.path.as_str(),
             host,
             fwd: &rc.fwd,
         };

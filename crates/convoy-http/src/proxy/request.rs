@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 
 use super::access::AccessRec;
 use super::answers::*;
-use super::bodies::{Fault, InBody, Prefixed, RespBody, Tracked, UpResp};
+use super::bodies::{Fault, InBody, Prefixed, RespBody, Tracked, UpResp, NO_FAULT};
 use super::cached::{cached, from_cache};
 use super::fetch::{fetch, finish, Fetched};
 use super::Shared;
@@ -285,9 +285,8 @@ fn proxy<'a>(
                 other => looked = Some((key, other)),
             }
         }
-        let fault = Arc::new(Fault::default());
-        let Some((mut out_body, replayable)) =
-            outgoing(first, body, max_body, sh.body_timeout, &fault)
+        let Some((mut out_body, replayable, fault)) =
+            outgoing(first, body, max_body, sh.body_timeout)
         else {
             return too_large();
         };
@@ -309,8 +308,8 @@ fn proxy<'a>(
         let path = parts
             .uri
             .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         first_pool.note_request();
         let aff = affinity(&first_pool, &parts.headers, peer);
         let rc = ReqCtx {
@@ -330,7 +329,9 @@ fn proxy<'a>(
             // Boxed: the common path's future stays small.
             return Box::pin(cached(sh, cache, &first_pool, &parts, &rc, rec, looked)).await;
         }
-        let f = match fetch(sh, &first_pool, &parts, &mut out_body, &rc, &fault, rec).await {
+        // (Only a streamed body can fail by the client's fault.)
+        let fault = fault.as_deref().unwrap_or(&NO_FAULT);
+        let f = match fetch(sh, &first_pool, &parts, &mut out_body, &rc, fault, rec).await {
             Ok(f) => f,
             Err(r) => return r,
         };
@@ -374,15 +375,14 @@ fn host_header<B>(req: &Request<B>) -> Option<HeaderValue> {
 /// (to the same server on a new connection, or to another): a body that
 /// came whole with its first frame (most small uploads) is kept in memory
 /// and can; a streamed one cannot, and records the client's faults in
-/// `fault` (pausing at most `pause`). `None` when the whole body is over
-/// `max_body` (413).
+/// the [`Fault`] returned with it (pausing at most `pause`). `None` when
+/// the whole body is over `max_body` (413).
 fn outgoing(
     first: Option<http_body::Frame<Bytes>>,
     rest: InBody,
     max_body: u64,
     pause: std::time::Duration,
-    fault: &Arc<Fault>,
-) -> Option<(Outgoing, bool)> {
+) -> Option<(Outgoing, bool, Option<Arc<Fault>>)> {
     let whole = match &first {
         Some(f) if rest.is_end_stream() => {
             f.data_ref().filter(|d| d.len() <= WHOLE_BODY_MAX).cloned()
@@ -393,20 +393,21 @@ fn outgoing(
         return None;
     }
     Some(match whole {
-        Some(b) => (Outgoing::Full(b), true),
-        None if first.is_none() && rest.is_end_stream() => (Outgoing::None, true),
-        None => (
-            Outgoing::Stream(Some(Prefixed {
+        Some(b) => (Outgoing::Full(b), true, None),
+        None if first.is_none() && rest.is_end_stream() => (Outgoing::None, true, None),
+        None => {
+            let fault = Arc::new(Fault::default());
+            let body = Outgoing::Stream(Some(Prefixed {
                 first,
                 rest,
                 limit: max_body,
                 seen: 0,
-                fault: Arc::clone(fault),
+                fault: Arc::clone(&fault),
                 pause,
                 timer: None,
-            })),
-            false,
-        ),
+            }));
+            (body, false, Some(fault))
+        }
     })
 }
 
@@ -571,8 +572,8 @@ pub(super) struct ReqCtx {
     pub(super) upgrade: bool,
     /// The Host header, or the HTTP/2 :authority.
     pub(super) host: Option<HeaderValue>,
-    /// Path and query to send.
-    pub(super) path: String,
+    /// Path and query to send (sharing the request's bytes).
+    pub(super) path: http::uri::PathAndQuery,
     /// The request has no body (it can be sent again).
     pub(super) replayable: bool,
     /// The route rewrites its responses: the server that answered is
@@ -641,19 +642,21 @@ mod tests {
 
     #[test]
     fn small_whole_bodies_are_kept_and_the_rest_streamed() {
-        let fault = Arc::new(Fault::default());
         let pause = std::time::Duration::from_secs(1);
         let data = || Some(http_body::Frame::data(Bytes::from_static(b"abc")));
-        let (b, again) = outgoing(data(), h1_body(None, true), 0, pause, &fault).unwrap();
+        let (b, again, fault) = outgoing(data(), h1_body(None, true), 0, pause).unwrap();
         assert!(matches!(b, Outgoing::Full(ref d) if &d[..] == b"abc") && again);
+        assert!(fault.is_none());
         assert!(
-            outgoing(data(), h1_body(None, true), 2, pause, &fault).is_none(),
+            outgoing(data(), h1_body(None, true), 2, pause).is_none(),
             "413"
         );
-        let (b, again) = outgoing(data(), h1_body(Some(b"more"), false), 0, pause, &fault).unwrap();
+        // Only a streamed body has a fault to record.
+        let (b, again, fault) = outgoing(data(), h1_body(Some(b"more"), false), 0, pause).unwrap();
         assert!(matches!(b, Outgoing::Stream(Some(_))) && !again);
-        let (b, again) = outgoing(None, InBody::H1(ReqBody::empty()), 0, pause, &fault).unwrap();
-        assert!(matches!(b, Outgoing::None) && again);
+        assert!(fault.is_some_and(|f| f.get().is_none()));
+        let (b, again, fault) = outgoing(None, InBody::H1(ReqBody::empty()), 0, pause).unwrap();
+        assert!(matches!(b, Outgoing::None) && again && fault.is_none());
     }
 
     #[test]
