@@ -53,13 +53,13 @@ impl OutlierState {
 
     /// Records a request's outcome; returns the end of a new ejection if
     /// this outcome ejects the server (and `allowed` says the pool may lose
-    /// one more server).
+    /// one more server: asked only then, as it may look at every server).
     pub fn record(
         &mut self,
         ok: bool,
         now_ms: u64,
         cfg: &OutlierConfig,
-        allowed: bool,
+        allowed: impl FnOnce() -> bool,
     ) -> Option<u64> {
         if ok {
             self.errors = 0;
@@ -69,7 +69,7 @@ impl OutlierState {
             return None;
         }
         self.errors += 1;
-        if self.errors < cfg.consecutive.max(1) || self.is_ejected(now_ms) || !allowed {
+        if self.errors < cfg.consecutive.max(1) || self.is_ejected(now_ms) || !allowed() {
             return None;
         }
         self.errors = 0;
@@ -108,35 +108,58 @@ mod tests {
     #[test]
     fn ejects_after_consecutive_errors_with_growing_time() {
         let mut s = OutlierState::default();
-        assert_eq!(s.record(false, 0, &CFG, true), None);
+        assert_eq!(s.record(false, 0, &CFG, || true), None);
         assert_eq!(
-            s.record(true, 0, &CFG, true),
+            s.record(true, 0, &CFG, || true),
             None,
             "a success resets the run"
         );
-        s.record(false, 1, &CFG, true);
-        s.record(false, 2, &CFG, true);
-        assert_eq!(s.record(false, 3, &CFG, true), Some(1003));
+        s.record(false, 1, &CFG, || true);
+        s.record(false, 2, &CFG, || true);
+        assert_eq!(s.record(false, 3, &CFG, || true), Some(1003));
         assert!(s.is_ejected(500) && !s.is_ejected(1003));
         for t in [1100, 1101] {
-            s.record(false, t, &CFG, true);
+            s.record(false, t, &CFG, || true);
         }
         assert_eq!(
-            s.record(false, 1102, &CFG, true),
+            s.record(false, 1102, &CFG, || true),
             Some(3102),
             "second time: 2× base"
         );
         for t in [3200, 3201] {
-            s.record(false, t, &CFG, true);
+            s.record(false, t, &CFG, || true);
         }
         assert_eq!(
-            s.record(false, 3202, &CFG, true),
+            s.record(false, 3202, &CFG, || true),
             Some(5702),
             "capped at max"
         );
         // Good for long enough: forgiven.
-        s.record(true, 20_000, &CFG, true);
+        s.record(true, 20_000, &CFG, || true);
         assert_eq!(s.ejections(), 0);
+    }
+
+    #[test]
+    fn the_pool_is_asked_only_when_an_ejection_is_due() {
+        let mut s = OutlierState::default();
+        let asked = std::cell::Cell::new(0);
+        let asked = &asked;
+        let ask = |ok| {
+            move || {
+                asked.set(asked.get() + 1);
+                ok
+            }
+        };
+        s.record(true, 0, &CFG, ask(true));
+        s.record(false, 1, &CFG, ask(true));
+        s.record(false, 2, &CFG, ask(true));
+        assert_eq!(asked.get(), 0, "no ejection due yet");
+        // Due, but the pool may not lose a server: not ejected, and the
+        // run goes on.
+        assert_eq!(s.record(false, 3, &CFG, ask(false)), None);
+        assert_eq!(asked.get(), 1);
+        assert_eq!(s.record(false, 4, &CFG, ask(true)), Some(1004));
+        assert_eq!(asked.get(), 2);
     }
 
     #[test]
@@ -148,7 +171,7 @@ mod tests {
         assert!(!may_eject(0, 1, 100), "never the only server");
         let mut s = OutlierState::default();
         for t in 0..10 {
-            assert_eq!(s.record(false, t, &CFG, false), None);
+            assert_eq!(s.record(false, t, &CFG, || false), None);
         }
     }
 }

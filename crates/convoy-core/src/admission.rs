@@ -592,9 +592,10 @@ impl PoolRuntime {
         &self.admission
     }
 
-    /// Feeds a request outcome on server `i` to outlier ejection; returns
-    /// the ejection time in ms when the server is ejected now.
-    pub fn record_outcome(&self, i: usize, ok: bool) -> Option<u64> {
+    /// Feeds a request outcome on server `i`, known at `now` (clock
+    /// milliseconds), to outlier ejection; returns the ejection time in ms
+    /// when the server is ejected now.
+    pub fn record_outcome(&self, i: usize, ok: bool, now: u64) -> Option<u64> {
         let o = &self.cfg.outlier;
         if o.consecutive == 0 {
             return None;
@@ -604,10 +605,13 @@ impl PoolRuntime {
             base_ms: o.base_ejection.get().as_millis() as u64,
             max_ms: o.max_ejection.get().as_millis() as u64,
         };
-        let ejected = self.servers.iter().filter(|s| s.state.is_ejected()).count();
-        let allowed =
-            convoy_balance::outlier::may_eject(ejected, self.servers.len(), o.max_percent);
-        self.servers[i].state.record_outcome(ok, &cfg, allowed)
+        // Counting the ejected servers looks at every one: only when this
+        // outcome would eject (a success never does).
+        let allowed = || {
+            let ejected = self.servers.iter().filter(|s| s.state.is_ejected()).count();
+            convoy_balance::outlier::may_eject(ejected, self.servers.len(), o.max_percent)
+        };
+        self.servers[i].state.record_outcome(ok, now, &cfg, allowed)
     }
 }
 

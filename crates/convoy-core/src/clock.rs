@@ -15,6 +15,12 @@ pub const START_MS: u64 = 1 << 40;
 
 /// Milliseconds since the first call in this process, plus [`START_MS`].
 pub fn now_ms() -> u64 {
-    let base = *BASE.get_or_init(Instant::now);
-    Instant::now().duration_since(base).as_millis() as u64 + START_MS
+    ms_at(Instant::now())
+}
+
+/// [`now_ms`] of a moment already read (no clock read of its own; a
+/// moment before the first call counts as that call).
+pub fn ms_at(t: Instant) -> u64 {
+    let base = *BASE.get_or_init(|| t);
+    t.saturating_duration_since(base).as_millis() as u64 + START_MS
 }

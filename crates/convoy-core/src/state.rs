@@ -417,7 +417,12 @@ impl ServerState {
     /// Records a request's outcome: latency to response headers and
     /// whether it failed.
     pub fn observe(&self, latency_us: f64, error: bool) {
-        let now = clock::now_ms();
+        self.observe_at(latency_us, error, clock::now_ms());
+    }
+
+    /// [`observe`](Self::observe) for an outcome known at `now` ([`clock`]
+    /// milliseconds): no clock read.
+    pub fn observe_at(&self, latency_us: f64, error: bool, now: u64) {
         let mut q = self.qos.lock().unwrap_or_else(|e| e.into_inner());
         if !error {
             q.latency.observe(latency_us, now);
@@ -468,16 +473,17 @@ impl ServerState {
         until != 0 && clock::now_ms() < until
     }
 
-    /// Feeds a request outcome to outlier detection; returns the ejection
-    /// time in ms when this outcome ejects the server. `allowed` says
-    /// whether the pool may lose one more server.
+    /// Feeds a request outcome known at `now` ([`clock`] milliseconds) to
+    /// outlier detection; returns the ejection time in ms when this outcome
+    /// ejects the server. `allowed` says whether the pool may lose one more
+    /// server (asked only when an ejection is due).
     pub fn record_outcome(
         &self,
         ok: bool,
+        now: u64,
         cfg: &convoy_balance::outlier::OutlierConfig,
-        allowed: bool,
+        allowed: impl FnOnce() -> bool,
     ) -> Option<u64> {
-        let now = clock::now_ms();
         let mut o = self.outlier.lock().unwrap_or_else(|e| e.into_inner());
         let until = o.record(ok, now, cfg, allowed)?;
         self.ejected_until_ms.store(until, Ordering::Release);

@@ -254,9 +254,10 @@ impl Body for Guarded {
             }
             return Poll::Pending;
         }
-        let next = tokio::time::Instant::now() + self.pause;
+        // (The clock is read only when a wait armed the timer.)
+        let pause = self.pause;
         if let Some(t) = self.timer.as_mut() {
-            t.as_mut().reset(next);
+            t.as_mut().reset(tokio::time::Instant::now() + pause);
         }
         if self.kill.has_changed().unwrap_or(true) {
             debug!(server = %self.slot.pool.servers[self.slot.idx].cfg.name, "response cut: server connections closed");

@@ -122,14 +122,16 @@ pub(super) async fn fetch(
                 return Err(client_fault(f));
             }
         }
-        let us = started.elapsed().as_micros();
+        // One clock read for the latency and the outcome's moment.
+        let ended = Instant::now();
+        let us = ended.duration_since(started).as_micros();
         match result {
             Err(_) => {
                 // The server took too long to answer: its fault.
                 record(
                     &pool,
                     idx,
-                    us,
+                    (us, ended),
                     Some((ErrorKind::Timeout, "response timeouts")),
                 );
                 debug!(server = %server.cfg.name, "response timeout");
@@ -146,7 +148,7 @@ pub(super) async fn fetch(
                     .status()
                     .is_server_error()
                     .then_some((ErrorKind::Status5xx, "consecutive 5xx"));
-                record(&pool, idx, us, failed);
+                record(&pool, idx, (us, ended), failed);
                 server.state.latency.observe(us as u64);
                 // The server answered: its passive failure count restarts.
                 server.state.record_success();
@@ -257,15 +259,21 @@ async fn admit(
 }
 
 /// Records one request's outcome on `pool`'s server `idx`: its latency
-/// (`us`), and for a failure its kind, the outcome that may eject it (with
-/// `reason` in the log when it does).
-fn record(pool: &PoolRuntime, idx: usize, us: u128, failure: Option<(ErrorKind, &'static str)>) {
+/// (µs) and when it ended, and for a failure its kind, the outcome that
+/// may eject it (with `reason` in the log when it does).
+fn record(
+    pool: &PoolRuntime,
+    idx: usize,
+    (us, ended): (u128, Instant),
+    failure: Option<(ErrorKind, &'static str)>,
+) {
     let server = &pool.servers[idx];
-    server.state.observe(us as f64, failure.is_some());
+    let now = convoy_core::clock::ms_at(ended);
+    server.state.observe_at(us as f64, failure.is_some(), now);
     if let Some((kind, _)) = failure {
         server.state.count_error(kind);
     }
-    if let Some(ms) = pool.record_outcome(idx, failure.is_none()) {
+    if let Some(ms) = pool.record_outcome(idx, failure.is_none(), now) {
         let reason = failure.map_or("consecutive errors", |(_, r)| r);
         server.state.set_ejection_reason(reason);
         warn!(event = "server_ejected", pool = %pool.name, server = %server.cfg.name, ejection_ms = ms, reason);
@@ -300,7 +308,12 @@ fn retry_after(
     } else {
         ErrorKind::Reset
     };
-    record(pool, idx, us, Some((kind, "consecutive errors")));
+    record(
+        pool,
+        idx,
+        (us, Instant::now()),
+        Some((kind, "consecutive errors")),
+    );
     if connect {
         let _ = sh.ctx.events.send(DataEvent::Failure {
             server: Arc::clone(&server.state),
@@ -445,13 +458,14 @@ mod tests {
     fn outcomes_are_recorded_and_consecutive_failures_eject() {
         let p = pool();
         let a = &p.servers[0].state;
-        record(&p, 0, 1000, Some((ErrorKind::Status5xx, "consecutive 5xx")));
+        let rec = |failure| record(&p, 0, (1000, Instant::now()), failure);
+        rec(Some((ErrorKind::Status5xx, "consecutive 5xx")));
         assert!(!a.is_ejected(), "one failure is not enough");
         // A success in between starts the count again.
-        record(&p, 0, 1000, None);
-        record(&p, 0, 1000, Some((ErrorKind::Timeout, "response timeouts")));
+        rec(None);
+        rec(Some((ErrorKind::Timeout, "response timeouts")));
         assert!(!a.is_ejected());
-        record(&p, 0, 1000, Some((ErrorKind::Timeout, "response timeouts")));
+        rec(Some((ErrorKind::Timeout, "response timeouts")));
         assert!(a.is_ejected(), "two in a row");
         assert!(!p.servers[1].state.is_ejected());
     }
