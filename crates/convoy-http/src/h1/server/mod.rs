@@ -211,7 +211,11 @@ where
                 if let Some(t) = park_at {
                     deadline = t;
                 }
-                if deadline != armed {
+                // The timer is set again only for an earlier deadline: one
+                // set for a later one fires early, and the wait goes on
+                // with it set again (below). Keep-alive requests each move
+                // the deadline later; they no longer move the timer.
+                if deadline < armed {
                     timer.as_mut().reset(deadline);
                     armed = deadline;
                 }
@@ -235,15 +239,23 @@ where
                 match ev {
                     Ev::Data => {}
                     Ev::Closed | Ev::Kill => return None,
-                    // The park time, not a timeout (that is still to come):
-                    // parked unless a stop came meanwhile (then the wait
-                    // goes on).
-                    Ev::Timeout if park_at.is_some() && Instant::now() < due => {
-                        if !sig.stopping {
-                            return Some((io, last));
-                        }
-                    }
                     Ev::Timeout => {
+                        let now = Instant::now();
+                        if now < deadline {
+                            // Set for an earlier deadline than this wait's.
+                            timer.as_mut().reset(deadline);
+                            armed = deadline;
+                            continue;
+                        }
+                        if park_at.is_some() && now < due {
+                            // The park time, not a timeout (that is still
+                            // to come): parked unless a stop came meanwhile
+                            // (then the wait goes on).
+                            if !sig.stopping {
+                                return Some((io, last));
+                            }
+                            continue;
+                        }
                         if head_start.is_some() {
                             tracing::debug!("request head timed out: 408");
                             let _ = io

@@ -311,3 +311,27 @@ async fn a_woken_connection_reads_its_request_before_it_may_park_again() {
         "handed back once idle again"
     );
 }
+
+/// Requests move the idle deadline without moving the timer (it is set
+/// again only when it fires early): the idle timeout still counts from
+/// the last response, to the second, however the requests were spread.
+#[tokio::test(start_paused = true)]
+async fn the_idle_timeout_counts_from_the_last_response() {
+    let (mut c, _g) = start(path_echo);
+    for (i, gap) in [0u64, 20, 30, 59].into_iter().enumerate() {
+        tokio::time::sleep(Duration::from_secs(gap)).await;
+        c.write_all(format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let out = read_until(&mut c, &format!("</{i}>"), 1).await;
+        assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+    }
+    let last = Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(70), c.read(&mut [0u8; 16])).await;
+    assert!(matches!(read, Ok(Ok(0))), "closed when idle");
+    let idle = Instant::now() - last;
+    assert!(
+        idle >= Duration::from_secs(60) && idle < Duration::from_secs(61),
+        "closed after {idle:?} idle"
+    );
+}
