@@ -112,13 +112,15 @@ impl ClientInfo {
     /// `-Host` of its own: the same fields [`add_forwarding`] adds. Built
     /// once per connection and Host.
     pub fn lines(&self, host: Option<&HeaderValue>, version: http::Version) -> bytes::Bytes {
-        let host = host.filter(|v| v.to_str().is_ok_and(host_ok));
         let mut c = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        // The same Host as last time (kept only when it was valid): the
+        // same lines, without checking it again.
         if let Some((h, v, b)) = c.as_ref() {
             if h.as_ref() == host && *v == version {
                 return b.clone();
             }
         }
+        let host = host.filter(|v| v.to_str().is_ok_and(host_ok));
         let mut h = HeaderMap::new();
         add_forwarding(&mut h, self, host, version);
         let mut out = Vec::with_capacity(160);
@@ -301,6 +303,13 @@ mod tests {
         assert!(std::str::from_utf8(&l2)
             .unwrap()
             .contains("via: 2.0 convoy"));
+        // A Host that is no host name is never passed on, cached or not.
+        let bad = HeaderValue::from_static("a b");
+        for _ in 0..2 {
+            let lb = c.lines(Some(&bad), http::Version::HTTP_2);
+            assert_eq!(lb, l2, "{lb:?}");
+        }
+        assert_eq!(c.lines(Some(&host), http::Version::HTTP_11), l);
         let mut h = HeaderMap::new();
         append_lines(&mut h, &l);
         assert_eq!(h["forwarded"], "for=127.0.0.7;proto=https;host=example.com");
