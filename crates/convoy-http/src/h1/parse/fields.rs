@@ -55,18 +55,28 @@ fn parse_length(v: &[u8]) -> Option<u64> {
 }
 
 impl Fields {
+    /// Notes one `Content-Length` value.
+    fn length_of(&mut self, n: u64) {
+        match self.length {
+            Some(m) if m != n => self.lengths_differ = true,
+            _ => self.length = Some(n),
+        }
+    }
+
     /// Notes one field; `name` is already the `http` name. `true`: a
     /// hop-by-hop field (RFC 9110 §7.6.1).
     fn note(&mut self, name: &HeaderName, value: &[u8]) -> bool {
         if *name == header::CONTENT_LENGTH {
-            // A list of equal values is one length (RFC 9110 §8.6).
-            for part in value.split(|&b| b == b',') {
-                match parse_length(trim(part)) {
-                    Some(n) => match self.length {
-                        Some(m) if m != n => self.lengths_differ = true,
-                        _ => self.length = Some(n),
-                    },
-                    None => self.bad_length = true,
+            // Nearly always one plain number; else a list of equal values
+            // is one length (RFC 9110 §8.6).
+            if let Some(n) = parse_length(value) {
+                self.length_of(n);
+            } else {
+                for part in value.split(|&b| b == b',') {
+                    match parse_length(trim(part)) {
+                        Some(n) => self.length_of(n),
+                        None => self.bad_length = true,
+                    }
                 }
             }
             return false;
@@ -85,6 +95,15 @@ impl Fields {
             }
         } else if *name == header::CONNECTION {
             self.hop |= hop::CONNECTION;
+            // Nearly always one of these two alone.
+            if value.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+                return true;
+            }
+            if value.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+                return true;
+            }
             for part in value.split(|&b| b == b',') {
                 let t = trim(part);
                 if t.eq_ignore_ascii_case(b"close") {
