@@ -294,6 +294,7 @@ pub(super) fn background(
         explain: false,
         upgrade: false,
         host: rc.host.clone(),
+        host_field: rc.host_field,
         path: rc.path.clone(),
         replayable: true,
         fwd: rc.fwd.clone(),

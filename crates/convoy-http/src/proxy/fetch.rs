@@ -92,7 +92,7 @@ pub(super) async fn fetch(
             // A queued retry was handed the server it already failed on.
             return Err(local(StatusCode::BAD_GATEWAY, "no server could be reached"));
         }
-        let host = host_for(parts, rc, server);
+        let host = host_for(rc, server);
         let out = Outbound {
             parts,
             path: rc.path.as_str(),
@@ -190,12 +190,8 @@ fn tried_before(first_pool: &PoolRuntime, tried: &[usize], server: &ServerEntry)
 /// The Host header to add for `server`: HTTP/2 clients send no Host
 /// header, HTTP/1.0 clients may not; HTTP/1.1 servers need one: the
 /// request's authority, else the server's own address.
-fn host_for(
-    parts: &http::request::Parts,
-    rc: &ReqCtx,
-    server: &ServerEntry,
-) -> Option<HeaderValue> {
-    if parts.headers.contains_key(http::header::HOST) {
+fn host_for(rc: &ReqCtx, server: &ServerEntry) -> Option<HeaderValue> {
+    if rc.host_field {
         None
     } else {
         rc.host

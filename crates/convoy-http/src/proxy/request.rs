@@ -236,7 +236,9 @@ fn proxy<'a>(
             return local(StatusCode::BAD_GATEWAY, "no such pool");
         };
         let (class, cost) = (d.class, d.cost);
-        let host = host_header(&req);
+        // `host_field`: the head has a Host field (then none is added
+        // towards the server); checked again if the route rewrites fields.
+        let (host, mut host_field) = host_header(&req);
         // Framing: the HTTP/1 codec refuses differing Content-Lengths and
         // Content-Length beside Transfer-Encoding (400); HTTP/2 bodies are DATA
         // frames, checked by h2 against a Content-Length; either way the
@@ -304,6 +306,7 @@ fn proxy<'a>(
         );
         if let Some((w, vars)) = rw {
             rewrite::apply(&mut parts.headers, &w.request, vars, None);
+            host_field = parts.headers.contains_key(http::header::HOST);
         }
         let path = parts
             .uri
@@ -319,6 +322,7 @@ fn proxy<'a>(
             explain,
             upgrade: upgrade.is_some(),
             host,
+            host_field,
             path,
             replayable,
             fwd,
@@ -362,13 +366,19 @@ fn note_route(rec: &mut Option<Box<AccessRec>>, d: &RouteDecision) {
     }
 }
 
-/// The Host header, or the HTTP/2 :authority.
-fn host_header<B>(req: &Request<B>) -> Option<HeaderValue> {
-    req.headers().get(http::header::HOST).cloned().or_else(|| {
-        req.uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    })
+/// The Host header, or the HTTP/2 :authority; and whether it was the
+/// header.
+fn host_header<B>(req: &Request<B>) -> (Option<HeaderValue>, bool) {
+    match req.headers().get(http::header::HOST) {
+        Some(h) => (Some(h.clone()), true),
+        None => {
+            let a = req.uri().authority();
+            (
+                a.and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+                false,
+            )
+        }
+    }
 }
 
 /// The body towards servers, and whether the request can be sent again
@@ -572,6 +582,8 @@ pub(super) struct ReqCtx {
     pub(super) upgrade: bool,
     /// The Host header, or the HTTP/2 :authority.
     pub(super) host: Option<HeaderValue>,
+    /// The head sent to servers has a Host field.
+    pub(super) host_field: bool,
     /// Path and query to send (sharing the request's bytes).
     pub(super) path: http::uri::PathAndQuery,
     /// The request has no body (it can be sent again).

@@ -276,7 +276,11 @@ fn check_host(
     // An absolute-form target's authority is what routing reads, Host
     // what the server gets: they must agree (RFC 9112 §3.2.2 has a
     // proxy replace Host; refusing keeps the two from ever differing).
-    if let (Some(a), Some(h)) = (uri.authority(), headers.get(http::header::HOST)) {
+    // (Host is looked up only for an absolute-form target.)
+    if let Some((a, h)) = uri
+        .authority()
+        .and_then(|a| Some((a, headers.get(http::header::HOST)?)))
+    {
         if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) {
             return Err(HeadError::Bad(
                 "Host differs from the request target's authority",
