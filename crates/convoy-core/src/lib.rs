@@ -38,7 +38,34 @@ pub struct Snapshot {
     /// Config this snapshot was built from.
     pub config: Arc<Config>,
     /// Pools by name.
-    pub pools: HashMap<String, Arc<PoolRuntime>>,
+    pub pools: PoolMap,
+}
+
+/// Pools by name, hashed by [`NameHasher`]: every request looks its pool
+/// up, and the names are the operator's, not a client's (std's SipHash
+/// guards against keys an attacker picks, at several times the cost).
+pub type PoolMap = HashMap<String, Arc<PoolRuntime>, std::hash::BuildHasherDefault<NameHasher>>;
+
+/// FNV-1a over the bytes, then a murmur3 finalizer.
+#[derive(Default)]
+pub struct NameHasher(u64);
+
+impl std::hash::Hasher for NameHasher {
+    fn finish(&self) -> u64 {
+        convoy_balance::hash::fmix64(self.0)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
 }
 
 impl Snapshot {
@@ -57,5 +84,25 @@ impl Snapshot {
             })
             .collect();
         Snapshot { config, pools }
+    }
+}
+
+#[cfg(test)]
+mod name_hasher_tests {
+    use super::NameHasher;
+    use std::hash::BuildHasher;
+
+    #[test]
+    fn names_hash_apart_and_the_same_name_alike() {
+        let b = std::hash::BuildHasherDefault::<NameHasher>::default();
+        let names: Vec<String> = (0..1000).map(|i| format!("pool-{i}")).collect();
+        let mut seen = std::collections::HashSet::new();
+        for n in &names {
+            assert_eq!(b.hash_one(n), b.hash_one(n.clone()));
+            seen.insert(b.hash_one(n));
+        }
+        assert_eq!(seen.len(), names.len(), "no two of 1000 names collide");
+        // "ab" + "c" and "a" + "bc" as strings differ by their terminator.
+        assert_ne!(b.hash_one(("ab", "c")), b.hash_one(("a", "bc")));
     }
 }
