@@ -19,21 +19,24 @@ static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// A hop-by-hop field's name (RFC 9110 §7.6.1; those a `Connection`
+/// field names aside).
+pub fn is_hop_by_hop(k: &HeaderName) -> bool {
+    k == CONNECTION
+        || k == TE
+        || k == TRANSFER_ENCODING
+        || k == UPGRADE
+        || k == TRAILER
+        || k == PROXY_AUTHORIZATION
+        || k == PROXY_AUTHENTICATE
+        || k == KEEP_ALIVE
+        || k == PROXY_CONNECTION
+}
+
 /// Removes hop-by-hop headers. One pass over the names first: most
 /// messages have none (HTTP/2 requests cannot carry most of them).
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let hop = |k: &HeaderName| {
-        k == CONNECTION
-            || k == TE
-            || k == TRANSFER_ENCODING
-            || k == UPGRADE
-            || k == TRAILER
-            || k == PROXY_AUTHORIZATION
-            || k == PROXY_AUTHENTICATE
-            || k == KEEP_ALIVE
-            || k == PROXY_CONNECTION
-    };
-    if h.keys().any(hop) {
+    if h.keys().any(is_hop_by_hop) {
         crate::h1::parse::strip_hop(h, crate::h1::parse::hop::ALL);
     }
 }

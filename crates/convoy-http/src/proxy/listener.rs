@@ -438,12 +438,13 @@ pub(super) async fn serve_h2<S>(
         s: stream,
     };
     let handler = |req: Request<crate::http2::H2Body>| {
+        let meta = crate::h1::server::Meta::of_fields(req.headers());
         respond(
             Arc::clone(sh),
             req.map(InBody::H2),
             peer,
             Arc::clone(&info),
-            crate::h1::server::Meta::UNKNOWN,
+            meta,
         )
     };
     let stopped = async {

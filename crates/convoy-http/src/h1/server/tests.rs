@@ -335,3 +335,17 @@ async fn the_idle_timeout_counts_from_the_last_response() {
         "closed after {idle:?} idle"
     );
 }
+
+/// The fields noted for an HTTP/2 request, from its names.
+#[test]
+fn meta_of_fields_notes_hop_forwarding_and_explain_fields() {
+    let mut h = http::HeaderMap::new();
+    h.insert("accept", "*/*".parse().unwrap());
+    let m = Meta::of_fields(&h);
+    assert!(m.stripped && !m.forwarding && !m.explain);
+    h.insert("te", "trailers".parse().unwrap());
+    h.insert("x-forwarded-for", "192.0.2.1".parse().unwrap());
+    h.insert("x-convoy-explain", "t".parse().unwrap());
+    let m = Meta::of_fields(&h);
+    assert!(!m.stripped && m.forwarding && m.explain);
+}
