@@ -30,6 +30,10 @@ pub(super) struct Conn<S, H, F, B> {
     pub(super) out: Out,
     pub(super) dec: hpack::Decoder,
     pub(super) streams: IdMap<Stream<F, B>>,
+    /// Boxes of request paths that finished, for the next streams'
+    /// (`Pin::set`: no allocation and free per stream); dropped when the
+    /// connection has no stream left, so an idle connection holds none.
+    pub(super) spare_futs: Vec<Pin<Box<F>>>,
     pub(super) ready: Arc<Ready>,
     /// Streams that wait for our output to drain, or for the connection
     /// window.
@@ -127,6 +131,7 @@ where
             out,
             dec: hpack::Decoder::new(4096),
             streams: IdMap::default(),
+            spare_futs: Vec::new(),
             ready: Arc::new(Ready::default()),
             blocked: Vec::new(),
             conn_blocked: Vec::new(),

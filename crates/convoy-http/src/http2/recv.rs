@@ -292,14 +292,21 @@ where
                 self.out.headers(id, false, |enc, dst| enc.status(100, dst));
             }
         }
-        let fut = (self.handler)(request);
+        let fut = match self.spare_futs.pop() {
+            // A finished request path's box: the new one written in place.
+            Some(mut b) => {
+                b.as_mut().set((self.handler)(request));
+                b
+            }
+            None => Box::pin((self.handler)(request)),
+        };
         wake.wake_by_ref();
         self.streams.insert(
             id,
             Stream {
                 wake,
                 waker,
-                phase: Phase::Waiting(Box::pin(fut)),
+                phase: Phase::Waiting(fut),
                 send_window: self.peer_window,
                 recv_open: recv.is_some(),
                 recv,

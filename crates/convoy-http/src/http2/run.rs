@@ -22,6 +22,10 @@ use super::output::Out;
 use super::stream::{End, Phase, Step, Stream};
 use super::{BoxError, Error, CLOSED_MEMORY, RESET_BUDGET};
 
+/// Most finished request-path boxes a connection keeps for its next
+/// streams (each a few KB, held only while streams are open).
+const SPARE_FUTS: usize = 16;
+
 impl<S, H, F, B> Conn<S, H, F, B>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -51,7 +55,13 @@ where
             if s.recv_open {
                 s.give_back(id, taken, &mut self.out.buf, self.set.stream_window);
             }
-            let step = Self::step(s, id, &mut self.out, &mut self.conn_blocked);
+            let step = Self::step(
+                s,
+                id,
+                &mut self.out,
+                &mut self.conn_blocked,
+                &mut self.spare_futs,
+            );
             stalled |= s.stalled.is_some();
             self.give_back(taken + dropped);
             match step {
@@ -73,14 +83,30 @@ where
 
     /// Polls one stream: its request path, then its response body, sent
     /// as far as the windows and our output allow.
-    fn step(s: &mut Stream<F, B>, id: u32, out: &mut Out, conn_blocked: &mut Vec<u32>) -> Step {
+    fn step(
+        s: &mut Stream<F, B>,
+        id: u32,
+        out: &mut Out,
+        conn_blocked: &mut Vec<u32>,
+        spare_futs: &mut Vec<Pin<Box<F>>>,
+    ) -> Step {
         loop {
             match &mut s.phase {
                 Phase::Waiting(fut) => {
                     let mut cx = Context::from_waker(&s.waker);
                     match Self::respond(fut, id, &mut cx, out) {
                         ControlFlow::Break(step) => return step,
-                        ControlFlow::Continue(body) => s.phase = Phase::Body(body),
+                        ControlFlow::Continue(body) => {
+                            // The finished request path's box serves the
+                            // next stream.
+                            if let Phase::Waiting(done) =
+                                std::mem::replace(&mut s.phase, Phase::Body(body))
+                            {
+                                if spare_futs.len() < SPARE_FUTS {
+                                    spare_futs.push(done);
+                                }
+                            }
+                        }
                     }
                 }
                 Phase::Body(_) if !s.pending.is_empty() || s.end_pending => {
@@ -302,6 +328,7 @@ where
         self.give_back(back);
         if self.streams.is_empty() {
             self.last_read = Instant::now();
+            self.spare_futs = Vec::new();
         }
     }
 }

@@ -1011,3 +1011,45 @@ async fn a_stream_that_depends_on_itself_is_reset() {
     c.send(frame::PRIORITY, 0, 9, &p).await;
     assert_eq!(c.goaway().await, Reason::PROTOCOL_ERROR);
 }
+
+/// A finished request path's box is used again for later streams (in
+/// place) while the connection has streams open: every stream still gets
+/// its own answer, one after another and several at once.
+#[tokio::test]
+async fn later_streams_get_their_own_answers_in_reused_boxes() {
+    // Stream 1 stays open (its request path never answers), so the
+    // finished streams' boxes are kept for the next ones.
+    let handler = |req: Request<H2Body>| {
+        if req.uri().path() == "/hold" {
+            never(req)
+        } else {
+            hello(req)
+        }
+    };
+    let (io, calls, _t) = start(Settings::default(), handler);
+    let mut c = Raw::new(io).await;
+    c.next().await.unwrap();
+    c.get(1, "/hold", &[]).await;
+    for i in 0..6u32 {
+        let id = 3 + 2 * i;
+        c.get(id, &format!("/one/{i}"), &[]).await;
+        let (status, _, body) = c.response(id).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            format!("GET http://example.test/one/{i}")
+        );
+    }
+    for i in 0..4u32 {
+        c.get(15 + 2 * i, &format!("/many/{i}"), &[]).await;
+    }
+    for i in 0..4u32 {
+        let (status, _, body) = c.response(15 + 2 * i).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            format!("GET http://example.test/many/{i}")
+        );
+    }
+    assert_eq!(calls.load(Ordering::Relaxed), 11);
+}
