@@ -200,6 +200,8 @@ where
             }
         }
         out.response_head(id, end, status, &parts.headers);
+        // The head is written: its map serves the next head parsed here.
+        crate::h1::parse::recycle(std::mem::take(&mut parts.headers));
         if end {
             return ControlFlow::Break(Step::Done);
         }

@@ -278,9 +278,11 @@ thread_local! {
     static MAPS: std::cell::RefCell<Vec<HeaderMap>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Most maps kept per thread, and the largest kept (in fields).
+/// Most maps kept per thread, and the largest and smallest kept (in
+/// fields): a map too small for a usual head would only be grown again.
 const MAPS_KEPT: usize = 64;
 const MAP_KEPT_CAPACITY: usize = 64;
+const MAP_MIN_CAPACITY: usize = 12;
 
 /// A map for at least `n` fields: a recycled one, or a new one.
 fn take_map(n: usize) -> HeaderMap {
@@ -296,7 +298,7 @@ fn take_map(n: usize) -> HeaderMap {
 /// Gives a message's field map back once the message is written, for
 /// the next head parsed on this thread (emptied; a large one is dropped).
 pub fn recycle(mut map: HeaderMap) {
-    if map.capacity() > MAP_KEPT_CAPACITY {
+    if !(MAP_MIN_CAPACITY..=MAP_KEPT_CAPACITY).contains(&map.capacity()) {
         return;
     }
     map.clear();
