@@ -270,6 +270,13 @@ impl<T: Send + 'static> Watcher<T> {
                 deadlines
                     .retain(|Reverse((_, id, key))| slots.get(*key).is_some_and(|s| s.id == *id));
             }
+            // After a burst, the room it took is given back (the slab only
+            // down to its highest key in use).
+            if st.slots.capacity() > 4 * st.slots.len() + 256 {
+                st.slots.shrink_to_fit();
+                let keep = 2 * st.slots.len() + 64;
+                st.deadlines.shrink_to(keep);
+            }
         }
     }
 }
@@ -385,6 +392,33 @@ mod tests {
         assert!(now.elapsed() >= Duration::from_millis(150));
         assert_eq!(next(&rx).await, (1, Wake::Expired));
         assert!(now.elapsed() >= Duration::from_millis(400));
+    }
+
+    #[tokio::test]
+    async fn a_burst_leaves_no_room_behind_once_woken() {
+        let (lot, rx) = lot();
+        let at = Instant::now() + Duration::from_millis(100);
+        let mut peers = Vec::new();
+        for n in 0..400 {
+            let (a, b) = pair();
+            let fd = b.as_raw_fd();
+            lot.park((n, b), &[fd], at).map_err(|_| ()).unwrap();
+            peers.push(a);
+        }
+        assert!(lot.inner.lock().slots.capacity() >= 400);
+        for _ in 0..400 {
+            assert_eq!(next(&rx).await.1, Wake::Expired);
+        }
+        // The watcher shrinks the lot right after handing them back.
+        let mut cap = usize::MAX;
+        for _ in 0..100 {
+            cap = lot.inner.lock().slots.capacity();
+            if cap < 400 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(cap < 400, "the slab kept room for {cap}");
     }
 
     #[tokio::test]
