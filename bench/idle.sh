@@ -44,7 +44,10 @@ backend bt
   mode tcp
   server o 127.0.0.1:$ORIGIN
 HA
-cat > "$W/convoy.toml" <<CV
+# idle_conf FILE [HTTP_LISTENER_LINES] — convoy with an HTTP and a TCP
+# listener in front of the origin.
+idle_conf() {
+  cat > "$1" <<CV
 [node]
 workers = 1
 log_format = "text"
@@ -57,6 +60,7 @@ address = "127.0.0.1:$CONVOY"
 pool = "web"
 max_connections = 15000
 idle_timeout = "120s"
+${2:-}
 
 [[listeners]]
 protocol = "tcp"
@@ -70,11 +74,11 @@ health = { check = "none" }
 [[pools.web.servers]]
 address = "127.0.0.1:$ORIGIN"
 CV
-
+}
+idle_conf "$W/convoy.toml"
 # The same with idle HTTP/1.1 connections parked after 20 ms instead of
 # the default 2 s (docs/CONFIG.md, `park_after`).
-sed 's/^idle_timeout = "120s"$/idle_timeout = "120s"\npark_after = "20ms"/' "$W/convoy.toml" > "$W/convoy-park20ms.toml"
-sed -i '0,/park_after = "20ms"/!{/park_after = "20ms"/d}' "$W/convoy-park20ms.toml"
+idle_conf "$W/convoy-park20ms.toml" 'park_after = "20ms"'
 
 nginx -c "$W/nginx.conf" &
 sleep 0.5

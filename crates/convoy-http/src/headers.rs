@@ -19,6 +19,32 @@ static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// The field an operator asks convoy to explain its choice with (the
+/// admin token as its value); the answer comes back in one of the same
+/// name.
+pub const EXPLAIN: &str = "x-convoy-explain";
+
+/// Request fields the request path looks up only when a head has one,
+/// as the codecs note them.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Noted {
+    /// `X-Forwarded-*`: the client's own forwarding fields.
+    Forwarding,
+    /// [`EXPLAIN`].
+    Explain,
+}
+
+/// Which noted kind a field name (lowercase) is, if any.
+pub fn noted(name: &str) -> Option<Noted> {
+    if name.starts_with("x-forwarded-") {
+        Some(Noted::Forwarding)
+    } else if name == EXPLAIN {
+        Some(Noted::Explain)
+    } else {
+        None
+    }
+}
+
 /// A hop-by-hop field's name (RFC 9110 §7.6.1; those a `Connection`
 /// field names aside).
 pub fn is_hop_by_hop(k: &HeaderName) -> bool {

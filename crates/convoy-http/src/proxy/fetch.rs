@@ -369,7 +369,7 @@ pub(super) fn finish(
     if rc.explain {
         let text = explanation(&pool, idx, rc.class, rc.cost, queued_ms, &tried);
         if let Ok(v) = HeaderValue::from_str(&text) {
-            rparts.headers.insert("x-convoy-explain", v);
+            rparts.headers.insert(crate::headers::EXPLAIN, v);
         }
     }
     if rc.note_server {

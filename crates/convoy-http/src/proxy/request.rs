@@ -436,7 +436,7 @@ fn rate_limited(l: &convoy_core::ListenerRuntime, peer: SocketAddr) -> Response<
 /// An operator's request for an explanation: the header carries the
 /// admin token; it is removed (it never reaches a server).
 fn explain_asked(sh: &Shared, h: &mut http::HeaderMap) -> bool {
-    h.remove("x-convoy-explain").is_some_and(|v| {
+    h.remove(crate::headers::EXPLAIN).is_some_and(|v| {
         sh.ctx
             .explain_token
             .as_ref()

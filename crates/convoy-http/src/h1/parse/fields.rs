@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::{hop, MAX_HEADERS};
+use crate::headers::Noted;
 
 /// What the framing fields of a head said.
 #[derive(Default)]
@@ -137,11 +138,10 @@ impl Fields {
         } else if name.as_str() == "proxy-connection" {
             self.hop |= hop::PROXY_CONNECTION;
         } else {
-            let n = name.as_str();
-            if n.starts_with("x-forwarded-") {
-                self.forwarding = true;
-            } else if n == "x-convoy-explain" {
-                self.explain = true;
+            match crate::headers::noted(name.as_str()) {
+                Some(Noted::Forwarding) => self.forwarding = true,
+                Some(Noted::Explain) => self.explain = true,
+                None => {}
             }
             return false;
         }

@@ -103,14 +103,14 @@ impl Meta {
             explain: false,
         };
         for k in h.keys() {
+            use crate::headers::{noted, Noted};
             if crate::headers::is_hop_by_hop(k) {
                 m.stripped = false;
             } else {
-                let n = k.as_str();
-                if n.starts_with("x-forwarded-") {
-                    m.forwarding = true;
-                } else if n == "x-convoy-explain" {
-                    m.explain = true;
+                match noted(k.as_str()) {
+                    Some(Noted::Forwarding) => m.forwarding = true,
+                    Some(Noted::Explain) => m.explain = true,
+                    None => {}
                 }
             }
         }
