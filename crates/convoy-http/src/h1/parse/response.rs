@@ -185,7 +185,7 @@ mod tests {
     }
 
     #[test]
-    fn a_recycled_map_comes_back_empty() {
+    fn a_recycled_map_serves_the_next_head_empty() {
         let get = Method::GET;
         let h = resp(
             b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nContent-Length: 0\r\n\r\n",
@@ -194,12 +194,16 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(h.parts.headers.len(), 3);
+        let cap = h.parts.headers.capacity();
         super::super::recycle(h.parts.headers);
         let h = resp(b"HTTP/1.1 204 No Content\r\nC: 3\r\n\r\n", &get)
             .unwrap()
             .unwrap();
         let names: Vec<&str> = h.parts.headers.keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["c"]);
+        // The same map (a new one for this head would be smaller).
+        assert!(http::HeaderMap::<http::HeaderValue>::with_capacity(5).capacity() < cap);
+        assert_eq!(h.parts.headers.capacity(), cap, "the recycled map");
     }
 
     #[test]
