@@ -358,3 +358,25 @@ pub fn strip_hop(h: &mut HeaderMap, mask: u16) {
         h.remove(header::UPGRADE);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Maps kept for the next heads: one of a usual size is, one too
+    /// small to hold a usual head (it would be grown again) or too large
+    /// to keep is not.
+    #[test]
+    fn only_maps_of_a_usual_size_are_kept() {
+        let kept = || MAPS.with(|m| m.borrow().len());
+        let before = kept();
+        let mut small = HeaderMap::new();
+        small.insert("a", HeaderValue::from_static("1"));
+        assert!(small.capacity() < MAP_MIN_CAPACITY);
+        recycle(small);
+        recycle(HeaderMap::with_capacity(4 * MAP_KEPT_CAPACITY));
+        assert_eq!(kept(), before);
+        recycle(HeaderMap::with_capacity(MAP_MIN_CAPACITY));
+        assert_eq!(kept(), before + 1);
+    }
+}
