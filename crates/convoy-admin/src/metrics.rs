@@ -441,10 +441,10 @@ impl NodeCollector {
         gauges(
             enc,
             "listener_parked_connections",
-            "Idle HTTP/1.1 connections parked outside a task (part of listener_connections).",
+            "Idle TCP and HTTP/1.1 connections parked outside a task (part of listener_connections).",
             None,
             ls.iter()
-                .filter(|l| l.cfg.protocol == Protocol::Http)
+                .filter(|l| l.cfg.protocol != Protocol::Udp)
                 .map(|l| (labels(l), level(l.parked()))),
         )?;
         counters(
@@ -899,7 +899,7 @@ address = "127.0.0.1:9003"
             &out,
             &format!("convoy_listener_parked_connections{front} 0"),
         );
-        assert!(!out.contains(&format!("convoy_listener_parked_connections{db}")));
+        assert_line(&out, &format!("convoy_listener_parked_connections{db} 0"));
         assert_line(
             &out,
             r#"convoy_listener_responses_total{listener="front",protocol="http",code="2xx"} 2"#,

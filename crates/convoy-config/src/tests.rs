@@ -152,8 +152,8 @@ fn bad_files_get_exact_errors() {
             "bad.toml:5:13: listeners[0].same_port: only applies to TCP and UDP listeners",
         ),
         (
-            "[[listeners]]\naddress = \"127.0.0.1:80\"\npool = \"p\"\npark_after = \"1s\"\n",
-            "bad.toml:4:14: listeners[0].park_after: only applies to protocol = \"http\" listeners",
+            "[[listeners]]\nprotocol = \"udp\"\naddress = \"127.0.0.1:80\"\npool = \"p\"\npark_after = \"1s\"\n",
+            "bad.toml:5:14: listeners[0].park_after: only applies to protocol = \"tcp\" and \"http\" listeners",
         ),
         (
             "[[listeners]]\nprotocol = \"http\"\naddress = \"127.0.0.1:80\"\npool = \"p\"\n[[listeners.routes]]\nclient = \"10.0.0.0/33\"\n",

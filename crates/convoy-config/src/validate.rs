@@ -200,10 +200,10 @@ pub(crate) fn validate(cfg: &Config) -> Vec<(String, String)> {
                 err(p(k), "must be greater than 0s".into());
             }
         }
-        if l.park_after.is_some() && l.protocol != Protocol::Http {
+        if l.park_after.is_some() && l.protocol == Protocol::Udp {
             err(
                 p("park_after"),
-                "only applies to protocol = \"http\" listeners".into(),
+                "only applies to protocol = \"tcp\" and \"http\" listeners".into(),
             );
         }
         if l.cache.is_some() && l.protocol != Protocol::Http {

@@ -32,6 +32,19 @@ impl AdminState {
     }
 }
 
+/// Changes whenever some server's connections must close (any server of
+/// any node in this process): what watches connections held outside a
+/// task (parked L4 connections) looks then at each one's own server.
+static SERVER_KILLS: std::sync::LazyLock<watch::Sender<u64>> =
+    std::sync::LazyLock::new(|| watch::Sender::new(0));
+
+/// A receiver that changes whenever some server's connections must close
+/// ([`ServerState::close_connections`]); which server, each connection's
+/// own [`ServerState::kill_signal`] tells.
+pub fn server_kills() -> watch::Receiver<u64> {
+    SERVER_KILLS.subscribe()
+}
+
 /// Live per-server state, shared by every snapshot that contains the server.
 #[derive(Debug)]
 pub struct ServerState {
@@ -319,6 +332,8 @@ impl ServerState {
     /// config); HTTP requests in flight finish.
     pub fn close_connections(&self) {
         self.kill.send_modify(|v| *v += 1);
+        // After the server's own signal: whoever wakes for this sees it.
+        SERVER_KILLS.send_modify(|v| *v += 1);
     }
 }
 

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Why a parked connection was handed back to its owner.
@@ -130,8 +131,22 @@ impl<T: Send + 'static> Lot<T> {
     /// `Err(item)` when the lot takes no more (stopped or killed) or the
     /// sockets cannot be watched: the caller keeps serving it.
     pub fn park(&self, item: T, fds: &[RawFd], deadline: Instant) -> Result<(), T> {
+        self.park_if(item, fds, deadline, |_| true)
+    }
+
+    /// [`Lot::park`], if `keep` says so under the lot's lock: a check
+    /// that cannot miss a [`Lot::take_where`] made at the same time (a
+    /// kill signal seen before the item is parked refuses it; one seen
+    /// after finds it parked).
+    pub fn park_if(
+        &self,
+        item: T,
+        fds: &[RawFd],
+        deadline: Instant,
+        keep: impl FnOnce(&T) -> bool,
+    ) -> Result<(), T> {
         let mut st = self.inner.lock();
-        if st.stopped || fds.is_empty() || fds.len() > 2 {
+        if st.stopped || fds.is_empty() || fds.len() > 2 || !keep(&item) {
             return Err(item);
         }
         let key = st.slots.vacant_key();
@@ -180,6 +195,21 @@ impl<T: Send + 'static> Lot<T> {
     pub fn kill(&self) {
         self.inner.lock().kill = true;
         let _ = self.inner.waker.wake();
+    }
+
+    /// Takes out every parked connection `pick` chooses (out of the
+    /// epoll set, not handed back: the caller winds them down).
+    pub fn take_where(&self, mut pick: impl FnMut(&T) -> bool) -> Vec<T> {
+        let mut st = self.inner.lock();
+        let keys: Vec<usize> = st
+            .slots
+            .iter()
+            .filter(|(_, s)| pick(&s.item))
+            .map(|(k, _)| k)
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| self.inner.take(&mut st, k))
+            .collect()
     }
 
     /// How many connections are parked.
@@ -277,6 +307,41 @@ impl<T: Send + 'static> Watcher<T> {
                 let keep = 2 * st.slots.len() + 64;
                 st.deadlines.shrink_to(keep);
             }
+        }
+    }
+}
+
+/// Calls `on_change` each time one of `signals` changes (the kill
+/// signals a lot's owner watches for its parked connections), until
+/// `stop` turns true or a signal's sender is gone. Changes count from
+/// this call, not from the first poll.
+pub fn on_signals(
+    mut signals: Vec<watch::Receiver<u64>>,
+    mut stop: watch::Receiver<bool>,
+    mut on_change: impl FnMut() + Send,
+) -> impl std::future::Future<Output = ()> + Send {
+    for s in signals.iter_mut() {
+        s.mark_unchanged();
+    }
+    async move {
+        loop {
+            let changed = {
+                let any = async {
+                    if signals.is_empty() {
+                        std::future::pending::<()>().await;
+                    }
+                    let changes = signals.iter_mut().map(|s| Box::pin(s.changed()));
+                    futures_util::future::select_all(changes).await.0.is_ok()
+                };
+                tokio::select! {
+                    ok = any => ok,
+                    _ = stop.wait_for(|s| *s) => false,
+                }
+            };
+            if !changed {
+                return;
+            }
+            on_change();
         }
     }
 }
@@ -458,6 +523,73 @@ mod tests {
         let (_a, b) = pair();
         let fd = b.as_raw_fd();
         assert!(lot.park((9, b), &[fd], far).is_err());
+    }
+
+    #[tokio::test]
+    async fn take_where_takes_only_the_chosen_and_park_if_can_refuse() {
+        let (lot, rx) = lot();
+        let far = Instant::now() + Duration::from_secs(60);
+        let mut peers = Vec::new();
+        for n in 0..4 {
+            let (a, b) = pair();
+            let fd = b.as_raw_fd();
+            lot.park((n, b), &[fd], far).map_err(|_| ()).unwrap();
+            peers.push(a);
+        }
+        let mut taken: Vec<u32> = lot
+            .take_where(|(n, _)| n % 2 == 1)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        taken.sort();
+        assert_eq!(taken, [1, 3]);
+        assert_eq!(lot.len(), 2);
+        // Taken ones are out of the epoll set: their data wakes nothing.
+        peers[1].write_all(b"q").unwrap();
+        peers[0].write_all(b"q").unwrap();
+        assert_eq!(next(&rx).await, (0, Wake::Readable));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(rx.try_recv().is_err(), "a taken connection was handed back");
+        let (_a, b) = pair();
+        let fd = b.as_raw_fd();
+        let refused = lot.park_if((9, b), &[fd], far, |(n, _)| *n != 9);
+        assert!(matches!(refused, Err((9, _))));
+        assert_eq!(lot.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn on_signals_calls_back_per_change_until_stopped() {
+        let (k1, r1) = watch::channel(0u64);
+        let (k2, r2) = watch::channel(0u64);
+        let (stop_tx, stop) = watch::channel(false);
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        let task = tokio::spawn(on_signals(vec![r1, r2], stop, move || {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        let count = || calls.load(std::sync::atomic::Ordering::SeqCst);
+        k2.send_modify(|v| *v += 1);
+        for _ in 0..100 {
+            if count() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(count(), 1);
+        k1.send_modify(|v| *v += 1);
+        for _ in 0..100 {
+            if count() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(count(), 2);
+        stop_tx.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("ends when stopped")
+            .unwrap();
+        assert_eq!(count(), 2);
     }
 
     #[tokio::test]

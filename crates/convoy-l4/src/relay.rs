@@ -9,17 +9,25 @@
 //! (idle timeout, kill signals) and wakes only for those, aborting the mover
 //! when needed. The hot path reads no clock: the supervisor samples a
 //! transfer counter.
+//!
+//! With a park time, a connection idle that long is handed back whole
+//! ([`Relayed::Resting`]) so its owner can park it outside any task
+//! ([`crate::park`]): the mover stops only at a point where nothing is in
+//! flight (both directions open and waiting to read, no buffer held), so
+//! no byte is lost, and a later relay goes on from there.
 
 use std::future::Future;
 use std::io;
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::task::{ready, Poll};
+use std::task::{ready, Context as TaskCx, Poll};
+
+use futures_util::task::AtomicWaker;
 
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
@@ -42,6 +50,62 @@ pub enum End {
     ServerError(io::ErrorKind),
 }
 
+/// A relay's settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Bulk streams switch to splice(2) (Linux).
+    pub splice: bool,
+    /// No traffic either way for this long ends the relay.
+    pub idle: Duration,
+    /// No traffic for this long hands the connection back whole
+    /// ([`Relayed::Resting`]); `None`: never.
+    pub park_after: Option<Duration>,
+}
+
+/// Where a connection stands: bytes moved so far and when traffic was
+/// last seen (a relay that goes on from a parked connection starts there).
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    /// Client → server bytes.
+    pub to_server: u64,
+    /// Server → client bytes.
+    pub to_client: u64,
+    /// When traffic was last seen (its idle timeout counts from there).
+    pub last: Instant,
+}
+
+impl Progress {
+    /// A connection opened at `at`, nothing moved yet.
+    pub fn new(at: Instant) -> Progress {
+        Progress {
+            to_server: 0,
+            to_client: 0,
+            last: at,
+        }
+    }
+}
+
+/// How a relay returned.
+#[derive(Debug)]
+pub enum Relayed {
+    /// The connection is over.
+    Ended(Outcome),
+    /// Idle for the park time with nothing in flight: both sockets, to be
+    /// parked or relayed again.
+    Resting(Rest),
+}
+
+/// An idle connection handed back whole.
+#[derive(Debug)]
+pub struct Rest {
+    /// The client's socket.
+    pub client: TcpStream,
+    /// The server's socket.
+    pub server: TcpStream,
+    /// Bytes so far and when traffic was last seen.
+    pub progress: Progress,
+}
+
 /// Bytes moved and how the relay ended.
 #[derive(Debug)]
 pub struct Outcome {
@@ -60,12 +124,45 @@ enum Side {
 }
 
 /// Counters shared by the mover and the supervisor.
-#[derive(Default)]
 struct Counters {
     to_server: AtomicU64,
     to_client: AtomicU64,
     /// Transfers so far (both ways); the idle watchdog samples it.
     transfers: AtomicU64,
+    /// The supervisor asks the mover to stop at rest.
+    park: AtomicBool,
+    /// Wakes the mover for that.
+    park_waker: AtomicWaker,
+    /// Whether the mover looks at `park` at all.
+    may_park: bool,
+}
+
+impl Counters {
+    fn new(from: &Progress, may_park: bool) -> Counters {
+        Counters {
+            to_server: AtomicU64::new(from.to_server),
+            to_client: AtomicU64::new(from.to_client),
+            transfers: AtomicU64::new(0),
+            park: AtomicBool::new(false),
+            park_waker: AtomicWaker::new(),
+            may_park,
+        }
+    }
+
+    /// The supervisor's request: stop at the next rest.
+    fn ask_park(&self) {
+        self.park.store(true, Ordering::Release);
+        self.park_waker.wake();
+    }
+
+    /// The mover: whether parking was asked (the request is taken).
+    fn park_asked(&self, cx: &TaskCx<'_>) -> bool {
+        if !self.may_park {
+            return false;
+        }
+        self.park_waker.register(cx.waker());
+        self.park.load(Ordering::Acquire) && self.park.swap(false, Ordering::AcqRel)
+    }
 }
 
 struct Dir<'a> {
@@ -88,8 +185,14 @@ const COPY_BUF: usize = 16 * 1024;
 /// direction to splice(2) for good, so large transfers stay zero-copy.
 /// The buffer is held only while bytes flow: when the source has nothing
 /// more to read it goes back to the thread's spares, so an idle
-/// connection holds no buffer and no pipe.
-async fn pump(mut d: Dir<'_>, splice: bool, transfers: &AtomicU64) -> Result<(), SideError> {
+/// connection holds no buffer and no pipe. `rest` is true exactly while
+/// the pump waits to read with nothing held (the mover may stop there).
+async fn pump(
+    mut d: Dir<'_>,
+    splice: bool,
+    transfers: &AtomicU64,
+    rest: &AtomicBool,
+) -> Result<(), SideError> {
     let (src_side, dst_side) = (d.src_side, d.dst_side);
     let at_src = |e| (src_side, e);
     let at_dst = |e| (dst_side, e);
@@ -102,18 +205,24 @@ async fn pump(mut d: Dir<'_>, splice: bool, transfers: &AtomicU64) -> Result<(),
         // epoll): the next wait waits, with no read that would only say
         // EAGAIN.
         let n = poll_fn(|cx| {
-            ready!(d.src.as_ref().poll_read_ready(cx))?;
+            let ready = d.src.as_ref().poll_read_ready(cx);
+            if ready.is_pending() {
+                rest.store(true, Ordering::Relaxed);
+            }
+            ready!(ready)?;
             let b = held.get_or_insert_with(take_buf);
             let mut rb = ReadBuf::new(&mut b[..]);
             match Pin::new(&mut d.src).poll_read(cx, &mut rb) {
                 Poll::Ready(r) => Poll::Ready(r.map(|()| rb.filled().len())),
                 Poll::Pending => {
                     put_buf(held.take().unwrap_or_default());
+                    rest.store(true, Ordering::Relaxed);
                     Poll::Pending
                 }
             }
         })
         .await;
+        rest.store(false, Ordering::Relaxed);
         let buf = held.take().unwrap_or_default();
         let n = match n {
             Ok(0) => {
@@ -218,11 +327,21 @@ fn shutdown_write(s: &TcpStream) -> io::Result<()> {
     }
 }
 
+/// How the mover returned.
+enum Moved {
+    /// The connection is over.
+    End(End),
+    /// Stopped at rest (parking asked): both sockets, nothing in flight.
+    Rest(TcpStream, TcpStream),
+}
+
 /// Moves bytes both ways until both directions end or one fails; on a reset
 /// from one side, resets the other (SO_LINGER 0) rather than closing it
-/// gracefully, so the peer learns the exchange was cut. (A plain function
-/// returning an `async move` block: an `async fn` keeps its arguments
-/// twice in the future every connection's mover task carries.)
+/// gracefully, so the peer learns the exchange was cut. Asked to park, it
+/// stops when both directions wait to read with nothing held, and gives
+/// both sockets back. (A plain function returning an `async move` block:
+/// an `async fn` keeps its arguments twice in the future every
+/// connection's mover task carries.)
 // Not an `async fn` on purpose: see above.
 #[allow(clippy::manual_async_fn)]
 fn mover(
@@ -230,28 +349,48 @@ fn mover(
     mut server: TcpStream,
     splice: bool,
     c: Arc<Counters>,
-) -> impl Future<Output = End> + Send {
+) -> impl Future<Output = Moved> + Send {
     async move {
-        let (client_r, client_w) = client.split();
-        let (server_r, server_w) = server.split();
-        let up = Dir {
-            src: client_r,
-            dst: server_w,
-            src_side: Side::Client,
-            dst_side: Side::Server,
-            bytes: &c.to_server,
+        let rest = [AtomicBool::new(false), AtomicBool::new(false)];
+        let r = {
+            let (client_r, client_w) = client.split();
+            let (server_r, server_w) = server.split();
+            let up = Dir {
+                src: client_r,
+                dst: server_w,
+                src_side: Side::Client,
+                dst_side: Side::Server,
+                bytes: &c.to_server,
+            };
+            let down = Dir {
+                src: server_r,
+                dst: client_w,
+                src_side: Side::Server,
+                dst_side: Side::Client,
+                bytes: &c.to_client,
+            };
+            let mut pumps = std::pin::pin!(async {
+                tokio::try_join!(
+                    pump(up, splice, &c.transfers, &rest[0]),
+                    pump(down, splice, &c.transfers, &rest[1])
+                )
+            });
+            // The park request is looked at only when both pumps are
+            // waiting: at rest, dropping them loses nothing.
+            poll_fn(|cx| {
+                if let Poll::Ready(r) = pumps.as_mut().poll(cx) {
+                    return Poll::Ready(Some(r));
+                }
+                if c.park_asked(cx) && rest.iter().all(|r| r.load(Ordering::Relaxed)) {
+                    return Poll::Ready(None);
+                }
+                Poll::Pending
+            })
+            .await
         };
-        let down = Dir {
-            src: server_r,
-            dst: client_w,
-            src_side: Side::Server,
-            dst_side: Side::Client,
-            bytes: &c.to_client,
+        let Some(r) = r else {
+            return Moved::Rest(client, server);
         };
-        let r = tokio::try_join!(
-            pump(up, splice, &c.transfers),
-            pump(down, splice, &c.transfers)
-        );
         let end = match r {
             Ok(_) => End::Done,
             Err((Side::Client, e)) => End::ClientError(e.kind()),
@@ -265,43 +404,69 @@ fn mover(
             End::ServerError(io::ErrorKind::ConnectionReset) => reset(&client),
             _ => {}
         }
-        end
+        Moved::End(end)
     }
 }
 
 /// Relays until both directions end, the idle timeout passes with no
-/// traffic, or one of `kills` changes. Takes both streams and closes them.
-/// (A plain function returning an `async move` block, as [`mover`].)
+/// traffic, or one of `kills` changes (takes both streams and closes
+/// them); or, with a park time, until the connection has been idle that
+/// long with nothing in flight (hands both streams back). `from`: where
+/// the connection stands (a new one: [`Progress::new`]). (A plain function
+/// returning an `async move` block, as [`mover`].)
 // Not an `async fn` on purpose: see mover.
 #[allow(clippy::manual_async_fn)]
 pub fn relay<'a>(
     client: TcpStream,
     server: TcpStream,
-    splice: bool,
-    idle: Duration,
+    set: Settings,
+    from: Progress,
     kills: &'a mut [watch::Receiver<u64>],
-) -> impl Future<Output = Outcome> + Send + 'a {
+) -> impl Future<Output = Relayed> + Send + 'a {
     async move {
-        let counters = Arc::new(Counters::default());
-        let mut task = tokio::spawn(mover(client, server, splice, Arc::clone(&counters)));
-        // The watchdog wakes every quarter of the idle timeout and notes when
-        // the transfer count last moved: an idle connection closes between 1×
-        // and 1.25× the idle timeout after its last byte.
-        let step = (idle / 4).max(Duration::from_millis(10));
+        let counters = Arc::new(Counters::new(&from, set.park_after.is_some()));
+        let mut task = tokio::spawn(mover(client, server, set.splice, Arc::clone(&counters)));
+        // The watchdog wakes every quarter of the idle timeout (or every
+        // park time, if shorter) and notes when the transfer count last
+        // moved: an idle connection closes between 1× and 1.25× the idle
+        // timeout after its last byte, and is asked to park between 1×
+        // and 2× the park time after it.
+        let idle = set.idle;
+        let step = set
+            .park_after
+            .map_or(idle / 4, |p| p.min(idle / 4))
+            .max(Duration::from_millis(10));
         let mut seen = 0;
-        let mut last_change = Instant::now();
-        let mut next = last_change + step;
+        let mut last_change = from.last;
+        let mut next = Instant::now() + step;
         let end = loop {
             tokio::select! {
-                r = &mut task => break r.unwrap_or(End::Killed),
+                r = &mut task => match r {
+                    Ok(Moved::End(end)) => break end,
+                    Ok(Moved::Rest(client, server)) => {
+                        return Relayed::Resting(Rest {
+                            client,
+                            server,
+                            progress: Progress {
+                                to_server: counters.to_server.load(Ordering::Relaxed),
+                                to_client: counters.to_client.load(Ordering::Relaxed),
+                                last: last_change,
+                            },
+                        });
+                    }
+                    Err(_) => break End::Killed,
+                },
                 _ = sleep_until(next) => {
                     let now = counters.transfers.load(Ordering::Relaxed);
+                    let quiet = last_change.elapsed();
                     if now != seen {
                         seen = now;
                         last_change = Instant::now();
-                    } else if last_change.elapsed() >= idle {
+                    } else if quiet >= idle {
                         task.abort();
                         break End::Idle;
+                    } else if set.park_after.is_some_and(|p| quiet >= p) {
+                        counters.ask_park();
                     }
                     next = Instant::now() + step;
                 }
@@ -311,11 +476,11 @@ pub fn relay<'a>(
                 }
             }
         };
-        Outcome {
+        Relayed::Ended(Outcome {
             to_server: counters.to_server.load(Ordering::Relaxed),
             to_client: counters.to_client.load(Ordering::Relaxed),
             end,
-        }
+        })
     }
 }
 
@@ -349,18 +514,35 @@ mod tests {
         (a, b)
     }
 
+    fn set(splice: bool, idle: Duration) -> Settings {
+        Settings {
+            splice,
+            idle,
+            park_after: None,
+        }
+    }
+
+    /// A relay of a new connection that is to end (not rest).
+    async fn run(
+        client: TcpStream,
+        server: TcpStream,
+        set: Settings,
+        kills: &mut [watch::Receiver<u64>],
+    ) -> Outcome {
+        match relay(client, server, set, Progress::new(Instant::now()), kills).await {
+            Relayed::Ended(out) => out,
+            Relayed::Resting(_) => panic!("the relay rested"),
+        }
+    }
+
     #[tokio::test]
     async fn bytes_go_both_ways_and_half_close_is_passed_on() {
         for splice in [false, true] {
             let (mut client, c_side) = pair().await;
             let (mut server, s_side) = pair().await;
-            let relay = tokio::spawn(relay(
-                c_side,
-                s_side,
-                splice,
-                Duration::from_secs(5),
-                &mut [],
-            ));
+            let relay = tokio::spawn(async move {
+                run(c_side, s_side, set(splice, Duration::from_secs(5)), &mut []).await
+            });
             // A bulk upload (splice takes over after the first full read),
             // then the client's half-close; the server still answers.
             let up: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
@@ -394,13 +576,9 @@ mod tests {
         let made = || MADE.with(|m| m.get());
         let (mut client, c_side) = pair().await;
         let (mut server, s_side) = pair().await;
-        let relay = tokio::spawn(relay(
-            c_side,
-            s_side,
-            false,
-            Duration::from_secs(5),
-            &mut [],
-        ));
+        let relay = tokio::spawn(async move {
+            run(c_side, s_side, set(false, Duration::from_secs(5)), &mut []).await
+        });
         for round in 0..3 {
             client.write_all(b"ping").await.unwrap();
             let mut got = [0u8; 4];
@@ -423,14 +601,26 @@ mod tests {
     async fn an_idle_relay_ends_and_a_kill_ends_it_at_once() {
         let (_client, c_side) = pair().await;
         let (_server, s_side) = pair().await;
-        let out = relay(c_side, s_side, false, Duration::from_millis(100), &mut []).await;
+        let out = run(
+            c_side,
+            s_side,
+            set(false, Duration::from_millis(100)),
+            &mut [],
+        )
+        .await;
         assert_eq!(out.end, End::Idle);
         let (_client, c_side) = pair().await;
         let (_server, s_side) = pair().await;
         let (kill, rx) = watch::channel(0u64);
         let r = tokio::spawn(async move {
             let mut kills = [rx];
-            relay(c_side, s_side, false, Duration::from_secs(60), &mut kills).await
+            run(
+                c_side,
+                s_side,
+                set(false, Duration::from_secs(60)),
+                &mut kills,
+            )
+            .await
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         kill.send_replace(1);
@@ -441,17 +631,114 @@ mod tests {
         assert_eq!(out.end, End::Killed);
     }
 
+    fn parking(idle: Duration, after: Duration) -> Settings {
+        Settings {
+            splice: false,
+            idle,
+            park_after: Some(after),
+        }
+    }
+
+    /// One ping from the client, one pong from the server, through a relay.
+    async fn ping_pong(client: &mut TcpStream, server: &mut TcpStream) {
+        client.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        server.write_all(b"pong").await.unwrap();
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"pong");
+    }
+
+    #[tokio::test]
+    async fn an_idle_relay_rests_and_a_later_relay_goes_on_from_there() {
+        let (mut client, c_side) = pair().await;
+        let (mut server, s_side) = pair().await;
+        let set = parking(Duration::from_secs(10), Duration::from_millis(50));
+        let opened = Instant::now();
+        let r = tokio::spawn(async move {
+            relay(c_side, s_side, set, Progress::new(opened), &mut []).await
+        });
+        ping_pong(&mut client, &mut server).await;
+        let answered = Instant::now();
+        let rest = match tokio::time::timeout(Duration::from_secs(5), r).await {
+            Ok(Ok(Relayed::Resting(rest))) => rest,
+            other => panic!("no rest: {other:?}"),
+        };
+        let p = rest.progress;
+        assert_eq!((p.to_server, p.to_client), (4, 4));
+        assert!(p.last >= opened && p.last <= answered + Duration::from_millis(100));
+        // The client speaks while nobody relays: nothing is lost.
+        client.write_all(b"more").await.unwrap();
+        let r = tokio::spawn(async move {
+            let mut kills = [];
+            relay(rest.client, rest.server, set, p, &mut kills).await
+        });
+        let mut got = [0u8; 4];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"more");
+        ping_pong(&mut client, &mut server).await;
+        drop((client, server));
+        match r.await.unwrap() {
+            Relayed::Ended(out) => {
+                assert_eq!(out.end, End::Done);
+                assert_eq!((out.to_server, out.to_client), (12, 8), "counted on");
+            }
+            Relayed::Resting(_) => panic!("rested instead of ending"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_write_or_a_half_close_never_rests() {
+        // The server reads nothing: bytes wait in the relay's buffer.
+        let (mut client, c_side) = pair().await;
+        let (mut server, s_side) = pair().await;
+        let set = parking(Duration::from_secs(10), Duration::from_millis(30));
+        let r = tokio::spawn(async move {
+            relay(c_side, s_side, set, Progress::new(Instant::now()), &mut []).await
+        });
+        let up: Vec<u8> = (0..8_000_000u32).map(|i| (i % 253) as u8).collect();
+        let sent = up.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client
+        });
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(!r.is_finished(), "rested with bytes in flight");
+        let mut got = vec![0u8; up.len()];
+        server.read_exact(&mut got).await.unwrap();
+        assert!(got == up, "the upload arrived changed");
+        drop(writer.await.unwrap());
+        r.abort();
+        // Half-closed by the client: one direction is over, so it never
+        // rests, and the server's late answer still arrives.
+        let (mut client, c_side) = pair().await;
+        let (mut server, s_side) = pair().await;
+        let r = tokio::spawn(async move {
+            relay(c_side, s_side, set, Progress::new(Instant::now()), &mut []).await
+        });
+        client.shutdown().await.unwrap();
+        assert_eq!(server.read(&mut [0u8; 8]).await.unwrap(), 0);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!r.is_finished(), "a half-closed connection rested");
+        server.write_all(b"late").await.unwrap();
+        drop(server);
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"late");
+        match r.await.unwrap() {
+            Relayed::Ended(out) => assert_eq!(out.end, End::Done),
+            Relayed::Resting(_) => panic!("rested"),
+        }
+    }
+
     #[tokio::test]
     async fn a_reset_on_one_side_resets_the_other() {
         let (client, c_side) = pair().await;
         let (mut server, s_side) = pair().await;
-        let r = tokio::spawn(relay(
-            c_side,
-            s_side,
-            false,
-            Duration::from_secs(5),
-            &mut [],
-        ));
+        let r = tokio::spawn(async move {
+            run(c_side, s_side, set(false, Duration::from_secs(5)), &mut []).await
+        });
         // The client resets (SO_LINGER 0, then close).
         socket2::SockRef::from(&client)
             .set_linger(Some(Duration::ZERO))

@@ -339,6 +339,24 @@ impl Convoy {
             .expect("the node logged no admin_listening event")
     }
 
+    /// A series' value from the admin API's `/metrics` (`series` as
+    /// printed, labels included: `name{listener="web",protocol="tcp"}`).
+    pub fn metric(&self, series: &str) -> Option<u64> {
+        use std::io::{Read, Write};
+        let addr = self.admin_addr();
+        let mut s = std::net::TcpStream::connect(&addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        // The admin API refuses a Host that is not its own address.
+        s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let prefix = format!("{series} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     /// Every captured stderr line.
     pub fn stderr(&self) -> String {
         self.raw.lock().unwrap().join("\n")

@@ -482,17 +482,9 @@ async fn responses_are_compressed_for_clients_that_accept_it() {
     }
 }
 
-/// The listener "web"'s line of a metric, from `convoy ctl metrics`.
+/// The listener "web"'s line of a metric.
 fn metric(c: &Convoy, name: &str) -> Option<u64> {
-    let m = std::process::Command::new(BIN)
-        .args(["ctl", "--admin", &c.admin_addr(), "metrics"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&m.stdout).into_owned();
-    let prefix = format!("{name}{{listener=\"web\",protocol=\"http\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
+    c.metric(&format!("{name}{{listener=\"web\",protocol=\"http\"}}"))
 }
 
 /// Sends one request on `s` and returns the response head.

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use convoy_testkit::config::{Config, Listener, Pool, Server};
 use convoy_testkit::{ask_name, free_port, wait_until, Convoy, NamedBackend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -703,4 +705,246 @@ async fn query_shows_connections_bytes_and_the_single_server_in_use() {
     let q: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(q["pools"][0]["serves"], "l4");
     assert_eq!(q["pools"][0]["single"]["front"], "p1");
+}
+
+/// A server whose side of each accepted connection goes to the test (its
+/// pool has no health check: every connection it gets is a client's).
+async fn held_backend() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<tokio::net::TcpStream>,
+    tokio::task::JoinHandle<()>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            if tx.send(s).is_err() {
+                return;
+            }
+        }
+    });
+    (addr, rx, task)
+}
+
+/// Reads exactly `want` within 5 s.
+async fn expect(s: &mut tokio::net::TcpStream, want: &[u8]) {
+    let mut got = vec![0u8; want.len()];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+        .await
+        .expect("bytes in time")
+        .unwrap();
+    assert_eq!(got, want);
+}
+
+/// Waits (up to 10 s) for the end of stream; a clean end, no bytes.
+async fn expect_end(s: &mut tokio::net::TcpStream) {
+    let mut b = [0u8; 16];
+    let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut b)).await;
+    assert!(matches!(r, Ok(Ok(0))), "not a clean end: {r:?}");
+}
+
+/// A listener "db" parking after 200 ms, idle timeout 3 s.
+fn parking_listener(port: u16) -> Listener {
+    Listener::tcp(port, "p")
+        .set("name", "db")
+        .set("park_after", "200ms")
+        .set("idle_timeout", "3s")
+}
+
+const PARKED: &str = r#"convoy_listener_parked_connections{listener="db",protocol="tcp"}"#;
+
+async fn parked(c: &Convoy, n: u64) -> bool {
+    wait_until(Duration::from_secs(5), || c.metric(PARKED) == Some(n)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tcp_connections_are_parked_woken_by_either_side_and_timed_out() {
+    let (addr, mut accepted, _backend) = held_backend().await;
+    let port = free_port();
+    let cfg = Config::new()
+        .listener(parking_listener(port))
+        .pool(
+            Pool::new("p")
+                .health([("check", "none".into())])
+                .server(Server::new("a", addr)),
+        )
+        .build();
+    let c = Convoy::start(BIN, &cfg).await;
+    let mut pairs = Vec::new();
+    for i in 0..8u8 {
+        let mut client = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        client.write_all(&[b'h', i]).await.unwrap();
+        let mut server = accepted.recv().await.unwrap();
+        expect(&mut server, &[b'h', i]).await;
+        server.write_all(&[b'o', i]).await.unwrap();
+        expect(&mut client, &[b'o', i]).await;
+        pairs.push((client, server));
+    }
+    assert!(parked(&c, 8).await, "{:?}", c.metric(PARKED));
+    let db = r#"{listener="db",protocol="tcp"}"#;
+    assert_eq!(
+        c.metric(&format!("convoy_listener_connections{db}")),
+        Some(8)
+    );
+
+    // The client speaks first: relayed again, both ways.
+    let (client, server) = &mut pairs[0];
+    client.write_all(b"again").await.unwrap();
+    expect(server, b"again").await;
+    server.write_all(b"back").await.unwrap();
+    expect(client, b"back").await;
+    // The server speaks first (a push, a late greeting).
+    let (client, server) = &mut pairs[1];
+    server.write_all(b"push").await.unwrap();
+    expect(client, b"push").await;
+    // The server half-closes while parked: the client sees the end, and
+    // its own late bytes still reach the server.
+    let (client, server) = &mut pairs[2];
+    server.shutdown().await.unwrap();
+    expect_end(client).await;
+    client.write_all(b"last").await.unwrap();
+    expect(server, b"last").await;
+    client.shutdown().await.unwrap();
+    expect_end(server).await;
+    // The client half-closes while parked: the server reads the end and
+    // still answers.
+    let (client, server) = &mut pairs[3];
+    client.shutdown().await.unwrap();
+    expect_end(server).await;
+    server.write_all(b"bye").await.unwrap();
+    server.shutdown().await.unwrap();
+    expect(client, b"bye").await;
+    expect_end(client).await;
+    let touched = Instant::now();
+    // 0 and 1 are parked again; 2 and 3 are over.
+    assert!(parked(&c, 6).await, "{:?}", c.metric(PARKED));
+    assert_eq!(
+        c.metric(&format!("convoy_listener_connections{db}")),
+        Some(6)
+    );
+
+    // The idle timeout holds, counted from each one's last traffic: the
+    // untouched ones close first, then 0 and 1 about 3 s after theirs.
+    let (client, server) = &mut pairs[5];
+    expect_end(client).await;
+    expect_end(server).await;
+    let (client, _) = &mut pairs[1];
+    expect_end(client).await;
+    let t = touched.elapsed();
+    assert!(
+        t >= Duration::from_millis(2500) && t < Duration::from_secs(6),
+        "closed {t:?} after its last traffic"
+    );
+    assert!(parked(&c, 0).await, "{:?}", c.metric(PARKED));
+    let open = format!("convoy_listener_connections{db}");
+    assert!(wait_until(Duration::from_secs(5), || c.metric(&open) == Some(0)).await);
+    // Each connection's bytes were counted once, whole, across its parks.
+    let a = r#"{pool="p",server="a",zone="default"}"#;
+    let up = format!("convoy_server_client_to_server_bytes_total{a}");
+    let down = format!("convoy_server_server_to_client_bytes_total{a}");
+    let want = (Some(16 + 5 + 4), Some(16 + 4 + 4 + 3));
+    let counted = wait_until(Duration::from_secs(5), || {
+        (c.metric(&up), c.metric(&down)) == want
+    })
+    .await;
+    assert!(counted, "{:?}", (c.metric(&up), c.metric(&down)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_kill_closes_only_its_own_parked_connections() {
+    let (addr_a, mut acc_a, _ta) = held_backend().await;
+    let (addr_b, mut acc_b, _tb) = held_backend().await;
+    let port = free_port();
+    let cfg = |b_on: bool| {
+        Config::new()
+            .listener(parking_listener(port).set("idle_timeout", "60s"))
+            .pool(
+                Pool::new("p")
+                    .health([("check", "none".into())])
+                    .set("algorithm", "round_robin")
+                    .server(Server::new("a", addr_a))
+                    .server(Server::new("b", addr_b).set("enabled", b_on)),
+            )
+            .build()
+    };
+    let c = Convoy::start(BIN, &cfg(true)).await;
+    let mut on_a = None;
+    let mut on_b = None;
+    for _ in 0..2 {
+        let mut client = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        client.write_all(b"hi").await.unwrap();
+        tokio::select! {
+            Some(mut s) = acc_a.recv() => { expect(&mut s, b"hi").await; on_a = Some((client, s)) }
+            Some(mut s) = acc_b.recv() => { expect(&mut s, b"hi").await; on_b = Some((client, s)) }
+        }
+    }
+    let (mut ca, mut sa) = on_a.expect("a connection to a");
+    let (mut cb, _sb) = on_b.expect("a connection to b");
+    assert!(parked(&c, 2).await, "{:?}", c.metric(PARKED));
+    assert_eq!(c.reload(&cfg(false)).await, "reload_applied");
+    let t = Instant::now();
+    expect_end(&mut cb).await;
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert!(parked(&c, 1).await, "{:?}", c.metric(PARKED));
+    // a's connection stayed parked and still works.
+    ca.write_all(b"still").await.unwrap();
+    expect(&mut sa, b"still").await;
+    // A listener disable closes the rest at once.
+    assert!(parked(&c, 1).await);
+    let out = std::process::Command::new(BIN)
+        .args([
+            "ctl",
+            "--admin",
+            &c.admin_addr(),
+            "listener",
+            "db",
+            "disable",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let t = Instant::now();
+    expect_end(&mut ca).await;
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert!(parked(&c, 0).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_stop_relays_parked_connections_until_they_close() {
+    let (addr, mut accepted, _backend) = held_backend().await;
+    let port = free_port();
+    let cfg = Config::new()
+        .listener(parking_listener(port).set("idle_timeout", "60s"))
+        .pool(
+            Pool::new("p")
+                .health([("check", "none".into())])
+                .server(Server::new("a", addr)),
+        )
+        .build();
+    let mut c = Convoy::start(BIN, &cfg).await;
+    let mut client = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    client.write_all(b"hi").await.unwrap();
+    let mut server = accepted.recv().await.unwrap();
+    expect(&mut server, b"hi").await;
+    assert!(parked(&c, 1).await);
+    c.signal("QUIT");
+    assert!(c.wait_event("drainstop", Duration::from_secs(5)).await);
+    // Handed back by the stopping listener, it is relayed on, and the
+    // node waits for it.
+    client.write_all(b"during").await.unwrap();
+    expect(&mut server, b"during").await;
+    server.write_all(b"ok").await.unwrap();
+    expect(&mut client, b"ok").await;
+    assert_eq!(c.wait_exit(Duration::from_millis(500)).await, None);
+    drop(client);
+    expect_end(&mut server).await;
+    drop(server);
+    assert_eq!(c.wait_exit(Duration::from_secs(5)).await, Some(0));
 }

@@ -12,7 +12,7 @@ use std::task::{Context as TaskCx, Poll};
 use bytes::Bytes;
 use convoy_core::context::Context;
 use convoy_core::ListenerRuntime;
-use convoy_l4::tcp::Admitted;
+use convoy_l4::tcp::{Admitted, Counted, StopLot};
 use http::Request;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -101,38 +101,13 @@ pub(super) struct Parked {
     counted: Counted,
 }
 
-/// One of a listener's parked connections, counted until dropped.
-pub(super) struct Counted(Arc<ListenerRuntime>);
-
-impl Counted {
-    fn new(l: &Arc<ListenerRuntime>) -> Counted {
-        l.count_parked();
-        Counted(Arc::clone(l))
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.count_unparked();
-    }
-}
-
-/// Stops a lot when dropped.
-struct StopLot(convoy_l4::park::Lot<Parked>);
-
-impl Drop for StopLot {
-    fn drop(&mut self) {
-        self.0.stop();
-    }
-}
-
 /// Starts the lot's thread (a connection it hands back gets a task on
 /// this runtime) and the task that closes parked connections on a kill.
 fn start_lot(
     sh: &Arc<Shared>,
     watcher: convoy_l4::park::Watcher<Parked>,
     stop: watch::Receiver<bool>,
-) -> Option<StopLot> {
+) -> Option<StopLot<Parked>> {
     let (lot, _) = sh.lot.clone()?;
     let rt = tokio::runtime::Handle::current();
     let (sh2, stop2) = (Arc::clone(sh), stop.clone());
@@ -147,22 +122,9 @@ fn start_lot(
         lot.stop();
         return None;
     }
-    let mut kills = [sh.ctx.kill.clone(), sh.listener.kill_signal()];
-    for k in kills.iter_mut() {
-        k.mark_unchanged();
-    }
-    let (l, mut stop) = (lot.clone(), stop);
-    tokio::spawn(async move {
-        let [mut k1, mut k2] = kills;
-        loop {
-            tokio::select! {
-                r = k1.changed() => if r.is_err() { return },
-                r = k2.changed() => if r.is_err() { return },
-                _ = stop.wait_for(|s| *s) => return,
-            }
-            l.kill();
-        }
-    });
+    let signals = vec![sh.ctx.kill.clone(), sh.listener.kill_signal()];
+    let l = lot.clone();
+    tokio::spawn(convoy_l4::park::on_signals(signals, stop, move || l.kill()));
     Some(StopLot(lot))
 }
 
