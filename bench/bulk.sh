@@ -19,20 +19,7 @@ need_tools "haproxy iperf3" haproxy iperf3
 bench_workdir
 IPERF=18581; CONVOY=18582; HAP=18583
 convoy_conf "$W/convoy.toml" tcp $CONVOY $IPERF
-cat > "$W/haproxy.cfg" <<HA
-global
-  nbthread 1
-defaults
-  mode tcp
-  timeout connect 3s
-  timeout client 60s
-  timeout server 60s
-frontend f
-  bind 127.0.0.1:$HAP
-  default_backend b
-backend b
-  server o 127.0.0.1:$IPERF
-HA
+haproxy_tcp_conf "$W" $HAP $IPERF
 
 ticks() { awk '{print $14 + $15}' /proc/"$1"/stat; }
 HZ=$(getconf CLK_TCK)

@@ -3,7 +3,7 @@
 # nginx origin, all on loopback:
 #  - HTTP keep-alive (`protocol = "http"` / `mode http`) at about 10,000
 #    connections: each sends one request, reads the answer and stays open;
-#  - TCP (`protocol = "tcp"` / `mode tcp`) at about 5,000: each carries one
+#  - TCP (`protocol = "tcp"` / `mode tcp`) at about 10,000: each carries one
 #    request and answer end to end and stays open (a TCP connection holds
 #    a server connection too: two descriptors each).
 # The proxy's RSS is read before and after, and so is the heap glibc's
@@ -14,12 +14,12 @@
 # How to read the figures: bench/RESULTS.md.
 #
 #   bench/idle.sh [http_connections] [tcp_connections]
-#   (defaults 9900 and 4900: the most HAProxy takes under this machine's
+#   (defaults 9900 and 9800: about the most HAProxy takes under this machine's
 #   hard descriptor limit of 20000; needs a release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-9900}
-NT=${2:-4900}
+NT=${2:-9800}
 BIN=${CONVOY_BIN:-target/release/convoy}
 [ -x "$BIN" ] || cargo build --release -p convoy
 for t in haproxy nginx python3; do
@@ -44,8 +44,8 @@ backend bt
   mode tcp
   server o 127.0.0.1:$ORIGIN
 HA
-# idle_conf FILE [HTTP_LISTENER_LINES] — convoy with an HTTP and a TCP
-# listener in front of the origin.
+# idle_conf FILE [LISTENER_LINES] — convoy with an HTTP and a TCP
+# listener in front of the origin (the lines go into both).
 idle_conf() {
   cat > "$1" <<CV
 [node]
@@ -68,6 +68,7 @@ address = "127.0.0.1:$CONVOY_T"
 pool = "web"
 max_connections = 15000
 idle_timeout = "120s"
+${2:-}
 
 [pools.web]
 health = { check = "none" }
@@ -76,8 +77,8 @@ address = "127.0.0.1:$ORIGIN"
 CV
 }
 idle_conf "$W/convoy.toml"
-# The same with idle HTTP/1.1 connections parked after 20 ms instead of
-# the default 2 s (docs/CONFIG.md, `park_after`).
+# The same with idle connections parked after 20 ms instead of the
+# default 2 s (docs/CONFIG.md, `park_after`).
 idle_conf "$W/convoy-park20ms.toml" 'park_after = "20ms"'
 
 nginx -c "$W/nginx.conf" &
@@ -140,10 +141,8 @@ for kind in http tcp; do
   CPID=$!
   echo "$kind $n convoy $(measure $CPID $cp $n "$W/err.convoy")"
   kill $CPID; wait $CPID 2>/dev/null || true
-  if [ $kind = http ]; then
-    "$BIN" run -c "$W/convoy-park20ms.toml" 2>"$W/err.convoy" &
-    CPID=$!
-    echo "$kind $n convoy-park20ms $(measure $CPID $cp $n "$W/err.convoy")"
-    kill $CPID; wait $CPID 2>/dev/null || true
-  fi
+  "$BIN" run -c "$W/convoy-park20ms.toml" 2>"$W/err.convoy" &
+  CPID=$!
+  echo "$kind $n convoy-park20ms $(measure $CPID $cp $n "$W/err.convoy")"
+  kill $CPID; wait $CPID 2>/dev/null || true
 done

@@ -22,20 +22,8 @@ ORIGIN=18181; HAP=18182; CONVOY=18183; IPERF=18184; HAP_I=18185; CONVOY_I=18186
 
 . bench/lib.sh
 origin_conf "$W" $ORIGIN
-cat > "$W/haproxy.cfg" <<HA
-global
-  nbthread 1
-  maxconn 4000
-defaults
-  mode tcp
-  timeout connect 3s
-  timeout client 60s
-  timeout server 60s
-frontend f
-  bind 127.0.0.1:$HAP
-  default_backend b
-backend b
-  server o 127.0.0.1:$ORIGIN
+haproxy_tcp_conf "$W" $HAP $ORIGIN
+cat >> "$W/haproxy.cfg" <<HA
 frontend fi
   bind 127.0.0.1:$HAP_I
   default_backend bi

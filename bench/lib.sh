@@ -72,6 +72,28 @@ backend b
 HA
 }
 
+# haproxy_tcp_conf DIR PORT SERVER_PORT [MAXCONN] — HAProxy 2.6 `mode tcp`,
+# `nbthread 1`, frontend f → backend b (one server); writes DIR/haproxy.cfg
+# (append more frontends after it).
+haproxy_tcp_conf() {
+  local dir=$1 port=$2 server=$3 maxconn=${4:-4000}
+  cat > "$dir/haproxy.cfg" <<HA
+global
+  nbthread 1
+  maxconn $maxconn
+defaults
+  mode tcp
+  timeout connect 3s
+  timeout client 60s
+  timeout server 60s
+frontend f
+  bind 127.0.0.1:$port
+  default_backend b
+backend b
+  server o 127.0.0.1:$server
+HA
+}
+
 # wait_port PORT — until something listens on 127.0.0.1:PORT (10 s).
 wait_port() {
   for _ in $(seq 100); do

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The CPU cost of parking idle HTTP/1.1 connections (`park_after`):
-# N keep-alive clients each send a request, read the answer and wait
-# THINK seconds, for 10 s, through convoy with parking off ("0s"), with
-# every wait parked ("20ms"), and through HAProxy 2.6 in the same run.
-# Prints the proxy's CPU (utime+stime) per request.
+# The CPU cost of parking idle connections (`park_after`): N keep-alive
+# clients each send a request, read the answer and wait THINK seconds,
+# for 10 s, through convoy with parking off ("0s"), with every wait
+# parked ("20ms"), and through HAProxy 2.6 in the same run. Prints the
+# proxy's CPU (utime+stime) per request. PROTO=tcp: the same through TCP
+# listeners (`mode tcp`; each client's requests still HTTP/1.1 to nginx).
 #
 #   bench/park.sh [connections] [think_seconds]   (defaults 200 and 0.1)
+#   PROTO=tcp bench/park.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-200}
@@ -20,9 +22,14 @@ trap 'kill $(jobs -p) 2>/dev/null; sleep 0.3; rm -rf "$W"' EXIT
 ORIGIN=18291; PROXY=18292
 . bench/lib.sh
 origin_conf "$W" $ORIGIN
-haproxy_http_conf "$W" $PROXY $ORIGIN 9990 ""
+PROTO=${PROTO:-http}
+if [ "$PROTO" = tcp ]; then
+  haproxy_tcp_conf "$W" $PROXY $ORIGIN 9990
+else
+  haproxy_http_conf "$W" $PROXY $ORIGIN 9990 ""
+fi
 for park in 0s 20ms; do
-  convoy_conf "$W/convoy-$park.toml" http $PROXY $ORIGIN "park_after = \"$park\""
+  convoy_conf "$W/convoy-$park.toml" "$PROTO" $PROXY $ORIGIN "park_after = \"$park\""
 done
 cat > "$W/think.py" <<'PY'
 import selectors, socket, sys, time
@@ -64,7 +71,7 @@ run() { # name command... -> one line
   awk -v n="$n" -v t="$((t1 - t0))" -v hz="$hz" -v name="$name" \
     'BEGIN { printf "%s %d %.1f\n", name, n, t / hz * 1e6 / n }'
 }
-echo "# parking cost; $N connections, think ${THINK}s, 10 s each; convoy $($BIN --version | cut -d' ' -f2) vs $(haproxy -v | head -1 | cut -d' ' -f1-3), $(date -u +%F), $(nproc) cores"
+echo "# parking cost ($PROTO); $N connections, think ${THINK}s, 10 s each; convoy $($BIN --version | cut -d' ' -f2) vs $(haproxy -v | head -1 | cut -d' ' -f1-3), $(date -u +%F), $(nproc) cores"
 echo "proxy requests cpu_us_per_request"
 run haproxy haproxy -f "$W/haproxy.cfg" -db
 run convoy-park-off "$BIN" run -c "$W/convoy-0s.toml"

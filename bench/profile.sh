@@ -7,6 +7,7 @@
 # bench/http.sh and bench/l4.sh.
 #
 #   bench/profile.sh [http|tcp] [top]     (default http, 25 functions)
+#   LISTENER='park_after = "0s"' bench/profile.sh tcp   (extra listener lines)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-http}
@@ -23,7 +24,7 @@ ORIGIN=18381; CONVOY=18383
 origin_conf "$W" $ORIGIN
 proto=http
 [ "$MODE" = tcp ] && proto=tcp
-convoy_conf "$W/convoy.toml" "$proto" $CONVOY $ORIGIN
+convoy_conf "$W/convoy.toml" "$proto" $CONVOY $ORIGIN "${LISTENER:-}"
 nginx -c "$W/nginx.conf" &
 sleep 0.5
 CONVOY_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$W/cg.%p" -q "$BIN" run -c "$W/convoy.toml" >/dev/null 2>&1 &

@@ -24,13 +24,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use std::future::poll_fn;
-use std::pin::Pin;
 use std::task::{ready, Context as TaskCx, Poll};
 
 use futures_util::task::AtomicWaker;
 
-use tokio::io::{AsyncRead, ReadBuf};
-use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
@@ -166,8 +163,8 @@ impl Counters {
 }
 
 struct Dir<'a> {
-    src: ReadHalf<'a>,
-    dst: WriteHalf<'a>,
+    src: &'a TcpStream,
+    dst: &'a TcpStream,
     src_side: Side,
     dst_side: Side,
     bytes: &'a AtomicU64,
@@ -188,7 +185,7 @@ const COPY_BUF: usize = 16 * 1024;
 /// connection holds no buffer and no pipe. `rest` is true exactly while
 /// the pump waits to read with nothing held (the mover may stop there).
 async fn pump(
-    mut d: Dir<'_>,
+    d: Dir<'_>,
     splice: bool,
     transfers: &AtomicU64,
     rest: &AtomicBool,
@@ -196,7 +193,7 @@ async fn pump(
     let (src_side, dst_side) = (d.src_side, d.dst_side);
     let at_src = |e| (src_side, e);
     let at_dst = |e| (dst_side, e);
-    let dst: &TcpStream = d.dst.as_ref();
+    let (src, dst) = (d.src, d.dst);
     let mut held: Option<Vec<u8>> = None;
     loop {
         // A buffer is taken only once the source is readable, and given
@@ -204,21 +201,21 @@ async fn pump(
         // the buffer tells tokio the socket is drained (edge-triggered
         // epoll): the next wait waits, with no read that would only say
         // EAGAIN.
-        let n = poll_fn(|cx| {
-            let ready = d.src.as_ref().poll_read_ready(cx);
+        let n = poll_fn(|cx| loop {
+            let ready = src.poll_read_ready(cx);
             if ready.is_pending() {
                 rest.store(true, Ordering::Relaxed);
             }
             ready!(ready)?;
             let b = held.get_or_insert_with(take_buf);
-            let mut rb = ReadBuf::new(&mut b[..]);
-            match Pin::new(&mut d.src).poll_read(cx, &mut rb) {
-                Poll::Ready(r) => Poll::Ready(r.map(|()| rb.filled().len())),
-                Poll::Pending => {
+            match try_recv(src, b) {
+                // Nothing after all (readiness now cleared): the next
+                // turn waits.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     put_buf(held.take().unwrap_or_default());
-                    rest.store(true, Ordering::Relaxed);
-                    Poll::Pending
                 }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                r => return Poll::Ready(r),
             }
         })
         .await;
@@ -239,8 +236,9 @@ async fn pump(
         while off < n {
             // Try first: a socket is nearly always writable, so waiting for
             // readiness first would cost a poll for nothing.
-            match dst.try_write(&buf[off..n]) {
+            match try_send(dst, &buf[off..n]) {
                 Ok(m) => off += m,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Polled in place: `writable()`'s future would take
                     // 152 bytes in every connection's.
@@ -262,10 +260,42 @@ async fn pump(
     // Boxed: only bulk streams get here, and its futures would double
     // the size of every connection's.
     #[cfg(target_os = "linux")]
-    Box::pin(splice_rest(d.src.as_ref(), dst, d.bytes, transfers))
+    Box::pin(splice_rest(src, dst, d.bytes, transfers))
         .await
         .map_err(|(s, e)| (if s { src_side } else { dst_side }, e))?;
     shutdown_write(dst).map_err(at_dst)
+}
+
+/// recv(2) under tokio's readiness: a read shorter than the buffer marks
+/// the socket drained (edge-triggered epoll: the next wait waits instead
+/// of reading only to learn EAGAIN). Made through rustix, not std: in a
+/// process with more than one thread glibc's wrappers enter and leave
+/// cancellation mode around each call (about 70 instructions).
+fn try_recv(s: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    let r = s.try_io(tokio::io::Interest::READABLE, || {
+        let (n, _) = rustix::net::recv(s, &mut *buf, rustix::net::RecvFlags::empty())?;
+        got = n;
+        if n > 0 && n < buf.len() {
+            // Readiness cleared as of before the read: data that came
+            // after it wakes the next wait.
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
+    });
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        r => r,
+    }
+}
+
+/// send(2) under tokio's readiness (EAGAIN clears it), through rustix as
+/// [`try_recv`]; never raises SIGPIPE.
+fn try_send(s: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    s.try_io(tokio::io::Interest::WRITABLE, || {
+        Ok(rustix::net::send(s, buf, rustix::net::SendFlags::NOSIGNAL)?)
+    })
 }
 
 /// The rest of a bulk direction, through a pipe with splice(2), until the
@@ -345,26 +375,24 @@ enum Moved {
 // Not an `async fn` on purpose: see above.
 #[allow(clippy::manual_async_fn)]
 fn mover(
-    mut client: TcpStream,
-    mut server: TcpStream,
+    client: TcpStream,
+    server: TcpStream,
     splice: bool,
     c: Arc<Counters>,
 ) -> impl Future<Output = Moved> + Send {
     async move {
         let rest = [AtomicBool::new(false), AtomicBool::new(false)];
         let r = {
-            let (client_r, client_w) = client.split();
-            let (server_r, server_w) = server.split();
             let up = Dir {
-                src: client_r,
-                dst: server_w,
+                src: &client,
+                dst: &server,
                 src_side: Side::Client,
                 dst_side: Side::Server,
                 bytes: &c.to_server,
             };
             let down = Dir {
-                src: server_r,
-                dst: client_w,
+                src: &server,
+                dst: &client,
                 src_side: Side::Server,
                 dst_side: Side::Client,
                 bytes: &c.to_client,
