@@ -4,7 +4,8 @@
 //! does not need a task, a timer and a registered waker of its own: a
 //! [`Lot`] keeps it as a plain record (its socket, out of tokio's reactor,
 //! and what the owner needs to go on) in one epoll set of its own (`mio`),
-//! watched by one thread per lot. The connection gets a task again when
+//! watched by one task per lot (the epoll set is itself in tokio's
+//! reactor). The connection gets a task again when
 //! its socket becomes readable, when its deadline passes, or when the lot
 //! is stopped (graceful stop: the owner's own code then winds it down); a
 //! kill closes every parked connection at once.
@@ -12,7 +13,7 @@
 //! A parked connection costs its record and a place in the epoll set
 //! instead of a task (the connection's future, tokio's task header, its
 //! timer and its waiters); parking and waking cost four `epoll_ctl`
-//! calls and a hand-off between threads, so owners park only connections
+//! calls per socket and a new task, so owners park only connections
 //! idle for some time.
 
 use std::cmp::Reverse;
@@ -24,6 +25,8 @@ use std::sync::{Arc, Mutex};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -55,7 +58,7 @@ struct State<T> {
     /// reused: other id) is skipped.
     deadlines: BinaryHeap<Reverse<(Instant, u64, usize)>>,
     next_id: u64,
-    /// Stopped: takes no more, hands every one back, the thread ends.
+    /// Stopped: takes no more, hands every one back, the watcher ends.
     stopped: bool,
     /// The parked connections are to be closed (the lot goes on).
     kill: bool,
@@ -81,7 +84,7 @@ impl<T> Clone for Lot<T> {
     }
 }
 
-/// The lot's own part: the epoll set its thread waits on
+/// The lot's own part: the epoll set its task waits on
 /// ([`Watcher::spawn`]).
 pub struct Watcher<T> {
     inner: Arc<Inner<T>>,
@@ -104,7 +107,7 @@ impl<T> Inner<T> {
 }
 
 impl<T: Send + 'static> Lot<T> {
-    /// A new lot, and the watcher whose thread watches it.
+    /// A new lot, and the watcher whose task watches it.
     pub fn new() -> io::Result<(Lot<T>, Watcher<T>)> {
         let poll = Poll::new()?;
         let inner = Arc::new(Inner {
@@ -178,14 +181,14 @@ impl<T: Send + 'static> Lot<T> {
         st.deadlines.push(Reverse((deadline, id, key)));
         drop(st);
         if earliest {
-            // The thread may be sleeping until a later deadline.
+            // The watcher may be sleeping until a later deadline.
             let _ = self.inner.waker.wake();
         }
         Ok(())
     }
 
     /// Graceful stop: every parked connection is handed back with
-    /// [`Wake::Stopped`], the lot takes no more and its thread ends.
+    /// [`Wake::Stopped`], the lot takes no more and its watcher ends.
     pub fn stop(&self) {
         self.inner.lock().stopped = true;
         let _ = self.inner.waker.wake();
@@ -224,43 +227,71 @@ impl<T: Send + 'static> Lot<T> {
 }
 
 impl<T: Send + 'static> Watcher<T> {
-    /// Starts the lot's thread; `resume` gets each connection handed back
-    /// (on that thread: it should hand the work to a runtime, not do it).
-    /// The thread ends after [`Lot::stop`] or [`Lot::kill`].
-    pub fn spawn<R>(self, resume: R) -> io::Result<std::thread::JoinHandle<()>>
+    /// Watches the lot until it is stopped, as a task on the current
+    /// runtime: `resume` gets each connection handed back (it should
+    /// spawn the work, not do it). The lot's epoll set is itself watched
+    /// by tokio's reactor, so a wake is a task switch on the same thread,
+    /// not a hand-off between threads, and the process gains no thread
+    /// (glibc's system-call wrappers cost more in a process with two).
+    /// Ends after [`Lot::stop`], handing every parked connection back.
+    pub fn spawn<R>(self, resume: R) -> io::Result<tokio::task::JoinHandle<()>>
     where
-        R: Fn(T, Wake) + Send + 'static,
+        R: FnMut(T, Wake) + Send + 'static,
     {
-        std::thread::Builder::new()
-            .name("convoy-park".into())
-            .spawn(move || self.run(resume))
+        let Watcher { inner, poll } = self;
+        // Deprecated for descriptors an owner may close or swap; `Poll`
+        // owns its epoll descriptor for its whole life, so this one holds.
+        #[allow(deprecated)]
+        let afd = AsyncFd::with_interest(poll, tokio::io::Interest::READABLE)?;
+        Ok(tokio::spawn(run(inner, afd, resume)))
     }
+}
 
-    /// Watches the lot until it is stopped.
-    fn run<R: Fn(T, Wake)>(self, resume: R) {
-        let Watcher { inner, mut poll } = self;
-        let mut events = Events::with_capacity(256);
+/// The watcher's loop.
+async fn run<T, R: FnMut(T, Wake)>(inner: Arc<Inner<T>>, mut afd: AsyncFd<Poll>, mut resume: R) {
+    let mut events = Events::with_capacity(256);
+    loop {
+        let (stopped, kill) = {
+            let mut st = inner.lock();
+            (st.stopped, std::mem::take(&mut st.kill))
+        };
+        if kill {
+            close(&inner, None, &mut resume);
+        }
+        if stopped {
+            return close(&inner, Some(Wake::Stopped), &mut resume);
+        }
+        let next = inner.lock().deadlines.peek().map(|Reverse((d, _, _))| *d);
+        let due = async {
+            match next {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = afd.readable() => match r {
+                // Cleared before the epoll set is read: an event after
+                // that read wakes the next wait.
+                Ok(mut guard) => guard.clear_ready(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "parked connections: the wait failed; all handed back");
+                    inner.lock().stopped = true;
+                    return close(&inner, Some(Wake::Stopped), &mut resume);
+                }
+            },
+            () = due => {}
+        }
+        // Everything ready now, without blocking.
         loop {
-            let (stopped, kill) = {
-                let mut st = inner.lock();
-                (st.stopped, std::mem::take(&mut st.kill))
-            };
-            if kill {
-                close(&inner, None, &resume);
-            }
-            if stopped {
-                return close(&inner, Some(Wake::Stopped), &resume);
-            }
-            let next = inner.lock().deadlines.peek().map(|Reverse((d, _, _))| *d);
-            let timeout = next.map(|d| d.saturating_duration_since(Instant::now()));
-            if let Err(e) = poll.poll(&mut events, timeout) {
+            if let Err(e) = afd.get_mut().poll(&mut events, Some(Duration::ZERO)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 tracing::warn!(error = %e, "parked connections: the wait failed; all handed back");
                 inner.lock().stopped = true;
-                return close(&inner, Some(Wake::Stopped), &resume);
+                return close(&inner, Some(Wake::Stopped), &mut resume);
             }
+            let full = events.iter().count() == events.capacity();
             for ev in events.iter() {
                 if ev.token() == WAKER {
                     continue;
@@ -270,43 +301,45 @@ impl<T: Send + 'static> Watcher<T> {
                     resume(item, Wake::Readable);
                 }
             }
-            let now = Instant::now();
-            loop {
-                let item = {
-                    let mut st = inner.lock();
-                    match st.deadlines.peek() {
-                        Some(Reverse((d, _, _))) if *d <= now => {}
-                        _ => break,
-                    }
-                    let Some(Reverse((_, id, key))) = st.deadlines.pop() else {
-                        break;
-                    };
-                    if st.slots.get(key).is_none_or(|s| s.id != id) {
-                        continue;
-                    }
-                    inner.take(&mut st, key)
-                };
-                if let Some(item) = item {
-                    resume(item, Wake::Expired);
+            if !full {
+                break;
+            }
+        }
+        let now = Instant::now();
+        loop {
+            let item = {
+                let mut st = inner.lock();
+                match st.deadlines.peek() {
+                    Some(Reverse((d, _, _))) if *d <= now => {}
+                    _ => break,
                 }
+                let Some(Reverse((_, id, key))) = st.deadlines.pop() else {
+                    break;
+                };
+                if st.slots.get(key).is_none_or(|s| s.id != id) {
+                    continue;
+                }
+                inner.take(&mut st, key)
+            };
+            if let Some(item) = item {
+                resume(item, Wake::Expired);
             }
-            // Deadlines of connections that woke first are dropped now
-            // and then, so the heap stays about the size of the lot.
-            let mut st = inner.lock();
-            if st.deadlines.len() > 2 * st.slots.len() + 64 {
-                let State {
-                    slots, deadlines, ..
-                } = &mut *st;
-                deadlines
-                    .retain(|Reverse((_, id, key))| slots.get(*key).is_some_and(|s| s.id == *id));
-            }
-            // After a burst, the room it took is given back (the slab only
-            // down to its highest key in use).
-            if st.slots.capacity() > 4 * st.slots.len() + 256 {
-                st.slots.shrink_to_fit();
-                let keep = 2 * st.slots.len() + 64;
-                st.deadlines.shrink_to(keep);
-            }
+        }
+        // Deadlines of connections that woke first are dropped now
+        // and then, so the heap stays about the size of the lot.
+        let mut st = inner.lock();
+        if st.deadlines.len() > 2 * st.slots.len() + 64 {
+            let State {
+                slots, deadlines, ..
+            } = &mut *st;
+            deadlines.retain(|Reverse((_, id, key))| slots.get(*key).is_some_and(|s| s.id == *id));
+        }
+        // After a burst, the room it took is given back (the slab only
+        // down to its highest key in use).
+        if st.slots.capacity() > 4 * st.slots.len() + 256 {
+            st.slots.shrink_to_fit();
+            let keep = 2 * st.slots.len() + 64;
+            st.deadlines.shrink_to(keep);
         }
     }
 }
@@ -348,7 +381,7 @@ pub fn on_signals(
 
 /// Empties a lot: each connection handed back with `why`, or dropped
 /// (closed) without one.
-fn close<T>(inner: &Inner<T>, why: Option<Wake>, resume: &impl Fn(T, Wake)) {
+fn close<T>(inner: &Inner<T>, why: Option<Wake>, resume: &mut impl FnMut(T, Wake)) {
     let items: Vec<T> = {
         let mut st = inner.lock();
         st.deadlines.clear();

@@ -152,7 +152,7 @@ impl<T: Send + 'static> Drop for StopLot<T> {
     }
 }
 
-/// Starts the lot's thread (a connection it hands back is relayed on, in
+/// Starts the lot's watcher task (a connection it hands back is relayed on, in
 /// a task on this runtime, or accounted for if its idle timeout passed)
 /// and the task that closes parked connections whose kill signal changed.
 fn start_lot(

@@ -59,10 +59,14 @@ async fn redis_through_convoy() {
     );
     let port = free_port();
     let cfg = Config::new()
-        .listener(Listener::tcp(port, "redis").set("name", "redis"))
+        .listener(
+            Listener::tcp(port, "redis")
+                .set("name", "redis")
+                .set("park_after", "100ms"),
+        )
         .pool(Pool::new("redis").server(Server::at(SocketAddr::from(([127, 0, 0, 1], rport)))))
         .build();
-    let _c = Convoy::start(BIN, &cfg).await;
+    let c = Convoy::start(BIN, &cfg).await;
     assert_eq!(
         redis_cli(port, &["SET", "convoy:key", "through the balancer"]),
         "OK"
@@ -101,5 +105,59 @@ async fn redis_through_convoy() {
     }
     // Every INCR arrived exactly once.
     assert_eq!(redis_cli(port, &["GET", "counter:__rand_int__"]), "5000");
+
+    // Idle connections are parked (after 100 ms here) and woken by
+    // either side: a subscriber gets a message published while it was
+    // parked; a command on a parked connection is answered; a blocking
+    // command's late answer (the server speaks first) arrives.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let parked = "convoy_listener_parked_connections{listener=\"redis\",protocol=\"tcp\"}";
+    let mut sub = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    sub.write_all(b"*2\r\n$9\r\nSUBSCRIBE\r\n$4\r\nnews\r\n")
+        .await
+        .unwrap();
+    let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    idle.write_all(b"PING\r\n").await.unwrap();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"+PONG\r\n");
+    let n = tokio::time::timeout(Duration::from_secs(5), sub.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("subscribe"));
+    assert!(
+        wait_until(Duration::from_secs(5), || c.metric(parked) == Some(2)).await,
+        "{:?}",
+        c.metric(parked)
+    );
+    assert_eq!(redis_cli(port, &["PUBLISH", "news", "while-parked"]), "1");
+    let mut got = String::new();
+    while !got.contains("while-parked") {
+        let n = tokio::time::timeout(Duration::from_secs(5), sub.read(&mut buf))
+            .await
+            .expect("the message in time")
+            .unwrap();
+        assert!(n > 0, "the subscriber's connection closed: {got}");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    idle.write_all(b"PING\r\n").await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"+PONG\r\n");
+    // BLPOP with a 1 s timeout: parked while the server waits, then the
+    // server's nil answer.
+    let t = tokio::time::Instant::now();
+    assert_eq!(redis_cli(port, &["BLPOP", "convoy:nothing", "1"]), "");
+    assert!(t.elapsed() >= Duration::from_millis(900));
     drop(redis);
 }

@@ -101,7 +101,7 @@ pub(super) struct Parked {
     counted: Counted,
 }
 
-/// Starts the lot's thread (a connection it hands back gets a task on
+/// Starts the lot's watcher task (a connection it hands back gets a task on
 /// this runtime) and the task that closes parked connections on a kill.
 fn start_lot(
     sh: &Arc<Shared>,
