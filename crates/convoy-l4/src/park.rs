@@ -7,8 +7,8 @@
 //! watched by one task per lot (the epoll set is itself in tokio's
 //! reactor). The connection gets a task again when
 //! its socket becomes readable, when its deadline passes, or when the lot
-//! is stopped (graceful stop: the owner's own code then winds it down); a
-//! kill closes every parked connection at once.
+//! is stopped (graceful stop: the owner's own code then winds it down);
+//! the owner closes the ones a kill concerns ([`Lot::take_where`]).
 //!
 //! A parked connection costs its record and a place in the epoll set
 //! instead of a task (the connection's future, tokio's task header, its
@@ -60,8 +60,6 @@ struct State<T> {
     next_id: u64,
     /// Stopped: takes no more, hands every one back, the watcher ends.
     stopped: bool,
-    /// The parked connections are to be closed (the lot goes on).
-    kill: bool,
 }
 
 struct Inner<T> {
@@ -118,7 +116,6 @@ impl<T: Send + 'static> Lot<T> {
                 deadlines: BinaryHeap::new(),
                 next_id: 0,
                 stopped: false,
-                kill: false,
             }),
         });
         Ok((
@@ -131,7 +128,7 @@ impl<T: Send + 'static> Lot<T> {
 
     /// Parks `item`, whose sockets are `fds` (one or two, already out of
     /// tokio's reactor), until one is readable or `deadline` passes.
-    /// `Err(item)` when the lot takes no more (stopped or killed) or the
+    /// `Err(item)` when the lot takes no more (stopped) or the
     /// sockets cannot be watched: the caller keeps serving it.
     pub fn park(&self, item: T, fds: &[RawFd], deadline: Instant) -> Result<(), T> {
         self.park_if(item, fds, deadline, |_| true)
@@ -194,12 +191,6 @@ impl<T: Send + 'static> Lot<T> {
         let _ = self.inner.waker.wake();
     }
 
-    /// Kill: every connection parked now is closed (the lot goes on).
-    pub fn kill(&self) {
-        self.inner.lock().kill = true;
-        let _ = self.inner.waker.wake();
-    }
-
     /// Takes out every parked connection `pick` chooses (out of the
     /// epoll set, not handed back: the caller winds them down).
     pub fn take_where(&self, mut pick: impl FnMut(&T) -> bool) -> Vec<T> {
@@ -251,15 +242,9 @@ impl<T: Send + 'static> Watcher<T> {
 async fn run<T, R: FnMut(T, Wake)>(inner: Arc<Inner<T>>, mut afd: AsyncFd<Poll>, mut resume: R) {
     let mut events = Events::with_capacity(256);
     loop {
-        let (stopped, kill) = {
-            let mut st = inner.lock();
-            (st.stopped, std::mem::take(&mut st.kill))
-        };
-        if kill {
-            close(&inner, None, &mut resume);
-        }
+        let stopped = inner.lock().stopped;
         if stopped {
-            return close(&inner, Some(Wake::Stopped), &mut resume);
+            return close(&inner, Wake::Stopped, &mut resume);
         }
         let next = inner.lock().deadlines.peek().map(|Reverse((d, _, _))| *d);
         let due = async {
@@ -276,7 +261,7 @@ async fn run<T, R: FnMut(T, Wake)>(inner: Arc<Inner<T>>, mut afd: AsyncFd<Poll>,
                 Err(e) => {
                     tracing::warn!(error = %e, "parked connections: the wait failed; all handed back");
                     inner.lock().stopped = true;
-                    return close(&inner, Some(Wake::Stopped), &mut resume);
+                    return close(&inner, Wake::Stopped, &mut resume);
                 }
             },
             () = due => {}
@@ -289,7 +274,7 @@ async fn run<T, R: FnMut(T, Wake)>(inner: Arc<Inner<T>>, mut afd: AsyncFd<Poll>,
                 }
                 tracing::warn!(error = %e, "parked connections: the wait failed; all handed back");
                 inner.lock().stopped = true;
-                return close(&inner, Some(Wake::Stopped), &mut resume);
+                return close(&inner, Wake::Stopped, &mut resume);
             }
             let full = events.iter().count() == events.capacity();
             for ev in events.iter() {
@@ -379,9 +364,8 @@ pub fn on_signals(
     }
 }
 
-/// Empties a lot: each connection handed back with `why`, or dropped
-/// (closed) without one.
-fn close<T>(inner: &Inner<T>, why: Option<Wake>, resume: &mut impl FnMut(T, Wake)) {
+/// Empties a lot: each connection handed back with `why`.
+fn close<T>(inner: &Inner<T>, why: Wake, resume: &mut impl FnMut(T, Wake)) {
     let items: Vec<T> = {
         let mut st = inner.lock();
         st.deadlines.clear();
@@ -390,10 +374,8 @@ fn close<T>(inner: &Inner<T>, why: Option<Wake>, resume: &mut impl FnMut(T, Wake
             .filter_map(|k| inner.take(&mut st, k))
             .collect()
     };
-    if let Some(why) = why {
-        for item in items {
-            resume(item, why);
-        }
+    for item in items {
+        resume(item, why);
     }
 }
 
@@ -626,13 +608,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_kill_closes_every_parked_connection_and_the_lot_goes_on() {
+    async fn connections_taken_out_are_closed_when_dropped_and_the_lot_goes_on() {
         let (lot, rx) = lot();
         let far = Instant::now() + Duration::from_secs(60);
         let (mut a, b) = pair();
         let fd = b.as_raw_fd();
         lot.park((1, b), &[fd], far).map_err(|_| ()).unwrap();
-        lot.kill();
+        drop(lot.take_where(|_| true));
         a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut buf = [0u8; 8];
         let n = tokio::task::spawn_blocking(move || a.read(&mut buf))
@@ -642,7 +624,7 @@ mod tests {
         assert_eq!(n, 0, "the client sees the connection closed");
         assert!(rx.try_recv().is_err());
         assert!(lot.is_empty());
-        // The lot goes on parking after a kill.
+        // The lot goes on parking.
         let (mut a, b) = pair();
         let fd = b.as_raw_fd();
         lot.park((2, b), &[fd], far).map_err(|_| ()).unwrap();

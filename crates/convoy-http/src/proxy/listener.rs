@@ -69,7 +69,7 @@ pub async fn serve(
                 None => {
                     let idle = serve_conn(&sh, stream, peer, "http", stop.clone(), false).await;
                     // Parked with its place in the limits (`admitted`).
-                    if let Some(p) = idle.and_then(|(io, since)| Parked::new(&sh, io, since, peer, admitted)) {
+                    if let Some(p) = idle.and_then(|idle| Parked::new(&sh, idle, peer, admitted)) {
                         park_or_serve(&sh, p, stop).await;
                     }
                 }
@@ -95,6 +95,8 @@ pub(super) struct Parked {
     peer: SocketAddr,
     /// When its last response ended (its idle timeout counts from there).
     since: tokio::time::Instant,
+    /// The node's and the listener's kill signals, as it has seen them.
+    kills: [watch::Receiver<u64>; 2],
     /// Its place in the listener's limits.
     admitted: Admitted,
     /// Counted in the listener's parked connections while it exists.
@@ -124,7 +126,10 @@ fn start_lot(
     }
     let signals = vec![sh.ctx.kill.clone(), sh.listener.kill_signal()];
     let l = lot.clone();
-    tokio::spawn(convoy_l4::park::on_signals(signals, stop, move || l.kill()));
+    tokio::spawn(convoy_l4::park::on_signals(signals, stop, move || {
+        // Closed (dropped) at once.
+        drop(l.take_where(Parked::killed));
+    }));
     Some(StopLot(lot))
 }
 
@@ -140,18 +145,23 @@ impl Parked {
     /// reactor (`None`: that failed, the connection is closed).
     fn new(
         sh: &Shared,
-        io: tokio::net::TcpStream,
-        since: tokio::time::Instant,
+        idle: crate::h1::server::Idle<tokio::net::TcpStream>,
         peer: SocketAddr,
         admitted: Admitted,
     ) -> Option<Parked> {
         Some(Parked {
-            io: io.into_std().ok()?,
+            io: idle.io.into_std().ok()?,
             peer,
-            since,
+            since: idle.since,
+            kills: idle.kills,
             admitted,
             counted: Counted::new(&sh.listener),
         })
+    }
+
+    /// A kill it has not seen came (node stop, listener disabled).
+    fn killed(&self) -> bool {
+        self.kills.iter().any(|k| k.has_changed().unwrap_or(true))
     }
 }
 
@@ -167,6 +177,7 @@ async fn serve_again(
         io,
         peer,
         since,
+        kills,
         admitted,
         counted,
     } = p;
@@ -174,8 +185,9 @@ async fn serve_again(
     let io = tokio::net::TcpStream::from_std(io).ok()?;
     let info = Arc::new(ClientInfo::new(peer, "http"));
     let rbuf = bytes::BytesMut::new();
-    let (io, since) = serve_h1(sh, io, rbuf, peer, info, stop, Some(since), park).await?;
-    Parked::new(sh, io, since, peer, admitted)
+    let from = Some((since, kills));
+    let idle = serve_h1(sh, io, rbuf, peer, info, stop, from, park).await?;
+    Parked::new(sh, idle, peer, admitted)
 }
 
 /// Parks an idle connection, or (no lot, or it takes no more) serves it
@@ -185,13 +197,18 @@ async fn park_or_serve(sh: &Arc<Shared>, p: Parked, stop: watch::Receiver<bool>)
         Some((lot, _)) => {
             let fd = std::os::fd::AsRawFd::as_raw_fd(&p.io);
             let deadline = p.since + sh.idle_timeout;
-            match lot.park(p, &[fd], deadline) {
+            // A kill seen now refuses it (it closes here); one after
+            // finds it parked.
+            match lot.park_if(p, &[fd], deadline, |p| !p.killed()) {
                 Ok(()) => return,
                 Err(p) => p,
             }
         }
         None => p,
     };
+    if p.killed() {
+        return;
+    }
     Box::pin(serve_again(sh, p, stop, false)).await;
 }
 
@@ -299,7 +316,7 @@ pub(super) fn serve_conn<'a, S>(
     proto: &'static str,
     stop: watch::Receiver<bool>,
     alpn_h2: bool,
-) -> impl Future<Output = Option<(S, tokio::time::Instant)>> + Send + 'a
+) -> impl Future<Output = Option<crate::h1::server::Idle<S>>> + Send + 'a
 where
     S: crate::h1::server::ClientStream,
 {
@@ -341,8 +358,9 @@ where
 }
 
 /// An HTTP/1.1 connection on convoy's own loop ([`crate::h1::server`]),
-/// from its first request or (`since`: when its last response ended)
-/// after being parked; handed back when idle for the park time (`park`).
+/// from its first request or (`from`: when its last response ended, and
+/// its kill receivers as it saw them) after being parked; handed back
+/// when idle for the park time (`park`).
 // Not an `async fn` on purpose: see serve_conn.
 #[allow(clippy::manual_async_fn, clippy::too_many_arguments)]
 fn serve_h1<'a, S>(
@@ -352,9 +370,9 @@ fn serve_h1<'a, S>(
     peer: SocketAddr,
     info: Arc<ClientInfo>,
     stop: watch::Receiver<bool>,
-    since: Option<tokio::time::Instant>,
+    from: Option<(tokio::time::Instant, [watch::Receiver<u64>; 2])>,
     park: bool,
-) -> impl Future<Output = Option<(S, tokio::time::Instant)>> + Send + 'a
+) -> impl Future<Output = Option<crate::h1::server::Idle<S>>> + Send + 'a
 where
     S: crate::h1::server::ClientStream,
 {
@@ -365,11 +383,18 @@ where
             limits: Default::default(),
             park_after: sh.lot.as_ref().map(|(_, after)| *after).filter(|_| park),
         };
-        let sig = crate::h1::server::Signals::new(
-            stop,
-            [sh.ctx.kill.clone(), sh.listener.kill_signal()],
-            sh.listener.connection_wake(),
-        );
+        let (since, kills) = match from {
+            Some((since, kills)) => (Some(since), kills),
+            None => {
+                // A change from now on is a kill.
+                let mut kills = [sh.ctx.kill.clone(), sh.listener.kill_signal()];
+                for k in kills.iter_mut() {
+                    k.mark_unchanged();
+                }
+                (None, kills)
+            }
+        };
+        let sig = crate::h1::server::Signals::new(stop, kills, sh.listener.connection_wake());
         let handler = |req: Request<crate::h1::body::ReqBody>, meta: crate::h1::server::Meta| {
             respond(
                 Arc::clone(sh),

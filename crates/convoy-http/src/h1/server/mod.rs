@@ -64,6 +64,16 @@ impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {}
 #[cfg(test)]
 impl ClientStream for tokio::io::DuplexStream {}
 
+/// An idle connection handed back by [`serve`] to be parked.
+pub struct Idle<S> {
+    /// The client's stream.
+    pub io: S,
+    /// When its last response ended (its idle timeout counts from there).
+    pub since: Instant,
+    /// Its kill receivers as it has seen them.
+    pub kills: [tokio::sync::watch::Receiver<u64>; 2],
+}
+
 /// The connection's timeouts and limits.
 #[derive(Clone, Copy, Debug)]
 pub struct Settings {
@@ -151,8 +161,9 @@ pub fn date() -> [u8; 29] {
 /// `handler` answers each request.
 ///
 /// With `set.park_after`, a connection that stays idle that long between
-/// requests (no stop under way) is handed back, with the time its last
-/// response ended: the caller parks it and serves it again from there.
+/// requests (no stop under way) is handed back ([`Idle`]), with the time
+/// its last response ended: the caller parks it and serves it again from
+/// there.
 ///
 /// A plain function returning an `async move` block, not an `async fn`:
 /// an `async fn` moves its arguments into locals and its future keeps
@@ -166,7 +177,7 @@ pub fn serve<S, F, Fut>(
     set: Settings,
     mut sig: Signals,
     handler: F,
-) -> impl Future<Output = Option<(S, Instant)>>
+) -> impl Future<Output = Option<Idle<S>>>
 where
     S: ClientStream,
     F: Fn(Request<ReqBody>, Meta) -> Fut,
@@ -269,7 +280,11 @@ where
                             // to come): parked unless a stop came meanwhile
                             // (then the wait goes on).
                             if !sig.stopping {
-                                return Some((io, last));
+                                return Some(Idle {
+                                    io,
+                                    since: last,
+                                    kills: sig.into_kills(),
+                                });
                             }
                             continue;
                         }

@@ -22,17 +22,15 @@ pub struct Signals {
 }
 
 impl Signals {
-    /// From the graceful-stop flag and the kill counters (each a change
-    /// from now on is a kill).
+    /// From the graceful-stop flag and the kill counters (a change a
+    /// receiver has not seen is a kill: mark them unchanged when the
+    /// connection starts, not when it is served again after a park).
     /// `wake` is notified whenever a signal may have changed.
     pub fn new(
         stop: watch::Receiver<bool>,
-        mut kills: [watch::Receiver<u64>; 2],
+        kills: [watch::Receiver<u64>; 2],
         wake: Arc<tokio::sync::Notify>,
     ) -> Signals {
-        for k in kills.iter_mut() {
-            k.mark_unchanged();
-        }
         let stopping = *stop.borrow();
         Signals {
             stopping,
@@ -41,6 +39,12 @@ impl Signals {
             wake,
             waiter: None,
         }
+    }
+
+    /// The kill receivers, as this connection has seen them (for its
+    /// parked record: a kill it has not seen closes it there).
+    pub fn into_kills(self) -> [watch::Receiver<u64>; 2] {
+        self.kills
     }
 
     /// `Ready(())`: kill. A stop only sets `stopping`. The wait is polled

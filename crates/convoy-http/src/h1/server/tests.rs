@@ -27,7 +27,7 @@ where
     (c, g)
 }
 
-type Ended = Option<(DuplexStream, Instant)>;
+type Ended = Option<Idle<DuplexStream>>;
 
 /// [`start`] with a park time; also gives what the loop hands back.
 fn start_with<H>(
@@ -203,7 +203,11 @@ async fn an_idle_connection_is_handed_back_to_be_parked_and_goes_on_from_there()
         read_until(&mut c, "</", 1).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let (io, last) = tokio::time::timeout(Duration::from_secs(10), done)
+    let Idle {
+        io,
+        since: last,
+        kills,
+    } = tokio::time::timeout(Duration::from_secs(10), done)
         .await
         .expect("handed back")
         .unwrap()
@@ -211,11 +215,10 @@ async fn an_idle_connection_is_handed_back_to_be_parked_and_goes_on_from_there()
     // Handed back 2 s after the last response, not before.
     assert!(last >= t0 + Duration::from_secs(1), "{:?}", last - t0);
     assert!(Instant::now() >= last + Duration::from_secs(2));
-    // Served again from where it was: the next request is answered...
+    // Served again from where it was, with its own kill receivers: the
+    // next request is answered...
     let (_stop_tx, stop) = watch::channel(false);
-    let (_k1, r1) = watch::channel(0u64);
-    let (_k2, r2) = watch::channel(0u64);
-    let sig = Signals::new(stop, [r1, r2], Arc::new(tokio::sync::Notify::new()));
+    let sig = Signals::new(stop, kills, Arc::new(tokio::sync::Notify::new()));
     let again = tokio::spawn(serve(
         io,
         BytesMut::new(),
