@@ -329,6 +329,29 @@ async fn run<T, R: FnMut(T, Wake)>(inner: Arc<Inner<T>>, mut afd: AsyncFd<Poll>,
     }
 }
 
+/// A listener's lot and its watcher, if it parks (`park_after`): the lot
+/// with the park time (for the listener's connections) and the watcher
+/// (to spawn). A lot that cannot be made is logged: the listener then
+/// does not park.
+pub type ForListener<T> = (Option<(Lot<T>, std::time::Duration)>, Option<Watcher<T>>);
+
+/// [`ForListener`] for the listener `name`.
+pub fn for_listener<T: Send + 'static>(
+    name: &str,
+    park_after: Option<std::time::Duration>,
+) -> ForListener<T> {
+    let Some(after) = park_after else {
+        return (None, None);
+    };
+    match Lot::new() {
+        Ok((lot, watcher)) => (Some((lot, after)), Some(watcher)),
+        Err(e) => {
+            tracing::warn!(listener = %name, error = %e, "idle connections will not be parked");
+            (None, None)
+        }
+    }
+}
+
 /// Calls `on_change` each time one of `signals` changes (the kill
 /// signals a lot's owner watches for its parked connections), until
 /// `stop` turns true or a signal's sender is gone. Changes count from

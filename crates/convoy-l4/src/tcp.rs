@@ -64,17 +64,7 @@ pub async fn serve(
     socket: Arc<TcpListener>,
     stop: watch::Receiver<bool>,
 ) {
-    let parking = listener.cfg.park_after().and_then(|after| match Lot::new() {
-        Ok((lot, watcher)) => Some((lot, watcher, after)),
-        Err(e) => {
-            warn!(listener = %listener.cfg.name, error = %e, "idle connections will not be parked");
-            None
-        }
-    });
-    let (lot, watcher) = match parking {
-        Some((lot, watcher, after)) => (Some((lot, after)), Some(watcher)),
-        None => (None, None),
-    };
+    let (lot, watcher) = crate::park::for_listener(&listener.cfg.name, listener.cfg.park_after());
     let sh = Arc::new(Shared {
         ctx,
         l: Arc::clone(&listener),

@@ -357,6 +357,15 @@ impl Convoy {
             .and_then(|v| v.trim().parse().ok())
     }
 
+    /// Runs `bin ctl --admin ADDR ARGS…` against this node.
+    pub fn ctl(&self, bin: &str, args: &[&str]) -> std::process::Output {
+        Command::new(bin)
+            .args(["ctl", "--admin", &self.admin_addr()])
+            .args(args)
+            .output()
+            .expect("convoy ctl runs")
+    }
+
     /// Every captured stderr line.
     pub fn stderr(&self) -> String {
         self.raw.lock().unwrap().join("\n")

@@ -567,17 +567,7 @@ async fn idle_connections_are_parked_and_served_again_timed_out_and_killed() {
     let a = ask(&mut s, "/before-disable").await;
     assert!(a.starts_with("HTTP/1.1 200"), "{a}");
     assert!(parked(1).await);
-    let out = std::process::Command::new(BIN)
-        .args([
-            "ctl",
-            "--admin",
-            &c.admin_addr(),
-            "listener",
-            "web",
-            "disable",
-        ])
-        .output()
-        .unwrap();
+    let out = c.ctl(BIN, &["listener", "web", "disable"]);
     assert!(out.status.success(), "{out:?}");
     let (text, took) = read_to_close(&mut s).await;
     assert_eq!(text, "");

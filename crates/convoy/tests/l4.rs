@@ -675,10 +675,7 @@ async fn query_shows_connections_bytes_and_the_single_server_in_use() {
     let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let (counts, failed) = spread(to, 5, 1).await;
     assert_eq!((counts.get("p1"), failed), (Some(&5), 0), "{counts:?}");
-    let out = std::process::Command::new(BIN)
-        .args(["ctl", "--admin", &c.admin_addr(), "query"])
-        .output()
-        .unwrap();
+    let out = c.ctl(BIN, &["query"]);
     let text = String::from_utf8_lossy(&out.stdout);
     // An L4 pool is shown with connections and bytes, not HTTP columns.
     assert!(
@@ -698,10 +695,7 @@ async fn query_shows_connections_bytes_and_the_single_server_in_use() {
     assert_eq!(cells[cells.len() - 4], "5", "total connections: {row}");
     assert_ne!(cells[cells.len() - 1], "0", "bytes out: {row}");
     // The JSON says the same.
-    let out = std::process::Command::new(BIN)
-        .args(["ctl", "--admin", &c.admin_addr(), "--json", "query"])
-        .output()
-        .unwrap();
+    let out = c.ctl(BIN, &["--json", "query"]);
     let q: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(q["pools"][0]["serves"], "l4");
     assert_eq!(q["pools"][0]["single"]["front"], "p1");
@@ -896,17 +890,7 @@ async fn a_server_kill_closes_only_its_own_parked_connections() {
     expect(&mut sa, b"still").await;
     // A listener disable closes the rest at once.
     assert!(parked(&c, 1).await);
-    let out = std::process::Command::new(BIN)
-        .args([
-            "ctl",
-            "--admin",
-            &c.admin_addr(),
-            "listener",
-            "db",
-            "disable",
-        ])
-        .output()
-        .unwrap();
+    let out = c.ctl(BIN, &["listener", "db", "disable"]);
     assert!(out.status.success(), "{out:?}");
     let t = Instant::now();
     expect_end(&mut ca).await;

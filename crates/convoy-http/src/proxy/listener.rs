@@ -36,17 +36,7 @@ pub async fn serve(
     // Idle HTTP/1.1 connections in clear are parked (TLS ones keep their
     // task: their state lives in the TLS stream).
     let park_after = listener.cfg.park_after().filter(|_| tls.is_none());
-    let lot = park_after.and_then(|after| match convoy_l4::park::Lot::new() {
-        Ok((lot, watcher)) => Some((lot, watcher, after)),
-        Err(e) => {
-            warn!(listener = %listener.cfg.name, error = %e, "idle connections will not be parked");
-            None
-        }
-    });
-    let (lot, watcher) = match lot {
-        Some((lot, watcher, after)) => (Some((lot, after)), Some(watcher)),
-        None => (None, None),
-    };
+    let (lot, watcher) = convoy_l4::park::for_listener(&listener.cfg.name, park_after);
     let shared = Arc::new(Shared::new(ctx, Arc::clone(&listener), cache, lot));
     // Stops the lot (parked connections handed back to wind down) when
     // this ends, however it ends.
