@@ -3,31 +3,30 @@
 //! A keep-alive connection that has waited a while for its next request
 //! does not need a task, a timer and a registered waker of its own: a
 //! [`Lot`] keeps it as a plain record (its socket, out of tokio's reactor,
-//! and what the owner needs to go on) in one epoll set of its own (`mio`),
-//! watched by one task per lot (the epoll set is itself in tokio's
-//! reactor). The connection gets a task again when
+//! and what the owner needs to go on) in one epoll set of its own, armed
+//! one-shot for readability, watched by one task per lot (the epoll set
+//! is itself in tokio's reactor). The connection gets a task again when
 //! its socket becomes readable, when its deadline passes, or when the lot
 //! is stopped (graceful stop: the owner's own code then winds it down);
 //! the owner closes the ones a kill concerns ([`Lot::take_where`]).
 //!
 //! A parked connection costs its record and a place in the epoll set
 //! instead of a task (the connection's future, tokio's task header, its
-//! timer and its waiters); parking and waking cost four `epoll_ctl`
-//! calls per socket and a new task, so owners park only connections
-//! idle for some time.
+//! timer and its waiters, and tokio's registration of its socket);
+//! parking costs two `epoll_ctl` per socket (tokio's removal, the lot's
+//! arming) and waking one (tokio's) and a new task, so owners park only
+//! connections idle for some time.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use rustix::event::epoll;
 use slab::Slab;
-use std::time::Duration;
 use tokio::io::unix::AsyncFd;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 /// Why a parked connection was handed back to its owner.
@@ -41,15 +40,22 @@ pub enum Wake {
     Stopped,
 }
 
-/// The token of the lot's own waker (slab keys never reach it).
-const WAKER: Token = Token(usize::MAX);
+/// What a lot parks: a record holding one or two sockets.
+pub trait Sockets {
+    /// Its sockets: the first, and a second if it has one.
+    fn sockets(&self) -> (BorrowedFd<'_>, Option<BorrowedFd<'_>>);
+}
 
 /// A parked connection's record.
 struct Slot<T> {
     item: T,
-    /// Its sockets (-1: none).
-    fds: [RawFd; 2],
     id: u64,
+}
+
+/// The epoll data of a slot's sockets: its key and the low half of its
+/// id, so that an event for a slot since reused is told apart.
+fn token(key: usize, id: u64) -> u64 {
+    (u64::from(id as u32) << 32) | key as u64
 }
 
 struct State<T> {
@@ -63,8 +69,13 @@ struct State<T> {
 }
 
 struct Inner<T> {
-    registry: mio::Registry,
-    waker: mio::Waker,
+    /// The lot's epoll set. A socket joins it once (and leaves it when
+    /// closed) and is armed one-shot at each park: waking and parking
+    /// again cost one `epoll_ctl` per socket, and the socket never
+    /// leaves tokio's reactor.
+    epoll: Arc<OwnedFd>,
+    /// Wakes the watcher (stop, an earlier deadline).
+    wake: Notify,
     state: Mutex<State<T>>,
 }
 
@@ -86,7 +97,6 @@ impl<T> Clone for Lot<T> {
 /// ([`Watcher::spawn`]).
 pub struct Watcher<T> {
     inner: Arc<Inner<T>>,
-    poll: Poll,
 }
 
 impl<T> Inner<T> {
@@ -94,23 +104,32 @@ impl<T> Inner<T> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes a slot out of the lot and its sockets out of the epoll set.
+    /// Takes a slot out of the lot. Its sockets stay in the epoll set,
+    /// disarmed once they fire (an event for a slot no longer there, or
+    /// reused, is ignored), and leave it when closed.
     fn take(&self, st: &mut State<T>, key: usize) -> Option<T> {
-        let slot = st.slots.try_remove(key)?;
-        for fd in slot.fds.iter().filter(|fd| **fd >= 0) {
-            let _ = self.registry.deregister(&mut SourceFd(fd));
-        }
-        Some(slot.item)
+        st.slots.try_remove(key).map(|s| s.item)
     }
 }
 
-impl<T: Send + 'static> Lot<T> {
+/// Arms `fd` one-shot in `ep` for readability with `data`: modified if
+/// it is in the set already (parked before), added otherwise.
+fn arm(ep: &OwnedFd, fd: BorrowedFd<'_>, data: u64) -> io::Result<()> {
+    let flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ONESHOT;
+    let data = epoll::EventData::new_u64(data);
+    match epoll::modify(ep, fd, data, flags) {
+        Err(rustix::io::Errno::NOENT) => Ok(epoll::add(ep, fd, data, flags)?),
+        r => Ok(r?),
+    }
+}
+
+impl<T: Sockets + Send + 'static> Lot<T> {
     /// A new lot, and the watcher whose task watches it.
     pub fn new() -> io::Result<(Lot<T>, Watcher<T>)> {
-        let poll = Poll::new()?;
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         let inner = Arc::new(Inner {
-            registry: poll.registry().try_clone()?,
-            waker: mio::Waker::new(poll.registry(), WAKER)?,
+            epoll: Arc::new(epoll),
+            wake: Notify::new(),
             state: Mutex::new(State {
                 slots: Slab::new(),
                 deadlines: BinaryHeap::new(),
@@ -122,16 +141,15 @@ impl<T: Send + 'static> Lot<T> {
             Lot {
                 inner: Arc::clone(&inner),
             },
-            Watcher { inner, poll },
+            Watcher { inner },
         ))
     }
 
-    /// Parks `item`, whose sockets are `fds` (one or two, already out of
-    /// tokio's reactor), until one is readable or `deadline` passes.
-    /// `Err(item)` when the lot takes no more (stopped) or the
+    /// Parks `item` until one of its sockets is readable or `deadline`
+    /// passes. `Err(item)` when the lot takes no more (stopped) or the
     /// sockets cannot be watched: the caller keeps serving it.
-    pub fn park(&self, item: T, fds: &[RawFd], deadline: Instant) -> Result<(), T> {
-        self.park_if(item, fds, deadline, |_| true)
+    pub fn park(&self, item: T, deadline: Instant) -> Result<(), T> {
+        self.park_if(item, deadline, |_| true)
     }
 
     /// [`Lot::park`], if `keep` says so under the lot's lock: a check
@@ -141,36 +159,26 @@ impl<T: Send + 'static> Lot<T> {
     pub fn park_if(
         &self,
         item: T,
-        fds: &[RawFd],
         deadline: Instant,
         keep: impl FnOnce(&T) -> bool,
     ) -> Result<(), T> {
         let mut st = self.inner.lock();
-        if st.stopped || fds.is_empty() || fds.len() > 2 || !keep(&item) {
+        if st.stopped || !keep(&item) {
             return Err(item);
-        }
-        let key = st.slots.vacant_key();
-        for (i, fd) in fds.iter().enumerate() {
-            let r = self
-                .inner
-                .registry
-                .register(&mut SourceFd(fd), Token(key), Interest::READABLE);
-            if r.is_err() {
-                for fd in &fds[..i] {
-                    let _ = self.inner.registry.deregister(&mut SourceFd(fd));
-                }
-                return Err(item);
-            }
         }
         let id = st.next_id;
         st.next_id += 1;
-        let mut slot_fds = [-1; 2];
-        slot_fds[..fds.len()].copy_from_slice(fds);
-        st.slots.insert(Slot {
-            item,
-            fds: slot_fds,
-            id,
-        });
+        let key = st.slots.insert(Slot { item, id });
+        let data = token(key, id);
+        let armed = {
+            let (a, b) = st.slots[key].item.sockets();
+            let ep = &*self.inner.epoll;
+            arm(ep, a, data).and_then(|()| b.map_or(Ok(()), |b| arm(ep, b, data)))
+        };
+        if armed.is_err() {
+            // One socket may be armed: its event finds no such slot.
+            return Err(st.slots.remove(key).item);
+        }
         let earliest = st
             .deadlines
             .peek()
@@ -179,16 +187,18 @@ impl<T: Send + 'static> Lot<T> {
         drop(st);
         if earliest {
             // The watcher may be sleeping until a later deadline.
-            let _ = self.inner.waker.wake();
+            self.inner.wake.notify_one();
         }
         Ok(())
     }
+}
 
+impl<T> Lot<T> {
     /// Graceful stop: every parked connection is handed back with
     /// [`Wake::Stopped`], the lot takes no more and its watcher ends.
     pub fn stop(&self) {
         self.inner.lock().stopped = true;
-        let _ = self.inner.waker.wake();
+        self.inner.wake.notify_one();
     }
 
     /// Takes out every parked connection `pick` chooses (out of the
@@ -217,7 +227,7 @@ impl<T: Send + 'static> Lot<T> {
     }
 }
 
-impl<T: Send + 'static> Watcher<T> {
+impl<T: Sockets + Send + 'static> Watcher<T> {
     /// Watches the lot until it is stopped, as a task on the current
     /// runtime: `resume` gets each connection handed back (it should
     /// spawn the work, not do it). The lot's epoll set is itself watched
@@ -229,18 +239,25 @@ impl<T: Send + 'static> Watcher<T> {
     where
         R: FnMut(T, Wake) + Send + 'static,
     {
-        let Watcher { inner, poll } = self;
-        // Deprecated for descriptors an owner may close or swap; `Poll`
-        // owns its epoll descriptor for its whole life, so this one holds.
+        let ep = Arc::clone(&self.inner.epoll);
+        // Deprecated for descriptors an owner may close or swap; this one
+        // is owned by the lot for its whole life, so it holds.
         #[allow(deprecated)]
-        let afd = AsyncFd::with_interest(poll, tokio::io::Interest::READABLE)?;
-        Ok(tokio::spawn(run(inner, afd, resume)))
+        let afd = AsyncFd::with_interest(ep, tokio::io::Interest::READABLE)?;
+        Ok(tokio::spawn(run(self.inner, afd, resume)))
     }
 }
 
 /// The watcher's loop.
-async fn run<T, R: FnMut(T, Wake)>(inner: Arc<Inner<T>>, mut afd: AsyncFd<Poll>, mut resume: R) {
-    let mut events = Events::with_capacity(256);
+async fn run<T, R: FnMut(T, Wake)>(
+    inner: Arc<Inner<T>>,
+    afd: AsyncFd<Arc<OwnedFd>>,
+    mut resume: R,
+) {
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     loop {
         let stopped = inner.lock().stopped;
         if stopped {
@@ -265,23 +282,37 @@ async fn run<T, R: FnMut(T, Wake)>(inner: Arc<Inner<T>>, mut afd: AsyncFd<Poll>,
                 }
             },
             () = due => {}
+            () = inner.wake.notified() => {}
         }
-        // Everything ready now, without blocking.
+        // Everything ready now, without blocking (the events are read
+        // into the stack: nothing of them is kept across a wait).
         loop {
-            if let Err(e) = afd.get_mut().poll(&mut events, Some(Duration::ZERO)) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+            let mut buf = [const { std::mem::MaybeUninit::<epoll::Event>::uninit() }; 64];
+            let (events, _) = match epoll::wait(&*inner.epoll, &mut buf, Some(&zero)) {
+                Ok(got) => got,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "parked connections: the wait failed; all handed back");
+                    inner.lock().stopped = true;
+                    return close(&inner, Wake::Stopped, &mut resume);
                 }
-                tracing::warn!(error = %e, "parked connections: the wait failed; all handed back");
-                inner.lock().stopped = true;
-                return close(&inner, Wake::Stopped, &mut resume);
-            }
-            let full = events.iter().count() == events.capacity();
+            };
+            let full = events.len() == 64;
             for ev in events.iter() {
-                if ev.token() == WAKER {
-                    continue;
-                }
-                let item = inner.take(&mut inner.lock(), ev.token().0);
+                let data = ev.data.u64();
+                let key = (data & 0xffff_ffff) as usize;
+                let item = {
+                    let mut st = inner.lock();
+                    let ours = st
+                        .slots
+                        .get(key)
+                        .is_some_and(|s| s.id as u32 == (data >> 32) as u32);
+                    if ours {
+                        inner.take(&mut st, key)
+                    } else {
+                        None
+                    }
+                };
                 if let Some(item) = item {
                     resume(item, Wake::Readable);
                 }
@@ -336,7 +367,7 @@ async fn run<T, R: FnMut(T, Wake)>(inner: Arc<Inner<T>>, mut afd: AsyncFd<Poll>,
 pub type ForListener<T> = (Option<(Lot<T>, std::time::Duration)>, Option<Watcher<T>>);
 
 /// [`ForListener`] for the listener `name`.
-pub fn for_listener<T: Send + 'static>(
+pub fn for_listener<T: Sockets + Send + 'static>(
     name: &str,
     park_after: Option<std::time::Duration>,
 ) -> ForListener<T> {
@@ -407,7 +438,7 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
     use std::sync::mpsc;
     use std::time::Duration;
 
@@ -419,15 +450,24 @@ mod tests {
         (a, b)
     }
 
+    /// A test record: a number and one or two sockets.
+    struct Rec(u32, TcpStream, Option<TcpStream>);
+
+    impl Sockets for Rec {
+        fn sockets(&self) -> (BorrowedFd<'_>, Option<BorrowedFd<'_>>) {
+            (self.1.as_fd(), self.2.as_ref().map(|s| s.as_fd()))
+        }
+    }
+
     /// Runs a lot whose resumed items go to a channel.
     type Woken = mpsc::Receiver<(u32, Wake)>;
 
-    fn lot() -> (Lot<(u32, TcpStream)>, Woken) {
+    fn lot() -> (Lot<Rec>, Woken) {
         let (lot, watcher) = Lot::new().unwrap();
         let (tx, rx) = mpsc::channel();
         watcher
-            .spawn(move |(n, _s): (u32, TcpStream), why| {
-                tx.send((n, why)).unwrap();
+            .spawn(move |r: Rec, why| {
+                tx.send((r.0, why)).unwrap();
             })
             .unwrap();
         (lot, rx)
@@ -449,10 +489,8 @@ mod tests {
         let far = Instant::now() + Duration::from_secs(60);
         let (mut a1, b1) = pair();
         let (_a2, b2) = pair();
-        let fd1 = b1.as_raw_fd();
-        let fd2 = b2.as_raw_fd();
-        lot.park((1, b1), &[fd1], far).map_err(|_| ()).unwrap();
-        lot.park((2, b2), &[fd2], far).map_err(|_| ()).unwrap();
+        lot.park(Rec(1, b1, None), far).map_err(|_| ()).unwrap();
+        lot.park(Rec(2, b2, None), far).map_err(|_| ()).unwrap();
         assert_eq!(lot.len(), 2);
         a1.write_all(b"GET").unwrap();
         assert_eq!(next(&rx).await, (1, Wake::Readable));
@@ -468,12 +506,10 @@ mod tests {
         let (mut a1, b1) = pair();
         a1.write_all(b"x").unwrap();
         std::thread::sleep(Duration::from_millis(20));
-        let fd = b1.as_raw_fd();
-        lot.park((1, b1), &[fd], far).map_err(|_| ()).unwrap();
+        lot.park(Rec(1, b1, None), far).map_err(|_| ()).unwrap();
         assert_eq!(next(&rx).await, (1, Wake::Readable));
         let (a2, b2) = pair();
-        let fd = b2.as_raw_fd();
-        lot.park((2, b2), &[fd], far).map_err(|_| ()).unwrap();
+        lot.park(Rec(2, b2, None), far).map_err(|_| ()).unwrap();
         drop(a2);
         assert_eq!(next(&rx).await, (2, Wake::Readable));
     }
@@ -484,11 +520,10 @@ mod tests {
         let now = Instant::now();
         let (_a1, b1) = pair();
         let (_a2, b2) = pair();
-        let (fd1, fd2) = (b1.as_raw_fd(), b2.as_raw_fd());
-        lot.park((1, b1), &[fd1], now + Duration::from_millis(400))
+        lot.park(Rec(1, b1, None), now + Duration::from_millis(400))
             .map_err(|_| ())
             .unwrap();
-        lot.park((2, b2), &[fd2], now + Duration::from_millis(150))
+        lot.park(Rec(2, b2, None), now + Duration::from_millis(150))
             .map_err(|_| ())
             .unwrap();
         assert_eq!(next(&rx).await, (2, Wake::Expired));
@@ -504,8 +539,7 @@ mod tests {
         let mut peers = Vec::new();
         for n in 0..400 {
             let (a, b) = pair();
-            let fd = b.as_raw_fd();
-            lot.park((n, b), &[fd], at).map_err(|_| ()).unwrap();
+            lot.park(Rec(n, b, None), at).map_err(|_| ()).unwrap();
             peers.push(a);
         }
         assert!(lot.inner.lock().slots.capacity() >= 400);
@@ -530,12 +564,47 @@ mod tests {
         let far = Instant::now() + Duration::from_secs(60);
         let (_a1, b1) = pair();
         let (mut a2, b2) = pair();
-        let fds = [b1.as_raw_fd(), b2.as_raw_fd()];
-        let item = (7, b1);
-        lot.park(item, &fds, far).map_err(|_| ()).unwrap();
+        lot.park(Rec(7, b1, Some(b2)), far).map_err(|_| ()).unwrap();
         a2.write_all(b"y").unwrap();
         assert_eq!(next(&rx).await, (7, Wake::Readable));
-        drop(b2);
+    }
+
+    #[tokio::test]
+    async fn a_woken_record_parks_again_and_one_taken_out_stays_quiet() {
+        let (lot, watcher) = Lot::new().unwrap();
+        let (tx, rx) = mpsc::channel::<Rec>();
+        watcher.spawn(move |r: Rec, _| tx.send(r).unwrap()).unwrap();
+        let back = || async {
+            for _ in 0..500 {
+                if let Ok(r) = rx.try_recv() {
+                    return r;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("nothing was handed back in 5 s");
+        };
+        let far = Instant::now() + Duration::from_secs(60);
+        let (mut a, b) = pair();
+        let mut buf = [0u8; 8];
+        lot.park(Rec(1, b, None), far).map_err(|_| ()).unwrap();
+        // Woken, read, parked again (the socket is in the set already):
+        // woken again by the next bytes, twice.
+        for byte in [b"1", b"2"] {
+            a.write_all(byte).unwrap();
+            let mut r = back().await;
+            assert_eq!(r.1.read(&mut buf).unwrap(), 1);
+            lot.park(r, far).map_err(|_| ()).unwrap();
+        }
+        // Taken out but kept: its bytes hand nothing back, and a record
+        // parked since under the same slot is not woken by them.
+        let kept = lot.take_where(|_| true);
+        assert_eq!(kept.len(), 1);
+        let (_a2, b2) = pair();
+        lot.park(Rec(2, b2, None), far).map_err(|_| ()).unwrap();
+        a.write_all(b"3").unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(rx.try_recv().is_err(), "handed back by another's bytes");
+        assert_eq!(lot.len(), 1);
     }
 
     #[tokio::test]
@@ -545,8 +614,7 @@ mod tests {
         let mut keep = Vec::new();
         for n in 0..3 {
             let (a, b) = pair();
-            let fd = b.as_raw_fd();
-            lot.park((n, b), &[fd], far).map_err(|_| ()).unwrap();
+            lot.park(Rec(n, b, None), far).map_err(|_| ()).unwrap();
             keep.push(a);
         }
         lot.stop();
@@ -559,8 +627,7 @@ mod tests {
         got.sort();
         assert_eq!(got, [0, 1, 2]);
         let (_a, b) = pair();
-        let fd = b.as_raw_fd();
-        assert!(lot.park((9, b), &[fd], far).is_err());
+        assert!(lot.park(Rec(9, b, None), far).is_err());
     }
 
     #[tokio::test]
@@ -570,28 +637,26 @@ mod tests {
         let mut peers = Vec::new();
         for n in 0..4 {
             let (a, b) = pair();
-            let fd = b.as_raw_fd();
-            lot.park((n, b), &[fd], far).map_err(|_| ()).unwrap();
+            lot.park(Rec(n, b, None), far).map_err(|_| ()).unwrap();
             peers.push(a);
         }
         let mut taken: Vec<u32> = lot
-            .take_where(|(n, _)| n % 2 == 1)
+            .take_where(|r| r.0 % 2 == 1)
             .into_iter()
-            .map(|(n, _)| n)
+            .map(|r| r.0)
             .collect();
         taken.sort();
         assert_eq!(taken, [1, 3]);
         assert_eq!(lot.len(), 2);
-        // Taken ones are out of the epoll set: their data wakes nothing.
+        // Taken ones (closed here) are not handed back.
         peers[1].write_all(b"q").unwrap();
         peers[0].write_all(b"q").unwrap();
         assert_eq!(next(&rx).await, (0, Wake::Readable));
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(rx.try_recv().is_err(), "a taken connection was handed back");
         let (_a, b) = pair();
-        let fd = b.as_raw_fd();
-        let refused = lot.park_if((9, b), &[fd], far, |(n, _)| *n != 9);
-        assert!(matches!(refused, Err((9, _))));
+        let refused = lot.park_if(Rec(9, b, None), far, |r| r.0 != 9);
+        assert!(matches!(refused, Err(Rec(9, _, _))));
         assert_eq!(lot.len(), 1);
     }
 
@@ -635,8 +700,7 @@ mod tests {
         let (lot, rx) = lot();
         let far = Instant::now() + Duration::from_secs(60);
         let (mut a, b) = pair();
-        let fd = b.as_raw_fd();
-        lot.park((1, b), &[fd], far).map_err(|_| ()).unwrap();
+        lot.park(Rec(1, b, None), far).map_err(|_| ()).unwrap();
         drop(lot.take_where(|_| true));
         a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut buf = [0u8; 8];
@@ -649,8 +713,7 @@ mod tests {
         assert!(lot.is_empty());
         // The lot goes on parking.
         let (mut a, b) = pair();
-        let fd = b.as_raw_fd();
-        lot.park((2, b), &[fd], far).map_err(|_| ()).unwrap();
+        lot.park(Rec(2, b, None), far).map_err(|_| ()).unwrap();
         a.write_all(b"z").unwrap();
         assert_eq!(next(&rx).await, (2, Wake::Readable));
     }
