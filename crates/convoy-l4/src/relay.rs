@@ -260,7 +260,7 @@ async fn pump(
     // Boxed: only bulk streams get here, and its futures would double
     // the size of every connection's.
     #[cfg(target_os = "linux")]
-    Box::pin(splice_rest(src, dst, d.bytes, transfers))
+    Box::pin(splice_rest(src, dst, d.bytes, transfers, rest))
         .await
         .map_err(|(s, e)| (if s { src_side } else { dst_side }, e))?;
     shutdown_write(dst).map_err(at_dst)
@@ -300,16 +300,30 @@ fn try_send(s: &TcpStream, buf: &[u8]) -> io::Result<usize> {
 
 /// The rest of a bulk direction, through a pipe with splice(2), until the
 /// source's end of stream; an error says whether the source had it.
+/// `rest` as in [`pump`].
 #[cfg(target_os = "linux")]
 async fn splice_rest(
     src: &TcpStream,
     dst: &TcpStream,
     bytes: &AtomicU64,
     transfers: &AtomicU64,
+    rest: &AtomicBool,
 ) -> Result<(), (bool, io::Error)> {
     let p = crate::splice::Pipe::new().map_err(|e| (false, e))?;
     loop {
-        let n = p.fill(src).await.map_err(|e| (true, e))?;
+        // Waiting for the source with the pipe empty (all of it was
+        // written on) is a rest too: a parked connection's direction
+        // starts again in copy mode, with a new pipe if it streams again.
+        let n = {
+            let mut fill = std::pin::pin!(p.fill(src));
+            poll_fn(|cx| {
+                let r = fill.as_mut().poll(cx);
+                rest.store(r.is_pending(), Ordering::Relaxed);
+                r
+            })
+            .await
+        };
+        let n = n.map_err(|e| (true, e))?;
         if n == 0 {
             return Ok(());
         }
@@ -757,6 +771,45 @@ mod tests {
         match r.await.unwrap() {
             Relayed::Ended(out) => assert_eq!(out.end, End::Done),
             Relayed::Resting(_) => panic!("rested"),
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_spliced_direction_rests_once_its_pipe_is_empty() {
+        let (mut client, c_side) = pair().await;
+        let (mut server, s_side) = pair().await;
+        let set = Settings {
+            splice: true,
+            ..parking(Duration::from_secs(10), Duration::from_millis(50))
+        };
+        let r = tokio::spawn(async move {
+            relay(c_side, s_side, set, Progress::new(Instant::now()), &mut []).await
+        });
+        // A bulk upload: the first full read switches it to splice(2).
+        let up: Vec<u8> = (0..2_000_000u32).map(|i| (i % 249) as u8).collect();
+        let sent = up.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client
+        });
+        let mut got = vec![0u8; up.len()];
+        server.read_exact(&mut got).await.unwrap();
+        assert!(got == up, "the upload arrived changed");
+        let mut client = writer.await.unwrap();
+        let rest = match tokio::time::timeout(Duration::from_secs(5), r).await {
+            Ok(Ok(Relayed::Resting(rest))) => rest,
+            other => panic!("a spliced connection did not rest: {other:?}"),
+        };
+        assert_eq!(rest.progress.to_server, 2_000_000);
+        // Relayed on (copy mode again), both ways.
+        let p = rest.progress;
+        let r = tokio::spawn(async move { relay(rest.client, rest.server, set, p, &mut []).await });
+        ping_pong(&mut client, &mut server).await;
+        drop((client, server));
+        match r.await.unwrap() {
+            Relayed::Ended(out) => assert_eq!(out.to_server, 2_000_004),
+            Relayed::Resting(_) => panic!("rested instead of ending"),
         }
     }
 
