@@ -106,7 +106,12 @@ impl<T> Inner<T> {
 
     /// Takes a slot out of the lot. Its sockets stay in the epoll set,
     /// disarmed once they fire (an event for a slot no longer there, or
-    /// reused, is ignored), and leave it when closed.
+    /// reused, is ignored), and leave it when closed. A pair woken by one
+    /// socket leaves the other armed: if that one fires before the pair
+    /// parks again (a TCP server's reply to the request that woke it), the
+    /// watcher wakes once for an event it ignores. Disarming it on every
+    /// wake would cost an `epoll_ctl` every time instead; not measured
+    /// which is cheaper.
     fn take(&self, st: &mut State<T>, key: usize) -> Option<T> {
         st.slots.try_remove(key).map(|s| s.item)
     }
@@ -385,8 +390,10 @@ pub fn for_listener<T: Sockets + Send + 'static>(
 
 /// Calls `on_change` each time one of `signals` changes (the kill
 /// signals a lot's owner watches for its parked connections), until
-/// `stop` turns true or a signal's sender is gone. Changes count from
-/// this call, not from the first poll.
+/// `stop` turns true. A signal whose sender is gone counts as a change
+/// once (the records that read a gone sender as a kill are taken out)
+/// and is watched no more; the others still are. Changes count from this
+/// call, not from the first poll.
 pub fn on_signals(
     mut signals: Vec<watch::Receiver<u64>>,
     mut stop: watch::Receiver<bool>,
@@ -397,21 +404,26 @@ pub fn on_signals(
     }
     async move {
         loop {
-            let changed = {
+            // Which signal moved, and whether its sender is gone.
+            let moved = {
                 let any = async {
                     if signals.is_empty() {
                         std::future::pending::<()>().await;
                     }
                     let changes = signals.iter_mut().map(|s| Box::pin(s.changed()));
-                    futures_util::future::select_all(changes).await.0.is_ok()
+                    let (r, i, _) = futures_util::future::select_all(changes).await;
+                    Some((i, r.is_err()))
                 };
                 tokio::select! {
-                    ok = any => ok,
-                    _ = stop.wait_for(|s| *s) => false,
+                    m = any => m,
+                    _ = stop.wait_for(|s| *s) => None,
                 }
             };
-            if !changed {
+            let Some((i, gone)) = moved else {
                 return;
+            };
+            if gone {
+                signals.swap_remove(i);
             }
             on_change();
         }
@@ -693,6 +705,35 @@ mod tests {
             .expect("ends when stopped")
             .unwrap();
         assert_eq!(count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_gone_sender_counts_once_and_the_other_signals_are_still_watched() {
+        let (k1, r1) = watch::channel(0u64);
+        let (k2, r2) = watch::channel(0u64);
+        let (_stop_tx, stop) = watch::channel(false);
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        let task = tokio::spawn(on_signals(vec![r1, r2], stop, move || {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        let count = || calls.load(std::sync::atomic::Ordering::SeqCst);
+        let settle = || tokio::time::sleep(Duration::from_millis(100));
+        drop(k1);
+        settle().await;
+        assert_eq!(count(), 1, "a gone sender is one change");
+        settle().await;
+        assert_eq!(count(), 1, "and not a change on every poll");
+        k2.send_modify(|v| *v += 1);
+        for _ in 0..100 {
+            if count() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(count(), 2, "the other signal is still watched");
+        assert!(!task.is_finished());
+        task.abort();
     }
 
     #[tokio::test]

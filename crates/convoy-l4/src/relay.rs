@@ -492,7 +492,11 @@ pub fn relay<'a>(
                             progress: Progress {
                                 to_server: counters.to_server.load(Ordering::Relaxed),
                                 to_client: counters.to_client.load(Ordering::Relaxed),
-                                last: last_change,
+                                last: rest_since(
+                                    counters.transfers.load(Ordering::Relaxed),
+                                    seen,
+                                    last_change,
+                                ),
                             },
                         });
                     }
@@ -527,6 +531,18 @@ pub fn relay<'a>(
 }
 
 /// Resolves when any receiver sees a change (never, if there are none).
+/// When a resting connection last moved a byte: bytes can move between
+/// the watchdog's ask to park and the mover's stop (`transfers` no longer
+/// what the watchdog last saw), and then the last traffic was just now,
+/// not at the watchdog's last change.
+fn rest_since(transfers: u64, seen: u64, last_change: Instant) -> Instant {
+    if transfers != seen {
+        Instant::now()
+    } else {
+        last_change
+    }
+}
+
 async fn any_changed(kills: &mut [watch::Receiver<u64>]) {
     let mut futs: Vec<_> = kills.iter_mut().map(|k| Box::pin(k.changed())).collect();
     std::future::poll_fn(|cx| {
@@ -575,6 +591,17 @@ mod tests {
             Relayed::Ended(out) => out,
             Relayed::Resting(_) => panic!("the relay rested"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_rest_after_late_bytes_dates_from_the_stop_not_the_last_tick() {
+        let tick = Instant::now() - Duration::from_secs(30);
+        assert_eq!(rest_since(7, 7, tick), tick, "nothing moved since the tick");
+        let late = rest_since(8, 7, tick);
+        assert!(
+            late.elapsed() < Duration::from_secs(5),
+            "bytes moved after the ask: now"
+        );
     }
 
     #[tokio::test]

@@ -161,9 +161,10 @@ impl Parked {
         })
     }
 
-    /// A kill it has not seen came (node stop, listener disabled).
+    /// A kill it has not seen came (node stop, listener disabled); a gone
+    /// sender is no kill, as for a connection being served.
     fn killed(&self) -> bool {
-        self.kills.iter().any(|k| k.has_changed().unwrap_or(true))
+        self.kills.iter().any(|k| k.has_changed().unwrap_or(false))
     }
 }
 
