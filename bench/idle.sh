@@ -5,7 +5,10 @@
 #    connections: each sends one request, reads the answer and stays open;
 #  - TCP (`protocol = "tcp"` / `mode tcp`) at about 10,000: each carries one
 #    request and answer end to end and stays open (a TCP connection holds
-#    a server connection too: two descriptors each).
+#    a server connection too: two descriptors each);
+#  - HTTPS keep-alive (TLS 1.3, the same ECDSA P-256 certificate for both;
+#    HAProxy with OpenSSL, convoy with rustls) at 4,900 by default: like
+#    HTTP, after a full handshake each (TLS connections do not park).
 # The proxy's RSS is read before and after, and so is the heap glibc's
 # malloc has handed out (through gdb: the memory the connections hold, as
 # opposed to the high-water mark RSS keeps); the client's time to open and
@@ -13,23 +16,30 @@
 # proxy, one Python client: a comparison, not the proxy's limit).
 # How to read the figures: bench/RESULTS.md.
 #
-#   bench/idle.sh [http_connections] [tcp_connections]
-#   (defaults 9900 and 9800: about the most HAProxy takes under this machine's
-#   hard descriptor limit of 20000; needs a release build)
+#   bench/idle.sh [http_connections] [tcp_connections] [https_connections]
+#   (defaults 9900, 9800 and 4900: about the most HAProxy takes under this
+#   machine's hard descriptor limit of 20000; HTTPS lower because the one
+#   Python client makes ~500 handshakes a second; 0 skips a kind; needs a
+#   release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-9900}
 NT=${2:-9800}
+NS=${3:-4900}
 BIN=${CONVOY_BIN:-target/release/convoy}
 [ -x "$BIN" ] || cargo build --release -p convoy
-for t in haproxy nginx python3; do
-  command -v $t >/dev/null || { echo "missing $t: apt-get install -y haproxy nginx"; exit 1; }
+for t in haproxy nginx python3 openssl; do
+  command -v $t >/dev/null || { echo "missing $t: apt-get install -y haproxy nginx openssl"; exit 1; }
 done
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 W=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; sleep 0.3; rm -rf "$W"' EXIT
-ORIGIN=18281; HAP=18282; CONVOY=18283; HAP_T=18284; CONVOY_T=18285
+ORIGIN=18281; HAP=18282; CONVOY=18283; HAP_T=18284; CONVOY_T=18285; HAP_S=18286; CONVOY_S=18287
+# One ECDSA P-256 self-signed certificate for both HTTPS listeners.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+  -keyout "$W/key.pem" -out "$W/cert.pem" -days 2 -subj /CN=localhost 2>/dev/null
+cat "$W/cert.pem" "$W/key.pem" > "$W/haproxy.pem"
 
 . bench/lib.sh
 origin_conf "$W" $ORIGIN
@@ -43,6 +53,10 @@ frontend ft
 backend bt
   mode tcp
   server o 127.0.0.1:$ORIGIN
+frontend fs
+  mode http
+  bind 127.0.0.1:$HAP_S ssl crt $W/haproxy.pem
+  default_backend b
 HA
 # idle_conf FILE [LISTENER_LINES] — convoy with an HTTP and a TCP
 # listener in front of the origin (the lines go into both).
@@ -70,6 +84,16 @@ max_connections = 15000
 idle_timeout = "120s"
 ${2:-}
 
+[[listeners]]
+name = "tls"
+protocol = "http"
+address = "127.0.0.1:$CONVOY_S"
+pool = "web"
+max_connections = 15000
+idle_timeout = "120s"
+[listeners.tls]
+certificates = [ { cert = "$W/cert.pem", key = "$W/key.pem" } ]
+
 [pools.web]
 health = { check = "none" }
 [[pools.web.servers]]
@@ -93,18 +117,23 @@ heap() {
   awk '/^Total/ {t = 1; next} t && /in use bytes/ {v = $NF; t = 0} END {print (v == "" ? "-" : v)}' "$2"
 }
 
-measure() { # pid port count errfile -> "rss_before rss_after KB_per_conn conn_per_s heap_KB_per_conn"
-  local pid=$1 port=$2 n=$3 err=$4
+measure() { # pid port count errfile [tls] -> "rss_before rss_after KB_per_conn conn_per_s heap_KB_per_conn"
+  local pid=$1 port=$2 n=$3 err=$4 tls=${5:-}
   sleep 0.5
   local before; before=$(awk '/VmRSS/ {print $2}' /proc/$pid/status)
   local hb; hb=$(heap "$pid" "$err")
-  python3 - "$port" "$n" "$W/ready" <<'PY' &
-import selectors, socket, sys, time
-port, n, ready = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+  python3 - "$port" "$n" "$W/ready" "$tls" <<'PY' &
+import socket, ssl, sys, time
+port, n, ready, tls = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4] == "tls"
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
 socks = []
 t0 = time.monotonic()
 for i in range(n):
     s = socket.create_connection(("127.0.0.1", port))
+    if tls:
+        s = ctx.wrap_socket(s)
     s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     socks.append(s)
     if len(socks) % 500 == 0:
@@ -131,16 +160,24 @@ PY
 
 echo "# idle connections; convoy $($BIN --version | cut -d' ' -f2) vs $(haproxy -v | head -1 | cut -d' ' -f1-3), $(date -u +%F), $(nproc) cores"
 echo "kind connections proxy rss_before_KB rss_after_KB KB_per_conn conn_per_s heap_KB_per_conn"
-for kind in http tcp; do
-  if [ $kind = http ]; then n=$N; hp=$HAP; cp=$CONVOY; else n=$NT; hp=$HAP_T; cp=$CONVOY_T; fi
+for kind in http tcp https; do
+  tls=
+  case $kind in
+    http) n=$N; hp=$HAP; cp=$CONVOY;;
+    tcp) n=$NT; hp=$HAP_T; cp=$CONVOY_T;;
+    https) n=$NS; hp=$HAP_S; cp=$CONVOY_S; tls=tls;;
+  esac
+  [ "$n" -gt 0 ] || continue
   haproxy -f "$W/haproxy.cfg" -db >/dev/null 2>"$W/err.haproxy" &
   HPID=$!
-  echo "$kind $n haproxy $(measure $HPID $hp $n "$W/err.haproxy")"
+  echo "$kind $n haproxy $(measure $HPID $hp $n "$W/err.haproxy" $tls)"
   kill $HPID; wait $HPID 2>/dev/null || true
   "$BIN" run -c "$W/convoy.toml" 2>"$W/err.convoy" &
   CPID=$!
-  echo "$kind $n convoy $(measure $CPID $cp $n "$W/err.convoy")"
+  echo "$kind $n convoy $(measure $CPID $cp $n "$W/err.convoy" $tls)"
   kill $CPID; wait $CPID 2>/dev/null || true
+  # TLS connections do not park: no third row for them.
+  [ $kind = https ] && continue
   "$BIN" run -c "$W/convoy-park20ms.toml" 2>"$W/err.convoy" &
   CPID=$!
   echo "$kind $n convoy-park20ms $(measure $CPID $cp $n "$W/err.convoy")"

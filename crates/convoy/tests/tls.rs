@@ -466,3 +466,88 @@ async fn watched_files_client_certificates_and_tls_to_servers() {
     assert_eq!(out, "502");
     let _ = Path::new(".");
 }
+
+/// An HTTPS keep-alive connection from `openssl s_client`: requests
+/// written to it in the steps given (bytes, then a pause), everything it
+/// got back once the server closed.
+fn tls_session(port: u16, steps: &[(Vec<u8>, Duration)]) -> String {
+    // Ended after 15 s whatever happens (a request never answered).
+    let mut child = Command::new("timeout")
+        .args(["15", "openssl", "s_client", "-quiet", "-tls1_3"])
+        .args(["-servername", "a.test"])
+        .args(["-connect", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stdout, &mut got);
+        String::from_utf8_lossy(&got).into_owned()
+    });
+    for (bytes, pause) in steps {
+        stdin.write_all(bytes).unwrap();
+        stdin.flush().unwrap();
+        std::thread::sleep(*pause);
+    }
+    // The last request asked to close: the server ends the connection.
+    let got = reader.join().unwrap();
+    drop(stdin);
+    let _ = child.kill();
+    let _ = child.wait();
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tls_keep_alive_connection_serves_later_and_pipelined_requests() {
+    // An idle TLS connection waits on its socket while the session holds
+    // nothing to read, and holds no read buffer: a request arriving after
+    // a wait is served, and so are pipelined requests past the 4 KB read
+    // buffer, where the next one can wait in the session rather than on
+    // the socket. (The unit test beside the TLS stream's `poll_idle` pins
+    // that case; here it is the whole path with a real client.)
+    let pki = Pki::new();
+    pki.issue("a", "a.test", &["a.test"], "one", false);
+    pki.issue("b", "b.test", &["b.test", "*.b.test"], "one", false);
+    pki.issue("d", "default.test", &["default.test"], "one", false);
+    let origin = HttpOrigin::start("o", Duration::ZERO).await;
+    let port = free_port();
+    let _c = Convoy::start(BIN, &tls_config(&pki, port, &origin, "")).await;
+    let req = |path: &str, pad: usize, close: bool| {
+        let mut r = format!("GET /{path} HTTP/1.1\r\nHost: a.test\r\n");
+        if pad > 0 {
+            r.push_str(&format!("X-Pad: {}\r\n", "p".repeat(pad)));
+        }
+        if close {
+            r.push_str("Connection: close\r\n");
+        }
+        r.push_str("\r\n");
+        r.into_bytes()
+    };
+    // "three" is exactly the 4 KB read buffer: once it is read, the
+    // buffer is empty while the session already holds "four".
+    let short = req("three", 1, false).len();
+    let three = req("three", 4096 - short + 1, false);
+    assert_eq!(three.len(), 4096);
+    let mut pipelined = three;
+    pipelined.extend(req("four", 6000, true));
+    let port2 = port;
+    let got = tokio::task::spawn_blocking(move || {
+        tls_session(
+            port2,
+            &[
+                (req("one", 0, false), Duration::from_millis(1500)),
+                (req("two", 0, false), Duration::from_millis(300)),
+                (pipelined, Duration::ZERO),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(got.matches("HTTP/1.1 200").count(), 4, "{got}");
+    let paths = origin.seen.paths.lock().unwrap().clone();
+    assert_eq!(paths, ["/one", "/two", "/three", "/four"], "{got}");
+}

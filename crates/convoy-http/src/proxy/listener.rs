@@ -216,22 +216,46 @@ async fn park_or_serve(sh: &Arc<Shared>, p: Parked, stop: watch::Receiver<bool>)
 
 /// A TLS connection: the handshake (within the header timeout), then the
 /// protocol ALPN chose.
-async fn serve_tls(
+// Not an `async fn` on purpose: see serve_conn.
+#[allow(clippy::manual_async_fn)]
+fn serve_tls<'a>(
+    sh: &'a Arc<Shared>,
+    tls: &'a crate::tls::TlsState,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send + 'a {
+    async move {
+        // The handshake's future is boxed on its own (gone once done) and
+        // the session it yields is boxed too: what an idle TLS connection
+        // keeps is a plain connection's future, not also the handshake's
+        // room or the 1.2 KB session several times over.
+        let Some(s) = Box::pin(handshake(sh, tls, stream, peer)).await else {
+            return;
+        };
+        let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+        // Never handed back: TLS listeners do not park.
+        let _ = serve_conn(sh, s, peer, "https", stop, h2).await;
+    }
+}
+
+/// The TLS handshake, within the header timeout.
+async fn handshake(
     sh: &Arc<Shared>,
     tls: &crate::tls::TlsState,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    stop: watch::Receiver<bool>,
-) {
-    let acceptor = tls.acceptor();
-    match tokio::time::timeout(sh.header_timeout, acceptor.accept(stream)).await {
-        Ok(Ok(s)) => {
-            let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
-            // Never handed back: TLS listeners do not park.
-            let _ = serve_conn(sh, s, peer, "https", stop, h2).await;
+) -> Option<Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
+    match tokio::time::timeout(sh.header_timeout, tls.acceptor().accept(stream)).await {
+        Ok(Ok(s)) => Some(Box::new(s)),
+        Ok(Err(e)) => {
+            debug!(client = %peer, error = %e, "TLS handshake failed");
+            None
         }
-        Ok(Err(e)) => debug!(client = %peer, error = %e, "TLS handshake failed"),
-        Err(_) => debug!(client = %peer, "TLS handshake timed out"),
+        Err(_) => {
+            debug!(client = %peer, "TLS handshake timed out");
+            None
+        }
     }
 }
 
@@ -327,27 +351,11 @@ where
         let mut rbuf = bytes::BytesMut::new();
         let mut h2 = alpn_h2;
         if !h2 {
-            // The first bytes tell HTTP/2 prior knowledge from HTTP/1.
-            let sniff = async {
-                use tokio::io::AsyncReadExt;
-                loop {
-                    rbuf.reserve(4096);
-                    match stream.read_buf(&mut rbuf).await {
-                        Ok(0) | Err(_) => return false,
-                        Ok(_) => {}
-                    }
-                    let n = rbuf.len().min(H2_PREFACE.len());
-                    if rbuf[..n] != H2_PREFACE[..n] || n == H2_PREFACE.len() {
-                        return true;
-                    }
-                }
-            };
-            match tokio::time::timeout(sh.header_timeout, sniff).await {
-                Ok(true) => {}
+            match sniff(&mut stream, &mut rbuf, sh.header_timeout).await {
+                Some(prior_knowledge) => h2 = prior_knowledge,
                 // Nothing (or not enough to tell) in time: closed quietly.
-                _ => return None,
+                None => return None,
             }
-            h2 = rbuf.starts_with(H2_PREFACE);
         }
         if !h2 {
             let park = sh.lot.is_some();
@@ -356,6 +364,34 @@ where
         // Boxed: HTTP/1 connections (most) do not carry the HTTP/2 state.
         Box::pin(serve_h2(sh, stream, rbuf, peer, info, stop)).await;
         None
+    }
+}
+
+/// Reads a connection's first bytes into `rbuf` until they tell HTTP/2
+/// prior knowledge (its preface: `Some(true)`) from HTTP/1 (`Some(false)`);
+/// `None` when it closes, fails, or does not tell within `within`.
+async fn sniff<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    rbuf: &mut bytes::BytesMut,
+    within: std::time::Duration,
+) -> Option<bool> {
+    let read = async {
+        use tokio::io::AsyncReadExt;
+        loop {
+            rbuf.reserve(4096);
+            match stream.read_buf(rbuf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+            let n = rbuf.len().min(H2_PREFACE.len());
+            if rbuf[..n] != H2_PREFACE[..n] || n == H2_PREFACE.len() {
+                return true;
+            }
+        }
+    };
+    match tokio::time::timeout(within, read).await {
+        Ok(true) => Some(rbuf.starts_with(H2_PREFACE)),
+        _ => None,
     }
 }
 

@@ -156,6 +156,9 @@ pub(super) fn poll_head<S: ClientStream>(
             match poll_read_buf(io, cx, rbuf, SPARE) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ev::Closed),
                 Poll::Ready(Ok(_)) => return Poll::Ready(Ev::Data),
+                // Nothing came after all (a stream that cannot tell, or a
+                // readiness already used up): the wait holds no buffer.
+                Poll::Pending if rbuf.is_empty() => put_spare(std::mem::take(rbuf)),
                 Poll::Pending => {}
             }
         }

@@ -59,7 +59,22 @@ impl ClientStream for TcpStream {
     }
 }
 
-impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {}
+/// A TLS connection, boxed: its session state (1.2 KB) is then not
+/// carried, moved and reserved again in each layer of the connection's
+/// future.
+impl ClientStream for Box<tokio_rustls::server::TlsStream<TcpStream>> {
+    /// Waits on the socket while the TLS session holds nothing to read
+    /// (no plaintext, no close_notify; a record is decrypted as soon as
+    /// it is whole, so anything else needs more bytes from the socket).
+    fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (tcp, tls) = self.get_ref();
+        if tls.wants_read() {
+            tcp.poll_read_ready(cx)
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    }
+}
 
 #[cfg(test)]
 impl ClientStream for tokio::io::DuplexStream {}

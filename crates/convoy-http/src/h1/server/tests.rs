@@ -352,3 +352,140 @@ fn meta_of_fields_notes_hop_forwarding_and_explain_fields() {
     let m = Meta::of_fields(&h);
     assert!(!m.stripped && m.forwarding && m.explain);
 }
+
+#[tokio::test]
+async fn a_wait_with_nothing_to_read_holds_no_read_buffer() {
+    // A stream that cannot tell when it is readable (a TLS session's
+    // without a socket under it, here a pipe): the read is tried with a
+    // spare buffer, and a read that finds nothing gives it back.
+    let (mut client, mut server) = tokio::io::duplex(64);
+    let (_stop_tx, stop) = watch::channel(false);
+    let (_k1, r1) = watch::channel(0u64);
+    let (_k2, r2) = watch::channel(0u64);
+    let mut sig = Signals::new(stop, [r1, r2], Arc::new(tokio::sync::Notify::new()));
+    let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(Duration::from_secs(60)));
+    let mut armed = Instant::now() + Duration::from_secs(60);
+    let mut stop_by = None;
+    let mut rbuf = BytesMut::new();
+    let mut wait = |cx: &mut Context<'_>, rbuf: &mut BytesMut| {
+        poll_head(
+            cx,
+            &mut server,
+            rbuf,
+            &mut sig,
+            &mut timer,
+            &mut armed,
+            &mut stop_by,
+        )
+    };
+    let pending = poll_fn(|cx| Poll::Ready(wait(cx, &mut rbuf).is_pending())).await;
+    assert!(pending, "nothing was sent");
+    assert_eq!(rbuf.capacity(), 0, "the wait holds a read buffer");
+    client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let ev = poll_fn(|cx| wait(cx, &mut rbuf)).await;
+    assert!(matches!(ev, Ev::Data));
+    assert_eq!(&rbuf[..], b"GET / HTTP/1.1\r\n");
+}
+
+/// A TLS connection accepted here from `openssl s_client` (self-signed
+/// certificate made with the openssl CLI): the server side, and the
+/// client's standard input (what is written there is sent as one record).
+async fn tls_from_openssl() -> (
+    Box<tokio_rustls::server::TlsStream<TcpStream>>,
+    std::process::Child,
+) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = std::env::temp_dir().join(format!(
+        "convoy-tls-idle-{}-{}",
+        std::process::id(),
+        line!()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let made = std::process::Command::new("openssl")
+        .current_dir(&dir)
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+        ])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let certs: Vec<_> = CertificateDer::pem_file_iter(dir.join("cert.pem"))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("key.pem")).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = std::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect"])
+        .arg(l.local_addr().unwrap().to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tcp, _) = tokio::time::timeout(Duration::from_secs(10), l.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let tls = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+        .await
+        .unwrap()
+        .unwrap();
+    (Box::new(tls), client)
+}
+
+/// Whether `s` tells it has something to read, polled once.
+async fn idle_ready<S: ClientStream>(s: &S) -> bool {
+    poll_fn(|cx| Poll::Ready(s.poll_idle(cx).is_ready())).await
+}
+
+#[tokio::test]
+async fn an_idle_tls_connection_waits_on_its_socket_unless_the_session_holds_bytes() {
+    use std::io::Write;
+    let (mut tls, mut client) = tls_from_openssl().await;
+    let mut stdin = client.stdin.take().unwrap();
+    stdin.write_all(&[b'a'; 3000]).unwrap();
+    stdin.flush().unwrap();
+    // A few bytes read: the whole record is decrypted, the rest waits in
+    // the session while the socket has nothing more.
+    let mut first = [0u8; 10];
+    tls.read_exact(&mut first).await.unwrap();
+    assert!(
+        idle_ready(&tls).await,
+        "bytes held in the session are not waited for on the socket"
+    );
+    let mut rest = vec![0u8; 2990];
+    tls.read_exact(&mut rest).await.unwrap();
+    assert!(
+        !idle_ready(&tls).await,
+        "an idle session with nothing held waits on its socket"
+    );
+    stdin.write_all(b"more").unwrap();
+    stdin.flush().unwrap();
+    let woke = tokio::time::timeout(Duration::from_secs(10), poll_fn(|cx| tls.poll_idle(cx))).await;
+    assert!(
+        matches!(woke, Ok(Ok(()))),
+        "new bytes on the socket wake it"
+    );
+    let _ = client.kill();
+    let _ = client.wait();
+}
