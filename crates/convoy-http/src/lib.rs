@@ -14,6 +14,7 @@ pub mod headers;
 pub mod http2;
 pub mod proxy;
 pub mod route;
+mod spare;
 pub mod tls;
 
 pub use proxy::serve;

@@ -12,7 +12,6 @@ use bytes::{Bytes, BytesMut};
 use http::header::HeaderValue;
 use http::{Request, Response};
 use http_body::Body;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
 use super::body::H2Body;
@@ -89,7 +88,7 @@ pub(super) struct Cont {
 
 impl<S, H, F, B> Conn<S, H, F, B>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: crate::h1::server::ClientStream,
     H: FnMut(Request<H2Body>) -> F,
     F: Future<Output = Response<B>>,
     B: Body<Data = Bytes> + Unpin,
@@ -164,8 +163,7 @@ where
         for _ in 0..32 {
             let mut more = false;
             if self.failed.is_none() && !self.peer_gone && !self.out.full() {
-                match crate::h1::client::poll_read_buf(&mut self.io, cx, &mut self.rbuf, 16 * 1024)
-                {
+                match self.poll_read(cx) {
                     Poll::Ready(Ok(0)) => self.peer_gone = true,
                     Poll::Ready(Ok(_)) => {
                         self.last_read = Instant::now();
@@ -209,6 +207,30 @@ where
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// Reads what the client sent. Between frames (nothing buffered) the
+    /// connection waits for its stream to become readable without a
+    /// buffer, and a read that finds nothing gives its buffer back to the
+    /// thread's spares: an idle connection holds no 16 KB read buffer.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let frames = crate::spare::frames();
+        if self.rbuf.is_empty() {
+            if self.io.poll_idle(cx)?.is_pending() {
+                if self.rbuf.capacity() > 0 {
+                    frames.put(std::mem::take(&mut self.rbuf));
+                }
+                return Poll::Pending;
+            }
+            if self.rbuf.capacity() == 0 {
+                self.rbuf = frames.take();
+            }
+        }
+        let r = crate::h1::client::poll_read_buf(&mut self.io, cx, &mut self.rbuf, frames.size);
+        if r.is_pending() && self.rbuf.is_empty() {
+            frames.put(std::mem::take(&mut self.rbuf));
+        }
+        r
     }
 
     /// A graceful stop's final GOAWAY: the streams taken so far finish,

@@ -8,7 +8,6 @@ use std::task::Wake;
 use bytes::{Buf, Bytes};
 use http::{Request, Response};
 use http_body::Body;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::body::H2Body;
 use super::conn::Conn;
@@ -18,7 +17,7 @@ use super::{BoxError, Error, STOP_PING};
 
 impl<S, H, F, B> Conn<S, H, F, B>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: crate::h1::server::ClientStream,
     H: FnMut(Request<H2Body>) -> F,
     F: Future<Output = Response<B>>,
     B: Body<Data = Bytes> + Unpin,

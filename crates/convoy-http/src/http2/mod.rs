@@ -58,7 +58,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use body::{BodyError, H2Body};
 use conn::Conn;
@@ -126,7 +125,7 @@ pub async fn serve<S, H, F, B>(
     handler: H,
 ) -> Result<(), Error>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: crate::h1::server::ClientStream,
     H: FnMut(Request<H2Body>) -> F,
     F: Future<Output = Response<B>>,
     B: Body<Data = Bytes> + Unpin,

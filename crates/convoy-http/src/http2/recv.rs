@@ -10,7 +10,6 @@ use std::task::{Wake, Waker};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Response};
 use http_body::Body;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::body::{lock, H2Body, RecvState};
 use super::conn::{Conn, Cont};
@@ -23,7 +22,7 @@ use super::{BoxError, Error};
 
 impl<S, H, F, B> Conn<S, H, F, B>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: crate::h1::server::ClientStream,
     H: FnMut(Request<H2Body>) -> F,
     F: Future<Output = Response<B>>,
     B: Body<Data = Bytes> + Unpin,

@@ -12,7 +12,6 @@ use bytes::Bytes;
 use http::header::HeaderValue;
 use http::{HeaderMap, Request, Response};
 use http_body::Body;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use super::body::{lock, H2Body};
@@ -28,7 +27,7 @@ const SPARE_FUTS: usize = 16;
 
 impl<S, H, F, B> Conn<S, H, F, B>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: crate::h1::server::ClientStream,
     H: FnMut(Request<H2Body>) -> F,
     F: Future<Output = Response<B>>,
     B: Body<Data = Bytes> + Unpin,

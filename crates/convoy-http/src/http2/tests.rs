@@ -1053,3 +1053,29 @@ async fn later_streams_get_their_own_answers_in_reused_boxes() {
     }
     assert_eq!(calls.load(Ordering::Relaxed), 11);
 }
+
+#[tokio::test]
+async fn an_idle_connection_holds_no_read_buffer() {
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let mut conn = conn::Conn::new(server, &Settings::default(), hello);
+    let mut c = Raw::new(client).await;
+    c.get(1, "/", &[]).await;
+    // The connection runs until the client has its answer.
+    tokio::select! {
+        (status, _, _) = c.response(1) => assert_eq!(status, 200),
+        r = std::future::poll_fn(|cx| conn.poll(cx)) => panic!("the connection ended: {r:?}"),
+    }
+    // Then it waits for the next frame without a buffer.
+    let idle = std::future::poll_fn(|cx| Poll::Ready(conn.poll(cx).is_pending())).await;
+    assert!(idle);
+    assert_eq!(conn.rbuf.capacity(), 0, "an idle connection holds its read buffer");
+    // And reads the next request when it comes.
+    c.get(3, "/b", &[]).await;
+    tokio::select! {
+        (status, _, body) = c.response(3) => {
+            assert_eq!(status, 200);
+            assert_eq!(String::from_utf8(body).unwrap(), "GET http://example.test/b");
+        }
+        r = std::future::poll_fn(|cx| conn.poll(cx)) => panic!("the connection ended: {r:?}"),
+    }
+}

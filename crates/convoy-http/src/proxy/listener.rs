@@ -284,6 +284,16 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Rewind<S> {
     }
 }
 
+impl<S: crate::h1::server::ClientStream> crate::h1::server::ClientStream for Rewind<S> {
+    fn poll_idle(&self, cx: &mut TaskCx<'_>) -> Poll<std::io::Result<()>> {
+        if self.pre.is_empty() {
+            self.s.poll_idle(cx)
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    }
+}
+
 impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Rewind<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,

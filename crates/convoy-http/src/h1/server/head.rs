@@ -16,35 +16,15 @@ use super::super::client::poll_read_buf;
 use super::super::parse;
 use super::{date, ClientStream, Settings, Signals};
 
-/// Size of a client connection's read buffer (a head, and what follows it).
-const SPARE: usize = 4096;
-
-thread_local! {
-    /// Read buffers of idle connections, kept for the next request on
-    /// this thread (an idle connection holds none).
-    static SPARES: std::cell::RefCell<Vec<BytesMut>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// A read buffer: a spare one, or a new one.
+/// A client connection's read buffer (a head, and what follows it): a
+/// spare one of this thread's.
 fn take_spare() -> BytesMut {
-    SPARES
-        .with(|s| s.borrow_mut().pop())
-        .unwrap_or_else(|| BytesMut::with_capacity(SPARE))
+    crate::spare::heads().take()
 }
 
 /// Keeps a buffer nothing else refers to for the next request.
-pub(super) fn put_spare(mut b: BytesMut) {
-    b.clear();
-    // Only a buffer whose bytes nobody holds any more can be reused whole.
-    if !b.try_reclaim(SPARE) || b.capacity() > 4 * SPARE {
-        return;
-    }
-    SPARES.with(|s| {
-        let mut s = s.borrow_mut();
-        if s.len() < 64 {
-            s.push(b);
-        }
-    });
+pub(super) fn put_spare(b: BytesMut) {
+    crate::spare::heads().put(b)
 }
 
 /// A response convoy writes itself for a refused head.
@@ -153,7 +133,7 @@ pub(super) fn poll_head<S: ClientStream>(
             if rbuf.capacity() == 0 {
                 *rbuf = take_spare();
             }
-            match poll_read_buf(io, cx, rbuf, SPARE) {
+            match poll_read_buf(io, cx, rbuf, crate::spare::heads().size) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ev::Closed),
                 Poll::Ready(Ok(_)) => return Poll::Ready(Ev::Data),
                 // Nothing came after all (a stream that cannot tell, or a

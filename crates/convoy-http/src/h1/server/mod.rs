@@ -76,7 +76,8 @@ impl ClientStream for Box<tokio_rustls::server::TlsStream<TcpStream>> {
     }
 }
 
-#[cfg(test)]
+/// An in-memory pipe (tests, fuzzing): it cannot tell when it is
+/// readable.
 impl ClientStream for tokio::io::DuplexStream {}
 
 /// An idle connection handed back by [`serve`] to be parked.
