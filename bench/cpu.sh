@@ -19,19 +19,13 @@ need_tools "haproxy nginx wrk strace" haproxy nginx wrk strace
 [ -x "$BIN" ] || cargo build --release -p convoy
 bench_workdir
 ORIGIN=18971; CONVOY=18972; HAP=18973
-origin_conf "$W" $ORIGIN
-haproxy_http_conf "$W" $HAP $ORIGIN
-convoy_conf "$W/convoy.toml" http $CONVOY $ORIGIN
+http_trio_confs $ORIGIN $CONVOY $HAP
 THREADS=${THREADS:-1}
 if [ "$THREADS" = 2 ]; then
   sed -i 's/^  nbthread 1$/  nbthread 2/' "$W/haproxy.cfg"
   sed -i 's/^workers = 1$/workers = 0/' "$W/convoy.toml"
 fi
-nginx -c "$W/nginx.conf" & echo $! >> "$W/pids"
-CONVOY_LOG=warn "$BIN" run -c "$W/convoy.toml" >/dev/null 2>&1 & CPID=$!
-haproxy -f "$W/haproxy.cfg" -db >/dev/null 2>&1 & HPID=$!
-echo "$CPID $HPID" >> "$W/pids"
-wait_port $CONVOY; wait_port $HAP
+http_trio_start $CONVOY $HAP
 HZ=$(getconf CLK_TCK)
 cs() { awk '/^voluntary_ctxt/ {v=$2} /^nonvoluntary_ctxt/ {n=$2} END {print v, n}' /proc/"$1"/status; }
 cpu() { awk '{print $14, $15}' /proc/"$1"/stat; }

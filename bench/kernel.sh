@@ -23,14 +23,8 @@ need_tools "haproxy nginx wrk linux-perf iproute2" haproxy nginx wrk perf nstat
 [ -x "$BIN" ] || cargo build --release -p convoy
 bench_workdir
 ORIGIN=18991; CONVOY=18992; HAP=18993
-origin_conf "$W" $ORIGIN
-haproxy_http_conf "$W" $HAP $ORIGIN
-convoy_conf "$W/convoy.toml" http $CONVOY $ORIGIN
-nginx -c "$W/nginx.conf" & echo $! >> "$W/pids"
-CONVOY_LOG=warn "$BIN" run -c "$W/convoy.toml" >/dev/null 2>&1 & CPID=$!
-haproxy -f "$W/haproxy.cfg" -db >/dev/null 2>&1 & HPID=$!
-echo "$CPID $HPID" >> "$W/pids"
-wait_port $CONVOY; wait_port $HAP
+http_trio_confs $ORIGIN $CONVOY $HAP
+http_trio_start $CONVOY $HAP
 port_of() { case $1 in convoy) echo $CONVOY;; haproxy) echo $HAP;; direct) echo $ORIGIN;; esac; }
 requests() { awk '/requests in/ {print $1}'; }
 

@@ -104,6 +104,24 @@ wait_port() {
   exit 1
 }
 
+# http_trio_confs ORIGIN CONVOY HAP — in $W: nginx as the one origin, HAProxy
+# `mode http` and convoy (`workers = 1`) in front of it, on those ports.
+http_trio_confs() {
+  origin_conf "$W" "$1"
+  haproxy_http_conf "$W" "$3" "$1"
+  convoy_conf "$W/convoy.toml" http "$2" "$1"
+}
+
+# http_trio_start CONVOY HAP — starts the three from $W's configurations
+# (cleaned up with the work directory); sets CPID and HPID.
+http_trio_start() {
+  nginx -c "$W/nginx.conf" & echo $! >> "$W/pids"
+  CONVOY_LOG=warn "$BIN" run -c "$W/convoy.toml" >/dev/null 2>&1 & CPID=$!
+  haproxy -f "$W/haproxy.cfg" -db >/dev/null 2>&1 & HPID=$!
+  echo "$CPID $HPID" >> "$W/pids"
+  wait_port "$1"; wait_port "$2"
+}
+
 # need_tools "APT PACKAGES" TOOL... — exits with the apt-get line to run
 # when a tool is missing.
 need_tools() {

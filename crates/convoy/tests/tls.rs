@@ -51,6 +51,16 @@ impl Pki {
         Pki { dir }
     }
 
+    /// A CA with certificates for a.test, b.test (and *.b.test) and
+    /// default.test, as [`tls_config`] names them.
+    fn three_names() -> Pki {
+        let pki = Pki::new();
+        pki.issue("a", "a.test", &["a.test"], "one", false);
+        pki.issue("b", "b.test", &["b.test", "*.b.test"], "one", false);
+        pki.issue("d", "default.test", &["default.test"], "one", false);
+        pki
+    }
+
     fn path(&self, f: &str) -> PathBuf {
         self.dir.join(f)
     }
@@ -148,10 +158,7 @@ fn curl(args: &[&str]) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sni_alpn_reload_and_clear_errors() {
-    let pki = Pki::new();
-    pki.issue("a", "a.test", &["a.test"], "one", false);
-    pki.issue("b", "b.test", &["b.test", "*.b.test"], "one", false);
-    pki.issue("d", "default.test", &["default.test"], "one", false);
+    let pki = Pki::three_names();
     let origin = HttpOrigin::start("o", Duration::ZERO).await;
     let port = free_port();
     let c = Convoy::start(BIN, &tls_config(&pki, port, &origin, "")).await;
@@ -361,10 +368,7 @@ async fn sni_alpn_reload_and_clear_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watched_files_client_certificates_and_tls_to_servers() {
-    let pki = Pki::new();
-    pki.issue("a", "a.test", &["a.test"], "one", false);
-    pki.issue("b", "b.test", &["b.test", "*.b.test"], "one", false);
-    pki.issue("d", "default.test", &["default.test"], "one", false);
+    let pki = Pki::three_names();
     pki.issue("client", "client", &["client.test"], "one", true);
     let origin = HttpOrigin::start("o", Duration::ZERO).await;
     let port = free_port();
@@ -509,10 +513,7 @@ async fn an_idle_tls_keep_alive_connection_serves_later_and_pipelined_requests()
     // buffer, where the next one can wait in the session rather than on
     // the socket. (The unit test beside the TLS stream's `poll_idle` pins
     // that case; here it is the whole path with a real client.)
-    let pki = Pki::new();
-    pki.issue("a", "a.test", &["a.test"], "one", false);
-    pki.issue("b", "b.test", &["b.test", "*.b.test"], "one", false);
-    pki.issue("d", "default.test", &["default.test"], "one", false);
+    let pki = Pki::three_names();
     let origin = HttpOrigin::start("o", Duration::ZERO).await;
     let port = free_port();
     let _c = Convoy::start(BIN, &tls_config(&pki, port, &origin, "")).await;

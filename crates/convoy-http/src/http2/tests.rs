@@ -1068,7 +1068,11 @@ async fn an_idle_connection_holds_no_read_buffer() {
     // Then it waits for the next frame without a buffer.
     let idle = std::future::poll_fn(|cx| Poll::Ready(conn.poll(cx).is_pending())).await;
     assert!(idle);
-    assert_eq!(conn.rbuf.capacity(), 0, "an idle connection holds its read buffer");
+    assert_eq!(
+        conn.rbuf.capacity(),
+        0,
+        "an idle connection holds its read buffer"
+    );
     // And reads the next request when it comes.
     c.get(3, "/b", &[]).await;
     tokio::select! {
