@@ -50,9 +50,11 @@ impl Spares {
             .unwrap_or_else(|| BytesMut::with_capacity(self.size))
     }
 
-    /// Keeps a buffer for the next read, if nothing else refers to its
-    /// bytes any more (a request's parts may still) and it did not grow
-    /// past four times the size.
+    /// Keeps an emptied buffer for the next read if it still has room
+    /// for `size` bytes (`try_reclaim`: it may still share its allocation
+    /// with bytes handed out before, which it then keeps alive; a buffer
+    /// owns only its own range, so nothing handed out is written over)
+    /// and did not grow past four times the size.
     pub(crate) fn put(&self, mut b: BytesMut) {
         b.clear();
         if !b.try_reclaim(self.size) || b.capacity() > 4 * self.size {
@@ -82,11 +84,14 @@ mod tests {
         let again = pool.take();
         assert_eq!(again.as_ptr(), at, "the same buffer back");
         assert!(again.is_empty());
-        // One whose bytes a frame still holds is not reused.
+        // One left with less room than a buffer's size (its start handed
+        // out and still held) is not kept.
         let mut b = again;
         b.extend_from_slice(b"held");
         let held = b.split_to(4).freeze();
         pool.put(b);
-        assert_ne!(pool.take().as_ptr(), held.as_ptr());
+        let next = pool.take();
+        assert!(next.capacity() >= pool.size);
+        assert_ne!(next.as_ptr(), held.as_ptr().wrapping_add(4));
     }
 }

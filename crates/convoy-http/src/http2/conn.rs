@@ -162,7 +162,12 @@ where
         // this task from yielding.
         for _ in 0..32 {
             let mut more = false;
-            if self.failed.is_none() && !self.peer_gone && !self.out.full() {
+            // A read skipped while the output is backed up leaves no
+            // waker on the stream: once the output drains, this loop
+            // must come round to read, or frames already sent would wait
+            // for the clock.
+            let backed_up = self.out.full();
+            if self.failed.is_none() && !self.peer_gone && !backed_up {
                 match self.poll_read(cx) {
                     Poll::Ready(Ok(0)) => self.peer_gone = true,
                     Poll::Ready(Ok(_)) => {
@@ -195,6 +200,7 @@ where
                         }
                         more = true;
                     }
+                    more |= backed_up;
                     if self.stopping && self.streams.is_empty() {
                         return Poll::Ready(Ok(()));
                     }

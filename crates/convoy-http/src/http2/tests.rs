@@ -1083,3 +1083,31 @@ async fn an_idle_connection_holds_no_read_buffer() {
         r = std::future::poll_fn(|cx| conn.poll(cx)) => panic!("the connection ended: {r:?}"),
     }
 }
+
+#[tokio::test]
+async fn frames_that_came_while_the_output_was_backed_up_are_read_once_it_drains() {
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c2 = Arc::clone(&calls);
+    let mut conn = conn::Conn::new(server, &Settings::default(), move |r| {
+        c2.fetch_add(1, Ordering::Relaxed);
+        hello(r)
+    });
+    let mut c = Raw::new(client).await;
+    c.get(1, "/", &[]).await;
+    tokio::select! {
+        (status, _, _) = c.response(1) => assert_eq!(status, 200),
+        r = std::future::poll_fn(|cx| conn.poll(cx)) => panic!("the connection ended: {r:?}"),
+    }
+    // The output backed up past its mark (as after a burst of answers the
+    // client had not read yet): PINGs, which the client may take.
+    while !conn.out.full() {
+        frame::head(&mut conn.out.buf, 8, frame::PING, 0, 0);
+        conn.out.buf.extend_from_slice(&[0; 8]);
+    }
+    // A request comes meanwhile; the connection, woken to write, skips
+    // reading, drains its output at once and must then read it.
+    c.get(3, "/b", &[]).await;
+    let _ = std::future::poll_fn(|cx| Poll::Ready(conn.poll(cx))).await;
+    assert_eq!(calls.load(Ordering::Relaxed), 2, "the request was not read");
+}

@@ -66,6 +66,11 @@ impl ClientStream for Box<tokio_rustls::server::TlsStream<TcpStream>> {
     /// Waits on the socket while the TLS session holds nothing to read
     /// (no plaintext, no close_notify; a record is decrypted as soon as
     /// it is whole, so anything else needs more bytes from the socket).
+    /// One case waits longer than a read would: a bad record that came
+    /// in the same read as the last request's end leaves tokio-rustls an
+    /// error it returns at the next read; the wait ends with the client's
+    /// next bytes, its close, or the idle timeout (a broken client's
+    /// connection, held as an idle one).
     fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let (tcp, tls) = self.get_ref();
         if tls.wants_read() {
