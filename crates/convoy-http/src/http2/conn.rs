@@ -21,6 +21,9 @@ use super::output::Out;
 use super::stream::{End, IdMap, Ready, Stream};
 use super::{BoxError, Error, Settings};
 
+/// The output buffer's first room.
+const OUT_ROOM: usize = 1024;
+
 pub(super) struct Conn<S, H, F, B> {
     pub(super) io: S,
     pub(super) set: Settings,
@@ -97,7 +100,7 @@ where
     pub(super) fn new(io: S, set: &Settings, handler: H) -> Self {
         let now = Instant::now();
         let mut out = Out {
-            buf: Vec::with_capacity(1024),
+            buf: Vec::with_capacity(OUT_ROOM),
             pos: 0,
             enc: hpack::Encoder::default(),
             max_frame: frame::OUR_MAX_FRAME,
@@ -226,6 +229,7 @@ where
                 if self.rbuf.capacity() > 0 {
                     frames.put(std::mem::take(&mut self.rbuf));
                 }
+                self.release_if_idle();
                 return Poll::Pending;
             }
             if self.rbuf.capacity() == 0 {
@@ -233,10 +237,34 @@ where
             }
         }
         let r = crate::h1::client::poll_read_buf(&mut self.io, cx, &mut self.rbuf, frames.size);
-        if r.is_pending() && self.rbuf.is_empty() {
-            frames.put(std::mem::take(&mut self.rbuf));
+        match r {
+            Poll::Pending if self.rbuf.is_empty() => {
+                frames.put(std::mem::take(&mut self.rbuf));
+                self.release_if_idle();
+            }
+            Poll::Ready(Ok(n)) if n > 0 && self.out.buf.capacity() == 0 => {
+                // Room for the answers again, at once rather than by
+                // doubling.
+                self.out.buf.reserve(OUT_ROOM);
+            }
+            _ => {}
         }
         r
+    }
+
+    /// With no stream open and nothing to send, the connection gives up
+    /// its output buffer and its emptied stream map (about 2 KB) until
+    /// the client sends again.
+    fn release_if_idle(&mut self) {
+        if self.streams.is_empty() && self.out.len() == 0 {
+            if self.out.buf.capacity() > 0 {
+                self.out.buf = Vec::new();
+                self.out.pos = 0;
+            }
+            if self.streams.capacity() > 0 {
+                self.streams = IdMap::default();
+            }
+        }
     }
 
     /// A graceful stop's final GOAWAY: the streams taken so far finish,

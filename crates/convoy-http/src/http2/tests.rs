@@ -1073,6 +1073,16 @@ async fn an_idle_connection_holds_no_read_buffer() {
         0,
         "an idle connection holds its read buffer"
     );
+    assert_eq!(
+        conn.out.buf.capacity(),
+        0,
+        "an idle connection holds its output buffer"
+    );
+    assert_eq!(
+        conn.streams.capacity(),
+        0,
+        "an idle connection holds its stream map"
+    );
     // And reads the next request when it comes.
     c.get(3, "/b", &[]).await;
     tokio::select! {
