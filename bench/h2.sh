@@ -30,9 +30,7 @@ bench_workdir
 ORIGIN=18501; HAP_C=18502; HAP_T=18503; CV_C=18504; CV_T=18505
 N_CG=4000; N_LOAD=200000
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-  -keyout "$W/key.pem" -out "$W/cert.pem" -days 2 -subj /CN=localhost 2>/dev/null
-cat "$W/cert.pem" "$W/key.pem" > "$W/haproxy.pem"
+tls_cert
 origin_conf "$W" $ORIGIN
 mkdir -p "$W/c" "$W/t"
 haproxy_http_conf "$W/c" $HAP_C $ORIGIN 4000 "" "proto h2"

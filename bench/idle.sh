@@ -39,12 +39,9 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 W=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; sleep 0.3; rm -rf "$W"' EXIT
 ORIGIN=18281; HAP=18282; CONVOY=18283; HAP_T=18284; CONVOY_T=18285; HAP_S=18286; CONVOY_S=18287
-# One ECDSA P-256 self-signed certificate for both HTTPS listeners.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-  -keyout "$W/key.pem" -out "$W/cert.pem" -days 2 -subj /CN=localhost 2>/dev/null
-cat "$W/cert.pem" "$W/key.pem" > "$W/haproxy.pem"
 
 . bench/lib.sh
+tls_cert
 origin_conf "$W" $ORIGIN
 sed -i 's/worker_connections 4096/worker_connections 19000/' "$W/nginx.conf"
 haproxy_http_conf "$W" $HAP $ORIGIN 9990 "  fd-hard-limit 20000"

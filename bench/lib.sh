@@ -104,6 +104,15 @@ wait_port() {
   exit 1
 }
 
+# tls_cert — one ECDSA P-256 self-signed certificate in $W for both
+# proxies: key.pem and cert.pem (convoy), haproxy.pem (HAProxy wants both
+# in one file).
+tls_cert() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "$W/key.pem" -out "$W/cert.pem" -days 2 -subj /CN=localhost 2>/dev/null
+  cat "$W/cert.pem" "$W/key.pem" > "$W/haproxy.pem"
+}
+
 # http_trio_confs ORIGIN CONVOY HAP — in $W: nginx as the one origin, HAProxy
 # `mode http` and convoy (`workers = 1`) in front of it, on those ports.
 http_trio_confs() {

@@ -52,13 +52,9 @@ trap cleanup EXIT
 ORIGIN=18401; HAP=18402; CONVOY=18403
 N_KA=2000; N_HS=200; N_LOAD=300000; N_AB=10000
 
-# One ECDSA P-256 self-signed certificate for both (HAProxy wants cert and
-# key in one PEM file).
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-  -keyout "$W/key.pem" -out "$W/cert.pem" -days 2 -subj /CN=localhost 2>/dev/null
-cat "$W/cert.pem" "$W/key.pem" > "$W/haproxy.pem"
 
 . bench/lib.sh
+tls_cert
 origin_conf "$W" $ORIGIN
 cat > "$W/haproxy.cfg" <<HA
 global

@@ -580,6 +580,17 @@ mod tests {
         }
     }
 
+    /// A relay of a new connection between two fresh pairs, in a task of
+    /// its own: (the client's end, the server's end, the task).
+    async fn spawn_new(set: Settings) -> (TcpStream, TcpStream, tokio::task::JoinHandle<Relayed>) {
+        let (client, c_side) = pair().await;
+        let (server, s_side) = pair().await;
+        let r = tokio::spawn(async move {
+            relay(c_side, s_side, set, Progress::new(Instant::now()), &mut []).await
+        });
+        (client, server, r)
+    }
+
     /// A relay of a new connection that is to end (not rest).
     async fn run(
         client: TcpStream,
@@ -760,12 +771,8 @@ mod tests {
     #[tokio::test]
     async fn a_stalled_write_or_a_half_close_never_rests() {
         // The server reads nothing: bytes wait in the relay's buffer.
-        let (mut client, c_side) = pair().await;
-        let (mut server, s_side) = pair().await;
         let set = parking(Duration::from_secs(10), Duration::from_millis(30));
-        let r = tokio::spawn(async move {
-            relay(c_side, s_side, set, Progress::new(Instant::now()), &mut []).await
-        });
+        let (mut client, mut server, r) = spawn_new(set).await;
         let up: Vec<u8> = (0..8_000_000u32).map(|i| (i % 253) as u8).collect();
         let sent = up.clone();
         let writer = tokio::spawn(async move {
@@ -781,11 +788,7 @@ mod tests {
         r.abort();
         // Half-closed by the client: one direction is over, so it never
         // rests, and the server's late answer still arrives.
-        let (mut client, c_side) = pair().await;
-        let (mut server, s_side) = pair().await;
-        let r = tokio::spawn(async move {
-            relay(c_side, s_side, set, Progress::new(Instant::now()), &mut []).await
-        });
+        let (mut client, mut server, r) = spawn_new(set).await;
         client.shutdown().await.unwrap();
         assert_eq!(server.read(&mut [0u8; 8]).await.unwrap(), 0);
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -804,15 +807,11 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_spliced_direction_rests_once_its_pipe_is_empty() {
-        let (mut client, c_side) = pair().await;
-        let (mut server, s_side) = pair().await;
         let set = Settings {
             splice: true,
             ..parking(Duration::from_secs(10), Duration::from_millis(50))
         };
-        let r = tokio::spawn(async move {
-            relay(c_side, s_side, set, Progress::new(Instant::now()), &mut []).await
-        });
+        let (mut client, mut server, r) = spawn_new(set).await;
         // A bulk upload: the first full read switches it to splice(2).
         let up: Vec<u8> = (0..2_000_000u32).map(|i| (i % 249) as u8).collect();
         let sent = up.clone();
