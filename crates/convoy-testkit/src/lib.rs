@@ -21,12 +21,37 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-/// A free loopback port (bound and released; fine for tests).
+/// A free loopback TCP port (bound and released). Taken below the
+/// kernel's ephemeral range when there is room there: a port from
+/// `bind(0)` could be handed again, between this pick and the test's own
+/// bind, to another test's `bind(0)` or to a connection's local end
+/// ("address already in use" under parallel tests).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    pick_port(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()).unwrap_or_else(|| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port")
+    })
+}
+
+/// The next port below the ephemeral range that `free` accepts; each
+/// process starts at its own place and goes round (`None`: no room below
+/// the range on this machine, or none free).
+fn pick_port(free: impl Fn(u16) -> bool) -> Option<u16> {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let ephemeral_low: usize = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let low = ephemeral_low.checked_sub(12_000)?.max(1024);
+    let span = ephemeral_low.checked_sub(low).filter(|s| *s >= 1000)?;
+    let start = std::process::id() as usize * 7919;
+    (0..span).find_map(|_| {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let p = (low + (start + n) % span) as u16;
+        free(p).then_some(p)
+    })
 }
 
 /// Two consecutive free loopback TCP ports `(p, p + 1)`.
@@ -45,12 +70,14 @@ pub fn free_port_pair() -> (u16, u16) {
     panic!("no two consecutive free ports")
 }
 
-/// A free UDP loopback port.
+/// A free UDP loopback port (as [`free_port`]).
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    pick_port(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()).unwrap_or_else(|| {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port")
+    })
 }
 
 /// Polls `f` every 20 ms until it is true or `timeout` passes.

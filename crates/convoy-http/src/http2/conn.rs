@@ -226,9 +226,6 @@ where
         let frames = crate::spare::frames();
         if self.rbuf.is_empty() {
             if self.io.poll_idle(cx)?.is_pending() {
-                if self.rbuf.capacity() > 0 {
-                    frames.put(std::mem::take(&mut self.rbuf));
-                }
                 self.release_if_idle();
                 return Poll::Pending;
             }
@@ -238,10 +235,7 @@ where
         }
         let r = crate::h1::client::poll_read_buf(&mut self.io, cx, &mut self.rbuf, frames.size);
         match r {
-            Poll::Pending if self.rbuf.is_empty() => {
-                frames.put(std::mem::take(&mut self.rbuf));
-                self.release_if_idle();
-            }
+            Poll::Pending if self.rbuf.is_empty() => self.release_if_idle(),
             Poll::Ready(Ok(n)) if n > 0 && self.out.buf.capacity() == 0 => {
                 // Room for the answers again, at once rather than by
                 // doubling.
@@ -252,12 +246,16 @@ where
         r
     }
 
-    /// With no stream open and nothing to send, the connection gives up
-    /// its output buffer (1 KB or more) until the client sends again.
-    /// (Its emptied stream map stays: given up too, it saved 1 KB per
-    /// idle connection but cost 380 instructions per h2c request, the map
-    /// growing again by rehashes for every burst of streams.)
+    /// Waiting with nothing read: the read buffer goes back to the
+    /// thread's spares, and with no stream open and nothing to send the
+    /// output buffer (1 KB or more) goes too, until the client sends
+    /// again. (The emptied stream map stays: given up too, it saved 1 KB
+    /// per idle connection but cost 380 instructions per h2c request, the
+    /// map growing again by rehashes for every burst of streams.)
     fn release_if_idle(&mut self) {
+        if self.rbuf.capacity() > 0 {
+            crate::spare::frames().put(std::mem::take(&mut self.rbuf));
+        }
         if self.streams.is_empty() && self.out.len() == 0 && self.out.buf.capacity() > 0 {
             self.out.buf = Vec::new();
             self.out.pos = 0;
