@@ -36,8 +36,9 @@ pub fn free_port() -> u16 {
 }
 
 /// The next port below the ephemeral range that `free` accepts; each
-/// process starts at its own place and goes round (`None`: no room below
-/// the range on this machine, or none free).
+/// process starts at its own place and goes round in strides (a test that
+/// takes `p` may take `p + 1` too, for a port range; the next pick is far
+/// off). `None`: no room below the range on this machine, or none free.
 fn pick_port(free: impl Fn(u16) -> bool) -> Option<u16> {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let ephemeral_low: usize = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
@@ -46,10 +47,12 @@ fn pick_port(free: impl Fn(u16) -> bool) -> Option<u16> {
         .unwrap_or(32768);
     let low = ephemeral_low.checked_sub(12_000)?.max(1024);
     let span = ephemeral_low.checked_sub(low).filter(|s| *s >= 1000)?;
+    // Prime, so the strides visit every port of the span.
+    const STRIDE: usize = 7727;
     let start = std::process::id() as usize * 7919;
     (0..span).find_map(|_| {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let p = (low + (start + n) % span) as u16;
+        let p = (low + (start + n * STRIDE) % span) as u16;
         free(p).then_some(p)
     })
 }
